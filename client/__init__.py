@@ -1,0 +1,1 @@
+"""fedcogen.client: what runs on a device (Flower ClientApp, CoGenesis device generation)."""

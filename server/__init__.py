@@ -1,0 +1,1 @@
+"""fedcogen.server: what runs in the cloud (CoGenesis service) or on the aggregator (Flower ServerApp)."""

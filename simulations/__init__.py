@@ -1,0 +1,1 @@
+"""fedcogen.simulations: experiments, synthetic private data, benchmarks and reports."""
