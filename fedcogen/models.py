@@ -181,7 +181,10 @@ def load_tokenizer(name_or_path: str = "smollm2") -> Any:
         folder = ensure_embedded_cache(need_model=False)
     else:
         folder = _local_model_dir(name_or_path)
-    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not load a tokenizer from {folder}: {exc}") from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -273,7 +276,10 @@ def load_model(name_or_path: str = "smollm2", *, seed: int = 0) -> LoadedModel:
         source = f"local directory {folder}"
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     _check_supported(config, str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+    except OSError as exc:
+        raise ModelError(f"could not load model weights from {folder}: {exc}") from exc
     if name_or_path == "smollm2-half":
         prune_layers(model, list(range(0, model.config.num_hidden_layers, 2)))
     model.eval()
