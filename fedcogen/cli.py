@@ -14,6 +14,12 @@ import sys
 # Modules that add subcommands, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
     "fedcogen.models_cli",
+    "fedcogen.simulations.data_cli",
+    "fedcogen.server.cloud_cli",
+    "fedcogen.client.generate_cli",
+    "fedcogen.simulations.certs_cli",
+    "fedcogen.simulations.deploy_cli",
+    "fedcogen.simulations.eval_cli",
 )
 
 

@@ -1,0 +1,232 @@
+"""`fedcogen data`: generate, inspect and validate the synthetic private writing federation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+GENERATE_HELP = """\
+Generate a deterministic federation of N users (each a Flower client) with private profiles,
+private past texts (training history, carrying each user's canaries), and writing tasks split into
+train / val / test. Same seed -> byte-identical files.
+
+Files written into --out:
+  manifest.json          seed, config, counts per split/kind, sha256 of every file
+  profiles.jsonl         private profiles (private_values lists every private value)
+  history.jsonl          past texts (training only; the only place canaries appear)
+  train/val/test.jsonl   tasks: instruction (public), private_context, reference, private_facts
+  private/canaries.json  canaries per user + their format, for exposure experiments
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="generate / inspect / validate the synthetic private writing federation",
+        description="Synthetic CoGenesis-style personalised writing data: each user is a federated client "
+        "whose private profile and history never leave the device; task instructions are safe to show "
+        "the cloud.",
+    )
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+
+    g = dsub.add_parser("generate", help="write a new federation folder", description=GENERATE_HELP,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("--out", required=True, type=Path, help="output folder (must be empty unless --force)")
+    g.add_argument("--users", type=int, default=16, help="number of users / clients (default 16)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
+    g.add_argument("--history", type=int, default=24, help="past texts per user (default 24)")
+    g.add_argument("--train-tasks", type=int, default=16, help="train tasks per user (default 16)")
+    g.add_argument("--val-tasks", type=int, default=4, help="validation tasks per user (default 4)")
+    g.add_argument("--test-tasks", type=int, default=4, help="test tasks per user (default 4)")
+    g.add_argument("--canaries", type=int, default=2, help="canaries per user (default 2; 0 = none)")
+    g.add_argument("--canary-repeats", type=int, default=1,
+                   help="history texts carrying each canary (default 1; more = easier to memorise)")
+    g.add_argument("--force", action="store_true", help="write into a non-empty folder, replacing our files")
+    g.set_defaults(func=_generate)
+
+    i = dsub.add_parser(
+        "inspect", help="counts, sample tasks and validation status of a federation folder",
+        description="Validate a federation folder (sha256 of every file, fields, user ids, privacy "
+        "invariants) and show counts per split and kind plus one sample task per kind.",
+    )
+    i.add_argument("folder", type=Path, help="folder written by `fedcogen data generate`")
+    i.add_argument("--user", help="show this user's profile summary and samples only (e.g. user-03)")
+    i.add_argument("--json", action="store_true", help="print a JSON summary instead of tables")
+    i.set_defaults(func=_inspect)
+
+    v = dsub.add_parser(
+        "validate", help="check a task JSONL file line by line (exit 1 if anything is wrong)",
+        description="Check a task file (a generated split or a hand-written `fedcogen eval` file): every "
+        "line must be a JSON object with string user_id, instruction, private_context, reference; "
+        "optional private_facts must be a list of strings. User ids are checked against a "
+        "profiles.jsonl next to the file (or --profiles). A folder is validated as a whole federation.",
+    )
+    v.add_argument("file", type=Path, help="task .jsonl file, or a federation folder")
+    v.add_argument("--profiles", type=Path, help="profiles.jsonl whose user ids are the only valid ones")
+    v.set_defaults(func=_validate)
+
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.data import (
+        SPLITS,
+        TASK_KINDS,
+        FederationConfig,
+        find_leaks,
+        generate_federation,
+        write_federation,
+    )
+    from rich.console import Console
+    from rich.table import Table
+
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise ValueError(f"output folder {out} is not empty (use --force to overwrite)")
+    cfg = FederationConfig(
+        n_users=args.users, seed=args.seed, history_per_user=args.history,
+        train_tasks_per_user=args.train_tasks, val_tasks_per_user=args.val_tasks,
+        test_tasks_per_user=args.test_tasks, canaries_per_user=args.canaries,
+        canary_repeats=args.canary_repeats,
+    )
+    fed = generate_federation(cfg, progress=True)
+    leaks = find_leaks(fed)
+    if leaks:  # never write data that breaks its own privacy promise
+        raise ValueError(f"generated data violates a privacy invariant: {leaks[0]}")
+    folder = write_federation(fed, out)
+    console = Console()
+    table = Table(title=f"federation: {cfg.n_users} users, seed {cfg.seed}")
+    table.add_column("split")
+    for k in TASK_KINDS:
+        table.add_column(k, justify="right")
+    table.add_column("total", justify="right")
+    kinds = [h.kind for h in fed.history]
+    table.add_row("history", *[str(kinds.count(k)) for k in TASK_KINDS], str(len(kinds)))
+    for s in SPLITS:
+        tk = [t.task_type for t in fed.tasks[s]]
+        table.add_row(s, *[str(tk.count(k)) for k in TASK_KINDS], str(len(tk)))
+    console.print(table)
+    n_can = sum(len(v) for v in fed.canaries.values())
+    print(f"canaries: {n_can} ({cfg.canaries_per_user} per user, each in {cfg.canary_repeats} training text(s))")
+    print("privacy check: no private value in any instruction; canaries only in their owner's history")
+    print(f"written to {folder.resolve()} (manifest.json lists every file with its sha256)")
+    return 0
+
+
+def _summary(fed, user: str | None) -> dict:
+    from fedcogen.simulations.data import SPLITS, TASK_KINDS
+
+    def count(items):
+        items = list(items)
+        return {k: items.count(k) for k in TASK_KINDS} | {"total": len(items)}
+
+    hist = [h for h in fed.history if user is None or h.user_id == user]
+    tasks = {s: [t for t in fed.tasks[s] if user is None or t.user_id == user] for s in SPLITS}
+    samples = {}
+    for k in TASK_KINDS:
+        for s in SPLITS:
+            hit = next((t for t in tasks[s] if t.task_type == k), None)
+            if hit:
+                samples[k] = hit.to_json()
+                break
+    out = {
+        "users": len(fed.profiles) if user is None else 1,
+        "seed": fed.config.seed,
+        "counts": {"history": count(h.kind for h in hist)}
+        | {s: count(t.task_type for t in tasks[s]) for s in SPLITS},
+        "canaries": sum(len(v) for u, v in fed.canaries.items() if user is None or u == user),
+        "samples": samples,
+    }
+    if user is not None:
+        p = fed.profile(user)
+        out["profile"] = {"name": p.name, "city": p.city, "employer": p.employer, "role": p.role,
+                          "formality": p.style["formality"], "length": p.style["length"],
+                          "kind_mix": p.kind_mix, "private_values": len(p.private_values)}
+    return out
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.data import SPLITS, TASK_KINDS, DataValidationError, find_leaks, load_federation
+    from rich.console import Console
+    from rich.table import Table
+
+    try:
+        fed = load_federation(args.folder)
+    except DataValidationError as exc:
+        print(f"validation: FAILED: {exc}")
+        return 1
+    if args.user is not None:
+        fed.profile(args.user)  # ValueError naming the known ids
+    leaks = find_leaks(fed)
+    summary = _summary(fed, args.user)
+    summary["validation"] = "ok" if not leaks else "privacy invariant broken"
+    summary["leaks"] = leaks
+    if args.json:
+        print(json.dumps(summary, indent=1, sort_keys=True, ensure_ascii=False))
+        return 1 if leaks else 0
+    console = Console()
+    who = f"user {args.user}" if args.user else f"{summary['users']} users"
+    table = Table(title=f"{args.folder}: {who}, seed {summary['seed']}")
+    table.add_column("split")
+    for k in TASK_KINDS:
+        table.add_column(k, justify="right")
+    table.add_column("total", justify="right")
+    for s in ("history", *SPLITS):
+        c = summary["counts"][s]
+        table.add_row(s, *[str(c[k]) for k in TASK_KINDS], str(c["total"]))
+    console.print(table)
+    if "profile" in summary:
+        for key, val in summary["profile"].items():
+            print(f"  {key:<15} {val}")
+    for kind, t in summary["samples"].items():
+        print(f"\n--- sample {kind} ({t['task_id']})")
+        print(f"instruction (public): {t['instruction']}")
+        print("private context:\n  " + t["private_context"].replace("\n", "\n  "))
+        print("reference:\n  " + t["reference"].replace("\n", "\n  "))
+        print(f"private facts: {t['private_facts']}")
+    print(f"\ncanaries: {summary['canaries']} (private/canaries.json)")
+    if leaks:
+        print(f"validation: files OK, but {len(leaks)} privacy problem(s):")
+        for line in leaks[:20]:
+            print(f"  {line}")
+        return 1
+    print("validation: OK (sha256, fields and user ids of every file; no private value in any instruction)")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.data import DataValidationError, load_federation, validate_task_file
+
+    target: Path = args.file
+    if target.is_dir():
+        try:
+            fed = load_federation(target)
+        except DataValidationError as exc:
+            print(f"{exc}")
+            return 1
+        total = sum(len(v) for v in fed.tasks.values())
+        print(f"{target}: OK ({len(fed.profiles)} users, {len(fed.history)} history texts, {total} tasks)")
+        return 0
+    known = None
+    if args.profiles is not None:
+        if not args.profiles.is_file():
+            raise FileNotFoundError(f"--profiles file not found: {args.profiles}")
+        known = set()
+        for n, line in enumerate(args.profiles.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    known.add(str(json.loads(line)["user_id"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ValueError(f"{args.profiles.name}:{n}: field 'user_id': missing or invalid JSON") from None
+    records, problems = validate_task_file(target, strict=False, known_users=known)
+    for line, fld, reason in problems:
+        where = f"{target.name}:{line}" if line else target.name
+        print(f"{where}: field '{fld}': {reason}")
+    if problems:
+        print(f"{target}: {len(problems)} problem(s); {len(records)} valid record(s)")
+        return 1
+    print(f"{target}: OK ({len(records)} records)")
+    return 0
