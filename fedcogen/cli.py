@@ -20,6 +20,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedcogen.simulations.certs_cli",
     "fedcogen.simulations.deploy_cli",
     "fedcogen.simulations.eval_cli",
+    "fedcogen.simulations.demo_cli",
+    "fedcogen.simulations.privacy_cli",
+    "fedcogen.simulations.simulate_cli",
+    "fedcogen.simulations.bench_cli",
 )
 
 

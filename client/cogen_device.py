@@ -1,0 +1,699 @@
+"""The CoGenesis device: a small LM with the private context, helped by a cloud LM over gRPC.
+
+Variants (``CogenDevice.generate(..., variant=...)``):
+
+* ``device``  - the device SLM alone, conditioned on private context + instruction.
+* ``cloud``   - the cloud LM alone, conditioned on the bare instruction (over ``Decode``).
+* ``sketch``  - the cloud writes an outline from the bare instruction (``Sketch``); the device writes
+  the answer from ``device_prompt(instruction, private_context, sketch)``.
+* ``logit``   - every step fuses the device's distribution (with context) and the cloud's (instruction +
+  the tokens generated so far, never the context). The generated prefix DOES reach the cloud.
+* ``gated``   - like ``logit`` but the device asks the cloud only when it is uncertain (entropy or
+  top-2 margin past a threshold); tokens committed meanwhile are sent in one catch-up step.
+* ``cloud_with_context`` - EVALUATION ONLY privacy-violating upper bound (``EvalOnlyGenerate``).
+
+Robustness: every call has a deadline (per step, not just per stream); when the cloud dies
+(UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED) the device reconnects once, replays its committed
+prefix, and otherwise finishes device-only with a warning recorded in the result. It never hangs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+from fedcogen.client.fusion import FusionGate, entropy, fuse_logprobs, top2_margin
+from fedcogen.client.prompts import DEVICE_SYSTEM, cloud_prompt, device_prompt
+from fedcogen.client.wire_capture import WireCapture
+from fedcogen.protocols import cogen_pb2 as pb
+from fedcogen.protocols import cogen_pb2_grpc as pb_grpc
+from fedcogen.protocols import logit_codec
+
+from fedcogen.models import LoadedModel, ModelError, chat_input_ids, load_model
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("device", "cloud", "sketch", "logit", "gated", "cloud_with_context")
+RECOVERABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+class CloudError(RuntimeError):
+    """Base of cloud call failures; ``code`` is the gRPC status code (None for local timeouts)."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CloudUnavailable(CloudError):
+    """The cloud did not answer in time or went away (the device may fall back)."""
+
+
+class CloudRefused(CloudError):
+    """The cloud answered with an error that retrying cannot fix (auth, version, bad request)."""
+
+
+@dataclass
+class DeviceConfig:
+    """Device-side generation settings (``fedcogen generate`` flags map onto these)."""
+
+    device_model: str = "smollm2-half"
+    seed: int = 0
+    adapter: str | None = None
+    cloud: str | None = None
+    tls_dir: str | None = None
+    token: str | None = None
+    insecure: bool = False
+    k: int = 64
+    encoding: str = "fp16"
+    weight: float = 0.5
+    gate_path: str | None = None
+    max_new_tokens: int = 64
+    sample: bool = False
+    temperature: float = 1.0
+    gated_metric: str = "entropy"  # or "margin"
+    gated_threshold: float = 2.5  # entropy (nats) above / margin below this -> ask the cloud
+    step_timeout_s: float = 20.0
+    sketch_timeout_s: float = 120.0
+    sketch_max_new_tokens: int = 96
+
+    def validate(self) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"--weight must be in [0, 1] or 'learned', got {self.weight}")
+        if self.gated_metric not in ("entropy", "margin"):
+            raise ValueError(f"gated metric must be 'entropy' or 'margin', got {self.gated_metric}")
+        logit_codec.CodecConfig(self.k, self.encoding).encoding_value()
+        if self.k < 1:
+            raise ValueError(f"--k must be >= 1, got {self.k}")
+
+
+@dataclass
+class GenerationResult:
+    """One generation: the text and what it cost."""
+
+    text: str
+    variant: str
+    tokens: int
+    tokens_per_s: float
+    cloud_calls: int
+    cloud_call_fraction: float
+    bytes_sent: int
+    bytes_received: int
+    fell_back: bool
+    latency_s: float
+    token_ids: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    sketch: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- device model
+class IncrementalLM:
+    """A causal LM with its own KV cache: ``prefill`` a prompt, then ``step`` one token at a time."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.cache: Any = None
+        self.length = 0
+
+    @torch.inference_mode()
+    def prefill(self, ids: Sequence[int]) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache()
+        self.length = 0
+        return self.step(ids)
+
+    @torch.inference_mode()
+    def step(self, ids: Sequence[int]) -> torch.Tensor:
+        x = torch.tensor([list(ids)], dtype=torch.long)
+        pos = torch.arange(self.length, self.length + len(ids)).unsqueeze(0)
+        out = self.model(input_ids=x, past_key_values=self.cache, position_ids=pos, use_cache=True)
+        self.cache = out.past_key_values
+        self.length += len(ids)
+        return torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+
+    @torch.inference_mode()
+    def teacher_forced(self, prompt: Sequence[int], target: Sequence[int]) -> torch.Tensor:
+        """Log-probs predicting each target token (row i predicts target[i]) in one forward."""
+        ids = torch.tensor([list(prompt) + list(target)], dtype=torch.long)
+        logits = self.model(input_ids=ids).logits[0].float()
+        start = len(prompt) - 1
+        return torch.log_softmax(logits[start : start + len(target)], dim=-1)
+
+
+def load_adapter(lm: LoadedModel, adapter: str) -> LoadedModel:
+    """Layer a personalised LoRA adapter over the device model.
+
+    Accepts a PEFT ``save_pretrained`` folder (``adapter_config.json`` + weights) or a single weights
+    file (``.safetensors`` / ``.pt``) that sits next to an ``adapter_config.json``.
+    """
+    from peft import PeftConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+
+    path = Path(adapter).expanduser()
+    if path.is_dir():
+        if not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"adapter folder {path} has no adapter_config.json (expected PEFT save_pretrained)")
+        model = PeftModel.from_pretrained(lm.model, str(path))
+    elif path.is_file():
+        cfg_file = path.parent / "adapter_config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"adapter file {path} needs an adapter_config.json next to it")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        model = get_peft_model(lm.model, PeftConfig.from_pretrained(str(path.parent)))
+        result = set_peft_model_state_dict(model, state)
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"adapter {path} has weights this model lacks: {list(unexpected)[:3]}")
+    else:
+        raise FileNotFoundError(f"adapter not found: {path}")
+    model.eval()
+    return LoadedModel(model=model, tokenizer=lm.tokenizer, name=f"{lm.name}+{path.name}", source=lm.source)
+
+
+# --------------------------------------------------------------------------- cloud connection
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class CloudClient:
+    """A channel to the cloud with the wire capture installed and the token attached to every call."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        tls_dir: str | None = None,
+        token: str | None = None,
+        insecure: bool = False,
+        capture: WireCapture | None = None,
+        max_message_bytes: int = 8 << 20,
+    ) -> None:
+        if not insecure and not tls_dir:
+            raise ValueError("connecting to the cloud needs --tls-dir DIR (with --token) or an explicit --insecure")
+        self.address, self.tls_dir, self.token, self.insecure = address, tls_dir, token, insecure
+        self.capture = capture if capture is not None else WireCapture()
+        self.max_message_bytes = max_message_bytes
+        self._raw: grpc.Channel | None = None
+        self.stub: pb_grpc.CloudLMStub | None = None
+        self.connect()
+
+    def connect(self) -> None:
+        self.close()
+        options = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.enable_retries", 0),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        if self.insecure:
+            self._raw = grpc.insecure_channel(self.address, options=options)
+        else:
+            from fedcogen.protocols.tls import channel_credentials
+
+            self._raw = grpc.secure_channel(self.address, channel_credentials(self.tls_dir), options=options)
+        self.stub = pb_grpc.CloudLMStub(grpc.intercept_channel(self._raw, self.capture))
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return _metadata(self.token)
+
+    def health(self, timeout: float = 2.0) -> bool:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            reply = health_pb2_grpc.HealthStub(self._raw).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def sketch(self, instruction: str, max_new_tokens: int = 0, timeout: float = 120.0) -> pb.SketchReply:
+        req = pb.SketchRequest(
+            protocol_version=logit_codec.PROTOCOL_VERSION, instruction=instruction, max_new_tokens=max_new_tokens
+        )
+        try:
+            return self.stub.Sketch(req, timeout=timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from exc
+
+    def eval_only_generate(self, full_prompt: str, max_new_tokens: int, timeout: float = 300.0) -> str:
+        req = pb.EvalOnlyGenerateRequest(
+            protocol_version=logit_codec.PROTOCOL_VERSION, full_prompt=full_prompt, max_new_tokens=max_new_tokens
+        )
+        try:
+            return self.stub.EvalOnlyGenerate(req, timeout=timeout, metadata=self.metadata).text
+        except grpc.RpcError as exc:
+            raise _translate(exc) from exc
+
+    def open_session(
+        self,
+        instruction: str = "",
+        *,
+        instruction_ids: Sequence[int] | None = None,
+        k: int = 64,
+        encoding: str = "fp16",
+        max_tokens: int = 0,
+        step_timeout: float = 20.0,
+        protocol_version: int = logit_codec.PROTOCOL_VERSION,
+    ) -> DecodeSession:
+        open_msg = pb.SessionOpen(
+            protocol_version=protocol_version,
+            instruction=instruction if not instruction_ids else "",
+            instruction_ids=list(instruction_ids or []),
+            k=k,
+            encoding=logit_codec.CodecConfig(k, encoding).encoding_value(),
+            max_tokens=max_tokens,
+        )
+        return DecodeSession(self, open_msg, step_timeout)
+
+
+def _translate(exc: grpc.RpcError) -> Exception:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code in RECOVERABLE:
+        return CloudUnavailable(f"cloud {code.name if code else '?'}: {details}", code)
+    return CloudRefused(f"cloud refused ({code.name if code else '?'}): {details}", code)
+
+
+_END = object()
+
+
+class DecodeSession:
+    """One bidirectional ``Decode`` stream: send steps without waiting, receive with a per-step deadline.
+
+    Sending is decoupled from receiving so that the device computes its own next distribution while
+    the cloud computes the cloud's (the two overlap instead of adding up).
+    """
+
+    def __init__(self, client: CloudClient, open_msg: pb.SessionOpen, step_timeout: float) -> None:
+        self.step_timeout = step_timeout
+        self.owed = 0
+        self.fingerprint = ""
+        self.session_id = ""
+        self.stats: pb.SessionStats | None = None
+        self._requests: queue.Queue[Any] = queue.Queue()
+        self._replies: queue.Queue[Any] = queue.Queue()
+        self._call = client.stub.Decode(iter(self._requests.get, _END), metadata=client.metadata)
+        self._reader = threading.Thread(target=self._read, name="cogen-decode-reader", daemon=True)
+        self._reader.start()
+        self._send(pb.DecodeRequest(open=open_msg))
+
+    def _read(self) -> None:
+        try:
+            for reply in self._call:
+                self._replies.put(reply)
+        except grpc.RpcError as exc:
+            self._replies.put(exc)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            self._replies.put(exc)
+        self._replies.put(_END)
+
+    def _send(self, msg: pb.DecodeRequest) -> None:
+        self._requests.put(msg)
+        self.owed += 1
+
+    def send_step(self, token_ids: Sequence[int]) -> None:
+        self._send(pb.DecodeRequest(step=pb.TokenStep(token_ids=list(token_ids))))
+
+    def _recv_one(self) -> pb.DecodeReply:
+        try:
+            item = self._replies.get(timeout=self.step_timeout)
+        except queue.Empty:
+            self.cancel()
+            raise CloudUnavailable(
+                f"cloud did not answer within {self.step_timeout:.1f} s", grpc.StatusCode.DEADLINE_EXCEEDED
+            ) from None
+        if item is _END:
+            raise CloudUnavailable("cloud closed the stream")
+        if isinstance(item, grpc.RpcError):
+            raise _translate(item)
+        if isinstance(item, Exception):
+            raise CloudUnavailable(f"stream failed: {item}")
+        self.owed -= 1
+        if item.tokenizer_fingerprint:
+            self.fingerprint = item.tokenizer_fingerprint
+        if item.session_id:
+            self.session_id = item.session_id
+        return item
+
+    def latest(self) -> pb.LogitPacket:
+        """Receive every owed reply and return the newest distribution (for the current prefix)."""
+        if self.owed == 0:
+            raise RuntimeError("no distribution owed: send a step first")
+        reply = None
+        while self.owed > 0:
+            reply = self._recv_one()
+        return reply.logits
+
+    def close(self) -> pb.SessionStats | None:
+        """Explicit close: drain owed replies, ask the cloud for its counters, end the stream."""
+        try:
+            while self.owed > 0:
+                self._recv_one()
+            self._send(pb.DecodeRequest(close=pb.SessionClose(reason="done")))
+            reply = self._recv_one()
+            self.stats = reply.closed
+        except (CloudUnavailable, CloudRefused):
+            self.stats = None
+        finally:
+            self._requests.put(_END)
+        return self.stats
+
+    def cancel(self) -> None:
+        self._requests.put(_END)
+        try:
+            self._call.cancel()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
+# --------------------------------------------------------------------------- the device
+class CogenDevice:
+    """Device-side CoGenesis client. Build once, call :meth:`generate` per (instruction, context)."""
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        device_lm: LoadedModel | None = None,
+        gate: FusionGate | None = None,
+        capture: WireCapture | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        lm = device_lm if device_lm is not None else load_model(config.device_model, seed=config.seed)
+        if config.adapter:
+            lm = load_adapter(lm, config.adapter)
+        self.lm = lm
+        self.tokenizer = lm.tokenizer
+        from fedcogen.server.cloud_service import stop_token_ids
+
+        self.stop_ids = stop_token_ids(self.tokenizer)
+        self.fingerprint = logit_codec.tokenizer_fingerprint(self.tokenizer)
+        self.gate = gate if gate is not None else (FusionGate.load(config.gate_path) if config.gate_path else None)
+        self.capture = capture if capture is not None else WireCapture()
+        self._client: CloudClient | None = None
+        self._rng = torch.Generator().manual_seed(config.seed)
+
+    # ----------------------------------------------------------------- plumbing
+    @property
+    def client(self) -> CloudClient:
+        if self._client is None:
+            if not self.config.cloud:
+                raise ValueError("this variant needs --cloud HOST:PORT")
+            self._client = CloudClient(
+                self.config.cloud,
+                tls_dir=self.config.tls_dir,
+                token=self.config.token,
+                insecure=self.config.insecure,
+                capture=self.capture,
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def device_ids(self, instruction: str, private_context: str, sketch: str | None = None) -> list[int]:
+        return chat_input_ids(self.tokenizer, device_prompt(instruction, private_context, sketch), system=DEVICE_SYSTEM)
+
+    def _choose(self, lp: torch.Tensor) -> int:
+        if self.config.sample:
+            probs = torch.softmax(lp / max(self.config.temperature, 1e-4), dim=-1)
+            return int(torch.multinomial(probs, 1, generator=self._rng))
+        return int(lp.argmax())
+
+    def _fuse(self, lp_small: torch.Tensor, lp_large: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            with torch.no_grad():
+                return self.gate(lp_small, lp_large)
+        return fuse_logprobs(lp_small, lp_large, self.config.weight)
+
+    def _uncertain(self, lp_small: torch.Tensor) -> bool:
+        if self.config.gated_metric == "margin":
+            return float(top2_margin(lp_small)) < self.config.gated_threshold
+        return float(entropy(lp_small)) > self.config.gated_threshold
+
+    def _check_fingerprint(self, session: DecodeSession) -> None:
+        if session.fingerprint and session.fingerprint != self.fingerprint:
+            raise ModelError(
+                f"tokenizer mismatch: cloud tokenizer {session.fingerprint} != device tokenizer {self.fingerprint}; "
+                "logit fusion needs the same vocabulary (use the sketch variant for unrelated models)"
+            )
+
+    # ----------------------------------------------------------------- public API
+    def generate(self, instruction: str, private_context: str, variant: str = "logit") -> GenerationResult:
+        """Generate one answer with the chosen variant (see module docstring)."""
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant '{variant}' (choose from {', '.join(VARIANTS)})")
+        sent0, recv0 = self.capture.sent_bytes, self.capture.received_bytes
+        started = time.perf_counter()
+        run = _Run(variant)
+        if variant == "device":
+            ids = self._decode_device(self.device_ids(instruction, private_context), [], run)
+        elif variant == "sketch":
+            ids = self._sketch(instruction, private_context, run)
+        elif variant == "cloud_with_context":
+            log.warning("cloud_with_context sends the PRIVATE CONTEXT to the cloud: evaluation upper bound only")
+            text = self.client.eval_only_generate(
+                device_prompt(instruction, private_context), self.config.max_new_tokens
+            )
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            run.calls, run.positions = 1, max(1, len(ids))
+        else:
+            ids = self._collaborate(instruction, private_context, variant, run)
+        latency = time.perf_counter() - started
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return GenerationResult(
+            text=text,
+            variant=variant,
+            tokens=len(ids),
+            tokens_per_s=len(ids) / latency if latency > 0 else 0.0,
+            cloud_calls=run.calls,
+            cloud_call_fraction=(run.calls / run.positions) if run.positions and variant in ("logit", "gated", "cloud") else 0.0,
+            bytes_sent=self.capture.sent_bytes - sent0,
+            bytes_received=self.capture.received_bytes - recv0,
+            fell_back=run.fell_back,
+            latency_s=latency,
+            token_ids=ids,
+            warnings=run.warnings,
+            sketch=run.sketch,
+        )
+
+    # ----------------------------------------------------------------- variants
+    def _decode_device(self, prompt_ids: list[int], generated: list[int], run: _Run) -> list[int]:
+        """Device-only greedy/sampled decoding (also the fallback, continuing after ``generated``)."""
+        dev = IncrementalLM(self.lm.model)
+        lp = dev.prefill(prompt_ids + generated)
+        out = list(generated)
+        while len(out) < self.config.max_new_tokens:
+            run.positions += 1
+            tok = self._choose(lp)
+            if tok in self.stop_ids:
+                break
+            out.append(tok)
+            lp = dev.step([tok])
+        return out
+
+    def _sketch(self, instruction: str, private_context: str, run: _Run) -> list[int]:
+        sketch = None
+        for attempt in (1, 2):
+            try:
+                reply = self.client.sketch(instruction, self.config.sketch_max_new_tokens, self.config.sketch_timeout_s)
+                sketch = reply.sketch
+                run.calls += 1
+                break
+            except CloudUnavailable as exc:
+                if attempt == 1:
+                    log.warning("sketch call failed (%s); reconnecting once", exc)
+                    self.client.connect()
+                    continue
+                run.fall_back(f"cloud unavailable for the sketch ({exc}); writing without an outline")
+        run.sketch = sketch
+        return self._decode_device(self.device_ids(instruction, private_context, sketch), [], run)
+
+    def _open(self, instruction: str, max_tokens: int | None = None) -> DecodeSession:
+        return self.client.open_session(
+            instruction,
+            k=self.config.k,
+            encoding=self.config.encoding,
+            max_tokens=max_tokens or self.config.max_new_tokens + 1,
+            step_timeout=self.config.step_timeout_s,
+        )
+
+    def _collaborate(self, instruction: str, private_context: str, variant: str, run: _Run) -> list[int]:
+        cfg = self.config
+        use_device = variant != "cloud"
+        dev = IncrementalLM(self.lm.model)
+        generated: list[int] = []
+        pending: list[int] = []  # committed but not yet sent (gated catch-up)
+        state = {"session": None, "reconnected": False}
+
+        def start_session() -> None:
+            state["session"] = self._open(cloud_prompt(instruction))  # only queues the open message
+
+        def fetch() -> torch.Tensor | None:
+            """The cloud's log-probs for the current prefix, or None once fallen back."""
+            nonlocal pending
+            if run.fell_back:
+                return None
+            for attempt in (1, 2):
+                session: DecodeSession = state["session"]
+                try:
+                    if pending:
+                        session.send_step(pending)
+                        pending = []
+                    packet = session.latest()
+                    self._check_fingerprint(session)
+                    run.calls += 1
+                    return logit_codec.decode(packet, self.lm.vocab_size)
+                except CloudUnavailable as exc:
+                    session.cancel()
+                    if attempt == 1 and not state["reconnected"]:
+                        state["reconnected"] = True
+                        msg = f"cloud call failed ({exc}); reconnecting once and replaying {len(generated)} tokens"
+                        log.warning(msg)
+                        run.warnings.append(msg)
+                        self.client.connect()
+                        start_session()
+                        pending = list(generated)
+                        continue
+                    run.fall_back(f"cloud unavailable ({exc}); continuing device-only for the rest")
+                    return None
+            return None
+
+        start_session()
+        lp_small = dev.prefill(self.device_ids(instruction, private_context)) if use_device else None
+        try:
+            while len(generated) < cfg.max_new_tokens:
+                run.positions += 1
+                if variant == "gated" and not self._uncertain(lp_small):
+                    lp_large = None
+                else:
+                    lp_large = fetch()
+                if run.fell_back and lp_small is None:  # cloud-only baseline lost its cloud
+                    lp_small = dev.prefill(self.device_ids(instruction, private_context) + generated)
+                if lp_large is None:
+                    lp = lp_small
+                elif lp_small is None:
+                    lp = lp_large
+                else:
+                    lp = self._fuse(lp_small, lp_large)
+                tok = self._choose(lp)
+                if tok in self.stop_ids:
+                    break
+                generated.append(tok)
+                if not run.fell_back:
+                    if variant == "gated":
+                        pending.append(tok)
+                    else:
+                        state["session"].send_step([tok])  # cloud works while the device computes below
+                if lp_small is not None:
+                    lp_small = dev.step([tok])
+        finally:
+            session = state["session"]
+            if session is not None:
+                if run.fell_back:
+                    session.cancel()
+                else:
+                    session.close()
+        return generated
+
+    # ----------------------------------------------------------------- training helpers
+    def cloud_teacher_forced(self, instruction: str, target_ids: Sequence[int]) -> list[torch.Tensor]:
+        """Cloud log-probs predicting each target token given instruction + target prefix (no context)."""
+        session = self._open(cloud_prompt(instruction), max_tokens=len(target_ids) + 1)
+        out = []
+        try:
+            for i, tok in enumerate(target_ids):
+                out.append(logit_codec.decode(session.latest(), self.lm.vocab_size))
+                if i + 1 < len(target_ids):
+                    session.send_step([tok])
+            self._check_fingerprint(session)
+        finally:
+            session.close()
+        return out
+
+    def sketch_training_pairs(self, tasks: Iterable[dict[str, str]]) -> list[tuple[str, str]]:
+        """Sketch-aware training data: (device prompt WITH a cloud sketch, target) per task.
+
+        ``tasks`` are dicts with ``instruction``, ``private_context`` and ``target`` (e.g. built from
+        ``simulations.data`` records). Only the instruction is sent to the cloud (``Sketch``); the
+        returned prompts are formatted by ``client.prompts.device_prompt`` so the federated trainer
+        can fine-tune the device model to use outlines the way it will see them at inference.
+        """
+        pairs = []
+        for task in tasks:
+            sketch = self.client.sketch(task["instruction"], self.config.sketch_max_new_tokens, self.config.sketch_timeout_s)
+            pairs.append((device_prompt(task["instruction"], task["private_context"], sketch.sketch), task["target"]))
+        return pairs
+
+
+@dataclass
+class _Run:
+    variant: str
+    calls: int = 0
+    positions: int = 0
+    fell_back: bool = False
+    warnings: list[str] = field(default_factory=list)
+    sketch: str | None = None
+
+    def fall_back(self, message: str) -> None:
+        log.warning(message)
+        self.warnings.append(message)
+        self.fell_back = True
+
+
+def train_gate(
+    device: CogenDevice,
+    examples: Sequence[dict[str, str]],
+    epochs: int = 30,
+    lr: float = 0.02,
+    max_target_tokens: int = 48,
+) -> tuple[FusionGate, dict[str, float]]:
+    """Train the learned fusion gate on the device's own data.
+
+    ``examples``: dicts with ``instruction``, ``private_context``, ``target``. The device computes its
+    own distributions (with context) teacher-forced on the target; the cloud returns its distributions
+    for the same prefixes over ``Decode`` (it sees instruction + answer prefix, never the context).
+    """
+    from fedcogen.client.fusion import GateTrainConfig, fit_gate
+
+    dev = IncrementalLM(device.lm.model)
+    small, large, targets = [], [], []
+    for ex in examples:
+        target_ids = device.tokenizer(ex["target"], add_special_tokens=False)["input_ids"][:max_target_tokens]
+        if not target_ids:
+            continue
+        small.append(dev.teacher_forced(device.device_ids(ex["instruction"], ex["private_context"]), target_ids))
+        large.append(torch.stack(device.cloud_teacher_forced(ex["instruction"], target_ids)))
+        targets.extend(target_ids)
+    if not targets:
+        raise ValueError("train_gate needs at least one example with a non-empty target")
+    return fit_gate(torch.cat(small), torch.cat(large), targets, GateTrainConfig(epochs=epochs, lr=lr))

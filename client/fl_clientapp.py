@@ -1,0 +1,355 @@
+"""Flower ClientApp (Message API, flwr 1.41): federated sparse-LoRA training on a device.
+
+What a device does per ``train`` message (see :mod:`fedcogen.protocols.fl_messages` for the schema):
+
+1. rebuild this round's broadcast adapter from the patch the server sent (lossy sparse ``delta`` on
+   the copy it holds, or lossless ``overwrite``/``full`` catch-up) and check the sha256 digest;
+2. train ``local_steps`` steps of target-token causal-LM loss on its own private partition;
+3. update = trained - broadcast; add its error-feedback residual, keep the top-k, (clip/noise if
+   DP is on), encode with the sparse codec; new residual = corrected - what was actually sent;
+4. reply with the blob and metrics.
+
+Per-client state is only: the error-feedback residual, the last two broadcast copies (by version)
+and nothing else (a fresh AdamW per round). It lives in Flower's ``context.state`` and, when
+``client_state_dir`` is set, also in the client's own folder, so a restarted run (``resume``)
+continues bit-identically. Two broadcast versions are kept because a crash after a client trained
+but before the server committed the round leaves the client one version ahead of the server's table.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fedcogen.protocols import fl_messages as fm
+from flwr.app import ConfigRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "fedcogen-client"
+KEEP_VERSIONS = 2
+
+app = ClientApp()
+
+
+# --------------------------------------------------------------------------- client state
+
+
+@dataclass
+class ClientState:
+    """Residual by round it was produced in, broadcast copies by version."""
+
+    residuals: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    copies: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def residual_before(self, server_round: int) -> dict[str, np.ndarray] | None:
+        """Latest residual produced strictly before ``server_round`` (a re-run round ignores its own)."""
+        older = [r for r in self.residuals if r < server_round]
+        return self.residuals[max(older)] if older else None
+
+    def prune(self) -> None:
+        for table in (self.residuals, self.copies):
+            for key in sorted(table)[:-KEEP_VERSIONS]:
+                del table[key]
+
+    def to_bytes(self) -> bytes:
+        arrays: dict[str, np.ndarray] = {}
+        for r, tensors in self.residuals.items():
+            arrays.update({f"res/{r}/{k}": v for k, v in tensors.items()})
+        for v, tensors in self.copies.items():
+            arrays.update({f"copy/{v}/{k}": a for k, a in tensors.items()})
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ClientState:
+        state = cls()
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            for key in z.files:
+                kind, num, name = key.split("/", 2)
+                table = state.residuals if kind == "res" else state.copies
+                table.setdefault(int(num), {})[name] = np.array(z[key], dtype=np.float32)
+        return state
+
+
+def _state_file(settings: fm.FLSettings, client_id: str) -> Path | None:
+    if not settings.client_state_dir:
+        return None
+    return Path(settings.client_state_dir) / client_id / "client_state.npz"
+
+
+def load_state(context: Context, settings: fm.FLSettings, client_id: str) -> ClientState:
+    """Context state first (same process), else the client's own folder (restart), else empty."""
+    rec = context.state.config_records.get(STATE_KEY) if STATE_KEY in context.state else None
+    if rec is not None and rec.get("client_id") == client_id:
+        return ClientState.from_bytes(bytes(rec["npz"]))
+    path = _state_file(settings, client_id)
+    if path is not None and path.is_file():
+        return ClientState.from_bytes(path.read_bytes())
+    return ClientState()
+
+
+def save_state(context: Context, settings: fm.FLSettings, client_id: str, state: ClientState) -> None:
+    state.prune()
+    data = state.to_bytes()
+    context.state[STATE_KEY] = ConfigRecord({"client_id": client_id, "npz": data})
+    path = _state_file(settings, client_id)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- helpers shared with the server
+
+
+def lora_spec(settings: fm.FLSettings) -> Any:
+    from fedcogen.client.lora import LoraSpec
+
+    return LoraSpec(
+        r=settings.lora_r,
+        alpha=settings.lora_alpha,
+        dropout=settings.lora_dropout,
+        targets=LoraSpec.parse_targets(settings.lora_targets),
+    )
+
+
+def federation_for(settings: fm.FLSettings) -> Any:
+    """Load the synthetic federation from ``data_dir``, generating it (deterministically) if missing.
+
+    Generation writes to a temporary sibling folder that is renamed into place, so concurrent
+    processes (Ray workers, the server) never read a half-written folder.
+    """
+    from fedcogen.simulations import data as sd
+
+    if not settings.data_dir:
+        raise ValueError("run config 'data_dir' is empty: set the folder of the synthetic federation")
+    folder = Path(settings.data_dir)
+    if not folder.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        fed = sd.generate_federation(sd.FederationConfig(n_users=settings.num_clients, seed=settings.seed))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        sd.write_federation(fed, tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race; its copy is identical
+    fed = _load_federation(str(folder))
+    n_users = len(sd.user_ids(fed))
+    if n_users < settings.num_clients:
+        raise ValueError(f"federation in {folder} has {n_users} users but num_clients={settings.num_clients}: "
+                         "use another data_dir or fewer clients")
+    return fed
+
+
+_FED_CACHE: dict[str, Any] = {}
+_ENC_CACHE: dict[tuple, Any] = {}
+
+
+def _load_federation(folder: str) -> Any:
+    from fedcogen.simulations import data as sd
+
+    if folder not in _FED_CACHE:
+        _FED_CACHE[folder] = sd.load_federation(folder)
+    return _FED_CACHE[folder]
+
+
+def client_id_for(settings: fm.FLSettings, partition_id: int) -> str:
+    """Partition id -> user id of the federation (sorted user list, so every process agrees)."""
+    from fedcogen.simulations import data as sd
+
+    users = sd.user_ids(federation_for(settings))
+    if not 0 <= partition_id < len(users):
+        raise ValueError(f"partition-id {partition_id} out of range: federation has {len(users)} users")
+    return users[partition_id]
+
+
+def encoded_split(settings: fm.FLSettings, client_id: str, split: str, tokenizer: Any) -> list[Any]:
+    """Tokenised (prompt, target) pairs of one client's split, cached per process."""
+    from fedcogen.client.lora import encode_examples
+    from fedcogen.simulations import data as sd
+
+    key = (settings.data_dir, settings.model, client_id, split, settings.max_seq_len)
+    if key not in _ENC_CACHE:
+        examples = sd.client_examples(federation_for(settings), client_id, split)
+        _ENC_CACHE[key] = encode_examples(tokenizer, examples, settings.max_seq_len)
+    return _ENC_CACHE[key]
+
+
+def client_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """Independent, reproducible seed per (run seed, round, client)."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id, 17]).generate_state(1)[0])
+
+
+def _settings_from(msg: Message, context: Context) -> tuple[fm.FLSettings, dict[str, Any]]:
+    """Settings = dataclass defaults + what the server sent (the server is the single source of truth;
+    the node's own run config is deliberately ignored so client and server can never disagree)."""
+    cfg = fm.config_of(msg.content)
+    return fm.FLSettings.from_mapping(cfg), cfg
+
+
+def _partition_id(context: Context) -> int:
+    pid = context.node_config.get("partition-id")
+    if pid is None:
+        raise ValueError("node config has no 'partition-id' (start the SuperNode with --node-config "
+                         "'partition-id=N num-partitions=M')")
+    return int(pid)
+
+
+def _rebuild_broadcast(lm: Any, state: ClientState, patch: fm.Patch) -> dict[str, np.ndarray]:
+    from fedcogen.client.lora import adapter_digest
+
+    if patch.kind == fm.PATCH_FULL or patch.base_version == 0 and 0 not in state.copies:
+        base = lm.initial
+    elif patch.base_version in state.copies:
+        base = state.copies[patch.base_version]
+    else:
+        raise ValueError(f"stale_broadcast: server patches from version {patch.base_version}, client holds "
+                         f"{sorted(state.copies)}")
+    adapter = fm.apply_patch(base, patch.kind, patch.blob, lm.shapes())
+    digest = adapter_digest(adapter)
+    if digest != patch.digest:
+        raise ValueError(f"digest_mismatch: rebuilt broadcast v{patch.target_version} has sha256 {digest[:12]}, "
+                         f"server says {patch.digest[:12]}")
+    return adapter
+
+
+# --------------------------------------------------------------------------- core (callable without Flower)
+
+
+def compress_update(
+    update: Mapping[str, np.ndarray],
+    residual: Mapping[str, np.ndarray] | None,
+    settings: fm.FLSettings,
+    rng: np.random.Generator,
+) -> tuple[bytes, dict[str, np.ndarray]]:
+    """Error-feedback top-k (+ DP clip/noise) + encode; returns (blob, new residual).
+
+    The residual is ``corrected - decoded(blob)``: what the server will actually see is subtracted,
+    so with DP on, no part of the update reaches the server without passing the clip.
+    """
+    from fedcogen.protocols import sparse_codec as codec
+
+    cfg = codec.CodecConfig(
+        density=settings.density, scope=settings.scope, quant=settings.quant, index_coding=settings.index_coding
+    )
+    corrected = {k: np.asarray(v, np.float32) + (residual[k] if residual and k in residual else 0.0)
+                 for k, v in update.items()}
+    corrected = {k: np.asarray(v, np.float32) for k, v in corrected.items()}
+    sparse = codec.topk_sparsify(corrected, cfg)
+    if settings.dp_mode != "none":
+        from fedcogen.protocols import dp
+
+        dpc = dp.DPConfig(mode=settings.dp_mode, clip_norm=settings.dp_clip_norm,
+                          noise_multiplier=settings.dp_noise_multiplier, delta=settings.dp_delta,
+                          clients_per_round=max(1, settings.clients_per_round))
+        sparse = dp.privatize_sparse(sparse, dpc, rng)
+    blob = codec.encode_sparse(sparse, cfg)
+    sent = codec.densify(codec.decode_sparse(blob))
+    new_residual = {k: (corrected[k] - sent.get(k, 0.0)).astype(np.float32) for k in corrected}
+    return blob, new_residual
+
+
+def run_train(settings: fm.FLSettings, patch: fm.Patch, server_round: int, partition_id: int,
+              client_id: str, state: ClientState) -> tuple[bytes, dict[str, float], ClientState]:
+    """One round of client work, independent of Flower (the ClientApp and benchmarks call it)."""
+    from fedcogen.client.lora import adapter_sub, get_adapter, lora_model, set_adapter, train_local
+
+    lm = lora_model(settings.model, settings.seed, lora_spec(settings))
+    broadcast = _rebuild_broadcast(lm, state, patch)
+    data = encoded_split(settings, client_id, "train", lm.tokenizer)
+    set_adapter(lm, broadcast)
+    seed = client_seed(settings.seed, server_round, partition_id)
+    result = train_local(lm, data, steps=settings.local_steps, batch_size=settings.batch_size,
+                         lr=settings.lr, seed=seed)
+    update = adapter_sub(get_adapter(lm), broadcast)
+    rng = np.random.default_rng(seed)
+    blob, new_residual = compress_update(update, state.residual_before(server_round), settings, rng)
+    state.copies[patch.target_version] = broadcast
+    state.residuals[server_round] = new_residual
+    from fedcogen.protocols import sparse_codec as codec
+
+    stats = codec.blob_stats(blob)
+    metrics = {
+        fm.NUM_EXAMPLES: len(data),
+        "train_loss": result.loss,
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "target_tokens": result.target_tokens,
+        "train_seconds": result.seconds,
+        "tokens_per_s": result.tokens_per_s,
+        "update_bytes": len(blob),
+        "sent_entries": stats["k"],
+        # index bits actually used vs the information bound log2 C(n, k), for the comm benchmark
+        "index_bits": sum(t["index_bits"] for t in stats["tensors"] if 0 < t["k"] < t["n"]),
+        "bound_bits": sum(t["bound_bits"] for t in stats["tensors"] if 0 < t["k"] < t["n"]),
+    }
+    return blob, metrics, state
+
+
+# --------------------------------------------------------------------------- Flower handlers
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Hello: tell the server which client (user) this node is; it keys all per-client state by it."""
+    settings, _ = _settings_from(msg, context)
+    pid = _partition_id(context)
+    client_id = client_id_for(settings, pid)
+    return Message(fm.make_recorddict(config={"client_id": client_id, "partition_id": pid}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    settings, cfg = _settings_from(msg, context)
+    server_round = int(cfg.get("server_round", msg.metadata.group_id or 0))
+    pid = _partition_id(context)
+    if settings.fails(pid, server_round):
+        raise RuntimeError(f"injected failure: partition {pid} fails in round {server_round} (fail_nodes)")
+    if settings.fail_prob > 0:
+        coin = np.random.default_rng([settings.seed, server_round, pid, 99]).random()
+        if coin < settings.fail_prob:
+            raise RuntimeError(f"injected failure: partition {pid} dropped in round {server_round} (fail_prob)")
+    client_id = client_id_for(settings, pid)
+    state = load_state(context, settings, client_id)
+    blob, metrics, state = run_train(settings, fm.read_patch(cfg), server_round, pid, client_id, state)
+    save_state(context, settings, client_id, state)
+    content = fm.make_recorddict(
+        update={"blob": blob, "client_id": client_id, "version": int(cfg["target_version"])}, metrics=metrics
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Validation loss of the current broadcast adapter on this client's private val split."""
+    from fedcogen.client.lora import eval_loss, lora_model, set_adapter
+
+    settings, cfg = _settings_from(msg, context)
+    pid = _partition_id(context)
+    client_id = client_id_for(settings, pid)
+    state = load_state(context, settings, client_id)
+    lm = lora_model(settings.model, settings.seed, lora_spec(settings))
+    patch = fm.read_patch(cfg)
+    broadcast = _rebuild_broadcast(lm, state, patch)
+    state.copies[patch.target_version] = broadcast
+    save_state(context, settings, client_id, state)
+    data = encoded_split(settings, client_id, "val", lm.tokenizer)
+    set_adapter(lm, broadcast)
+    loss, n_tok = eval_loss(lm, data, batch_size=max(1, settings.batch_size))
+    metrics = {fm.NUM_EXAMPLES: len(data), "eval_loss": loss, "eval_tokens": n_tok}
+    content = fm.make_recorddict(update={"client_id": client_id}, metrics=metrics)
+    return Message(content, reply_to=msg)

@@ -1,0 +1,163 @@
+"""``fedcogen generate``: write a user's texts with a CoGenesis variant against a running cloud."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# Kept in sync with cogen_device.VARIANTS (not imported: `fedcogen --help` must not load torch).
+VARIANTS = ("device", "cloud", "sketch", "logit", "gated", "cloud_with_context")
+
+TASK_FILE_ORDER = ("test.jsonl", "val.jsonl", "train.jsonl")
+
+
+def load_tasks(data: str, user: str, task: str | None = None) -> list[dict[str, Any]]:
+    """Task records of ``user`` (optionally one ``task``) from a JSONL file or a federation folder.
+
+    Records need ``user_id``, ``instruction`` and ``private_context`` (the ``fedcogen eval`` format).
+    A folder is searched for test.jsonl, then val.jsonl, then train.jsonl.
+    """
+    path = Path(data).expanduser()
+    if path.is_dir():
+        files = [path / f for f in TASK_FILE_ORDER if (path / f).is_file()]
+        if not files:
+            raise FileNotFoundError(f"{path} has none of {', '.join(TASK_FILE_ORDER)}")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"data not found: {path}")
+    out: list[dict[str, Any]] = []
+    for f in files:
+        for lineno, line in enumerate(f.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{f.name}:{lineno}: not JSON ({exc.msg})") from None
+            for key in ("user_id", "instruction", "private_context"):
+                if key not in rec:
+                    raise ValueError(f"{f.name}:{lineno}: field '{key}': missing")
+            if rec["user_id"] != user:
+                continue
+            if task is not None and rec.get("task_id") != task:
+                continue
+            out.append(rec)
+        if out:
+            break
+    if not out:
+        what = f"task '{task}' of user '{user}'" if task else f"tasks of user '{user}'"
+        raise ValueError(f"no {what} in {', '.join(str(f) for f in files)}")
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate a user's texts with a CoGenesis variant (device, cloud, sketch, logit, gated)",
+        description=(
+            "Device-side CoGenesis generation. The private context stays on this machine: 'sketch' sends "
+            "only the instruction; 'logit' and 'gated' also send the tokens generated so far (never the "
+            "context); 'device' uses no cloud; 'cloud' is the cloud alone on the instruction; "
+            "'cloud_with_context' is a privacy-VIOLATING evaluation upper bound (the server must allow it)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--variant", choices=VARIANTS, default="logit", help="collaboration variant")
+    p.add_argument("--data", required=True, help="task JSONL file or federation folder (test/val/train.jsonl)")
+    p.add_argument("--user", required=True, help="user_id whose tasks to generate")
+    p.add_argument("--task", help="one task_id (default: all of the user's tasks in the file)")
+    p.add_argument("--limit", type=int, default=0, help="at most this many tasks (0 = all)")
+    p.add_argument("--cloud", help="cloud address HOST:PORT (not needed for --variant device)")
+    p.add_argument("--tls-dir", help="folder with ca.crt to verify the cloud")
+    p.add_argument("--token", help="bearer token for the cloud")
+    p.add_argument("--insecure", action="store_true", help="plaintext connection (testing only)")
+    p.add_argument("--adapter", help="personalised LoRA adapter (PEFT folder, or weights file beside adapter_config.json)")
+    p.add_argument("--device-model", default="smollm2-half", help="device model name or local folder")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="tokens to generate per task")
+    p.add_argument("--k", type=int, default=64, help="top-k size of the cloud's distributions")
+    p.add_argument("--encoding", choices=("fp16", "int8", "fp32", "full"), default="fp16", help="value encoding")
+    p.add_argument("--weight", default="0.5", help="device weight w in [0,1], or 'learned' (needs --gate)")
+    p.add_argument("--gate", help="learned fusion gate state dict (FusionGate.save)")
+    p.add_argument("--gated-threshold", type=float, default=2.5, help="entropy (nats) above which gated asks the cloud")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--step-timeout", type=float, default=20.0, help="deadline per cloud step (s)")
+    p.add_argument("--out", help="write results as JSON here (and a .md next to it)")
+    p.set_defaults(func=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
+    from tqdm import tqdm
+
+    if args.variant != "device" and not args.cloud:
+        raise ValueError(f"--variant {args.variant} needs --cloud HOST:PORT")
+    if args.cloud and not args.insecure and not args.tls_dir:
+        raise ValueError("give --tls-dir DIR (with --token) to reach the cloud, or --insecure for plaintext tests")
+    learned = args.weight == "learned"
+    if learned and not args.gate:
+        raise ValueError("--weight learned needs --gate PATH")
+    try:
+        weight = 0.5 if learned else float(args.weight)
+    except ValueError:
+        raise ValueError(f"--weight must be a number in [0, 1] or 'learned', got {args.weight!r}") from None
+    tasks = load_tasks(args.data, args.user, args.task)
+    if args.limit:
+        tasks = tasks[: args.limit]
+    config = DeviceConfig(
+        device_model=args.device_model,
+        seed=args.seed,
+        adapter=args.adapter,
+        cloud=args.cloud,
+        tls_dir=args.tls_dir,
+        token=args.token,
+        insecure=args.insecure,
+        k=args.k,
+        encoding=args.encoding,
+        weight=weight,
+        gate_path=args.gate if learned else None,
+        max_new_tokens=args.max_new_tokens,
+        sample=args.sample,
+        gated_threshold=args.gated_threshold,
+        step_timeout_s=args.step_timeout,
+    )
+    device = CogenDevice(config)
+    rows = []
+    try:
+        for rec in tqdm(tasks, desc=f"generate [{args.variant}]", file=sys.stderr, disable=len(tasks) < 2):
+            result = device.generate(rec["instruction"], rec["private_context"], args.variant)
+            row = {"user_id": rec["user_id"], "task_id": rec.get("task_id", ""), **result.to_dict()}
+            rows.append(row)
+            print(f"--- {row['task_id'] or rec['instruction'][:40]} [{args.variant}]")
+            print(result.text)
+            for w in result.warnings:
+                print(f"warning: {w}", file=sys.stderr)
+    finally:
+        device.close()
+    summary = {
+        "variant": args.variant,
+        "tasks": len(rows),
+        "tokens": sum(r["tokens"] for r in rows),
+        "mean_tokens_per_s": sum(r["tokens_per_s"] for r in rows) / max(1, len(rows)),
+        "bytes_sent": sum(r["bytes_sent"] for r in rows),
+        "bytes_received": sum(r["bytes_received"] for r in rows),
+        "fell_back": sum(1 for r in rows if r["fell_back"]),
+    }
+    print(json.dumps(summary), file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"summary": summary, "results": rows}, indent=2))
+        md = [f"# fedcogen generate ({args.variant})", "", "| task | tokens | tok/s | cloud calls | sent B | recv B | fell back |",
+              "|---|---|---|---|---|---|---|"]
+        md += [
+            f"| {r['task_id']} | {r['tokens']} | {r['tokens_per_s']:.1f} | {r['cloud_calls']} | {r['bytes_sent']} "
+            f"| {r['bytes_received']} | {r['fell_back']} |"
+            for r in rows
+        ]
+        out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    return 0

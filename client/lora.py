@@ -1,0 +1,378 @@
+"""LoRA adapter on the shared base model: local training and adapter <-> numpy conversion.
+
+Why this module exists: every federated client (and the server, for evaluation) needs the same
+PEFT-wrapped model, the same tokenisation of (prompt, target) pairs and the same loss. Keeping
+that here means the ClientApp, the ServerApp and the benchmarks cannot drift apart.
+
+Design points:
+
+* The base model is loaded once per process (:func:`fedcogen.models.shared_model`) and *copied*
+  before PEFT injects LoRA layers, so other users of the shared model in the same process (e.g.
+  CoGenesis generation) keep seeing the untouched base network. The PEFT-wrapped copy is cached
+  per process too (one per (model, seed, LoRA shape)); clients swap adapters in and out of it.
+* Adapters travel as ``dict[str, np.ndarray]`` (float32) with short, stable names
+  (``model.layers.0.self_attn.q_proj.lora_A.weight``): the codec and the aggregator never see torch.
+* The initial adapter (A random, B zero) is a pure function of the seed, so server and clients
+  agree on "version 0" without sending it.
+* Loss is causal-LM loss on the *target* tokens only (prompt tokens are masked with -100).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fedcogen.client.prompts import DEVICE_SYSTEM
+
+from fedcogen.models import chat_input_ids, shared_model
+
+IGNORE_INDEX = -100
+_PEFT_PREFIX = "base_model.model."
+_ADAPTER_NAME = "default"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Shape of the LoRA adapter (defaults: r=8, alpha=16, dropout 0.05 on q_proj and v_proj)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"LoRA rank r must be >= 1 (got {self.r})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1) (got {self.dropout})")
+        if not self.targets:
+            raise ValueError("LoRA needs at least one target module (e.g. q_proj,v_proj)")
+
+    @staticmethod
+    def parse_targets(text: str | Sequence[str]) -> tuple[str, ...]:
+        """``"q_proj,v_proj"`` or a list -> a normalised tuple."""
+        items = text.split(",") if isinstance(text, str) else list(text)
+        return tuple(t.strip() for t in items if t.strip())
+
+
+@dataclass
+class LoraModel:
+    """A PEFT-wrapped private copy of the base model plus its tokenizer and adapter parameters."""
+
+    model: Any
+    tokenizer: Any
+    params: dict[str, Any]  # short name -> torch Parameter (the trainable LoRA tensors)
+    initial: dict[str, np.ndarray]  # the seeded initial adapter (version 0)
+    model_name: str
+    seed: int
+    spec: LoraSpec
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(p.shape) for k, p in self.params.items()}
+
+    def num_adapter_params(self) -> int:
+        return int(sum(p.numel() for p in self.params.values()))
+
+
+def _short_name(peft_name: str) -> str:
+    name = peft_name[len(_PEFT_PREFIX):] if peft_name.startswith(_PEFT_PREFIX) else peft_name
+    return name.replace(f".{_ADAPTER_NAME}.", ".")
+
+
+@functools.lru_cache(maxsize=4)
+def lora_model(model_name: str, seed: int = 0, spec: LoraSpec = LoraSpec()) -> LoraModel:
+    """Per-process cached PEFT model for ``(model_name, seed, spec)``.
+
+    The LoRA initialisation runs under a forked, seeded torch RNG, so every process (server, each
+    Ray worker, a resumed run) builds bit-identical initial adapters.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base = shared_model(model_name, seed)
+    model_copy = copy.deepcopy(base.model)
+    cfg = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.targets),
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            pm = get_peft_model(model_copy, cfg)
+        except ValueError as exc:
+            raise ValueError(f"cannot apply LoRA to {model_name} with targets {spec.targets}: {exc}") from exc
+    params = {_short_name(n): p for n, p in pm.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError(f"LoRA targets {spec.targets} matched no module of model {model_name}")
+    initial = {k: p.detach().cpu().numpy().astype(np.float32, copy=True) for k, p in sorted(params.items())}
+    pm.eval()
+    return LoraModel(pm, base.tokenizer, dict(sorted(params.items())), initial, model_name, seed, spec)
+
+
+def get_adapter(lm: LoraModel) -> dict[str, np.ndarray]:
+    """Copy of the current adapter as float32 numpy arrays (sorted by name)."""
+    return {k: p.detach().cpu().numpy().astype(np.float32, copy=True) for k, p in lm.params.items()}
+
+
+def set_adapter(lm: LoraModel, adapter: Mapping[str, np.ndarray]) -> None:
+    """Load ``adapter`` into the model; names and shapes must match exactly."""
+    import torch
+
+    missing = set(lm.params) - set(adapter)
+    extra = set(adapter) - set(lm.params)
+    if missing or extra:
+        raise ValueError(f"adapter names do not match the model: missing {sorted(missing)[:3]}, "
+                         f"unexpected {sorted(extra)[:3]}")
+    with torch.no_grad():
+        for k, p in lm.params.items():
+            arr = np.asarray(adapter[k], dtype=np.float32)
+            if tuple(arr.shape) != tuple(p.shape):
+                raise ValueError(f"adapter tensor {k} has shape {arr.shape}, model expects {tuple(p.shape)}")
+            p.copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+
+
+def adapter_digest(adapter: Mapping[str, np.ndarray]) -> str:
+    """sha256 over names, shapes and float32 bytes: clients prove they rebuilt the broadcast exactly."""
+    h = hashlib.sha256()
+    for k in sorted(adapter):
+        arr = np.ascontiguousarray(np.asarray(adapter[k], dtype=np.float32))
+        h.update(k.encode())
+        h.update(repr(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def adapter_sub(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: (np.asarray(a[k], np.float32) - np.asarray(b[k], np.float32)).astype(np.float32) for k in a}
+
+
+def adapter_add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: (np.asarray(a[k], np.float32) + np.asarray(b[k], np.float32)).astype(np.float32) for k in a}
+
+
+def adapter_norm(a: Mapping[str, np.ndarray]) -> float:
+    return float(math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in a.values())))
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Encoded:
+    """One tokenised example: ids and labels (prompt masked)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def encode_examples(
+    tokenizer: Any, examples: Sequence[tuple[str, str]], max_seq_len: int = 256
+) -> list[Encoded]:
+    """Chat-format the prompt (device system prompt), append target + EOS, mask the prompt.
+
+    Too long examples keep their target (truncated from the right only if the target alone is
+    longer than ``max_seq_len``) and lose the *start* of the prompt: the end of the prompt holds the
+    instruction, which matters most for predicting the target.
+    """
+    out: list[Encoded] = []
+    eos = tokenizer.eos_token_id
+    for prompt, target in examples:
+        p_ids = list(chat_input_ids(tokenizer, prompt, system=DEVICE_SYSTEM))
+        t_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            t_ids.append(int(eos))
+        t_ids = t_ids[: max(1, max_seq_len - 1)]
+        room = max_seq_len - len(t_ids)
+        p_ids = p_ids[-room:] if room > 0 else p_ids[-1:]
+        out.append(Encoded(p_ids + t_ids, [IGNORE_INDEX] * len(p_ids) + t_ids))
+    return out
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
+    """Right-pad a batch; padding is masked in attention and loss."""
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def batch_plan(n_examples: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Which example indices each local step uses: seeded epochs of shuffled indices."""
+    if n_examples <= 0:
+        raise ValueError("client has no training examples")
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    plan: list[list[int]] = []
+    for _ in range(steps):
+        batch = []
+        for _ in range(min(batch_size, n_examples)):
+            if not order:
+                order = rng.permutation(n_examples).tolist()
+            batch.append(order.pop())
+        plan.append(batch)
+    return plan
+
+
+def _target_loss(lm: LoraModel, batch: Mapping[str, Any]) -> tuple[Any, int]:
+    """Causal-LM loss on target tokens, projecting only the target positions through the LM head.
+
+    Why: with a 49k vocabulary the LM head and its softmax dominate the cost of a small model, and
+    most tokens of a personalisation example are prompt (system prompt + private context), whose
+    logits the loss never uses. Running the decoder, gathering the hidden states that predict a
+    target token, and projecting only those gives the same loss as ``model(labels=...)`` for a
+    fraction of the compute. Models without ``get_decoder`` fall back to full logits.
+    """
+    import torch.nn.functional as F
+
+    causal = lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model
+    decoder = causal.get_decoder() if hasattr(causal, "get_decoder") else None
+    head = causal.get_output_embeddings() if hasattr(causal, "get_output_embeddings") else None
+    if decoder is None or head is None or getattr(causal.config, "final_logit_softcapping", None):
+        out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return _causal_loss(out.logits, batch["labels"])
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    shift_labels = batch["labels"][:, 1:]
+    keep = shift_labels != IGNORE_INDEX
+    n_tok = int(keep.sum())
+    logits = head(hidden[:, :-1, :][keep])
+    loss = F.cross_entropy(logits.float(), shift_labels[keep])
+    return loss, n_tok
+
+
+def _causal_loss(logits: Any, labels: Any) -> tuple[Any, int]:
+    """Mean token loss over non-masked target tokens (shifted), and the token count."""
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :]
+    shift_labels = labels[:, 1:]
+    n_tok = int((shift_labels != IGNORE_INDEX).sum())
+    loss = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+    return loss, n_tok
+
+
+@dataclass
+class TrainResult:
+    """What local training did: mean loss over steps, tokens seen (all, incl. prompt) and time."""
+
+    loss: float
+    steps: int
+    examples: int
+    tokens: int
+    target_tokens: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def train_local(
+    lm: LoraModel,
+    data: Sequence[Encoded],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> TrainResult:
+    """``steps`` AdamW steps of target-token causal-LM loss on ``data`` (adapter params only).
+
+    A fresh optimiser per round keeps client state small (residual + broadcast copy only) and
+    makes a round a pure function of (broadcast adapter, data, seed), which resume relies on.
+    """
+    import torch
+
+    params = list(lm.params.values())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    plan = batch_plan(len(data), steps, batch_size, seed)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    losses: list[float] = []
+    tokens = target_tokens = 0
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lm.model.train()
+        try:
+            for idx in plan:
+                batch = collate([data[i] for i in idx], pad)
+                loss, n_tok = _target_loss(lm, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                tokens += int(batch["attention_mask"].sum())
+                target_tokens += n_tok
+        finally:
+            lm.model.eval()
+    seconds = time.perf_counter() - started
+    mean = float(np.mean(losses)) if losses else float("nan")
+    return TrainResult(mean, len(plan), sum(len(b) for b in plan), tokens, target_tokens, seconds, losses)
+
+
+def plain_peft_train(lm: LoraModel, data: Sequence[Encoded], *, steps: int, batch_size: int, lr: float,
+                     seed: int) -> TrainResult:
+    """Reference loop for the throughput benchmark: same batches, plain HF-style ``labels=`` loss.
+
+    No fork_rng, no per-step bookkeeping beyond tokens: the cost floor a PEFT user would write.
+    """
+    import torch
+
+    opt = torch.optim.AdamW(list(lm.params.values()), lr=lr, weight_decay=0.0)
+    plan = batch_plan(len(data), steps, batch_size, seed)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    batches = [collate([data[i] for i in idx], pad) for idx in plan]
+    torch.manual_seed(seed)
+    lm.model.train()
+    tokens = 0
+    losses = []
+    started = time.perf_counter()
+    for batch in batches:
+        out = lm.model(**batch)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        losses.append(float(out.loss.detach()))
+        tokens += int(batch["attention_mask"].sum())
+    seconds = time.perf_counter() - started
+    lm.model.eval()
+    return TrainResult(float(np.mean(losses)), len(plan), sum(len(b) for b in plan), tokens, 0, seconds, losses)
+
+
+def eval_loss(lm: LoraModel, data: Sequence[Encoded], *, batch_size: int = 8) -> tuple[float, int]:
+    """Token-weighted mean target loss over ``data`` and the number of target tokens."""
+    import torch
+
+    if not data:
+        return float("nan"), 0
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    total = 0.0
+    n_total = 0
+    lm.model.eval()
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            batch = collate(data[i : i + batch_size], pad)
+            loss, n_tok = _target_loss(lm, batch)
+            total += float(loss) * n_tok
+            n_total += n_tok
+    return (total / n_total if n_total else float("nan")), n_total

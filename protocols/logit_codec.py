@@ -1,0 +1,167 @@
+"""Compress next-token distributions for the wire (cloud -> device) and rebuild them on the device.
+
+A full SmolLM2 distribution is 49,152 float32 values (196 KB per token). Generation only needs the
+head of the distribution, so the cloud sends the top-k token ids with their log-probs (fp16, or int8
+with a scale/offset) plus ``tail_logmass = log(sum of the probabilities of every other token)``.
+The device rebuilds a *proper* distribution: the tail tokens share the missing mass uniformly, so a
+tail token gets ``tail_logmass - log(V - k)``, never a logit of 0 and never an integer cast. The
+rebuilt vector is renormalised (fp16/int8 rounding makes the sum drift by ~1e-3).
+
+``FULL_FP32`` (the whole vocabulary) exists only as the baseline the benchmark compares against.
+
+The protocol version of the CoGenesis service also lives here because it versions this encoding
+together with the message layout: a device and a cloud that disagree on it must not talk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from fedcogen.protocols import cogen_pb2 as pb
+
+PROTOCOL_VERSION = 1
+ENCODINGS: dict[str, int] = {"fp16": pb.FP16, "int8": pb.INT8, "fp32": pb.FP32, "full": pb.FULL_FP32}
+
+
+class CodecError(ValueError):
+    """A packet is malformed (wrong sizes, ids out of range, unknown encoding)."""
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """What the device asks for: how many ids and how values are stored."""
+
+    k: int = 64
+    encoding: str = "fp16"
+
+    def encoding_value(self) -> int:
+        if self.encoding not in ENCODINGS:
+            raise CodecError(f"unknown value encoding '{self.encoding}' (choose from {', '.join(ENCODINGS)})")
+        return ENCODINGS[self.encoding]
+
+
+def encoding_name(value: int) -> str:
+    for name, v in ENCODINGS.items():
+        if v == value:
+            return name
+    if value == pb.VALUE_ENCODING_UNSPECIFIED:
+        return "fp16"
+    raise CodecError(f"unknown value encoding {value}")
+
+
+def encode(logits: torch.Tensor, k: int, encoding: int | str = "fp16", position: int = 0) -> pb.LogitPacket:
+    """Encode one next-token distribution given as logits or log-probs (1-D, vocabulary long)."""
+    if isinstance(encoding, str):
+        encoding = CodecConfig(k, encoding).encoding_value()
+    if encoding == pb.VALUE_ENCODING_UNSPECIFIED:
+        encoding = pb.FP16
+    logp = torch.log_softmax(logits.detach().float().reshape(-1), dim=-1)
+    vocab = int(logp.numel())
+    if encoding == pb.FULL_FP32:
+        return pb.LogitPacket(
+            values=logp.numpy().astype("<f4").tobytes(),
+            encoding=pb.FULL_FP32,
+            vocab_size=vocab,
+            tail_logmass=-math.inf,
+            position=position,
+        )
+    if not 1 <= k <= vocab:
+        raise CodecError(f"k must be in [1, {vocab}], got {k}")
+    values, ids = torch.topk(logp, k)
+    if k == vocab:
+        tail = -math.inf
+    else:
+        mask = torch.ones(vocab, dtype=torch.bool)
+        mask[ids] = False
+        tail = float(torch.logsumexp(logp[mask], dim=0))
+    vals = values.numpy()
+    packet = pb.LogitPacket(
+        ids=ids.tolist(), encoding=encoding, vocab_size=vocab, tail_logmass=tail, position=position
+    )
+    if encoding == pb.FP16:
+        packet.values = np.clip(vals, -65000.0, 0.0).astype("<f2").tobytes()
+    elif encoding == pb.FP32:
+        packet.values = vals.astype("<f4").tobytes()
+    elif encoding == pb.INT8:
+        finite = vals[np.isfinite(vals)]
+        hi = float(finite.max()) if finite.size else 0.0
+        lo = float(finite.min()) if finite.size else 0.0
+        scale = (hi - lo) / 255.0 if hi > lo else 1.0
+        codes = np.clip(np.round((np.nan_to_num(vals, neginf=lo) - lo) / scale), 0, 255).astype(np.uint8)
+        packet.values, packet.scale, packet.offset = codes.tobytes(), scale, lo
+    else:
+        raise CodecError(f"unknown value encoding {encoding}")
+    return packet
+
+
+def _values(packet: pb.LogitPacket, count: int) -> np.ndarray:
+    enc = packet.encoding or pb.FP16
+    width = {pb.FP16: 2, pb.FP32: 4, pb.FULL_FP32: 4, pb.INT8: 1}.get(enc)
+    if width is None:
+        raise CodecError(f"unknown value encoding {enc}")
+    if len(packet.values) != count * width:
+        raise CodecError(f"packet has {len(packet.values)} value bytes, expected {count * width}")
+    if enc == pb.FP16:
+        return np.frombuffer(packet.values, dtype="<f2").astype(np.float32)
+    if enc in (pb.FP32, pb.FULL_FP32):
+        return np.frombuffer(packet.values, dtype="<f4").astype(np.float32)
+    codes = np.frombuffer(packet.values, dtype=np.uint8).astype(np.float32)
+    return packet.offset + codes * packet.scale
+
+
+def _normalise(vec: torch.Tensor) -> torch.Tensor:
+    # float64 normaliser: summing 49k float32 terms drifts by ~1e-5, enough to bias fused argmaxes.
+    return torch.log_softmax(vec.double(), dim=-1).float()
+
+
+def decode(packet: pb.LogitPacket, vocab_size: int | None = None) -> torch.Tensor:
+    """Rebuild a full, normalised log-prob vector (float32, vocabulary long) from a packet."""
+    vocab = int(packet.vocab_size or vocab_size or 0)
+    if vocab_size is not None and packet.vocab_size and packet.vocab_size != vocab_size:
+        raise CodecError(f"packet vocabulary {packet.vocab_size} != expected {vocab_size}")
+    if vocab <= 0:
+        raise CodecError("packet has no vocabulary size")
+    if packet.encoding == pb.FULL_FP32:
+        return _normalise(torch.from_numpy(_values(packet, vocab).copy()))
+    k = len(packet.ids)
+    if not 1 <= k <= vocab:
+        raise CodecError(f"packet has {k} ids for a vocabulary of {vocab}")
+    ids = torch.tensor(list(packet.ids), dtype=torch.long)
+    if int(ids.max()) >= vocab:
+        raise CodecError(f"packet id {int(ids.max())} outside vocabulary of {vocab}")
+    vals = torch.from_numpy(_values(packet, k).copy())
+    if k < vocab:
+        tail = float(packet.tail_logmass)
+        if not math.isfinite(tail):
+            # The top-k carried (numerically) all the mass: tail tokens get a tiny, finite share.
+            tail = float(torch.logsumexp(vals, 0)) - 40.0
+        per_token = tail - math.log(vocab - k)
+        out = torch.full((vocab,), per_token, dtype=torch.float32)
+    else:
+        out = torch.empty(vocab, dtype=torch.float32)
+    out[ids] = vals
+    return _normalise(out)
+
+
+_FINGERPRINTS: dict[int, str] = {}
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Short hash of a tokenizer's token -> id map; equal fingerprints = logit fusion is meaningful."""
+    key = id(tokenizer)
+    if key not in _FINGERPRINTS:
+        vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+        digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()
+        _FINGERPRINTS[key] = f"{len(vocab)}:{digest[:16]}"
+    return _FINGERPRINTS[key]
+
+
+def packet_bytes(packet: pb.LogitPacket) -> int:
+    """Serialized size of a packet on the wire (protobuf payload, excluding gRPC/HTTP2 framing)."""
+    return packet.ByteSize()

@@ -1,0 +1,98 @@
+"""``fedcogen cloud serve``: run the CoGenesis cloud LM as a gRPC service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    cloud = sub.add_parser("cloud", help="the CoGenesis cloud LM service (gRPC)")
+    csub = cloud.add_subparsers(dest="cloud_command", metavar="ACTION")
+    p = csub.add_parser(
+        "serve",
+        help="serve the cloud model over gRPC (Sketch + streaming Decode)",
+        description=(
+            "Host the large model for CoGenesis. Devices send only the bare instruction (and, for the "
+            "logit variant, the tokens they generate); the API has no field for private context. "
+            "Concurrent Decode sessions are batched dynamically; each session keeps its own KV cache. "
+            "Production needs --tls-dir and --token; --insecure (plaintext) is for loopback tests."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default="smollm2", help="cloud model: smollm2, tiny-large, ... or a local HF folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    p.add_argument("--port", type=int, default=50071, help="port (0 = pick a free one)")
+    p.add_argument("--tls-dir", help="folder with server.crt/server.key (and ca.crt); see `fedcogen certs`")
+    p.add_argument("--token", help="bearer token callers must send as 'authorization: Bearer <token>'")
+    p.add_argument("--insecure", action="store_true", help="plaintext without TLS (explicit opt-in, testing only)")
+    p.add_argument("--mtls", action="store_true", help="also require client certificates signed by ca.crt")
+    p.add_argument("--max-sessions", type=int, default=64, help="concurrent Decode sessions")
+    p.add_argument("--max-tokens-per-session", type=int, default=512, help="generated tokens per session")
+    p.add_argument("--max-prompt-tokens", type=int, default=1024, help="prompt length limit")
+    p.add_argument("--max-message-bytes", type=int, default=1 << 20, help="largest accepted request")
+    p.add_argument("--idle-timeout", type=float, default=60.0, help="seconds before an idle session is reaped")
+    p.add_argument("--batch-window-ms", type=float, default=2.0, help="how long the batcher waits to fill a batch")
+    p.add_argument("--max-batch", type=int, default=16, help="largest decode batch")
+    p.add_argument("--sketch-max-new-tokens", type=int, default=96, help="sketch length cap")
+    p.add_argument(
+        "--allow-eval-only-context",
+        action="store_true",
+        help="enable EvalOnlyGenerate, which ACCEPTS PRIVATE CONTEXT (privacy-violating evaluation upper bound)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads for the model (0 = torch default)")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds open sessions get to finish on shutdown")
+    p.set_defaults(func=_serve)
+    cloud.set_defaults(func=lambda _args: cloud.print_help() or 2)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
+
+    if args.insecure and args.tls_dir:
+        raise ValueError("choose either --tls-dir (TLS) or --insecure (plaintext), not both")
+    config = CloudConfig(
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        tls_dir=args.tls_dir,
+        token=args.token,
+        insecure=args.insecure,
+        require_client_cert=args.mtls,
+        max_sessions=args.max_sessions,
+        max_tokens_per_session=args.max_tokens_per_session,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_message_bytes=args.max_message_bytes,
+        idle_timeout_s=args.idle_timeout,
+        batch_window_ms=args.batch_window_ms,
+        max_batch=args.max_batch,
+        sketch_max_new_tokens=args.sketch_max_new_tokens,
+        allow_eval_only_context=args.allow_eval_only_context,
+    )
+    config.validate()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.insecure:
+        log.warning("serving PLAINTEXT (--insecure): use only on loopback or for tests")
+    if args.allow_eval_only_context:
+        log.warning("EvalOnlyGenerate is ENABLED: this cloud accepts private context (evaluation only)")
+    server = start_cloud_server(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"cloud listening on {server.address}", flush=True)
+    while not stop.wait(0.5):  # short waits so signal handlers run promptly
+        pass
+    server.stop(grace=args.grace)
+    return 0

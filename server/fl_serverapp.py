@@ -1,0 +1,621 @@
+"""Flower ServerApp (Message API, flwr 1.41): sparse federated LoRA with compressed broadcast.
+
+The round loop is our own (``@app.main()`` + ``Grid.send_and_receive``) rather than a built-in
+strategy because three things need control over every message:
+
+* **Compressed broadcast with server-side error feedback.** The server keeps the true global
+  adapter ``G`` and the broadcast adapter ``B`` that every up-to-date client has rebuilt. After
+  each round it sends the top-k of ``G - B`` (the gap itself is the server residual: whatever was not
+  sent stays in it), producing broadcast version ``r``. Clients that missed rounds get a lossless
+  ``overwrite`` catch-up (fp32 values of ``B`` at every coordinate changed since their version, from
+  the changed-index history) and unknown clients a ``full`` patch from the seeded initial adapter.
+  A sha256 digest of ``B`` travels along; a client that rebuilds something else reports an error.
+* **Validation before aggregation.** Every blob is decoded by the codec with the expected shapes,
+  size caps, and norm caps (:mod:`fedcogen.server.aggregation`); rejects are counted by reason.
+* **A byte ledger** of every message actually sent and received, measured by serialising the real
+  Flower ``Message`` with Flower's serde.
+
+Per round ``r``: train messages (patch to version ``r-1``) to a seeded sample of clients ->
+validate + weighted FedAvg (or FedAdam/FedYogi) -> new broadcast version ``r`` -> evaluation on
+every client's private validation split -> atomic checkpoint. ``resume`` continues after the last
+checkpointed round with identical results (client state is persisted by the clients themselves).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fedcogen.protocols import fl_messages as fm
+from flwr.app import Context, Message
+from flwr.serverapp import Grid, ServerApp
+
+log = logging.getLogger("fedcogen.server")
+
+UNKNOWN = -1
+
+
+@dataclass
+class ServerState:
+    """Everything that must survive a restart (all of it goes into the checkpoint)."""
+
+    round: int
+    global_adapter: dict[str, np.ndarray]
+    broadcast: dict[str, np.ndarray]
+    changed: dict[int, dict[str, np.ndarray]]  # version -> flat indices changed by that version's delta
+    last_delta: bytes
+    client_versions: dict[str, int]
+    opt_m: dict[str, np.ndarray] = field(default_factory=dict)
+    opt_v: dict[str, np.ndarray] = field(default_factory=dict)
+    opt_steps: int = 0
+    dp_rounds: int = 0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def version(self) -> int:
+        return self.round
+
+
+# --------------------------------------------------------------------------- checkpoint mapping
+
+
+def _fingerprint(s: fm.FLSettings) -> dict[str, Any]:
+    """Settings that must match for a resume to be meaningful."""
+    keys = ("model", "seed", "lora_r", "lora_alpha", "lora_targets", "num_clients", "server_opt")
+    return {k: getattr(s, k) for k in keys}
+
+
+def save_state(folder: Path, state: ServerState, settings: fm.FLSettings) -> None:
+    from fedcogen.server.checkpoint import save_checkpoint
+
+    arrays: dict[str, np.ndarray] = {}
+    arrays.update({f"global/{k}": v for k, v in state.global_adapter.items()})
+    arrays.update({f"broadcast/{k}": v for k, v in state.broadcast.items()})
+    arrays.update({f"opt_m/{k}": v for k, v in state.opt_m.items()})
+    arrays.update({f"opt_v/{k}": v for k, v in state.opt_v.items()})
+    for ver, tensors in state.changed.items():
+        arrays.update({f"changed/{ver}/{k}": v for k, v in tensors.items()})
+    arrays["last_delta"] = np.frombuffer(state.last_delta, dtype=np.uint8)
+    residual = {k: state.global_adapter[k] - state.broadcast[k] for k in state.global_adapter}
+    arrays.update({f"server_residual/{k}": v for k, v in residual.items()})
+    meta = {
+        "round": state.round,
+        "client_versions": state.client_versions,
+        "opt_steps": state.opt_steps,
+        "dp_rounds": state.dp_rounds,
+        "metrics": state.metrics,
+        "ledger": state.ledger,
+        # All randomness is derived from (seed, round) with SeedSequence, so the seed *is* the RNG state.
+        "rng": {"seed": settings.seed, "scheme": "SeedSequence([seed, round, stream])"},
+        "fingerprint": _fingerprint(settings),
+        "settings": settings.to_config(),
+    }
+    save_checkpoint(folder, arrays, meta)
+
+
+def load_state(folder: Path, settings: fm.FLSettings) -> ServerState:
+    from fedcogen.server.checkpoint import CheckpointError, load_checkpoint
+
+    arrays, meta = load_checkpoint(folder)
+    if meta.get("fingerprint") != _fingerprint(settings):
+        raise CheckpointError(
+            f"checkpoint in {folder} is from a different run ({meta.get('fingerprint')} vs {_fingerprint(settings)})"
+        )
+
+    def group(prefix: str) -> dict[str, np.ndarray]:
+        return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
+
+    changed: dict[int, dict[str, np.ndarray]] = {}
+    for key, arr in group("changed").items():
+        ver, name = key.split("/", 1)
+        changed.setdefault(int(ver), {})[name] = arr.astype(np.int64)
+    return ServerState(
+        round=int(meta["round"]),
+        global_adapter={k: v.astype(np.float32) for k, v in group("global").items()},
+        broadcast={k: v.astype(np.float32) for k, v in group("broadcast").items()},
+        changed=changed,
+        last_delta=bytes(arrays["last_delta"].tobytes()),
+        client_versions={k: int(v) for k, v in meta["client_versions"].items()},
+        opt_m=group("opt_m"),
+        opt_v=group("opt_v"),
+        opt_steps=int(meta["opt_steps"]),
+        dp_rounds=int(meta["dp_rounds"]),
+        metrics=list(meta["metrics"]),
+        ledger=list(meta["ledger"]),
+    )
+
+
+# --------------------------------------------------------------------------- the federation server
+
+
+class FederatedServer:
+    """The round loop, independent of how the ServerApp was started (simulation or deployment)."""
+
+    def __init__(self, grid: Grid, settings: fm.FLSettings) -> None:
+        from fedcogen.client.fl_clientapp import federation_for, lora_spec
+        from fedcogen.client.lora import lora_model
+        from fedcogen.server.aggregation import ServerOptConfig, ServerOptimizer, ValidationLimits
+
+        self.grid = grid
+        self.s = settings
+        self.out = Path(settings.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if settings.data_dir:
+            federation_for(settings)  # generate the synthetic data once, before clients race for it
+        self.lm = lora_model(settings.model, settings.seed, lora_spec(settings))
+        self.shapes = self.lm.shapes()
+        self.n_params = self.lm.num_adapter_params()
+        self.limits = ValidationLimits(max_norm=settings.max_update_norm)
+        self.opt = ServerOptimizer(ServerOptConfig(settings.server_opt, settings.server_lr))
+        self.nodes: dict[int, str] = {}  # node id -> client id
+        self.accountant: Any = None
+        self.stopped_reason = ""
+        self.state = self._initial_state()
+
+    # ------------------------------------------------------------------ state
+
+    def _initial_state(self) -> ServerState:
+        from fedcogen.server.checkpoint import has_checkpoint
+
+        if self.s.resume and has_checkpoint(self.out):
+            state = load_state(self.out, self.s)
+            self.opt.load_state_arrays(
+                {**{f"m/{k}": v for k, v in state.opt_m.items()}, **{f"v/{k}": v for k, v in state.opt_v.items()}},
+                state.opt_steps,
+            )
+            log.info("resuming from %s after round %d", self.out, state.round)
+            return state
+        if self.s.resume:
+            log.info("resume requested but no checkpoint in %s: starting fresh", self.out)
+        init = {k: v.copy() for k, v in self.lm.initial.items()}
+        return ServerState(0, init, {k: v.copy() for k, v in init.items()}, {}, b"", {})
+
+    def _dp(self) -> Any:
+        if self.s.dp_mode == "none":
+            return None
+        from fedcogen.protocols import dp
+
+        eps = self.s.dp_target_epsilon if self.s.dp_target_epsilon > 0 else None
+        return dp.DPConfig(mode=self.s.dp_mode, clip_norm=self.s.dp_clip_norm,
+                           noise_multiplier=self.s.dp_noise_multiplier, delta=self.s.dp_delta,
+                           target_epsilon=eps, clients_per_round=max(1, self.s.clients_per_round))
+
+    def _accountant(self) -> Any:
+        if self.accountant is None and self.s.dp_mode != "none":
+            from fedcogen.protocols import dp
+
+            self.accountant = dp.DPAccountant(self._dp())
+            if self.state.dp_rounds:
+                self.accountant.step(self._sample_rate(), self.state.dp_rounds)
+        return self.accountant
+
+    def _sample_rate(self) -> float:
+        return min(1.0, self.s.clients_per_round / max(1, len(self.nodes) or self.s.num_clients))
+
+    # ------------------------------------------------------------------ messaging
+
+    def _client_config(self, server_round: int) -> dict[str, Any]:
+        cfg = self.s.client_config()
+        cfg["server_round"] = server_round
+        return cfg
+
+    def _send(self, messages: list[Message], phase: str, server_round: int) -> list[Message]:
+        """Send, wait (``round_timeout``), and book every message both ways in the ledger."""
+        if not messages:
+            return []
+        replies = list(self.grid.send_and_receive(messages, timeout=self.s.round_timeout))
+        for msg in messages:
+            self._book(server_round, phase, msg.metadata.dst_node_id, "down", msg)
+        for rep in replies:
+            self._book(server_round, phase, rep.metadata.src_node_id, "up", rep)
+        return replies
+
+    def _book(self, server_round: int, phase: str, node_id: int, direction: str, msg: Message) -> None:
+        payload = 0
+        if msg.has_content():
+            for key in (fm.CONFIG, fm.UPDATE):
+                if key in msg.content.config_records:
+                    rec = msg.content.config_records[key]
+                    payload += len(rec.get("patch", b"") or b"") + len(rec.get("blob", b"") or b"")
+        self.state.ledger.append({
+            "round": server_round,
+            "phase": phase,
+            "node_id": int(node_id),
+            "client_id": self.nodes.get(int(node_id), ""),
+            "direction": direction,
+            "bytes": fm.wire_bytes(msg),
+            "payload_bytes": payload,
+            "error": bool(msg.has_error()),
+        })
+
+    def handshake(self) -> None:
+        """Wait for nodes, then learn which client (user) each node is."""
+        deadline = time.monotonic() + max(30.0, self.s.round_timeout)
+        want = max(1, self.s.num_clients)
+        while True:
+            node_ids = sorted(self.grid.get_node_ids())
+            if len(node_ids) >= want or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if len(node_ids) < max(1, self.s.min_fit_clients):
+            raise RuntimeError(f"only {len(node_ids)} nodes connected, min_fit_clients={self.s.min_fit_clients}")
+        msgs = [Message(fm.make_recorddict(config=self.s.client_config()),
+                        dst_node_id=n, message_type=fm.MSG_QUERY, group_id="0") for n in node_ids]
+        for rep in self._send(msgs, "query", 0):
+            if rep.has_error():
+                log.warning("node %s failed the handshake: %s", rep.metadata.src_node_id, rep.error.reason)
+                continue
+            cid = str(fm.config_of(rep.content)["client_id"])
+            if cid in self.nodes.values():
+                log.warning("node %s claims client id %s, which another node already has: ignored",
+                            rep.metadata.src_node_id, cid)
+                continue
+            self.nodes[int(rep.metadata.src_node_id)] = cid
+        for entry in self.state.ledger:
+            if entry["round"] == 0 and entry["phase"] == "query" and not entry["client_id"]:
+                entry["client_id"] = self.nodes.get(entry["node_id"], "")
+        log.info("%d clients connected: %s", len(self.nodes), ", ".join(sorted(self.nodes.values())))
+
+    # ------------------------------------------------------------------ broadcast
+
+    def patch_for(self, client_id: str) -> fm.Patch:
+        """Patch bringing ``client_id`` from the version it holds to the current broadcast version."""
+        from fedcogen.client.lora import adapter_digest
+
+        st = self.state
+        cur = st.version
+        held = st.client_versions.get(client_id, UNKNOWN)
+        digest = adapter_digest(st.broadcast)
+        if held == cur:
+            return fm.Patch(fm.PATCH_NONE, cur, cur, b"", digest)
+        if held == cur - 1 and st.last_delta:
+            return fm.Patch(fm.PATCH_DELTA, held, cur, st.last_delta, digest)
+        base = 0 if held == UNKNOWN else held
+        kind = fm.PATCH_FULL if held == UNKNOWN else fm.PATCH_OVERWRITE
+        idx: dict[str, np.ndarray] = {}
+        for ver in range(base + 1, cur + 1):
+            for name, ix in st.changed.get(ver, {}).items():
+                idx[name] = np.union1d(idx[name], ix) if name in idx else ix
+        return fm.Patch(kind, base, cur, fm.overwrite_patch(st.broadcast, idx), digest)
+
+    def new_broadcast_version(self, server_round: int) -> None:
+        """Compress ``G - B`` (server error feedback: the gap is the residual) into version ``server_round``."""
+        from fedcogen.protocols import sparse_codec as codec
+
+        st = self.state
+        gap = {k: st.global_adapter[k] - st.broadcast[k] for k in st.global_adapter}
+        cfg = codec.CodecConfig(density=self.s.effective_down_density(), scope=self.s.scope,
+                                quant=self.s.down_quant or self.s.quant, index_coding=self.s.index_coding)
+        sparse = codec.topk_sparsify(gap, cfg)
+        blob = codec.encode_sparse(sparse, cfg)
+        st.broadcast = fm.apply_patch(st.broadcast, fm.PATCH_DELTA, blob, self.shapes)
+        st.changed[server_round] = {k: np.asarray(t.indices, np.int64) for k, t in sparse.items() if t.k}
+        st.last_delta = blob
+        st.round = server_round
+
+    # ------------------------------------------------------------------ phases
+
+    def sample(self, server_round: int) -> list[int]:
+        by_client = {c: n for n, c in self.nodes.items()}
+        ids = sorted(by_client)
+        k = min(len(ids), max(1, self.s.clients_per_round))
+        rng = np.random.default_rng(np.random.SeedSequence([self.s.seed, server_round, 3]))
+        chosen = sorted(rng.choice(len(ids), size=k, replace=False).tolist())
+        return [by_client[ids[i]] for i in chosen]
+
+    def train_round(self, server_round: int) -> dict[str, Any]:
+        from fedcogen.server.aggregation import RoundAggregator
+
+        started = time.perf_counter()
+        nodes = self.sample(server_round)
+        version = self.state.version
+        msgs = []
+        for n in nodes:
+            cfg = {**self._client_config(server_round), **fm.patch_fields(self.patch_for(self.nodes[n]))}
+            msgs.append(Message(fm.make_recorddict(config=cfg), dst_node_id=n, message_type=fm.MSG_TRAIN,
+                                group_id=str(server_round)))
+        replies = self._send(msgs, "train", server_round)
+        agg = RoundAggregator(self.shapes, self.limits)
+        failures: dict[str, str] = {}
+        losses: list[tuple[float, float]] = []
+        tok_s: list[float] = []
+        bits = [0.0, 0.0]
+        answered = set()
+        for rep in replies:
+            node = int(rep.metadata.src_node_id)
+            cid = self.nodes.get(node, str(node))
+            answered.add(node)
+            if rep.has_error():
+                failures[cid] = error_summary(rep.error.reason)
+                if "stale_broadcast" in rep.error.reason or "digest_mismatch" in rep.error.reason:
+                    self.state.client_versions.pop(cid, None)  # next time: full patch
+                continue
+            upd = rep.content.config_records.get(fm.UPDATE)
+            met = fm.metrics_of(rep.content)
+            if upd is None or "blob" not in upd:
+                agg.rejected["malformed"] += 1
+                continue
+            reason = agg.offer(cid, upd["blob"], met.get(fm.NUM_EXAMPLES, 0))
+            self.state.client_versions[cid] = version  # it rebuilt the broadcast it trained on
+            if reason is None:
+                losses.append((met.get("train_loss", float("nan")), met.get(fm.NUM_EXAMPLES, 1.0)))
+                tok_s.append(met.get("tokens_per_s", 0.0))
+                bits[0] += met.get("index_bits", 0.0)
+                bits[1] += met.get("bound_bits", 0.0)
+        for n in nodes:
+            if n not in answered:
+                failures[self.nodes[n]] = f"no reply within {self.s.round_timeout:.0f} s"
+        res = agg.result()
+        aborted = len(res.accepted) < max(1, self.s.min_fit_clients)
+        st = self.state
+        update_norm = 0.0
+        if not aborted and res.mean is not None:
+            mean = res.mean
+            if self.s.dp_mode == "server":
+                from fedcogen.protocols import dp
+
+                rng = np.random.default_rng(np.random.SeedSequence([self.s.seed, server_round, 5]))
+                mean = dp.server_noise(mean, self._dp(), len(res.accepted), rng)
+            if self.s.dp_mode != "none":
+                self._accountant().step(self._sample_rate())
+                st.dp_rounds += 1
+            from fedcogen.client.lora import adapter_norm
+
+            update_norm = adapter_norm(mean)
+            st.global_adapter = self.opt.step(st.global_adapter, mean)
+            st.opt_m, st.opt_v, st.opt_steps = dict(self.opt.m), dict(self.opt.v), self.opt.steps
+        else:
+            log.warning("round %d aborted: %d accepted updates < min_fit_clients=%d (model unchanged)",
+                        server_round, len(res.accepted), self.s.min_fit_clients)
+        wsum = sum(w for _, w in losses)
+        train_loss = sum(loss * w for loss, w in losses) / wsum if wsum else float("nan")
+        return {
+            "round": server_round,
+            "sampled": sorted(self.nodes[n] for n in nodes),
+            "accepted": len(res.accepted),
+            "rejected": dict(res.rejected),
+            "failures": failures,
+            "aborted": aborted,
+            "train_loss": train_loss,
+            "client_tokens_per_s": float(np.mean(tok_s)) if tok_s else 0.0,
+            "update_norm": update_norm,
+            "index_bits_over_bound": bits[0] / bits[1] if bits[1] > 0 else float("nan"),
+            "train_seconds": time.perf_counter() - started,
+        }
+
+    def evaluate(self, server_round: int) -> dict[str, Any]:
+        """Every client scores the current broadcast adapter on its private validation split."""
+        msgs = []
+        for n in sorted(self.nodes):
+            cfg = {**self._client_config(server_round), **fm.patch_fields(self.patch_for(self.nodes[n]))}
+            msgs.append(Message(fm.make_recorddict(config=cfg), dst_node_id=n, message_type=fm.MSG_EVALUATE,
+                                group_id=str(server_round)))
+        per_client: dict[str, dict[str, float]] = {}
+        failures: dict[str, str] = {}
+        tot = tok = 0.0
+        for rep in self._send(msgs, "evaluate", server_round):
+            cid = self.nodes.get(int(rep.metadata.src_node_id), "?")
+            if rep.has_error():
+                failures[cid] = error_summary(rep.error.reason)
+                if "stale_broadcast" in rep.error.reason or "digest_mismatch" in rep.error.reason:
+                    self.state.client_versions.pop(cid, None)
+                continue
+            self.state.client_versions[cid] = self.state.version
+            met = fm.metrics_of(rep.content)
+            loss, n_tok = met.get("eval_loss", float("nan")), met.get("eval_tokens", 0.0)
+            per_client[cid] = {"loss": loss, "ppl": _ppl(loss), "tokens": n_tok}
+            if math.isfinite(loss) and n_tok > 0:
+                tot += loss * n_tok
+                tok += n_tok
+        mean = tot / tok if tok else float("nan")
+        return {"eval_loss": mean, "eval_ppl": _ppl(mean), "eval_clients": per_client, "eval_failures": failures}
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> dict[str, Any]:
+        from fedcogen.client.lora import adapter_norm, adapter_sub
+
+        self.handshake()
+        st = self.state
+        if st.round == 0 and not st.metrics:
+            entry = {"round": 0, **self.evaluate(0)}
+            entry.update(self._bytes_of_round(0))
+            st.metrics.append(entry)
+            log.info("round 0: eval loss %.4f", entry["eval_loss"])
+        last = self.s.rounds if not self.s.stop_after else min(self.s.rounds, self.s.stop_after)
+        rounds = range(st.round + 1, last + 1)
+        for r in _progress(rounds, st.round, last):
+            if self.s.dp_mode != "none" and self.s.dp_target_epsilon > 0:
+                if self._accountant().would_exceed(self.s.dp_target_epsilon, self._sample_rate()):
+                    self.stopped_reason = f"dp budget: round {r} would exceed epsilon {self.s.dp_target_epsilon}"
+                    log.warning("stopping before round %d: %s", r, self.stopped_reason)
+                    break
+            entry = self.train_round(r)
+            self.new_broadcast_version(r)
+            if r % max(1, self.s.eval_every) == 0 or r == self.s.rounds:
+                entry.update(self.evaluate(r))
+            entry["broadcast_gap_norm"] = adapter_norm(adapter_sub(st.global_adapter, st.broadcast))
+            if self.accountant is not None:
+                entry["dp_epsilon"] = float(self.accountant.epsilon())
+            entry.update(self._bytes_of_round(r))
+            st.metrics.append(entry)
+            save_state(self.out, st, self.s)
+            log.info(
+                "round %d/%d: train loss %.4f, eval loss %s, accepted %d, rejected %s, failures %d, "
+                "up %d B, down %d B", r, self.s.rounds, entry["train_loss"],
+                f"{entry['eval_loss']:.4f}" if "eval_loss" in entry else "-", entry["accepted"],
+                entry["rejected"] or "{}", len(entry["failures"]), entry["bytes_up"], entry["bytes_down"],
+            )
+        return self.write_outputs()
+
+    def _bytes_of_round(self, server_round: int) -> dict[str, int]:
+        rows = [e for e in self.state.ledger if e["round"] == server_round]
+        up = sum(e["bytes"] for e in rows if e["direction"] == "up")
+        down = sum(e["bytes"] for e in rows if e["direction"] == "down")
+        cum = sum(e["bytes"] for e in self.state.ledger if e["round"] <= server_round)
+        return {"bytes_up": up, "bytes_down": down, "cum_bytes": cum}
+
+    # ------------------------------------------------------------------ outputs
+
+    def write_outputs(self) -> dict[str, Any]:
+        st = self.state
+        ledger = ledger_summary(st.ledger, self.n_params)
+        evals = [m for m in st.metrics if "eval_loss" in m]
+        result = {
+            "settings": self.s.to_config(),
+            "adapter_params": self.n_params,
+            "completed_rounds": st.round,
+            "stopped_reason": self.stopped_reason,
+            "final_eval_loss": evals[-1]["eval_loss"] if evals else float("nan"),
+            "final_eval_ppl": evals[-1]["eval_ppl"] if evals else float("nan"),
+            "rejected_total": dict(sum((Counter(m.get("rejected", {})) for m in st.metrics), Counter())),
+            "failures_total": sum(len(m.get("failures", {})) for m in st.metrics),
+            "bytes": ledger["totals"],
+            "rounds": st.metrics,
+            "global_adapter_digest": _digest(st.global_adapter),
+            "broadcast_digest": _digest(st.broadcast),
+        }
+        if self.accountant is not None:
+            result["dp"] = self.accountant.to_dict()
+        _write_json(self.out / "metrics.json", result)
+        _write_json(self.out / "ledger.json", {"summary": ledger, "entries": st.ledger})
+        (self.out / "metrics.md").write_text(markdown_report(result, ledger))
+        try:
+            from fedcogen.simulations.plots import plot_federation
+
+            plot_federation(result, self.out)
+        except Exception as exc:  # plots are a convenience; never lose a run over them
+            log.warning("plots not written: %s", exc)
+        return result
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def ledger_summary(entries: Iterable[Mapping[str, Any]], n_params: int) -> dict[str, Any]:
+    """Totals per direction / phase / round / client, and the dense-fp32 equivalent of train traffic."""
+    entries = list(entries)
+    dense = 4 * n_params
+    tot: Counter = Counter()
+    per_round: dict[int, Counter] = {}
+    per_client: dict[str, Counter] = {}
+    n_train = Counter()
+    for e in entries:
+        d = e["direction"]
+        tot[d] += e["bytes"]
+        tot[f"{e['phase']}_{d}"] += e["bytes"]
+        per_round.setdefault(int(e["round"]), Counter())[d] += e["bytes"]
+        per_client.setdefault(e["client_id"] or str(e["node_id"]), Counter())[d] += e["bytes"]
+        if e["phase"] == "train" and not e.get("error"):
+            n_train[d] += 1
+    train_bytes = tot["train_down"] + tot["train_up"]
+    dense_equiv = dense * (n_train["down"] + n_train["up"])
+    return {
+        "totals": {"down": tot["down"], "up": tot["up"], "all": tot["down"] + tot["up"],
+                   **{k: v for k, v in tot.items() if k not in ("down", "up")}},
+        "messages": len(entries),
+        "dense_fp32_adapter_bytes": dense,
+        "train_messages": dict(n_train),
+        "train_dense_equivalent_bytes": dense_equiv,
+        "train_dense_ratio": (dense_equiv / train_bytes) if train_bytes else float("nan"),
+        "per_round": {str(r): dict(c) for r, c in sorted(per_round.items())},
+        "per_client": {k: dict(v) for k, v in sorted(per_client.items())},
+    }
+
+
+def markdown_report(result: Mapping[str, Any], ledger: Mapping[str, Any]) -> str:
+    lines = [
+        "# Federated sparse-LoRA run",
+        "",
+        f"- model: `{result['settings']['model']}`, adapter parameters: {result['adapter_params']}",
+        f"- rounds completed: {result['completed_rounds']}, final eval loss: {result['final_eval_loss']:.4f} "
+        f"(ppl {result['final_eval_ppl']:.2f})",
+        f"- bytes: down {ledger['totals']['down']}, up {ledger['totals']['up']}; train traffic is "
+        f"{ledger['train_dense_ratio']:.1f}x smaller than dense fp32 adapters",
+        f"- rejected updates: {result['rejected_total'] or 'none'}; client failures: {result['failures_total']}",
+        "",
+        "| round | train loss | eval loss | accepted | rejected | failures | bytes up | bytes down |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for m in result["rounds"]:
+        lines.append(
+            f"| {m['round']} | {m.get('train_loss', float('nan')):.4f} | {m.get('eval_loss', float('nan')):.4f} | "
+            f"{m.get('accepted', '-')} | {m.get('rejected', {}) or ''} | {len(m.get('failures', {}))} | "
+            f"{m.get('bytes_up', 0)} | {m.get('bytes_down', 0)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def error_summary(reason: str) -> str:
+    """The useful line of a client error (Ray wraps the exception in a long traceback)."""
+    lines = [ln.strip() for ln in str(reason).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "Exception" in ln or "failure" in ln:
+            return ln[-300:]
+    return (lines[-1] if lines else "unknown error")[-300:]
+
+
+def _ppl(loss: float) -> float:
+    return float(math.exp(min(loss, 50.0))) if math.isfinite(loss) else float("nan")
+
+
+def _digest(adapter: Mapping[str, np.ndarray]) -> str:
+    from fedcogen.client.lora import adapter_digest
+
+    return adapter_digest(adapter)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default, allow_nan=True))
+    tmp.replace(path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer | np.floating):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _progress(rounds: range, done: int, total: int) -> Iterable[int]:
+    try:
+        from tqdm import tqdm
+
+        return tqdm(rounds, desc="federated rounds", initial=done, total=total, unit="round")
+    except ImportError:  # pragma: no cover
+        return rounds
+
+
+# --------------------------------------------------------------------------- the apps
+
+
+def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
+    """A ServerApp whose settings are ``context.run_config`` updated with ``overrides``.
+
+    ``flwr run .`` uses the module-level :data:`app` (pyproject ``[tool.flwr.app.config]``); the
+    in-process simulation driver passes its :class:`SimulationConfig` as overrides because the
+    legacy ``run_simulation`` API starts runs with an empty run config.
+    """
+    server_app = ServerApp()
+    extra = dict(overrides or {})
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        settings = fm.FLSettings.from_mapping({**dict(context.run_config), **extra})
+        FederatedServer(grid, settings).run()
+
+    return server_app
+
+
+app = make_server_app()

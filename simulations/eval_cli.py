@@ -1,0 +1,363 @@
+"""`fedcogen eval`: run CoGenesis variants over a task file, score them, write JSON + markdown report.
+
+Input validation is delegated to :mod:`fedcogen.simulations.data` (one validator for the whole
+project); this module decides what to do with invalid lines (``--on-invalid skip`` or ``reject``).
+Generation is delegated to the device-side CoGenesis generator; scoring and aggregation to
+:mod:`fedcogen.simulations.evaluate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CLOUD_VARIANTS = frozenset({"cloud", "sketch", "logit", "gated", "cloud_with_context"})
+DEFAULT_VARIANTS = "device,cloud,sketch,logit,gated"
+EXIT_OK, EXIT_GENERATION_FAILED, EXIT_INVALID = 0, 1, 2
+
+EPILOG = """\
+dataset format (JSONL, one task a line):
+  user_id, instruction (what the cloud may see), private_context, reference (target answer),
+  optional private_facts (list of strings that must not leak), optional task_type, optional task_id.
+  Style markers come from --profiles (default: profiles.jsonl next to the dataset, if present).
+
+variants:
+  device              device model alone, with the private context (no network)
+  device_personalised device model + federated LoRA adapter (needs --adapter)
+  cloud               cloud model alone on the bare instruction (no private context)
+  sketch              cloud writes an outline from the instruction, device writes the answer
+  logit               device and cloud logits fused token by token (cloud sees committed tokens)
+  gated               logit fusion only where the device is unsure
+  cloud_with_context  EVALUATION-ONLY upper bound: the cloud gets the private context
+
+metrics (per variant; mean per user, then over users, 95% bootstrap CI resampling users):
+  ROUGE-L F1, private-fact recall, style match (needs profiles), leaked facts (private facts
+  found in the bytes the cloud received), bytes sent/received, tokens/s, latency, cloud-call
+  fraction; plus paired per-user differences between variants.
+
+exit codes: 0 ok; 1 results written but some generations failed; 2 invalid input or arguments
+(with --on-invalid reject, any invalid line).
+
+examples:
+  fedcogen eval --dataset runs/fed/tasks.jsonl --spawn-cloud --json runs/eval.json --report runs/eval.md
+  fedcogen eval --dataset tasks.jsonl --variants device,logit --cloud 127.0.0.1:50051 --json out.json
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate CoGenesis variants on a task file (quality, privacy leakage, cost, with CIs)",
+        description="Run generation variants over every task of a JSONL dataset, score quality, "
+        "personalisation, leakage on the wire and cost, and write per-task / per-user / overall "
+        "results as JSON (and a markdown report with plots).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", required=True, type=Path, help="task file (JSONL, format below)")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS,
+                   help=f"comma-separated variants to run (default: {DEFAULT_VARIANTS})")
+    cloud = p.add_mutually_exclusive_group()
+    cloud.add_argument("--cloud", metavar="HOST:PORT", help="address of a running `fedcogen cloud serve`")
+    cloud.add_argument("--spawn-cloud", action="store_true",
+                       help="start `fedcogen cloud serve --insecure` on a free loopback port for this run "
+                       "and stop it afterwards (also on failure)")
+    p.add_argument("--cloud-start-timeout", type=float, default=300.0,
+                   help="seconds --spawn-cloud waits for the cloud to report SERVING (default 300)")
+    p.add_argument("--tls-dir", help="with --cloud: folder with ca.crt to verify the cloud (see `fedcogen certs`)")
+    p.add_argument("--token", help="with --cloud: bearer token the cloud expects")
+    p.add_argument("--insecure", action="store_true",
+                   help="with --cloud: plaintext connection (loopback/testing only; --spawn-cloud implies it)")
+    p.add_argument("--device-model", default="smollm2-half", help="device model name or local HF dir")
+    p.add_argument("--cloud-model", default="smollm2", help="cloud model for --spawn-cloud")
+    p.add_argument("--adapter", type=Path, help="federated LoRA adapter dir (enables device_personalised)")
+    p.add_argument("--profiles", type=Path, help="profiles.jsonl with style markers "
+                   "(default: profiles.jsonl next to the dataset if it exists)")
+    p.add_argument("--max-tasks", type=int, help="evaluate only the first N valid tasks")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap per generation")
+    p.add_argument("--on-invalid", choices=("skip", "reject"), default="skip",
+                   help="invalid dataset lines: report and skip them (default) or reject the run (exit 2)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of users (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the bootstrap and the device model (tiny models)")
+    p.add_argument("--json", dest="json_out", required=True, type=Path, help="where to write results JSON")
+    p.add_argument("--report", type=Path, help="markdown report path; plots are written next to it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_eval)
+
+
+# --------------------------------------------------------------------------------------------
+# input
+
+
+def parse_variants(spec: str, *, adapter: Path | None) -> list[str]:
+    """Split and check ``--variants``; unknown names and a personalised variant without adapter fail."""
+    from fedcogen.simulations.evaluate import ALL_VARIANTS, PERSONALISED_VARIANT
+
+    names = [v.strip() for v in spec.split(",") if v.strip()]
+    known = (*ALL_VARIANTS, PERSONALISED_VARIANT)
+    unknown = [v for v in names if v not in known]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    if not names:
+        raise ValueError("--variants is empty")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--variants lists a variant twice: {spec}")
+    if PERSONALISED_VARIANT in names and adapter is None:
+        raise ValueError(f"variant {PERSONALISED_VARIANT} needs --adapter DIR (the federated LoRA adapter)")
+    if adapter is not None and not adapter.is_dir():
+        raise FileNotFoundError(f"--adapter {adapter} is not a directory")
+    return names
+
+
+def format_problem(path: Path, problem: Any) -> str:
+    """``file:line: field 'name': reason``, the same shape as the validator's own error message."""
+    if isinstance(problem, tuple | list) and len(problem) == 3:
+        line, fld, reason = problem
+        where = f"{path.name}:{line}" if line else path.name
+        return f"{where}: field '{fld}': {reason}" if fld and fld != "-" else f"{where}: {reason}"
+    return str(problem)
+
+
+def load_tasks(path: Path, on_invalid: str) -> tuple[list[Any], list[str]]:
+    """Validate the dataset with the project validator; return (valid tasks, problem lines).
+
+    ``reject`` collects every problem first (so the user can fix them all at once), then raises.
+    """
+    from fedcogen.simulations.data import validate_task_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset {path} does not exist")
+    records, raw_problems = validate_task_file(path, strict=False)
+    problems = [format_problem(path, p) for p in raw_problems]
+    if problems and on_invalid == "reject":
+        shown = "\n  ".join(problems[:20]) + ("" if len(problems) <= 20 else f"\n  ... {len(problems) - 20} more")
+        raise ValueError(f"{len(problems)} invalid line(s) in {path}, run rejected (--on-invalid reject):\n  "
+                         f"{shown}")
+    for problem in problems:
+        print(f"skipping invalid line: {problem}", file=sys.stderr)
+    return list(records), problems
+
+
+def load_profiles(path: Path | None, dataset: Path) -> tuple[dict[str, Any], str | None]:
+    """user id -> StyleMarkers from a profiles JSONL; (markers, the file used or None)."""
+    from fedcogen.simulations.metrics import StyleMarkers
+
+    if path is None:
+        candidate = dataset.with_name("profiles.jsonl")
+        if not candidate.is_file():
+            return {}, None
+        path = candidate
+    if not path.is_file():
+        raise FileNotFoundError(f"--profiles {path} does not exist")
+    out: dict[str, StyleMarkers] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: invalid JSON in profile ({exc.msg})") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("user_id"), str | int):
+            raise ValueError(f"{path}:{lineno}: field 'user_id' missing in profile")
+        out[str(row["user_id"])] = StyleMarkers.from_profile(row)
+    return out, str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# cloud process
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_health(address: str, proc: subprocess.Popen | None, timeout_s: float) -> None:
+    """Poll the gRPC health service until SERVING; fail early if the process dies."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"cloud process exited with code {proc.returncode} before serving")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as exc:
+                last = exc.code().name
+            time.sleep(0.2)
+    raise RuntimeError(f"cloud at {address} not serving after {timeout_s:.0f} s (last: {last})")
+
+
+@dataclass
+class SpawnedCloud:
+    """A cloud process started for one evaluation run."""
+
+    address: str
+    process: subprocess.Popen
+    log_path: Path | None
+    timeout_s: float = 300.0
+
+    def wait_ready(self) -> str:
+        """Block until the cloud answers SERVING (or fail if it died); returns the address."""
+        wait_for_health(self.address, self.process, self.timeout_s)
+        return self.address
+
+
+@contextlib.contextmanager
+def spawned_cloud(
+    cloud_model: str, *, allow_eval_only_context: bool = False, timeout_s: float = 120.0,
+    log_path: Path | None = None, wait: bool = True,
+) -> Iterator[SpawnedCloud]:
+    """Run ``fedcogen cloud serve --insecure`` on a free loopback port and yield it once it is SERVING.
+
+    With ``wait=False`` it is yielded right after the process starts, so the caller can load the
+    device model while the cloud loads its own, then call :meth:`SpawnedCloud.wait_ready`.
+
+    The process is always stopped (terminate, then kill) when the block exits, also on errors and
+    Ctrl-C, so an evaluation never leaves a cloud behind.
+    """
+    port = free_port()
+    cmd = [sys.executable, "-m", "fedcogen.cli", "cloud", "serve", "--insecure", "--host", "127.0.0.1",
+           "--port", str(port), "--model", cloud_model]
+    if allow_eval_only_context:
+        cmd.append("--allow-eval-only-context")
+    out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    log.info("starting cloud: %s", " ".join(cmd))
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
+    try:
+        cloud = SpawnedCloud(f"127.0.0.1:{port}", proc, log_path, timeout_s)
+        if wait:
+            cloud.wait_ready()
+        yield cloud
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if log_path:
+            out.close()  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------------------------
+# generator
+
+
+def build_generator(args: argparse.Namespace, cloud_address: str | None, variants: Sequence[str]) -> Any:
+    """The real device-side CoGenesis generator (``fedcogen.client.cogen_device``) behind the protocol."""
+    from fedcogen.simulations.evaluate import PERSONALISED_VARIANT, CogenGenerator
+
+    return CogenGenerator.create(
+        device_model=args.device_model,
+        cloud_address=cloud_address,
+        adapter=str(args.adapter) if args.adapter else None,
+        insecure=bool(args.insecure or args.spawn_cloud),
+        tls_dir=args.tls_dir,
+        token=args.token,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        personalised=PERSONALISED_VARIANT in variants,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# handler
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.evaluate import EvalConfig, evaluate
+    from fedcogen.simulations.report import write_report
+
+    variants = parse_variants(args.variants, adapter=args.adapter)
+    if args.max_tasks is not None and args.max_tasks < 1:
+        raise ValueError(f"--max-tasks must be >= 1, got {args.max_tasks}")
+    if args.resamples < 1:
+        raise ValueError(f"--resamples must be >= 1, got {args.resamples}")
+    needs_cloud = sorted(set(variants) & CLOUD_VARIANTS)
+    if needs_cloud and not (args.cloud or args.spawn_cloud):
+        raise ValueError(f"variant(s) {', '.join(needs_cloud)} need a cloud: pass --cloud HOST:PORT or --spawn-cloud")
+    if args.cloud and not (args.insecure or args.tls_dir):
+        raise ValueError("--cloud needs --tls-dir DIR (with --token) or an explicit --insecure for plaintext")
+    tasks, problems = load_tasks(args.dataset, args.on_invalid)
+    if not tasks:
+        raise ValueError(f"no valid tasks in {args.dataset} ({len(problems)} invalid line(s))")
+    if args.max_tasks:
+        tasks = tasks[: args.max_tasks]
+    profiles, profiles_file = load_profiles(args.profiles, args.dataset)
+
+    with contextlib.ExitStack() as stack:
+        address, cloud = args.cloud, None
+        if needs_cloud and args.spawn_cloud:
+            log_path = args.json_out.with_suffix(".cloud.log")
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            cloud = stack.enter_context(spawned_cloud(
+                args.cloud_model, log_path=log_path, timeout_s=args.cloud_start_timeout, wait=False,
+                allow_eval_only_context="cloud_with_context" in variants,
+            ))
+            address = cloud.address
+        # the device model loads while the spawned cloud loads its own
+        generator = build_generator(args, address if needs_cloud else None, variants)
+        if hasattr(generator, "close"):
+            stack.callback(generator.close)
+        if cloud is not None:
+            cloud.wait_ready()
+        cfg = EvalConfig(resamples=args.resamples, seed=args.seed, progress=not args.no_progress)
+        result = evaluate(tasks, generator, variants, profiles=profiles, config=cfg)
+
+    data = result.to_dict()
+    data["meta"].update({
+        "dataset": str(args.dataset),
+        "profiles": profiles_file,
+        "device_model": args.device_model,
+        "cloud": args.cloud or (f"spawned {args.cloud_model}" if args.spawn_cloud else None),
+        "adapter": str(args.adapter) if args.adapter else None,
+        "invalid_lines": len(problems),
+    })
+    data["invalid_lines"] = problems
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(data, indent=2))
+    print(f"wrote {args.json_out}")
+    if args.report:
+        print(f"wrote {write_report(data, args.report)}")
+    _print_summary(data)
+    failed = sum(1 for r in data["rows"] if "error" in r)
+    if failed:
+        print(f"{failed} of {len(data['rows'])} generations failed (see 'error' in the rows)", file=sys.stderr)
+        return EXIT_GENERATION_FAILED
+    return EXIT_OK
+
+
+def _print_summary(data: dict[str, Any]) -> None:
+    from fedcogen.simulations.report import fmt_ci
+
+    print(f"{'variant':<20} {'ROUGE-L':>22} {'fact recall':>22} {'leaked':>8} {'bytes':>10} {'latency s':>10}")
+    for v in data["variants"]:
+        o = data["overall"][v]
+        print(f"{v:<20} {fmt_ci(o['rouge_l'], 3):>22} {fmt_ci(o['fact_recall'], 3):>22} "
+              f"{fmt_ci(o['leaked_facts'], 2).split(' ')[0]:>8} {fmt_ci(o['bytes_total'], 0).split(' ')[0]:>10} "
+              f"{fmt_ci(o['latency_s'], 2).split(' ')[0]:>10}")
+    for note in data["notes"]:
+        print(f"note: {note}")

@@ -1,0 +1,398 @@
+"""Run generation variants over a task set and aggregate metrics per user, then overall.
+
+The evaluator knows nothing about models or gRPC: it drives any :class:`Generator`
+(``generate(task, variant) -> result``). The real one is the device-side CoGenesis generator
+(``fedcogen.client.cogen_device``), wrapped in :mod:`fedcogen.simulations.eval_cli`; unit tests
+use a deterministic in-test generator so the metric and aggregation arithmetic can be checked
+by hand.
+
+Aggregation order matters: per task -> mean per user -> mean over users. Every user counts once
+regardless of how many tasks they have, and the bootstrap resamples users (see metrics.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from fedcogen.simulations import metrics as m
+
+log = logging.getLogger(__name__)
+
+ALL_VARIANTS: tuple[str, ...] = ("device", "cloud", "sketch", "logit", "gated", "cloud_with_context")
+PERSONALISED_VARIANT = "device_personalised"
+
+# metric name -> True if higher is better (used for the report and plots)
+METRICS: dict[str, bool] = {
+    "rouge_l": True,
+    "fact_recall": True,
+    "style_match": True,
+    "leaked_facts": False,
+    "bytes_sent": False,
+    "bytes_received": False,
+    "bytes_total": False,
+    "tokens": True,
+    "tokens_per_s": True,
+    "latency_s": False,
+    "cloud_call_fraction": False,
+    "fell_back": False,
+}
+# metrics compared pairwise between variants (quality and privacy are what needs telling apart)
+PAIRED_METRICS: tuple[str, ...] = ("rouge_l", "fact_recall", "style_match", "leaked_facts", "latency_s")
+
+
+@dataclass
+class GenerationResult:
+    """What one generation produced and cost. Field names match the device generator's result.
+
+    ``cloud_received`` holds what the cloud got on the wire for this generation (bytes, text or a
+    list of payloads); ``None`` means it was not captured, so leakage is reported as unmeasured.
+    """
+
+    text: str
+    tokens: int = 0
+    tokens_per_s: float | None = None
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    cloud_call_fraction: float = 0.0
+    latency_s: float = 0.0
+    fell_back: bool = False
+    cloud_received: Any = None
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Anything that answers a task with a given variant (the device generator, or a test fake)."""
+
+    def generate(self, task: Any, variant: str) -> Any:  # returns a GenerationResult-like object
+        ...
+
+
+@dataclass
+class EvalConfig:
+    """How to aggregate. Defaults are the documented ones: 1000 user resamples, 95 %, seed 0."""
+
+    resamples: int = m.DEFAULT_RESAMPLES
+    confidence: float = m.DEFAULT_CONFIDENCE
+    seed: int = 0
+    use_stemmer: bool = True
+    fail_fast: bool = False  # re-raise a generator error instead of recording it in the row
+    keep_text: bool = True  # store generated answers in the per-task rows
+    progress: bool = True
+
+
+@dataclass
+class EvalResult:
+    """Everything an evaluation produced; :meth:`to_dict` is the JSON written by ``fedcogen eval``."""
+
+    variants: list[str]
+    rows: list[dict[str, Any]]
+    per_user: dict[str, dict[str, dict[str, float | None]]]
+    overall: dict[str, dict[str, m.ConfidenceInterval]]
+    paired: list[m.PairedDifference]
+    notes: list[str] = field(default_factory=list)
+    config: EvalConfig = field(default_factory=EvalConfig)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "meta": self.meta,
+            "config": asdict(self.config),
+            "variants": self.variants,
+            "notes": self.notes,
+            "overall": {
+                v: {k: ci.to_dict() for k, ci in metrics.items()} for v, metrics in self.overall.items()
+            },
+            "paired": [p.to_dict() for p in self.paired],
+            "per_user": self.per_user,
+            "rows": self.rows,
+        }
+
+
+def cloud_view(records: Iterable[Any], tokenizer: Any = None) -> list[bytes | str]:
+    """Everything the cloud received in a list of ``WireCapture`` records, in searchable form.
+
+    The raw payload of every message the device *sent* (strings inside protobuf are plain UTF-8),
+    plus, when a tokenizer is given, the decoded text of the token ids the device sent in Decode
+    streams (``open.instruction_ids`` and committed ``step.token_ids``): the logit variant reveals
+    its answer to the cloud as token ids, which a byte search alone would never find.
+    """
+    out: list[bytes | str] = []
+    ids: list[int] = []
+    for rec in records:
+        if getattr(rec, "direction", "sent") != "sent":
+            continue
+        raw = getattr(rec, "raw", b"")
+        if raw:
+            out.append(raw)
+        msg = getattr(rec, "message", None)
+        try:
+            kind = msg.WhichOneof("kind") if msg is not None else None
+        except (AttributeError, ValueError):  # not a DecodeRequest
+            kind = None
+        if kind == "open":
+            if ids and tokenizer is not None:  # a new session: never glue two sessions' tokens together
+                out.append(tokenizer.decode(ids))
+            ids = []
+            ids.extend(msg.open.instruction_ids)
+        elif kind == "step":
+            ids.extend(msg.step.token_ids)
+    if ids and tokenizer is not None:
+        out.append(tokenizer.decode(ids))
+    return out
+
+
+def task_id(task: Any, index: int) -> str:
+    """A stable id for a task: its own ``task_id``/``id`` if it has one, else user and position."""
+    for attr in ("task_id", "id"):
+        val = getattr(task, attr, None)
+        if val not in (None, ""):
+            return str(val)
+    return f"{getattr(task, 'user_id', '?')}#{index}"
+
+
+def score_answer(
+    task: Any,
+    result: Any,
+    *,
+    markers: m.StyleMarkers | None,
+    use_stemmer: bool = True,
+) -> dict[str, Any]:
+    """All per-task metrics of one generation (``None`` = not applicable / not measured)."""
+    text = str(getattr(result, "text", "") or "")
+    facts = list(getattr(task, "private_facts", None) or [])
+    style = m.style_match(text, markers, getattr(task, "task_type", None) or None)
+    leaked = m.leaked_facts(getattr(result, "cloud_received", None), facts)
+    sent = int(getattr(result, "bytes_sent", 0) or 0)
+    received = int(getattr(result, "bytes_received", 0) or 0)
+    tps = getattr(result, "tokens_per_s", None)
+    return {
+        "rouge_l": m.rouge_l_f1(text, str(task.reference), use_stemmer=use_stemmer),
+        "fact_recall": m.private_fact_recall(text, facts),
+        "style_match": style.score,
+        "style_detail": {"greeting": style.greeting, "sign_off": style.sign_off,
+                         "favourite_phrase": style.favourite_phrase},
+        "leaked_facts": None if leaked is None else len(leaked),
+        "leaked": leaked,
+        "bytes_sent": sent,
+        "bytes_received": received,
+        "bytes_total": sent + received,
+        "tokens": int(getattr(result, "tokens", 0) or 0),
+        "tokens_per_s": None if tps is None else float(tps),
+        "latency_s": float(getattr(result, "latency_s", 0.0) or 0.0),
+        "cloud_call_fraction": float(getattr(result, "cloud_call_fraction", 0.0) or 0.0),
+        "fell_back": 1.0 if getattr(result, "fell_back", False) else 0.0,
+    }
+
+
+def _progress(total: int, enabled: bool, desc: str):  # noqa: ANN202
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="gen", disable=not enabled, leave=False)
+
+
+def evaluate(
+    tasks: Sequence[Any],
+    generator: Generator,
+    variants: Sequence[str],
+    *,
+    profiles: Mapping[str, m.StyleMarkers] | None = None,
+    config: EvalConfig | None = None,
+) -> EvalResult:
+    """Answer every task with every variant, score, aggregate per user and overall with CIs.
+
+    ``profiles`` maps user id -> style markers; users without markers get no style score and
+    a note says so. A generator exception is recorded in that row (``error``) and the row is
+    left out of the means, unless ``config.fail_fast``.
+    """
+    cfg = config or EvalConfig()
+    if not variants:
+        raise ValueError("no variants to evaluate")
+    if len(set(variants)) != len(variants):
+        raise ValueError(f"duplicate variants in {list(variants)}")
+    if not tasks:
+        raise ValueError("no tasks to evaluate (the dataset is empty or every line was invalid)")
+    profiles = profiles or {}
+    notes: list[str] = []
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with _progress(len(tasks) * len(variants), cfg.progress, "eval") as bar:
+        for i, task in enumerate(tasks):
+            tid = task_id(task, i)
+            user = str(task.user_id)
+            markers = profiles.get(user)
+            for variant in variants:
+                row: dict[str, Any] = {"task_id": tid, "user_id": user, "variant": variant,
+                                       "task_type": getattr(task, "task_type", None)}
+                try:
+                    result = generator.generate(task, variant)
+                except Exception as exc:  # noqa: BLE001 - recorded per row, see docstring
+                    if cfg.fail_fast:
+                        raise
+                    log.warning("task %s variant %s failed: %s", tid, variant, exc)
+                    row["error"] = f"{type(exc).__name__}: {exc}"
+                else:
+                    row.update(score_answer(task, result, markers=markers, use_stemmer=cfg.use_stemmer))
+                    if cfg.keep_text:
+                        row["text"] = str(getattr(result, "text", ""))
+                rows.append(row)
+                bar.update(1)
+    per_user = aggregate_per_user(rows, variants)
+    overall = aggregate_overall(per_user, cfg)
+    paired = paired_differences(per_user, variants, cfg)
+    notes.extend(_notes(rows, tasks, profiles, variants))
+    meta = {"tasks": len(tasks), "users": len({str(t.user_id) for t in tasks}),
+            "seconds": round(time.perf_counter() - started, 3)}
+    return EvalResult(list(variants), rows, per_user, overall, paired, notes, cfg, meta)
+
+
+def aggregate_per_user(
+    rows: Iterable[Mapping[str, Any]], variants: Sequence[str]
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """variant -> user -> metric -> mean over that user's scored tasks (``None`` if no value)."""
+    grouped: dict[str, dict[str, list[Mapping[str, Any]]]] = {v: {} for v in variants}
+    for row in rows:
+        if "error" in row:
+            continue
+        grouped.setdefault(row["variant"], {}).setdefault(row["user_id"], []).append(row)
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for variant, users in grouped.items():
+        out[variant] = {
+            user: {
+                **{k: m.mean_or_none(r.get(k) for r in urows) for k in METRICS},
+                "n_tasks": float(len(urows)),
+            }
+            for user, urows in sorted(users.items())
+        }
+    return out
+
+
+def aggregate_overall(
+    per_user: Mapping[str, Mapping[str, Mapping[str, float | None]]], cfg: EvalConfig
+) -> dict[str, dict[str, m.ConfidenceInterval]]:
+    """variant -> metric -> mean over users with a bootstrap CI (users resampled)."""
+    return {
+        variant: {
+            k: m.bootstrap_ci([u[k] for u in users.values() if u.get(k) is not None],
+                              resamples=cfg.resamples, confidence=cfg.confidence, seed=cfg.seed)
+            for k in METRICS
+        }
+        for variant, users in per_user.items()
+    }
+
+
+def paired_differences(
+    per_user: Mapping[str, Mapping[str, Mapping[str, float | None]]],
+    variants: Sequence[str],
+    cfg: EvalConfig,
+    metrics: Sequence[str] = PAIRED_METRICS,
+) -> list[m.PairedDifference]:
+    """Per-user paired (a - b) CIs for every pair of variants and each metric that both define."""
+    out: list[m.PairedDifference] = []
+    for a, b in itertools.combinations(variants, 2):
+        for metric in metrics:
+            ua = {u: vals.get(metric) for u, vals in per_user.get(a, {}).items()}
+            ub = {u: vals.get(metric) for u, vals in per_user.get(b, {}).items()}
+            diff = m.paired_difference_ci(ua, ub, names=(a, b, metric), resamples=cfg.resamples,
+                                          confidence=cfg.confidence, seed=cfg.seed)
+            if diff.ci.n:
+                out.append(diff)
+    return out
+
+
+def _notes(
+    rows: Sequence[Mapping[str, Any]],
+    tasks: Sequence[Any],
+    profiles: Mapping[str, m.StyleMarkers],
+    variants: Sequence[str],
+) -> list[str]:
+    notes: list[str] = []
+    users = sorted({str(t.user_id) for t in tasks})
+    styled = [u for u in users if u in profiles and not profiles[u].empty]
+    if not styled:
+        notes.append("style match skipped: no profile with style markers was given for any user")
+    elif len(styled) < len(users):
+        notes.append(f"style match only for {len(styled)} of {len(users)} users (others have no profile)")
+    if not any(getattr(t, "private_facts", None) for t in tasks):
+        notes.append("private-fact recall and leakage skipped: no task lists private_facts")
+    for v in variants:
+        vrows = [r for r in rows if r["variant"] == v]
+        errors = [r for r in vrows if "error" in r]
+        if errors:
+            notes.append(f"{v}: {len(errors)} of {len(vrows)} generations failed "
+                         f"(first: {errors[0]['error']}); they are left out of the means")
+        if vrows and all(r.get("leaked_facts") is None for r in vrows if "error" not in r) and len(
+            errors
+        ) < len(vrows):
+            notes.append(f"{v}: leakage not measured (no wire capture for this variant)")
+    if len(users) < 5:
+        notes.append(f"only {len(users)} user(s): confidence intervals over users are wide or degenerate")
+    return notes
+
+
+# --------------------------------------------------------------------------------------------
+# the real generator
+
+
+class CogenGenerator:
+    """Adapter from :class:`fedcogen.client.cogen_device.CogenDevice` to the :class:`Generator` protocol.
+
+    Each generation's wire records are turned into :func:`cloud_view` (what the cloud received,
+    token ids decoded) and then dropped, so leakage is measured per answer and memory stays flat.
+    ``device_personalised`` runs the device variant on a second device model that carries the
+    federated LoRA adapter (PEFT injects LoRA layers in place, so it cannot share the plain model).
+    """
+
+    def __init__(self, device: Any, personalised: Any = None) -> None:
+        self.device = device
+        self.personalised = personalised
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        device_model: str,
+        cloud_address: str | None,
+        adapter: str | None = None,
+        insecure: bool = False,
+        tls_dir: str | None = None,
+        token: str | None = None,
+        max_new_tokens: int = 64,
+        seed: int = 0,
+        personalised: bool = False,
+    ) -> CogenGenerator:
+        """Load the device model (and, if asked, a personalised copy with ``adapter``)."""
+        from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
+
+        def make(with_adapter: str | None) -> Any:
+            cfg = DeviceConfig(device_model=device_model, seed=seed, adapter=with_adapter, cloud=cloud_address,
+                               tls_dir=tls_dir, token=token, insecure=insecure, max_new_tokens=max_new_tokens)
+            return CogenDevice(cfg)
+
+        return cls(make(None), make(adapter) if personalised else None)
+
+    def generate(self, task: Any, variant: str) -> GenerationResult:
+        device, real_variant = self.device, variant
+        if variant == PERSONALISED_VARIANT:
+            if self.personalised is None:
+                raise ValueError(f"variant {PERSONALISED_VARIANT} needs an adapter")
+            device, real_variant = self.personalised, "device"
+        capture = device.capture
+        capture.clear()
+        res = device.generate(task.instruction, task.private_context, real_variant)
+        received = cloud_view(list(capture.records), device.tokenizer)
+        capture.clear()
+        return GenerationResult(
+            text=res.text, tokens=res.tokens, tokens_per_s=res.tokens_per_s, bytes_sent=res.bytes_sent,
+            bytes_received=res.bytes_received, cloud_call_fraction=res.cloud_call_fraction,
+            latency_s=res.latency_s, fell_back=res.fell_back, cloud_received=received,
+        )
+
+    def close(self) -> None:
+        for dev in (self.device, self.personalised):
+            if dev is not None:
+                dev.close()

@@ -1,0 +1,197 @@
+"""`fedcogen privacy ...`: DP federations + attacks + audits, and single attacks on an existing run.
+
+Subcommands:
+
+* ``run``      federations over a noise-multiplier sweep, canary exposure, membership inference,
+               CoGenesis context leakage and the wire audit; JSON + markdown report + plots.
+* ``exposure`` canary exposure of a finished federation run (its checkpoint + data folder).
+* ``mia``      membership inference on a finished run.
+* ``epsilon``  epsilon of a planned run from the RDP accountant (and the rounds/noise that fit a target).
+* ``secagg``   sparse SecAgg+ vs dense SecAgg+ vs plain sparse: bytes and time in the Flower simulation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "privacy",
+        help="differential privacy, secure aggregation, privacy attacks and the wire audit",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ps = p.add_subparsers(dest="privacy_command", metavar="ACTION")
+
+    r = ps.add_parser(
+        "run",
+        help="federations with/without DP + all attacks + wire audit -> JSON + markdown report",
+        description=(
+            "Generate a federation, train it with every noise multiplier of the sweep (0 = no DP), attack "
+            "each final adapter (canary exposure, membership inference), run CoGenesis variants over gRPC "
+            "and attack/audit what the cloud received. Writes privacy.json, privacy.md and "
+            "privacy_utility.png into --out. --quick uses tiny random models (a few minutes)."
+        ),
+    )
+    r.add_argument("--quick", action="store_true", help="tiny models, 4 users, 3 rounds: a few minutes")
+    r.add_argument("--config", help="JSON/TOML file with PrivacyRunConfig fields (a [privacy] table is accepted)")
+    r.add_argument("--json", required=True, help="where to write the result JSON (also copied into --out)")
+    r.add_argument("--out", default=None, help="run folder (default runs/privacy or runs/privacy-quick)")
+    r.add_argument("--model", default=None, help="device/federated model (smollm2-half, smollm2, tiny, path)")
+    r.add_argument("--cloud-model", default=None, help="cloud model, also the context-leakage attacker")
+    r.add_argument("--rounds", type=int, default=None, help="federated rounds")
+    r.add_argument("--users", type=int, default=None, dest="n_users", help="number of users / clients")
+    r.add_argument("--dp-mode", choices=["server", "client"], default=None,
+                   help="server: trusted aggregator adds dense noise; client: distributed noise (for SecAgg)")
+    r.add_argument("--noise-multiplier", type=float, default=None, help="sigma of the defended configuration")
+    r.add_argument("--sweep", default=None, help="comma-separated noise multipliers for the curve (0 = no DP)")
+    r.add_argument("--clip", type=float, default=None, dest="dp_clip", help="L2 clip norm C of each client update")
+    r.add_argument("--delta", type=float, default=None, help="target delta (default 1e-5)")
+    r.add_argument("--target-epsilon", type=float, default=None,
+                   help="refuse the run up front if a planned setting exceeds this epsilon; stop early in a run")
+    r.add_argument("--seed", type=int, default=None)
+    r.set_defaults(func=_run)
+
+    e = ps.add_parser("exposure", help="canary exposure of a finished federation run",
+                      description="Canary exposure (secret sharer) of the final global adapter of RUN_DIR.")
+    e.add_argument("run_dir", help="federation output folder (checkpoint.npz)")
+    e.add_argument("--data", default=None, help="federation data folder (default: the run's data_dir)")
+    e.add_argument("--alternatives", type=int, default=255, help="random same-format secrets per canary")
+    e.add_argument("--json", default=None, help="write the result here")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=_exposure)
+
+    m = ps.add_parser("mia", help="membership inference on a finished federation run",
+                      description="Loss and reference-calibrated MIA: training tasks vs held-out tasks.")
+    m.add_argument("run_dir")
+    m.add_argument("--data", default=None)
+    m.add_argument("--max-examples", type=int, default=64)
+    m.add_argument("--json", default=None)
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=_mia)
+
+    a = ps.add_parser("epsilon", help="epsilon of a planned DP run (RDP accountant)",
+                      description="Epsilon after ROUNDS rounds at NOISE and client sample rate Q, and what fits a target.")
+    a.add_argument("--noise-multiplier", type=float, required=True)
+    a.add_argument("--sample-rate", type=float, required=True, help="clients_per_round / num_clients")
+    a.add_argument("--rounds", type=int, required=True)
+    a.add_argument("--delta", type=float, default=1e-5)
+    a.add_argument("--target-epsilon", type=float, default=None)
+    a.set_defaults(func=_epsilon)
+
+    s = ps.add_parser("secagg", help="sparse SecAgg+ vs dense SecAgg+ vs plain sparse (bytes, time)",
+                      description=("Runs Flower's SecAggPlusWorkflow + secaggplus_mod in the simulation engine with "
+                                   "the shared-random-support sparse scheme, dense SecAgg+ and plain top-k sparse."))
+    s.add_argument("--clients", type=int, default=4)
+    s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--dim", type=int, default=0, help="vector length (0 = the LoRA adapter size of --model)")
+    s.add_argument("--model", default="smollm2", help="model whose adapter size sets --dim when it is 0")
+    s.add_argument("--density", type=float, default=0.01)
+    s.add_argument("--out", default="runs/secagg")
+    s.add_argument("--json", default=None)
+    s.set_defaults(func=_secagg)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _write(path: str | None, result: Any) -> None:
+    if path:
+        from fedcogen.simulations.privacy_run import _json_default
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2, default=_json_default))
+        print(f"wrote {path}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.privacy_run import load_config, run_privacy
+
+    sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else None
+    cfg = load_config(
+        args.config, args.quick, model=args.model, cloud_model=args.cloud_model, rounds=args.rounds,
+        n_users=args.n_users, dp_mode=args.dp_mode, noise_multiplier=args.noise_multiplier, sweep=sweep,
+        dp_clip=args.dp_clip, delta=args.delta, target_epsilon=args.target_epsilon, seed=args.seed, out_dir=args.out,
+    )
+    if args.n_users is not None and cfg.clients_per_round > cfg.n_users:
+        cfg.clients_per_round = cfg.n_users
+    result = run_privacy(cfg)
+    _write(args.json, result)
+    print(f"report: {Path(cfg.out_dir) / 'privacy.md'}")
+    eps = result["epsilon"]
+    print(f"epsilon {eps if eps is not None else math.inf:.3g} (delta {result['delta']}), eval loss "
+          f"{result['utility_eval_loss']:.4f} (no DP {result['baseline_eval_loss']:.4f}), exposure "
+          f"{result['canary_exposure']:.2f} (no DP {result['canary_exposure_no_dp']:.2f}), MIA AUC "
+          f"{result['mia_auc']:.3f}, wire audit {'PASS' if result['wire_audit_pass'] else 'FAIL'}")
+    return 0
+
+
+def _run_context(run_dir: str, data: str | None) -> tuple[Any, Any]:
+    from fedcogen.server.checkpoint import load_checkpoint
+    from fedcogen.simulations.data import load_federation
+    from fedcogen.simulations.privacy_run import quick_config
+
+    _, meta = load_checkpoint(run_dir)
+    s = meta.get("settings", {})
+    data_dir = data or s.get("data_dir")
+    if not data_dir or not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"federation data folder not found ({data_dir!r}): pass --data")
+    cfg = quick_config(model=s["model"], seed=int(s.get("seed", 0)))
+    return load_federation(data_dir), cfg
+
+
+def _exposure(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.attacks import canary_exposure
+    from fedcogen.simulations.privacy_run import canary_alternative, federation_canaries, load_run_adapter
+
+    fed, _ = _run_context(args.run_dir, args.data)
+    lm, _ = load_run_adapter(args.run_dir)
+    res = canary_exposure(lm.model, lm.tokenizer, federation_canaries(fed), args.alternatives, args.seed,
+                          alternatives_fn=canary_alternative, progress=True)
+    print(f"mean exposure {res['mean']:.2f} bits, max {res['max']:.2f} (chance {res['chance']:.2f}, "
+          f"max possible {res['per_canary'][0]['max_exposure']:.2f})")
+    _write(args.json, res)
+    return 0
+
+
+def _mia(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.attacks import membership_inference
+    from fedcogen.simulations.privacy_run import load_run_adapter, mia_pairs
+
+    fed, _ = _run_context(args.run_dir, args.data)
+    lm, _ = load_run_adapter(args.run_dir)
+    members, non = mia_pairs(fed, args.max_examples, args.seed)
+    res = membership_inference(lm.model, lm.tokenizer, members, non)
+    print(f"MIA AUC loss {res['loss']['auc']:.3f}, reference {res['reference']['auc']:.3f}; "
+          f"TPR@1%FPR {res['tpr_at_1pct_fpr']:.3f} ({res['n_members']} members, {res['n_non_members']} non-members)")
+    _write(args.json, res)
+    return 0
+
+
+def _epsilon(args: argparse.Namespace) -> int:
+    from fedcogen.protocols import dp
+
+    eps = dp.epsilon_for(args.noise_multiplier, args.sample_rate, args.rounds, args.delta)
+    out: dict[str, Any] = {"epsilon": eps, "delta": args.delta, "noise_multiplier": args.noise_multiplier,
+                           "sample_rate": args.sample_rate, "rounds": args.rounds}
+    print(f"epsilon = {eps:.4g} at delta = {args.delta}")
+    if args.target_epsilon is not None:
+        out["max_rounds"] = dp.max_rounds_for(args.target_epsilon, args.noise_multiplier, args.sample_rate, args.delta)
+        out["noise_for_target"] = dp.noise_for_epsilon(args.target_epsilon, args.sample_rate, args.rounds, args.delta)
+        print(f"target {args.target_epsilon}: at most {out['max_rounds']} rounds at this noise, or noise multiplier "
+              f">= {out['noise_for_target']:.3f} for {args.rounds} rounds")
+    return 0
+
+
+def _secagg(args: argparse.Namespace) -> int:
+    from fedcogen.server.secagg_sparse import SecAggRunConfig, adapter_flat, compare_modes
+
+    dim = args.dim or int(adapter_flat(args.model).size)
+    res = compare_modes(SecAggRunConfig(num_clients=args.clients, rounds=args.rounds, dim=dim, density=args.density),
+                        args.out)
+    print((Path(args.out) / "secagg_compare.md").read_text())
+    _write(args.json, res)
+    return 0

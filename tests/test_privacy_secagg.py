@@ -1,0 +1,116 @@
+"""Sparse SecAgg+ (shared random support) in the real Flower simulation engine.
+
+The server must end up with the plain mean at the public support (to SecAgg+ quantisation error)
+while every vector it received from a single client is masked (unrelated to any client's input).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from fedcogen.protocols.dp import DPConfig
+from fedcogen.server import secagg_sparse as sa
+
+pytestmark = pytest.mark.slow
+
+BASE = sa.SecAggRunConfig(mode="sparse", num_clients=3, rounds=2, dim=3000, density=0.05, seed=3)
+
+
+def _expected_sparse(cfg: sa.SecAggRunConfig) -> list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]:
+    """Replay the clients locally: per round (support, plain mean of sent values, each client's values)."""
+    residual = {p: np.zeros(cfg.dim, np.float32) for p in range(cfg.num_clients)}
+    out = []
+    for rnd in range(1, cfg.rounds + 1):
+        support = sa.shared_support(sa.round_seed(cfg.seed, rnd), cfg.dim, cfg.k)
+        sent = []
+        for p in range(cfg.num_clients):
+            corrected = sa.synthetic_update(cfg.seed, p, rnd, cfg.dim) + residual[p]
+            vals, residual[p] = sa.secure_values(corrected, support, DPConfig(mode="none"), np.random.default_rng(0))
+            sent.append(vals)
+        out.append((support, np.mean(sent, axis=0), sent))
+    return out
+
+
+def test_shared_support_is_public_and_deterministic():
+    a = sa.shared_support(11, 1000, 50)
+    assert np.array_equal(a, sa.shared_support(11, 1000, 50))
+    assert len(np.unique(a)) == 50 and a.min() >= 0 and a.max() < 1000
+    assert not np.array_equal(a, sa.shared_support(12, 1000, 50))
+    with pytest.raises(ValueError):
+        sa.shared_support(1, 10, 11)
+
+
+def test_secure_values_residual_and_clip():
+    corrected = np.arange(10, dtype=np.float32)
+    support = np.array([2, 7])
+    vals, res = sa.secure_values(corrected, support, DPConfig(mode="client", clip_norm=1.0), np.random.default_rng(0))
+    assert np.linalg.norm(vals) == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_allclose(res[support] + vals, corrected[support], rtol=1e-6)
+    np.testing.assert_array_equal(np.delete(res, support), np.delete(corrected, support))
+
+
+def test_sparse_secagg_equals_plain_sum_and_hides_inputs():
+    rec = sa.Recorder()
+    res = sa.run_secagg(BASE, rec)
+    expected = _expected_sparse(BASE)
+    assert len(rec.aggregates) == BASE.rounds
+    quant_step = 2 * BASE.clipping_range / BASE.quantization_range
+    for agg, (support, mean, sent) in zip(rec.aggregates, expected, strict=True):
+        np.testing.assert_array_equal(agg["support"], support)
+        assert agg["n"] == BASE.num_clients
+        np.testing.assert_allclose(agg["mean"], mean, atol=3 * quant_step)
+        assert not np.allclose(agg["mean"], sent[0], atol=1e-3)  # the mean, not one client's values
+    # final model = sum of the aggregated means at each round's support
+    final = np.zeros(BASE.dim, np.float32)
+    for support, mean, _ in expected:
+        final[support] += mean
+    np.testing.assert_allclose(rec.final, final, atol=1e-4)
+
+    # The server-side view: masked vectors, one per client per round, look uniform and unrelated.
+    assert len(rec.masked_vectors) == BASE.num_clients * BASE.rounds
+    quantizer = BASE.quantization_range / (2 * BASE.clipping_range)
+    for mv in rec.masked_vectors:
+        masked = mv["vectors"][-1].astype(np.float64)
+        assert masked.shape == (BASE.k,)
+        assert masked.max() > 2**31 and masked.min() < 2**31  # spread over the 2^32 modulus
+        _, _, sent = expected[mv["round"] - 1]
+        for vals in sent:
+            true_q = (np.clip(vals, -BASE.clipping_range, BASE.clipping_range) + BASE.clipping_range) * quantizer
+            close = np.mean(np.abs(masked - true_q) < 1e5)
+            assert close < 0.05, "a masked vector is close to a client's quantised input"
+            assert abs(np.corrcoef(masked, true_q)[0, 1]) < 0.5
+    # bytes were counted for every SecAgg+ stage in both directions
+    for stage in ("setup", "share_keys", "collect_masked_vectors", "unmask"):
+        assert res["bytes_up"][stage] > 0 and res["bytes_down"][stage] > 0
+
+
+def test_dense_and_plain_modes_and_bytes():
+    dense = sa.run_secagg(replace(BASE, mode="dense", rounds=1), rec_d := sa.Recorder())
+    plain = sa.run_secagg(replace(BASE, mode="plain", rounds=1), rec_p := sa.Recorder())
+    sparse = sa.run_secagg(replace(BASE, rounds=1), sa.Recorder(keep_masked=False))
+    updates = [sa.synthetic_update(BASE.seed, p, 1, BASE.dim) for p in range(BASE.num_clients)]
+    np.testing.assert_allclose(rec_d.final, np.mean(updates, axis=0), atol=1e-5)
+    assert rec_p.masked_vectors == []  # no SecAgg in the plain baseline
+    assert np.count_nonzero(rec_p.final) <= BASE.k * BASE.num_clients
+    # the masked upload of the sparse scheme is ~k values, the dense one ~dim values
+    up_s = sparse["bytes_up"]["collect_masked_vectors"]
+    up_d = dense["bytes_up"]["collect_masked_vectors"]
+    assert up_s * 5 < up_d, (up_s, up_d)
+    assert plain["total_bytes_up"] < dense["total_bytes_up"]
+
+
+def test_distributed_dp_noise_on_the_sum():
+    cfg = replace(BASE, rounds=1, dim=20000, density=0.1, dp_mode="client", dp_clip=0.5, dp_noise_multiplier=2.0)
+    rec = sa.Recorder(keep_masked=False)
+    sa.run_secagg(cfg, rec)
+    support = sa.shared_support(sa.round_seed(cfg.seed, 1), cfg.dim, cfg.k)
+    clipped = []
+    for p in range(cfg.num_clients):
+        vals, _ = sa.secure_values(sa.synthetic_update(cfg.seed, p, 1, cfg.dim), support,
+                                   DPConfig(mode="server", clip_norm=cfg.dp_clip), np.random.default_rng(0))
+        clipped.append(vals)
+    noise_on_mean = rec.aggregates[0]["mean"] - np.mean(clipped, axis=0)
+    # sum carries sigma*C, so the mean carries sigma*C/n
+    assert np.std(noise_on_mean) == pytest.approx(2.0 * 0.5 / cfg.num_clients, rel=0.05)
