@@ -30,14 +30,14 @@ from typing import Any
 
 import grpc
 import torch
+
 from fedcogen.client.fusion import FusionGate, entropy, fuse_logprobs, top2_margin
 from fedcogen.client.prompts import DEVICE_SYSTEM, cloud_prompt, device_prompt
 from fedcogen.client.wire_capture import WireCapture
+from fedcogen.models import LoadedModel, ModelError, chat_input_ids, load_model
 from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.protocols import cogen_pb2_grpc as pb_grpc
 from fedcogen.protocols import logit_codec
-
-from fedcogen.models import LoadedModel, ModelError, chat_input_ids, load_model
 
 log = logging.getLogger(__name__)
 

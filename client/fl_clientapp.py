@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fedcogen.protocols import fl_messages as fm
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
+
+from fedcogen.protocols import fl_messages as fm
 
 log = logging.getLogger(__name__)
 

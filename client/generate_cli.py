@@ -91,8 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
     from tqdm import tqdm
+
+    from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
 
     if args.variant != "device" and not args.cloud:
         raise ValueError(f"--variant {args.variant} needs --cloud HOST:PORT")

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fedcogen.client.prompts import DEVICE_SYSTEM
 
+from fedcogen.client.prompts import DEVICE_SYSTEM
 from fedcogen.models import chat_input_ids, shared_model
 
 IGNORE_INDEX = -100

@@ -256,6 +256,7 @@ class FLSettings:
 def overwrite_patch(target: Mapping[str, Any], indices: Mapping[str, Any]) -> bytes:
     """Lossless catch-up: the fp32 values of ``target`` at ``indices`` (flat), codec-encoded."""
     import numpy as np
+
     from fedcogen.protocols import sparse_codec as codec
 
     sparse = {}
@@ -275,6 +276,7 @@ def apply_patch(
     The blob is validated like any update (a corrupt broadcast must not poison a client).
     """
     import numpy as np
+
     from fedcogen.protocols import sparse_codec as codec
 
     out = {k: np.array(v, dtype=np.float32, copy=True) for k, v in base.items()}

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from fedcogen.protocols import cogen_pb2 as pb
 
 PROTOCOL_VERSION = 1

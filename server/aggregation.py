@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from fedcogen.protocols import sparse_codec as codec
 
 log = logging.getLogger(__name__)

@@ -34,12 +34,12 @@ from typing import Any
 
 import grpc
 import torch
-from fedcogen.client.prompts import CLOUD_SYSTEM, SKETCH_SYSTEM, cloud_prompt, sketch_request
-from fedcogen.protocols import cogen_pb2 as pb
-from fedcogen.protocols import logit_codec
 from google.protobuf.message import DecodeError
 
+from fedcogen.client.prompts import CLOUD_SYSTEM, SKETCH_SYSTEM, cloud_prompt, sketch_request
 from fedcogen.models import LoadedModel, chat_input_ids, load_model
+from fedcogen.protocols import cogen_pb2 as pb
+from fedcogen.protocols import logit_codec
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fedcogen.protocols import fl_messages as fm
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
+
+from fedcogen.protocols import fl_messages as fm
 
 log = logging.getLogger("fedcogen.server")
 

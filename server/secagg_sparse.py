@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from fedcogen.protocols.dp import DPConfig, client_noise_std, clip_dense
 
 log = logging.getLogger(__name__)

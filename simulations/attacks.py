@@ -252,7 +252,6 @@ def canary_exposure(
     (rank = 1 + #alternatives with NLL <= canary's), so a constant model gets exposure ~0.
     """
     from fedcogen.client.prompts import DEVICE_SYSTEM
-
     from fedcogen.models import chat_input_ids
 
     if n_alternatives < 1:

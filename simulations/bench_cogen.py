@@ -137,12 +137,12 @@ class CloudProcess:
 def _agreement(cfg: CogenBenchConfig, device_name: str, tasks: list[dict[str, str]]) -> dict[str, Any]:
     """Fused top-1 with top-k cloud distributions vs with the full distribution, teacher-forced."""
     import torch
+
     from fedcogen.client.cogen_device import IncrementalLM
     from fedcogen.client.fusion import fuse_logprobs
     from fedcogen.client.prompts import CLOUD_SYSTEM, DEVICE_SYSTEM, cloud_prompt, device_prompt
-    from fedcogen.protocols import logit_codec
-
     from fedcogen.models import chat_input_ids, check_tokenizers_match, shared_model
+    from fedcogen.protocols import logit_codec
 
     cloud, device = shared_model(cfg.cloud_model), shared_model(device_name)
     check_tokenizers_match(device.tokenizer, cloud.tokenizer)
@@ -169,7 +169,6 @@ def _agreement(cfg: CogenBenchConfig, device_name: str, tasks: list[dict[str, st
 
 def _generate_many(address: str, device_name: str, tasks, variant: str, **kw) -> dict[str, Any]:
     from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
-
     from fedcogen.models import shared_model
 
     dev = CogenDevice(DeviceConfig(device_model=device_name, cloud=address, insecure=True, **kw),
@@ -194,7 +193,6 @@ def _generate_many(address: str, device_name: str, tasks, variant: str, **kw) ->
 def _aggregate(address: str, device_name: str, n: int, tokens: int, tasks) -> dict[str, float]:
     """n concurrent cloud-decoding sessions (the cloud variant: device does no model work)."""
     from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
-
     from fedcogen.models import shared_model
 
     devices = [

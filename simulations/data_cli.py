@@ -70,6 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     from fedcogen.simulations.data import (
         SPLITS,
         TASK_KINDS,
@@ -78,8 +81,6 @@ def _generate(args: argparse.Namespace) -> int:
         generate_federation,
         write_federation,
     )
-    from rich.console import Console
-    from rich.table import Table
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -149,9 +150,10 @@ def _summary(fed, user: str | None) -> dict:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.data import SPLITS, TASK_KINDS, DataValidationError, find_leaks, load_federation
     from rich.console import Console
     from rich.table import Table
+
+    from fedcogen.simulations.data import SPLITS, TASK_KINDS, DataValidationError, find_leaks, load_federation
 
     try:
         fed = load_federation(args.folder)

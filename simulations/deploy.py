@@ -958,9 +958,10 @@ def _build_fault_clientapp() -> Any:
     The fault is a property of the *device* (``--node-config 'fault="malformed"'``), not of the run,
     so one deployment can mix honest and broken devices exactly like a real federation.
     """
+    from flwr.clientapp import ClientApp
+
     from fedcogen.client import fl_clientapp as real
     from fedcogen.protocols import fl_messages as fm
-    from flwr.clientapp import ClientApp
 
     app = ClientApp()
     app.query()(real.query)

@@ -186,20 +186,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_health(address: str, proc: subprocess.Popen | None, timeout_s: float) -> None:
-    """Poll the gRPC health service until SERVING; fail early if the process dies."""
+def wait_for_health(address: str, proc: subprocess.Popen | None, timeout_s: float,
+                    tls_dir: Path | None = None, token: str | None = None) -> None:
+    """Poll the gRPC health service until SERVING; fail early if the process dies.
+
+    With ``tls_dir`` the check goes over TLS (trusting that folder's CA) and carries ``token``.
+    """
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout_s
     last = "no answer"
-    with grpc.insecure_channel(address) as channel:
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    if tls_dir is not None:
+        from fedcogen.protocols.tls import channel_credentials
+
+        channel_cm = grpc.secure_channel(address, channel_credentials(tls_dir))
+    else:
+        channel_cm = grpc.insecure_channel(address)
+    with channel_cm as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"cloud process exited with code {proc.returncode} before serving")
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0, metadata=metadata)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
                 last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -217,19 +228,24 @@ class SpawnedCloud:
     process: subprocess.Popen
     log_path: Path | None
     timeout_s: float = 300.0
+    tls_dir: Path | None = None
+    token: str | None = None
 
     def wait_ready(self) -> str:
         """Block until the cloud answers SERVING (or fail if it died); returns the address."""
-        wait_for_health(self.address, self.process, self.timeout_s)
+        wait_for_health(self.address, self.process, self.timeout_s, self.tls_dir, self.token)
         return self.address
 
 
 @contextlib.contextmanager
 def spawned_cloud(
     cloud_model: str, *, allow_eval_only_context: bool = False, timeout_s: float = 120.0,
-    log_path: Path | None = None, wait: bool = True,
+    log_path: Path | None = None, wait: bool = True, tls_dir: Path | None = None, token: str | None = None,
 ) -> Iterator[SpawnedCloud]:
-    """Run ``fedcogen cloud serve --insecure`` on a free loopback port and yield it once it is SERVING.
+    """Run ``fedcogen cloud serve`` on a free loopback port and yield it once it is SERVING.
+
+    Plaintext (``--insecure``) unless ``tls_dir`` is given: then TLS with that folder's server pair,
+    and every call must carry ``token``.
 
     With ``wait=False`` it is yielded right after the process starts, so the caller can load the
     device model while the cloud loads its own, then call :meth:`SpawnedCloud.wait_ready`.
@@ -238,7 +254,8 @@ def spawned_cloud(
     Ctrl-C, so an evaluation never leaves a cloud behind.
     """
     port = free_port()
-    cmd = [sys.executable, "-m", "fedcogen.cli", "cloud", "serve", "--insecure", "--host", "127.0.0.1",
+    security = ["--tls-dir", str(tls_dir)] + (["--token", token] if token else []) if tls_dir else ["--insecure"]
+    cmd = [sys.executable, "-m", "fedcogen.cli", "cloud", "serve", *security, "--host", "127.0.0.1",
            "--port", str(port), "--model", cloud_model]
     if allow_eval_only_context:
         cmd.append("--allow-eval-only-context")
@@ -246,7 +263,7 @@ def spawned_cloud(
     log.info("starting cloud: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
     try:
-        cloud = SpawnedCloud(f"127.0.0.1:{port}", proc, log_path, timeout_s)
+        cloud = SpawnedCloud(f"127.0.0.1:{port}", proc, log_path, timeout_s, tls_dir, token)
         if wait:
             cloud.wait_ready()
         yield cloud

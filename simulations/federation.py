@@ -145,10 +145,11 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     per message with its serialized size), ``checkpoint.npz``, ``loss_vs_round.png`` and
     ``loss_vs_bytes.png``, and per-client state under ``clients/``.
     """
+    from flwr.simulation import run_simulation
+
     from fedcogen.client.fl_clientapp import app as client_app
     from fedcogen.client.fl_clientapp import federation_for
     from fedcogen.server.fl_serverapp import make_server_app
-    from flwr.simulation import run_simulation
 
     settings = cfg.settings()
     out = Path(cfg.out_dir)
@@ -281,3 +282,37 @@ def _loopback_grid_class() -> type:
             return replies
 
     return LoopbackGrid
+
+
+
+def load_run_adapter(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The PEFT model of a finished federation run with its final global adapter loaded.
+
+    Returns ``(LoraModel, settings dict)``; the model is the per-process cached PEFT copy.
+    """
+    from fedcogen.client.lora import LoraSpec, lora_model, set_adapter
+    from fedcogen.server.checkpoint import load_checkpoint
+
+    arrays, meta = load_checkpoint(run_dir)
+    s = meta.get("settings", {})
+    spec = LoraSpec(r=int(s["lora_r"]), alpha=int(s["lora_alpha"]), dropout=float(s["lora_dropout"]),
+                    targets=LoraSpec.parse_targets(s["lora_targets"]))
+    adapter = {k[len("global/"):]: v for k, v in arrays.items() if k.startswith("global/")}
+    if not adapter:
+        raise ValueError(f"checkpoint in {run_dir} holds no global adapter")
+    lm = lora_model(s["model"], int(s["seed"]), spec)
+    set_adapter(lm, adapter)
+    return lm, s
+
+
+def export_adapter(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write the federated global adapter of a finished run as a PEFT ``save_pretrained`` folder.
+
+    Why: the federation checkpoints plain numpy tensors (what crosses the wire); devices load adapters
+    for generation (``fedcogen generate --adapter``, ``fedcogen eval --adapter``) in PEFT's own format.
+    """
+    lm, _ = load_run_adapter(run_dir)
+    target = Path(out_dir) if out_dir else Path(run_dir) / "adapter"
+    lm.model.save_pretrained(str(target))
+    log.info("exported federated adapter to %s", target)
+    return target

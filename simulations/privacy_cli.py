@@ -145,7 +145,8 @@ def _run_context(run_dir: str, data: str | None) -> tuple[Any, Any]:
 
 def _exposure(args: argparse.Namespace) -> int:
     from fedcogen.simulations.attacks import canary_exposure
-    from fedcogen.simulations.privacy_run import canary_alternative, federation_canaries, load_run_adapter
+    from fedcogen.simulations.federation import load_run_adapter
+    from fedcogen.simulations.privacy_run import canary_alternative, federation_canaries
 
     fed, _ = _run_context(args.run_dir, args.data)
     lm, _ = load_run_adapter(args.run_dir)
@@ -159,7 +160,8 @@ def _exposure(args: argparse.Namespace) -> int:
 
 def _mia(args: argparse.Namespace) -> int:
     from fedcogen.simulations.attacks import membership_inference
-    from fedcogen.simulations.privacy_run import load_run_adapter, mia_pairs
+    from fedcogen.simulations.federation import load_run_adapter
+    from fedcogen.simulations.privacy_run import mia_pairs
 
     fed, _ = _run_context(args.run_dir, args.data)
     lm, _ = load_run_adapter(args.run_dir)

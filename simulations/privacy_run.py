@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from fedcogen.simulations.federation import load_run_adapter
+
 log = logging.getLogger(__name__)
 
 
@@ -216,8 +218,9 @@ class FlowerTap:
         self._orig: Any = None
 
     def __enter__(self) -> FlowerTap:
-        from fedcogen.simulations import federation
         from flwr.common.serde import message_to_proto
+
+        from fedcogen.simulations import federation
 
         self._orig = federation.LoopbackGrid.send_and_receive
         tap, orig = self, self._orig
@@ -238,20 +241,6 @@ class FlowerTap:
         from fedcogen.simulations import federation
 
         federation.LoopbackGrid.send_and_receive = self._orig
-
-
-def load_run_adapter(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The PEFT model of a finished federation run with its final global adapter loaded."""
-    from fedcogen.client.lora import LoraSpec, lora_model, set_adapter
-    from fedcogen.server.checkpoint import load_checkpoint
-
-    arrays, meta = load_checkpoint(run_dir)
-    s = meta.get("settings", {})
-    spec = LoraSpec(r=int(s["lora_r"]), alpha=int(s["lora_alpha"]), dropout=float(s["lora_dropout"]),
-                    targets=LoraSpec.parse_targets(s["lora_targets"]))
-    lm = lora_model(s["model"], int(s["seed"]), spec)
-    set_adapter(lm, {k[len("global/"):]: v for k, v in arrays.items() if k.startswith("global/")})
-    return lm, s
 
 
 def attack_run(run_dir: str | Path, fed: Any, cfg: PrivacyRunConfig, progress: bool = True) -> dict[str, Any]:
@@ -306,10 +295,9 @@ def cogen_captures(cfg: PrivacyRunConfig, fed: Any, device_run: str | Path) -> d
     """Run every variant over gRPC on loopback; ``{variant: {user_id: WireCapture}}``."""
     from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
     from fedcogen.client.wire_capture import WireCapture
+    from fedcogen.models import LoadedModel, shared_model
     from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
     from fedcogen.simulations import data as d
-
-    from fedcogen.models import LoadedModel, shared_model
 
     lm, s = load_run_adapter(device_run)
     device_lm = LoadedModel(model=lm.model, tokenizer=lm.tokenizer, name=f"{s['model']}+federated", source=str(device_run))
@@ -342,9 +330,8 @@ def cogen_captures(cfg: PrivacyRunConfig, fed: Any, device_run: str | Path) -> d
 def leakage_and_audit(cfg: PrivacyRunConfig, fed: Any, captures: dict[str, dict[str, Any]],
                       flower: dict[str, list[bytes]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Context-leakage attacker and wire audit per variant (Flower bytes are audited with every variant)."""
-    from fedcogen.simulations.audit import cloud_view_text, context_leakage, profile_attributes, wire_audit
-
     from fedcogen.models import shared_model
+    from fedcogen.simulations.audit import cloud_view_text, context_leakage, profile_attributes, wire_audit
 
     attacker = shared_model(cfg.cloud_model, cfg.seed)
     leakage, audits = {}, {}

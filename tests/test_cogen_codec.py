@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+
 from fedcogen.client import fusion
 from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.protocols import gen_stubs, logit_codec

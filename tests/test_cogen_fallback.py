@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.client.wire_capture import WireCapture
-from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
-
 from fedcogen.models import load_model
+from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
 
 INSTRUCTION = "Write a reminder about the dentist appointment."
 CONTEXT = "Appointment Tuesday 9:40 with Dr. Vexley; my code word is CANARY-55aa."

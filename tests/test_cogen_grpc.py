@@ -7,6 +7,7 @@ import threading
 import grpc
 import pytest
 import torch
+
 from fedcogen.client.cogen_device import (
     CloudClient,
     CloudRefused,
@@ -18,11 +19,10 @@ from fedcogen.client.cogen_device import (
 from fedcogen.client.fusion import fuse_logprobs
 from fedcogen.client.prompts import CLOUD_SYSTEM, cloud_prompt
 from fedcogen.client.wire_capture import WireCapture
+from fedcogen.models import chat_input_ids, load_model
 from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.protocols import logit_codec, tls
 from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
-
-from fedcogen.models import chat_input_ids, load_model
 
 INSTRUCTION = "Write a short note to my landlord about the broken heater."
 CANARY = "CANARY-7f3a9c1e"

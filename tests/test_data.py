@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fedcogen.client.prompts import device_prompt, history_prompt
-from fedcogen.simulations import data as D
 
 from fedcogen.cli import main
+from fedcogen.client.prompts import device_prompt, history_prompt
+from fedcogen.simulations import data as D
 
 FILES = ("manifest.json", "profiles.jsonl", "history.jsonl", "train.jsonl", "val.jsonl", "test.jsonl",
          "private/canaries.json")
@@ -390,9 +390,8 @@ def test_cli_help(action, capsys):
 
 def test_canaries_plug_into_the_real_exposure_attack():
     """End to end with a real (tiny) model: records + random_canary_like drive canary_exposure."""
-    from fedcogen.simulations.attacks import canary_exposure
-
     from fedcogen.models import load_model
+    from fedcogen.simulations.attacks import canary_exposure
 
     fed = D.generate_federation(D.FederationConfig(n_users=1, history_per_user=2, train_tasks_per_user=1,
                                                    val_tasks_per_user=1, test_tasks_per_user=1))

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from fedcogen.simulations import deploy as dp
 
 pytestmark = pytest.mark.slow
@@ -78,7 +79,6 @@ def test_cloud_service_restarted_mid_generation_device_recovers(tmp_path: Path) 
     warning - within its deadlines, never hanging. The restarted service then serves normally."""
     from fedcogen.client.cogen_device import CloudRefused, CogenDevice, DeviceConfig
     from fedcogen.client.wire_capture import WireCapture
-
     from fedcogen.models import load_model
 
     app = dp.write_probe_app(tmp_path / "app")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from fedcogen.simulations import deploy as dp
 
 pytestmark = pytest.mark.slow

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from fedcogen.simulations import deploy as dp
 from fedcogen.simulations.certs_cli import create_cert_bundle, load_bundle
 

@@ -11,10 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fedcogen.simulations import eval_cli
-from fedcogen.simulations.evaluate import GenerationResult
 
 from fedcogen.cli import main
+from fedcogen.simulations import eval_cli
+from fedcogen.simulations.evaluate import GenerationResult
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from fedcogen.simulations.eval_cli import spawned_cloud
 
 FIXTURES = Path(__file__).parent / "fixtures"

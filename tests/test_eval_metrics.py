@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fedcogen.simulations import metrics as m
 from fedcogen.simulations.evaluate import EvalConfig, GenerationResult, evaluate
 from fedcogen.simulations.report import write_report
@@ -275,10 +276,9 @@ def test_json_and_report_written(result, tmp_path):
 def test_cloud_view_finds_facts_sent_as_token_ids():
     """The logit variant sends committed tokens as ids: leakage must decode them, not just grep bytes."""
     from fedcogen.client.wire_capture import WireCapture
+    from fedcogen.models import load_tokenizer
     from fedcogen.protocols import cogen_pb2 as pb
     from fedcogen.simulations.evaluate import cloud_view
-
-    from fedcogen.models import load_tokenizer
 
     tok = load_tokenizer("tiny")
     cap = WireCapture()

@@ -7,6 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
+
 from fedcogen.protocols import sparse_codec as codec
 from fedcogen.server.aggregation import (
     RoundAggregator,

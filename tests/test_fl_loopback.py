@@ -13,6 +13,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+
 from fedcogen.client import fl_clientapp
 from fedcogen.server.fl_serverapp import FederatedServer
 from fedcogen.simulations.federation import LoopbackGrid, SimulationConfig, run_federation

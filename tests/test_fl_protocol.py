@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fedcogen.client.fl_clientapp import ClientState, compress_update
 from fedcogen.client.lora import adapter_digest
 from fedcogen.protocols import fl_messages as fm

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+
 from fedcogen.simulations.federation import SimulationConfig, run_federation
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

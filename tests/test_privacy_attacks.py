@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from fedcogen.simulations import attacks
 
 PROMPT = "Write a note in my usual style."

@@ -4,6 +4,7 @@ attacker recovers attributes from a leaky view and not from a clean one."""
 from __future__ import annotations
 
 import pytest
+
 from fedcogen.client.wire_capture import WireCapture
 from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.simulations import audit

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import dp_accounting
 import numpy as np
 import pytest
+
 from fedcogen.protocols import dp
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from fedcogen.simulations import data as d
-from fedcogen.simulations import privacy_run as pr
 
 from fedcogen.cli import main
+from fedcogen.simulations import data as d
+from fedcogen.simulations import privacy_run as pr
 
 
 @pytest.fixture(scope="module")

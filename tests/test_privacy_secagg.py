@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from fedcogen.protocols.dp import DPConfig
 from fedcogen.server import secagg_sparse as sa
 

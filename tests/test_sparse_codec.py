@@ -14,6 +14,9 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from fedcogen.protocols import sparse_codec as sc
 from fedcogen.protocols.sparse_codec import (
     CodecConfig,
@@ -28,8 +31,6 @@ from fedcogen.protocols.sparse_codec import (
     topk_sparsify,
     validate_sparse,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 CODINGS = ("bitmap", "delta_varint", "rice", "auto")
 QUANTS = ("fp32", "fp16", "int8")
