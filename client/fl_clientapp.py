@@ -240,7 +240,10 @@ def compress_update(
     """Error-feedback top-k (+ DP clip/noise) + encode; returns (blob, new residual).
 
     The residual is ``corrected - decoded(blob)``: what the server will actually see is subtracted,
-    so with DP on, no part of the update reaches the server without passing the clip.
+    so with DP on, no part of the update reaches the server without passing the clip. In client-mode
+    DP the added noise is taken back out of that difference (``released - clipped``): the residual
+    carries clipping and quantisation leftovers, never the noise, which would otherwise feed back
+    into the next round's update with the opposite sign.
     """
     from fedcogen.protocols import sparse_codec as codec
 
@@ -257,10 +260,16 @@ def compress_update(
         dpc = dp.DPConfig(mode=settings.dp_mode, clip_norm=settings.dp_clip_norm,
                           noise_multiplier=settings.dp_noise_multiplier, delta=settings.dp_delta,
                           clients_per_round=max(1, settings.clients_per_round))
-        sparse = dp.privatize_sparse(sparse, dpc, rng)
+        released, clipped = dp.privatize_sparse_split(sparse, dpc, rng)
+        released_dense, clipped_dense = codec.densify(released), codec.densify(clipped)
+        noise = {k: released_dense[k] - clipped_dense[k] for k in released_dense}
+        sparse = released
+    else:
+        noise = {}
     blob = codec.encode_sparse(sparse, cfg)
     sent = codec.densify(codec.decode_sparse(blob))
-    new_residual = {k: (corrected[k] - sent.get(k, 0.0)).astype(np.float32) for k in corrected}
+    new_residual = {k: (corrected[k] - sent.get(k, 0.0) + noise.get(k, 0.0)).astype(np.float32)
+                    for k in corrected}
     return blob, new_residual
 
 

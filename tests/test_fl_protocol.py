@@ -95,6 +95,19 @@ def test_client_dp_clips_what_is_sent_and_residual_keeps_the_rest() -> None:
         np.testing.assert_allclose(sent[k] + new_res[k], upd[k], rtol=1e-5, atol=1e-6)
 
 
+def test_client_dp_noise_never_enters_the_residual() -> None:
+    """With client-mode noise, residual = corrected - clipped selection: identical to the noiseless run."""
+    base = dict(density=0.2, quant="fp32", dp_mode="client", dp_clip_norm=0.5, clients_per_round=1)
+    upd = _adapter(4)
+    noisy_blob, noisy_res = compress_update(upd, None, fm.FLSettings(**base, dp_noise_multiplier=2.0),
+                                            np.random.default_rng(0))
+    clean_blob, clean_res = compress_update(upd, None, fm.FLSettings(**base, dp_noise_multiplier=0.0),
+                                            np.random.default_rng(0))
+    assert noisy_blob != clean_blob  # noise really was added to what is sent
+    for k in SHAPES:
+        np.testing.assert_allclose(noisy_res[k], clean_res[k], rtol=1e-6, atol=1e-7)
+
+
 def test_client_state_roundtrip_and_pruning() -> None:
     st = ClientState()
     for r in range(1, 5):
