@@ -182,6 +182,7 @@ class FLSettings:
     round_timeout: float = 600.0
     eval_every: int = 1
     max_update_norm: float = 1e4
+    max_update_bytes: int = 64 * 1024 * 1024
     out_dir: str = "runs/federation"
     client_state_dir: str = ""  # "" = keep client state only in Flower's context.state
     resume: bool = False

@@ -155,7 +155,7 @@ class FederatedServer:
         self.lm = lora_model(settings.model, settings.seed, lora_spec(settings))
         self.shapes = self.lm.shapes()
         self.n_params = self.lm.num_adapter_params()
-        self.limits = ValidationLimits(max_norm=settings.max_update_norm)
+        self.limits = ValidationLimits(max_norm=settings.max_update_norm, max_bytes=settings.max_update_bytes)
         self.opt = ServerOptimizer(ServerOptConfig(settings.server_opt, settings.server_lr))
         self.nodes: dict[int, str] = {}  # node id -> client id
         self.accountant: Any = None

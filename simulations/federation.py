@@ -64,6 +64,7 @@ class SimulationConfig:
     round_timeout: float = 600.0
     eval_every: int = 1
     max_update_norm: float = 1e4
+    max_update_bytes: int = 64 * 1024 * 1024
     seed: int = 0
     out_dir: str = "runs/federation"
     resume: bool = False

@@ -37,6 +37,7 @@ _HELP = {
     "round_timeout": "seconds to wait for replies each round",
     "eval_every": "evaluate on every client's private validation split every N rounds",
     "max_update_norm": "reject client updates with a larger L2 norm",
+    "max_update_bytes": "reject client updates whose serialized blob is larger (bytes)",
     "seed": "seed of data, model, sampling and training",
     "out_dir": "output folder (metrics.json, ledger.json, checkpoint, plots)",
     "resume": "continue from the checkpoint in out_dir",
