@@ -70,7 +70,7 @@ class CloudRefused(CloudError):
 class DeviceConfig:
     """Device-side generation settings (``fedcogen generate`` flags map onto these)."""
 
-    device_model: str = "smollm2-half"
+    device_model: str = "smollm2-24l"
     seed: int = 0
     adapter: str | None = None
     cloud: str | None = None

@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="bearer token for the cloud")
     p.add_argument("--insecure", action="store_true", help="plaintext connection (testing only)")
     p.add_argument("--adapter", help="personalised LoRA adapter (PEFT folder, or weights file beside adapter_config.json)")
-    p.add_argument("--device-model", default="smollm2-half", help="device model name or local folder")
+    p.add_argument("--device-model", default="smollm2-24l", help="device model name or local folder")
     p.add_argument("--max-new-tokens", type=int, default=96, help="tokens to generate per task")
     p.add_argument("--k", type=int, default=64, help="top-k size of the cloud's distributions")
     p.add_argument("--encoding", choices=("fp16", "int8", "fp32", "full"), default="fp16", help="value encoding")

@@ -58,6 +58,14 @@ TINY_MODELS: dict[str, TinyConfig] = {
 EMBEDDED_MODELS: dict[str, str] = {
     "smollm2": "SmolLM2-135M-Instruct (embedded GGUF, dequantised to fp32 and cached)",
     "smollm2-half": "SmolLM2-135M-Instruct with every other decoder layer kept (15 of 30): device model",
+    "smollm2-24l": "SmolLM2-135M-Instruct without deep-middle layers 15-20 (24 of 30): milder device model",
+}
+# Which decoder layers each pruned variant keeps. Dropping a block of deep-middle layers hurts far less
+# than dropping every other layer (mean loss on 3 private validation tasks, no fine-tuning:
+# full 2.97, 24l 4.71, half 12.8), so 24l is the device model that still writes text out of the box.
+PRUNED_LAYERS: dict[str, list[int]] = {
+    "smollm2-half": list(range(0, 30, 2)),
+    "smollm2-24l": list(range(15)) + list(range(21, 30)),
 }
 
 
@@ -280,8 +288,8 @@ def load_model(name_or_path: str = "smollm2", *, seed: int = 0) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
     except OSError as exc:
         raise ModelError(f"could not load model weights from {folder}: {exc}") from exc
-    if name_or_path == "smollm2-half":
-        prune_layers(model, list(range(0, model.config.num_hidden_layers, 2)))
+    if name_or_path in PRUNED_LAYERS:
+        prune_layers(model, PRUNED_LAYERS[name_or_path])
     model.eval()
     tok = load_tokenizer(name_or_path)
     return LoadedModel(model=model, tokenizer=tok, name=name_or_path, source=source)

@@ -11,7 +11,7 @@ on loopback so TLS cost is not mixed into model speed) and measures:
 * ``tokens_per_s_device_only`` / ``_logit`` / ``_gated`` and ``cloud_call_fraction_gated``.
 * ``aggregate_tokens_per_s[n]`` for n = 1, 2, 4, 8 concurrent cloud-decoding sessions (dynamic batching).
 
-quick: tiny models (seconds). full: smollm2 cloud with smollm2-half device, and smollm2 as device too.
+quick: tiny models (seconds). full: smollm2 cloud with the pruned smollm2-24l and smollm2-half devices, and smollm2 as device too.
 The machine's other load shows up in every speed figure; they are measurements, not guarantees.
 """
 
@@ -76,7 +76,7 @@ class CogenBenchConfig:
             return cls()
         return cls(
             cloud_model="smollm2",
-            device_models=("smollm2-half", "smollm2"),
+            device_models=("smollm2-24l", "smollm2-half", "smollm2"),
             gen_tokens=48,
             n_tasks=3,
             agreement_tasks=16,

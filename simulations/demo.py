@@ -44,14 +44,14 @@ class DemoConfig:
     quick: bool = False
     users: int = 4
     rounds: int = 3
-    local_steps: int = 6
+    local_steps: int = 8
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float = 3e-3
     density: float = 0.01
     eval_tasks: int = 4
     max_new_tokens: int = 40
     seed: int = 0
-    device_model: str = "smollm2-half"
+    device_model: str = "smollm2-24l"
     cloud_model: str = "smollm2"
     canary_alternatives: int = 63
     mia_examples: int = 24

@@ -267,7 +267,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--cloud-port", type=int, default=50071, help="cloud service gRPC port")
     pc.add_argument("--nodes", type=int, default=2, help="number of devices")
     pc.add_argument("--rounds", type=int, default=3, help="federated rounds")
-    pc.add_argument("--model", default="smollm2-half", help="device model")
+    pc.add_argument("--model", default="smollm2-24l", help="device model")
     pc.add_argument("--cloud-model", default="smollm2", help="cloud model")
     pc.add_argument("--certs", default="certs", help="certificate folder")
     pc.add_argument("--connection", default="fedcogen", help="name of the SuperLink connection in the Flower config")

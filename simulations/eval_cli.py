@@ -81,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="with --cloud: bearer token the cloud expects")
     p.add_argument("--insecure", action="store_true",
                    help="with --cloud: plaintext connection (loopback/testing only; --spawn-cloud implies it)")
-    p.add_argument("--device-model", default="smollm2-half", help="device model name or local HF dir")
+    p.add_argument("--device-model", default="smollm2-24l", help="device model name or local HF dir")
     p.add_argument("--cloud-model", default="smollm2", help="cloud model for --spawn-cloud")
     p.add_argument("--adapter", type=Path, help="federated LoRA adapter dir (enables device_personalised)")
     p.add_argument("--profiles", type=Path, help="profiles.jsonl with style markers "

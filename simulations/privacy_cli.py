@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--config", help="JSON/TOML file with PrivacyRunConfig fields (a [privacy] table is accepted)")
     r.add_argument("--json", required=True, help="where to write the result JSON (also copied into --out)")
     r.add_argument("--out", default=None, help="run folder (default runs/privacy or runs/privacy-quick)")
-    r.add_argument("--model", default=None, help="device/federated model (smollm2-half, smollm2, tiny, path)")
+    r.add_argument("--model", default=None, help="device/federated model (smollm2-24l, smollm2-half, smollm2, tiny, path)")
     r.add_argument("--cloud-model", default=None, help="cloud model, also the context-leakage attacker")
     r.add_argument("--rounds", type=int, default=None, help="federated rounds")
     r.add_argument("--users", type=int, default=None, dest="n_users", help="number of users / clients")

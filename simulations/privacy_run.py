@@ -47,7 +47,7 @@ class PrivacyRunConfig:
     noise multipliers for the privacy-utility curve (0 = no DP is always included as baseline).
     """
 
-    model: str = "smollm2-half"
+    model: str = "smollm2-24l"
     cloud_model: str = "smollm2"
     n_users: int = 8
     clients_per_round: int = 8

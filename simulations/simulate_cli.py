@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 _HELP = {
-    "model": "base model: tiny, tiny-large, smollm2, smollm2-half or a local HF directory",
+    "model": "base model: tiny, tiny-large, smollm2, smollm2-24l, smollm2-half or a local HF directory",
     "data_dir": "folder of the synthetic federation ('' = <out_dir>/data, generated from --seed)",
     "num_clients": "number of simulated devices (Flower SuperNodes)",
     "clients_per_round": "devices sampled per round",

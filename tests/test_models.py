@@ -117,3 +117,12 @@ def test_directory_without_weights_gives_clear_error(tmp_path):
     tiny.model.config.save_pretrained(tmp_path)
     with pytest.raises(ModelError, match="could not load model weights"):
         load_model(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_24_layer_device_model_keeps_the_named_layers():
+    full = models.shared_model("smollm2")
+    lm = load_model("smollm2-24l")
+    assert lm.model.config.num_hidden_layers == 24
+    # layer 15 of the pruned model is layer 21 of the full one
+    assert torch.equal(lm.model.model.layers[15].mlp.up_proj.weight, full.model.model.layers[21].mlp.up_proj.weight)
