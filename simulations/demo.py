@@ -133,8 +133,8 @@ def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
     result["ledger_summary"] = {k: ledger[k] for k in ("totals", "dense_fp32_adapter_bytes",
                                                        "train_dense_equivalent_bytes", "train_dense_ratio")}
     for r in result["rounds"]:
-        print(f"  round {r['round']}: train loss {r.get('train_loss', float('nan')):.4f}  eval loss "
-              f"{r.get('eval_loss', float('nan')):.4f}  up {r.get('bytes_up', 0):,} B  down {r.get('bytes_down', 0):,} B")
+        print(f"  round {r['round']}: train loss {_fmt(r.get('train_loss'), 4)}  eval loss "
+              f"{_fmt(r.get('eval_loss'), 4)}  up {r.get('bytes_up', 0):,} B  down {r.get('bytes_down', 0):,} B")
     print(f"  sparse traffic is {ledger['train_dense_ratio']:.1f}x smaller than dense fp32 LoRA FedAvg "
           f"({ledger['train_dense_equivalent_bytes']:,} B dense vs "
           f"{ledger['totals'].get('train_up', 0) + ledger['totals'].get('train_down', 0):,} B sent)")
