@@ -211,7 +211,7 @@ def _plots(run_dir: Path, fed_result: dict) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(cum, [r["eval_loss"] for r in rounds], "o-", label="sparse (measured)")
     ax.plot([c * ratio for c in cum], [r["eval_loss"] for r in rounds], "s--",
-            label=f"dense fp32 bytes for the same rounds ({ratio:.0f}x)")
+            label=f"same rounds at dense fp32 cost ({ratio:.0f}x; loss not re-measured,\nsee `fedcogen bench comm`)")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative bytes on the wire")
     ax.set_ylabel("validation loss (private tasks)")
