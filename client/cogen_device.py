@@ -24,13 +24,15 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import grpc
 import torch
 
+from fedcogen.client.batch_lm import BatchLM
+from fedcogen.client.decoding import RepetitionControl, choose
 from fedcogen.client.fusion import FusionGate, entropy, fuse_logprobs, top2_margin
 from fedcogen.client.prompts import DEVICE_SYSTEM, cloud_prompt, device_prompt
 from fedcogen.client.wire_capture import WireCapture
@@ -81,7 +83,9 @@ class DeviceConfig:
     encoding: str = "fp16"
     weight: float = 0.5
     gate_path: str | None = None
-    max_new_tokens: int = 64
+    max_new_tokens: int = 128  # fits ~150-token references; trained devices stop at EOS well before
+    repetition_penalty: float = RepetitionControl.penalty
+    no_repeat_ngram: int = RepetitionControl.no_repeat_ngram
     sample: bool = False
     temperature: float = 1.0
     gated_metric: str = "entropy"  # or "margin"
@@ -117,9 +121,10 @@ class GenerationResult:
     token_ids: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     sketch: str | None = None
+    wire_records: list[Any] = field(default_factory=list, repr=False)  # what this answer put on the wire
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "wire_records"}
 
 
 # --------------------------------------------------------------------------- device model
@@ -419,6 +424,9 @@ class CogenDevice:
         self.capture = capture if capture is not None else WireCapture()
         self._client: CloudClient | None = None
         self._rng = torch.Generator().manual_seed(config.seed)
+        self.repetition = RepetitionControl(config.repetition_penalty, config.no_repeat_ngram)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
 
     # ----------------------------------------------------------------- plumbing
     @property
@@ -443,12 +451,6 @@ class CogenDevice:
     def device_ids(self, instruction: str, private_context: str, sketch: str | None = None) -> list[int]:
         return chat_input_ids(self.tokenizer, device_prompt(instruction, private_context, sketch), system=DEVICE_SYSTEM)
 
-    def _choose(self, lp: torch.Tensor) -> int:
-        if self.config.sample:
-            probs = torch.softmax(lp / max(self.config.temperature, 1e-4), dim=-1)
-            return int(torch.multinomial(probs, 1, generator=self._rng))
-        return int(lp.argmax())
-
     def _fuse(self, lp_small: torch.Tensor, lp_large: torch.Tensor) -> torch.Tensor:
         if self.gate is not None:
             with torch.no_grad():
@@ -470,76 +472,117 @@ class CogenDevice:
     # ----------------------------------------------------------------- public API
     def generate(self, instruction: str, private_context: str, variant: str = "logit") -> GenerationResult:
         """Generate one answer with the chosen variant (see module docstring)."""
+        return self.generate_batch([(instruction, private_context)], variant)[0]
+
+    def generate_batch(self, items: Sequence[tuple[str, str]], variant: str = "logit") -> list[GenerationResult]:
+        """Answer several (instruction, private context) pairs in lockstep: one batched device forward
+        per step, every row's cloud step in flight at once (the cloud batches them).
+
+        A batch of one uses this device's own cloud client and capture; larger batches give each row
+        its own channel and :class:`WireCapture`, so bytes and the wire view stay exact per answer.
+        Each row's latency runs from the batch start to the moment that row finished.
+        """
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant '{variant}' (choose from {', '.join(VARIANTS)})")
-        sent0, recv0 = self.capture.sent_bytes, self.capture.received_bytes
+        if not items:
+            return []
         started = time.perf_counter()
-        run = _Run(variant)
-        if variant == "device":
-            ids = self._decode_device(self.device_ids(instruction, private_context), [], run)
-        elif variant == "sketch":
-            ids = self._sketch(instruction, private_context, run)
-        elif variant == "cloud_with_context":
-            log.warning("cloud_with_context sends the PRIVATE CONTEXT to the cloud: evaluation upper bound only")
-            text = self.client.eval_only_generate(
-                device_prompt(instruction, private_context), self.config.max_new_tokens
-            )
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            run.calls, run.positions = 1, max(1, len(ids))
-        else:
-            ids = self._collaborate(instruction, private_context, variant, run)
-        latency = time.perf_counter() - started
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        rows = [_Row(instr, ctx, _Run(variant)) for instr, ctx in items]
+        own_clients: list[CloudClient] = []
+        try:
+            if variant != "device":
+                for row in rows:
+                    if len(rows) == 1:
+                        row.client = self.client
+                    else:
+                        row.client = CloudClient(self.config.cloud or "", tls_dir=self.config.tls_dir,
+                                                 token=self.config.token, insecure=self.config.insecure,
+                                                 capture=WireCapture())
+                        own_clients.append(row.client)
+                    row.mark = (len(row.client.capture.records), row.client.capture.sent_bytes,
+                                row.client.capture.received_bytes)
+            if variant == "cloud_with_context":
+                self._upper_bound(rows, started)
+            elif variant == "sketch":
+                self._sketch(rows)
+                self._decode(rows, "device", started)
+            else:
+                for row in rows:
+                    row.prompt = self.device_ids(row.instruction, row.context)
+                self._decode(rows, variant, started)
+            return [self._result(row, variant, started) for row in rows]
+        finally:
+            for c in own_clients:
+                c.close()
+
+    def _result(self, row: _Row, variant: str, started: float) -> GenerationResult:
+        latency = (row.finished_at or time.perf_counter()) - started
+        ids = row.generated
+        sent = received = 0
+        records: list[Any] = []
+        if row.client is not None:
+            cap = row.client.capture
+            records = list(cap.records[row.mark[0]:])
+            sent, received = cap.sent_bytes - row.mark[1], cap.received_bytes - row.mark[2]
+        run = row.run
         return GenerationResult(
-            text=text,
+            text=self.tokenizer.decode(ids, skip_special_tokens=True),
             variant=variant,
             tokens=len(ids),
             tokens_per_s=len(ids) / latency if latency > 0 else 0.0,
             cloud_calls=run.calls,
             cloud_call_fraction=(run.calls / run.positions) if run.positions and variant in ("logit", "gated", "cloud") else 0.0,
-            bytes_sent=self.capture.sent_bytes - sent0,
-            bytes_received=self.capture.received_bytes - recv0,
+            bytes_sent=sent,
+            bytes_received=received,
             fell_back=run.fell_back,
             latency_s=latency,
-            token_ids=ids,
+            token_ids=list(ids),
             warnings=run.warnings,
             sketch=run.sketch,
+            wire_records=records,
         )
 
     # ----------------------------------------------------------------- variants
-    def _decode_device(self, prompt_ids: list[int], generated: list[int], run: _Run) -> list[int]:
-        """Device-only greedy/sampled decoding (also the fallback, continuing after ``generated``)."""
-        dev = IncrementalLM(self.lm.model)
-        lp = dev.prefill(prompt_ids + generated)
-        out = list(generated)
-        while len(out) < self.config.max_new_tokens:
-            run.positions += 1
-            tok = self._choose(lp)
-            if tok in self.stop_ids:
-                break
-            out.append(tok)
-            lp = dev.step([tok])
-        return out
+    def _choose_for(self, lp: torch.Tensor, generated: Sequence[int]) -> int:
+        cfg = self.config
+        return choose(lp, generated, self.repetition, sample=cfg.sample, temperature=cfg.temperature, rng=self._rng)
 
-    def _sketch(self, instruction: str, private_context: str, run: _Run) -> list[int]:
-        sketch = None
-        for attempt in (1, 2):
-            try:
-                reply = self.client.sketch(instruction, self.config.sketch_max_new_tokens, self.config.sketch_timeout_s)
-                sketch = reply.sketch
-                run.calls += 1
-                break
-            except CloudUnavailable as exc:
-                if attempt == 1:
-                    log.warning("sketch call failed (%s); reconnecting once", exc)
-                    self.client.connect()
-                    continue
-                run.fall_back(f"cloud unavailable for the sketch ({exc}); writing without an outline")
-        run.sketch = sketch
-        return self._decode_device(self.device_ids(instruction, private_context, sketch), [], run)
+    def _upper_bound(self, rows: list[_Row], started: float) -> None:
+        """The privacy-violating upper bound: the cloud sees the private context (evaluation only)."""
+        log.warning("cloud_with_context sends the PRIVATE CONTEXT to the cloud: evaluation upper bound only")
 
-    def _open(self, instruction: str, max_tokens: int | None = None) -> DecodeSession:
-        return self.client.open_session(
+        def one(row: _Row) -> None:
+            text = row.client.eval_only_generate(device_prompt(row.instruction, row.context), self.config.max_new_tokens)
+            row.generated = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            row.run.calls, row.run.positions = 1, max(1, len(row.generated))
+            row.finished_at = time.perf_counter()
+
+        _in_parallel(one, rows)
+
+    def _sketch(self, rows: list[_Row]) -> None:
+        """Fetch every row's outline (concurrently), then set the device prompts that include it."""
+
+        def one(row: _Row) -> None:
+            for attempt in (1, 2):
+                try:
+                    reply = row.client.sketch(row.instruction, self.config.sketch_max_new_tokens,
+                                              self.config.sketch_timeout_s)
+                    row.run.sketch = reply.sketch
+                    row.run.calls += 1
+                    return
+                except CloudUnavailable as exc:
+                    if attempt == 1:
+                        log.warning("sketch call failed (%s); reconnecting once", exc)
+                        row.client.connect()
+                        continue
+                    row.run.fall_back(f"cloud unavailable for the sketch ({exc}); writing without an outline")
+
+        _in_parallel(one, rows)
+        for row in rows:
+            row.prompt = self.device_ids(row.instruction, row.context, row.run.sketch)
+
+    def _open(self, instruction: str, max_tokens: int | None = None, client: CloudClient | None = None) -> DecodeSession:
+        return (client or self.client).open_session(
             instruction,
             k=self.config.k,
             encoding=self.config.encoding,
@@ -547,83 +590,98 @@ class CogenDevice:
             step_timeout=self.config.step_timeout_s,
         )
 
-    def _collaborate(self, instruction: str, private_context: str, variant: str, run: _Run) -> list[int]:
-        cfg = self.config
-        use_device = variant != "cloud"
-        dev = IncrementalLM(self.lm.model)
-        generated: list[int] = []
-        pending: list[int] = []  # committed but not yet sent (gated catch-up)
-        state = {"session": None, "reconnected": False}
-
-        def start_session() -> None:
-            state["session"] = self._open(cloud_prompt(instruction))  # only queues the open message
-
-        def fetch() -> torch.Tensor | None:
-            """The cloud's log-probs for the current prefix, or None once fallen back."""
-            nonlocal pending
-            if run.fell_back:
-                return None
-            for attempt in (1, 2):
-                session: DecodeSession = state["session"]
-                try:
-                    if pending:
-                        session.send_step(pending)
-                        pending = []
-                    packet = session.latest()
-                    self._check_fingerprint(session)
-                    run.calls += 1
-                    return logit_codec.decode(packet, self.lm.vocab_size)
-                except CloudUnavailable as exc:
-                    session.cancel()
-                    if attempt == 1 and not state["reconnected"]:
-                        state["reconnected"] = True
-                        msg = f"cloud call failed ({exc}); reconnecting once and replaying {len(generated)} tokens"
-                        log.warning(msg)
-                        run.warnings.append(msg)
-                        self.client.connect()
-                        start_session()
-                        pending = list(generated)
-                        continue
-                    run.fall_back(f"cloud unavailable ({exc}); continuing device-only for the rest")
-                    return None
+    def _fetch(self, row: _Row) -> torch.Tensor | None:
+        """The cloud's log-probs for the row's current prefix, or None once it fell back."""
+        if row.run.fell_back:
             return None
+        for attempt in (1, 2):
+            try:
+                if row.pending:
+                    row.session.send_step(row.pending)
+                    row.pending = []
+                packet = row.session.latest()
+                self._check_fingerprint(row.session)
+                row.run.calls += 1
+                return logit_codec.decode(packet, self.lm.vocab_size)
+            except CloudUnavailable as exc:
+                row.session.cancel()
+                if attempt == 1 and not row.reconnected:
+                    row.reconnected = True
+                    msg = f"cloud call failed ({exc}); reconnecting once and replaying {len(row.generated)} tokens"
+                    log.warning(msg)
+                    row.run.warnings.append(msg)
+                    row.client.connect()
+                    row.session = self._open(cloud_prompt(row.instruction), client=row.client)
+                    row.pending = list(row.generated)
+                    continue
+                row.run.fall_back(f"cloud unavailable ({exc}); continuing device-only for the rest")
+                return None
+        return None
 
-        start_session()
-        lp_small = dev.prefill(self.device_ids(instruction, private_context)) if use_device else None
+    def _decode(self, rows: list[_Row], variant: str, started: float) -> None:
+        """Lockstep decoding of every row: ``device`` alone, ``cloud`` alone, ``logit`` or ``gated`` fusion."""
+        cfg = self.config
+        use_cloud = variant in ("cloud", "logit", "gated")
+        use_device = variant != "cloud"
+        if use_cloud:
+            for row in rows:  # only queues each stream's open message
+                row.session = self._open(cloud_prompt(row.instruction), client=row.client)
+        dev = BatchLM(self.lm.model, self.pad_id)
+        lp_small = dev.prefill([row.prompt for row in rows]) if use_device else None
         try:
-            while len(generated) < cfg.max_new_tokens:
-                run.positions += 1
-                if variant == "gated" and not self._uncertain(lp_small):
-                    lp_large = None
-                else:
-                    lp_large = fetch()
-                if run.fell_back and lp_small is None:  # cloud-only baseline lost its cloud
-                    lp_small = dev.prefill(self.device_ids(instruction, private_context) + generated)
-                if lp_large is None:
-                    lp = lp_small
-                elif lp_small is None:
-                    lp = lp_large
-                else:
-                    lp = self._fuse(lp_small, lp_large)
-                tok = self._choose(lp)
-                if tok in self.stop_ids:
+            while True:
+                for row in rows:
+                    if not row.done and len(row.generated) >= cfg.max_new_tokens:
+                        row.finish()
+                active = [i for i, row in enumerate(rows) if not row.done]
+                if not active:
                     break
-                generated.append(tok)
-                if not run.fell_back:
-                    if variant == "gated":
-                        pending.append(tok)
-                    else:
-                        state["session"].send_step([tok])  # cloud works while the device computes below
-                if lp_small is not None:
-                    lp_small = dev.step([tok])
+                asks = [i for i in active if use_cloud and not rows[i].run.fell_back
+                        and (variant != "gated" or self._uncertain(lp_small[i]))]
+                for i in asks:  # catch-up steps of every asking row go out before any reply is awaited
+                    row = rows[i]
+                    if row.pending:
+                        row.session.send_step(row.pending)
+                        row.pending = []
+                lp_large = {i: self._fetch(rows[i]) for i in asks}
+                step_tokens = [self.pad_id] * len(rows)
+                for i in active:
+                    row = rows[i]
+                    row.run.positions += 1
+                    small = lp_small[i] if lp_small is not None else None
+                    large = lp_large.get(i)
+                    if small is None and large is None:  # the cloud-only baseline lost its cloud
+                        row.finish(device_tail=True)
+                        continue
+                    lp = small if large is None else large if small is None else self._fuse(small, large)
+                    tok = self._choose_for(lp, row.generated)
+                    if tok in self.stop_ids:
+                        row.finish()
+                        continue
+                    row.generated.append(tok)
+                    step_tokens[i] = tok
+                    if use_cloud and not row.run.fell_back:
+                        if variant == "gated":
+                            row.pending.append(tok)
+                        else:
+                            row.session.send_step([tok])  # the cloud works while the device computes below
+                if use_device and any(not row.done for row in rows):
+                    lp_small = dev.step(step_tokens)
         finally:
-            session = state["session"]
-            if session is not None:
-                if run.fell_back:
-                    session.cancel()
-                else:
-                    session.close()
-        return generated
+            for row in rows:
+                if row.session is not None:
+                    if row.run.fell_back:
+                        row.session.cancel()
+                    else:
+                        row.session.close()
+        for row in rows:
+            if row.device_tail:  # finish device-only after the cloud went away (cloud variant)
+                row.device_tail = False
+                tail = _Row(row.instruction, row.context, row.run, generated=list(row.generated),
+                            prompt=self.device_ids(row.instruction, row.context) + row.generated)
+                self._decode([tail], "device", started)
+                row.generated = tail.generated
+                row.finished_at = tail.finished_at
 
     # ----------------------------------------------------------------- training helpers
     def cloud_teacher_forced(self, instruction: str, target_ids: Sequence[int]) -> list[torch.Tensor]:
@@ -653,6 +711,39 @@ class CogenDevice:
             sketch = self.client.sketch(task["instruction"], self.config.sketch_max_new_tokens, self.config.sketch_timeout_s)
             pairs.append((device_prompt(task["instruction"], task["private_context"], sketch.sketch), task["target"]))
         return pairs
+
+
+@dataclass
+class _Row:
+    """One answer in a lockstep batch."""
+
+    instruction: str
+    context: str
+    run: _Run
+    prompt: list[int] = field(default_factory=list)
+    client: CloudClient | None = None
+    mark: tuple[int, int, int] = (0, 0, 0)  # capture records, sent, received bytes at the start
+    session: DecodeSession | None = None
+    generated: list[int] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # committed but not yet sent (gated catch-up)
+    reconnected: bool = False
+    done: bool = False
+    device_tail: bool = False
+    finished_at: float = 0.0
+
+    def finish(self, device_tail: bool = False) -> None:
+        self.done, self.device_tail, self.finished_at = True, device_tail, time.perf_counter()
+
+
+def _in_parallel(fn: Any, rows: Sequence[_Row]) -> None:
+    """Run one blocking cloud call per row concurrently (the cloud serves them in parallel)."""
+    if len(rows) == 1:
+        fn(rows[0])
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, len(rows)), thread_name_prefix="cogen-call") as pool:
+        list(pool.map(fn, rows))
 
 
 @dataclass
@@ -697,3 +788,25 @@ def train_gate(
     if not targets:
         raise ValueError("train_gate needs at least one example with a non-empty target")
     return fit_gate(torch.cat(small), torch.cat(large), targets, GateTrainConfig(epochs=epochs, lr=lr))
+
+
+def calibrate_gate_threshold(
+    device: CogenDevice, examples: Sequence[tuple[str, str, str]], call_share: float
+) -> float:
+    """Entropy threshold at which the gated variant asks the cloud for about ``call_share`` of tokens.
+
+    Measured on the device alone: its own next-token entropies, teacher-forced on the reference
+    answers of its own validation tasks ``(instruction, private_context, reference)``. Nothing leaves
+    the device. The threshold is the (1 - share) quantile of those entropies.
+    """
+    if not 0.0 < call_share < 1.0:
+        raise ValueError(f"call share must be in (0, 1), got {call_share}")
+    dev = IncrementalLM(device.lm.model)
+    values = []
+    for instruction, context, reference in examples:
+        target = device.tokenizer(reference, add_special_tokens=False)["input_ids"][: device.config.max_new_tokens]
+        if target:
+            values.append(entropy(dev.teacher_forced(device.device_ids(instruction, context), target)))
+    if not values:
+        raise ValueError("gate calibration needs at least one example with a non-empty reference")
+    return float(torch.quantile(torch.cat(values).float(), 1.0 - call_share))

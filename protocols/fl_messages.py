@@ -143,7 +143,7 @@ CLIENT_KEYS = (
     "model", "seed", "data_dir", "num_clients", "clients_per_round", "local_steps", "batch_size", "lr",
     "max_seq_len", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "density", "scope", "quant",
     "index_coding", "dp_mode", "dp_clip_norm", "dp_noise_multiplier", "dp_delta", "client_state_dir",
-    "fail_prob", "fail_nodes",
+    "fail_prob", "fail_nodes", "history_examples",
 )
 
 
@@ -166,6 +166,10 @@ class FLSettings:
     batch_size: int = 4
     lr: float = 5e-4
     max_seq_len: int = 256
+    # train on the user's past texts too (prompt without private context); off by default because it
+    # teaches the device to invent facts instead of copying them from the context (docs/personalisation.md);
+    # privacy runs turn it on so that the canaries planted in those texts are trained on
+    history_examples: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05

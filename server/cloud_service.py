@@ -619,7 +619,8 @@ def start_cloud_server(config: CloudConfig, lm: LoadedModel | None = None) -> Cl
     interceptors = [_AuthInterceptor(config.token)] if config.token else []
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", max(config.max_message_bytes, lm.vocab_size * 4 + 1024)),
+        # the largest reply is a k = V packet: a 4-byte value and a varint id (<= 5 bytes) per token
+        ("grpc.max_send_message_length", max(config.max_message_bytes, lm.vocab_size * 9 + 1024)),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(

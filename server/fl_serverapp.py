@@ -503,7 +503,12 @@ class FederatedServer:
 
 
 def ledger_summary(entries: Iterable[Mapping[str, Any]], n_params: int) -> dict[str, Any]:
-    """Totals per direction / phase / round / client, and the dense-fp32 equivalent of train traffic."""
+    """Totals per direction / phase / round / client over every booked message.
+
+    ``totals["all"]`` is every message both ways (query, train, evaluate, broadcast patches and
+    catch-ups travel inside them). No dense-equivalent ratio is derived here: a dense comparison is
+    only reported where a dense run was actually measured (``fedcogen bench comm``).
+    """
     entries = list(entries)
     dense = 4 * n_params
     tot: Counter = Counter()
@@ -518,16 +523,12 @@ def ledger_summary(entries: Iterable[Mapping[str, Any]], n_params: int) -> dict[
         per_client.setdefault(e["client_id"] or str(e["node_id"]), Counter())[d] += e["bytes"]
         if e["phase"] == "train" and not e.get("error"):
             n_train[d] += 1
-    train_bytes = tot["train_down"] + tot["train_up"]
-    dense_equiv = dense * (n_train["down"] + n_train["up"])
     return {
         "totals": {"down": tot["down"], "up": tot["up"], "all": tot["down"] + tot["up"],
                    **{k: v for k, v in tot.items() if k not in ("down", "up")}},
         "messages": len(entries),
         "dense_fp32_adapter_bytes": dense,
         "train_messages": dict(n_train),
-        "train_dense_equivalent_bytes": dense_equiv,
-        "train_dense_ratio": (dense_equiv / train_bytes) if train_bytes else float("nan"),
         "per_round": {str(r): dict(c) for r, c in sorted(per_round.items())},
         "per_client": {k: dict(v) for k, v in sorted(per_client.items())},
     }
@@ -540,8 +541,9 @@ def markdown_report(result: Mapping[str, Any], ledger: Mapping[str, Any]) -> str
         f"- model: `{result['settings']['model']}`, adapter parameters: {result['adapter_params']}",
         f"- rounds completed: {result['completed_rounds']}, final eval loss: {result['final_eval_loss']:.4f} "
         f"(ppl {result['final_eval_ppl']:.2f})",
-        f"- bytes: down {ledger['totals']['down']}, up {ledger['totals']['up']}; train traffic is "
-        f"{ledger['train_dense_ratio']:.1f}x smaller than dense fp32 adapters",
+        f"- bytes, every message both ways: {ledger['totals']['all']} (down {ledger['totals']['down']}, "
+        f"up {ledger['totals']['up']}; {ledger['messages']} messages); one dense fp32 adapter is "
+        f"{ledger['dense_fp32_adapter_bytes']} B",
         f"- rejected updates: {result['rejected_total'] or 'none'}; client failures: {result['failures_total']}",
         "",
         "| round | train loss | eval loss | accepted | rejected | failures | bytes up | bytes down |",

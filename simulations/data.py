@@ -1332,16 +1332,18 @@ def load_federation(folder: str | Path) -> Federation:
 
 
 # --------------------------------------------------------------------------- training / HF views
-def client_examples(fed: Federation, user_id: str, split: str = "train") -> list[tuple[str, str]]:
+def client_examples(fed: Federation, user_id: str, split: str = "train",
+                    history: bool = True) -> list[tuple[str, str]]:
     """(prompt, target) pairs for causal-LM training on one user's private data.
 
-    ``split="train"``: the user's history texts (prompt = ``history_prompt(kind label)``, target = the
-    text, canaries included) followed by the train tasks (prompt = ``device_prompt(instruction,
-    private_context)``, target = reference). Other splits: only that split's tasks (no history).
+    ``split="train"``: the train tasks (prompt = ``device_prompt(instruction, private_context)``,
+    target = reference), preceded, if ``history``, by the user's history texts (prompt =
+    ``history_prompt(kind label)``, target = the text, canaries included). Other splits: only that
+    split's tasks (no history).
     """
     fed.profile(user_id)  # raises a clear error for unknown users
     pairs: list[tuple[str, str]] = []
-    if split == "train":
+    if split == "train" and history:
         pairs += [(history_prompt(KIND_LABELS[h.kind]), h.text) for h in fed.history_of(user_id)]
     pairs += [(device_prompt(t.instruction, t.private_context), t.reference) for t in fed.tasks_of(user_id, split)]
     return pairs

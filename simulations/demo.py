@@ -1,38 +1,35 @@
 """The main job: every part of fedcogen on one small federation, with a report at the end.
 
 Stages (each prints progress):
-  1. a private personalised-writing federation (``simulations/data.py``)
-  2. federated sparse LoRA in the Flower simulation engine (``simulations/federation.py``)
-  3. the CoGenesis cloud as a separate process on loopback with TLS and a bearer token
-  4. evaluation of every variant on held-out private tasks (``simulations/evaluate.py``)
-  5. wire audit of what the cloud received, quick privacy figures (exposure, MIA, epsilon)
-  6. ``report.md`` + ``metrics.json`` + PNG plots in ``runs/<name>/``
+  1. a private personalised-writing federation (``simulations/data.py``): ``users`` devices that train
+     and ``heldout_users`` that never do (generalisation is measured on them)
+  2. federated sparse LoRA in the Flower simulation engine (``simulations/federation.py``): the device
+     learns to write the user's answer from the private context
+  3. the CoGenesis cloud as a separate process on loopback with TLS and a bearer token; the gate's
+     threshold is calibrated on the devices' own validation tasks; every variant answers held-out tasks
+     of seen users and all tasks of unseen users (``simulations/evaluate.py``)
+  4. wire audit of what the cloud received, quick privacy figures (exposure, MIA, epsilon)
+  5. ``report.md`` + ``metrics.json`` + PNG plots in ``runs/<name>/`` (``simulations/demo_report.py``)
 
-The cloud process is always stopped, also when a stage fails.
+The defaults were chosen by measurement to fit the 15-minute budget of ``make demo`` on 2 CPU cores
+(docs/personalisation.md). The cloud process is always stopped, also when a stage fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import secrets
+import shutil
 import time
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ("cloud", "device", "device_personalised", "sketch", "logit", "gated", "cloud_with_context")
-LABELS = {
-    "cloud": "cloud alone, instruction only",
-    "device": "device base model with private context",
-    "device_personalised": "device + federated adapter, with context",
-    "sketch": "CoGenesis sketch",
-    "logit": "CoGenesis logit fusion",
-    "gated": "CoGenesis gated logit",
-    "cloud_with_context": "UPPER BOUND, privacy-violating: cloud sees context",
-}
+from fedcogen.simulations.demo_report import VARIANTS, write_plots, write_report
+
+ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 
 @dataclass
@@ -42,14 +39,22 @@ class DemoConfig:
     name: str = "demo"
     out: str = "runs"
     quick: bool = False
-    users: int = 4
-    rounds: int = 3
+    users: int = 8  # devices that take part in federated training
+    heldout_users: int = 4  # devices that never train: evaluated to show generalisation
+    clients_per_round: int = 2
+    rounds: int = 6
     local_steps: int = 8
     batch_size: int = 4
     lr: float = 3e-3
-    density: float = 0.01
-    eval_tasks: int = 4
-    max_new_tokens: int = 40
+    lora_r: int = 16
+    lora_targets: str = ALL_LINEAR
+    max_seq_len: int = 320
+    density: float = 0.1
+    seen_tasks: int = 2  # held-out test tasks per training user
+    unseen_tasks: int = 4  # test tasks per held-out user
+    max_new_tokens: int = 128
+    gate_call_share: float = 0.25  # the gated variant asks the cloud for about this share of tokens
+    eval_batch: int = 16  # answers decoded in lockstep
     seed: int = 0
     device_model: str = "smollm2-24l"
     cloud_model: str = "smollm2"
@@ -60,16 +65,23 @@ class DemoConfig:
         if self.quick:
             self.device_model, self.cloud_model = "tiny", "tiny-large"
             self.max_new_tokens = min(self.max_new_tokens, 12)
-            self.eval_tasks = min(self.eval_tasks, 2)
-            self.rounds = min(self.rounds, 2)
-            self.local_steps = min(self.local_steps, 2)
-            self.users = min(self.users, 3)
+            self.users, self.heldout_users = min(self.users, 3), min(self.heldout_users, 1)
+            self.clients_per_round = min(self.clients_per_round, 2)
+            self.rounds, self.local_steps = min(self.rounds, 2), min(self.local_steps, 2)
+            self.seen_tasks, self.unseen_tasks = min(self.seen_tasks, 1), min(self.unseen_tasks, 2)
+            self.lora_r, self.lora_targets, self.max_seq_len = 4, "q_proj,v_proj", 128
             self.canary_alternatives = min(self.canary_alternatives, 15)
             self.mia_examples = min(self.mia_examples, 8)
         if self.users < 2:
-            raise ValueError("demo needs at least 2 users")
+            raise ValueError("demo needs at least 2 training users")
+        if self.heldout_users < 1:
+            raise ValueError("demo needs at least 1 held-out user (generalisation is part of the result)")
+        if not 1 <= self.clients_per_round <= self.users:
+            raise ValueError(f"clients_per_round must be in [1, users={self.users}]")
         if not 0 < self.density <= 1:
             raise ValueError(f"density must be in (0, 1] (got {self.density})")
+        if not 0 < self.gate_call_share < 1:
+            raise ValueError(f"gate_call_share must be in (0, 1) (got {self.gate_call_share})")
 
     @property
     def run_dir(self) -> Path:
@@ -98,7 +110,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 
 
 def _stage(n: int, title: str) -> float:
-    print(f"\n=== [{n}/6] {title}", flush=True)
+    print(f"\n=== [{n}/5] {title}", flush=True)
     return time.perf_counter()
 
 
@@ -110,60 +122,102 @@ class _RecordingGenerator:
         self.inner = inner
         self.received: dict[str, dict[str, list[Any]]] = {}
 
-    def generate(self, task: Any, variant: str) -> Any:
-        res = self.inner.generate(task, variant)
-        got = res.cloud_received or []
-        got = got if isinstance(got, list) else [got]
-        self.received.setdefault(variant, {}).setdefault(task.user_id, []).extend(got)
-        return res
+    def generate_batch(self, tasks: list[Any], variant: str) -> list[Any]:
+        results = self.inner.generate_batch(tasks, variant)
+        for task, res in zip(tasks, results, strict=True):
+            got = res.cloud_received or []
+            got = got if isinstance(got, list) else [got]
+            self.received.setdefault(variant, {}).setdefault(task.user_id, []).extend(got)
+        return results
 
 
 def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
     from fedcogen.simulations.federation import SimulationConfig, export_adapter, run_federation
 
     sim = SimulationConfig(
-        model=cfg.device_model, data_dir=str(data_dir), num_clients=cfg.users, clients_per_round=cfg.users,
-        rounds=cfg.rounds, local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr,
-        density=cfg.density, seed=cfg.seed, out_dir=str(cfg.run_dir / "federation"), engine="flower",
-        min_fit_clients=max(1, cfg.users - 1),
+        model=cfg.device_model, data_dir=str(data_dir), num_clients=cfg.users,
+        clients_per_round=cfg.clients_per_round, rounds=cfg.rounds, local_steps=cfg.local_steps,
+        batch_size=cfg.batch_size, lr=cfg.lr, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0,
+        lora_targets=cfg.lora_targets, max_seq_len=cfg.max_seq_len, density=cfg.density, seed=cfg.seed,
+        out_dir=str(cfg.run_dir / "federation"), engine="flower", min_fit_clients=1,
+        eval_every=max(1, cfg.rounds // 2), num_cpus_per_client=1.0,
     )
     result = run_federation(sim)
     result["adapter_dir"] = str(export_adapter(sim.out_dir))
     ledger = json.loads((Path(sim.out_dir) / "ledger.json").read_text())["summary"]
-    result["ledger_summary"] = {k: ledger[k] for k in ("totals", "dense_fp32_adapter_bytes",
-                                                       "train_dense_equivalent_bytes", "train_dense_ratio")}
+    result["ledger_summary"] = {k: ledger[k] for k in ("totals", "messages", "dense_fp32_adapter_bytes")}
     for r in result["rounds"]:
-        print(f"  round {r['round']}: train loss {_fmt(r.get('train_loss'), 4)}  eval loss "
-              f"{_fmt(r.get('eval_loss'), 4)}  up {r.get('bytes_up', 0):,} B  down {r.get('bytes_down', 0):,} B")
-    print(f"  sparse traffic is {ledger['train_dense_ratio']:.1f}x smaller than dense fp32 LoRA FedAvg "
-          f"({ledger['train_dense_equivalent_bytes']:,} B dense vs "
-          f"{ledger['totals'].get('train_up', 0) + ledger['totals'].get('train_down', 0):,} B sent)")
+        print(f"  round {r['round']}: train loss {r.get('train_loss', float('nan')):.4f}  eval loss "
+              f"{r.get('eval_loss', float('nan')):.4f}  up {r.get('bytes_up', 0):,} B  down {r.get('bytes_down', 0):,} B")
+    t = ledger["totals"]
+    print(f"  every message both ways: {t['all']:,} B in {ledger['messages']} messages (up {t['up']:,}, "
+          f"down {t['down']:,}); one dense fp32 adapter is {ledger['dense_fp32_adapter_bytes']:,} B")
     return result
 
 
-def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token: str) -> tuple[dict, dict]:
-    from fedcogen.simulations.eval_cli import spawned_cloud
-    from fedcogen.simulations.evaluate import CogenGenerator, EvalConfig, evaluate
-    from fedcogen.simulations.metrics import StyleMarkers
+def _eval_tasks(cfg: DemoConfig, fed: Any) -> dict[str, list[Any]]:
+    """Seen users' unseen test tasks and every test task of the users that never trained."""
+    from fedcogen.simulations.data import user_ids
 
-    tasks = [t for uid in sorted({t.user_id for t in fed.tasks["test"]}) for t in fed.tasks_of(uid, "test")[:1]]
-    tasks = (tasks + [t for t in fed.tasks["test"] if t not in tasks])[: cfg.eval_tasks]
+    ids = user_ids(fed)
+    seen = [t for u in ids[: cfg.users] for t in fed.tasks_of(u, "test")[: cfg.seen_tasks]]
+    unseen = [t for u in ids[cfg.users:] for t in fed.tasks_of(u, "test")[: cfg.unseen_tasks]]
+    return {"seen_users": seen, "unseen_users": unseen}
+
+
+def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token: str) -> dict[str, Any]:
+    from fedcogen.client.cogen_device import calibrate_gate_threshold
+    from fedcogen.simulations.eval_cli import spawned_cloud
+    from fedcogen.simulations.evaluate import CogenGenerator, EvalConfig, aggregate_overall, evaluate
+    from fedcogen.simulations.metrics import StyleMarkers
+    from fedcogen.simulations.writer_strength import writer_strength
+
+    groups = _eval_tasks(cfg, fed)
     profiles = {p.user_id: StyleMarkers.from_profile(asdict(p)) for p in fed.profiles}
     log_path = cfg.run_dir / "cloud.log"
+    out: dict[str, Any] = {}
     with spawned_cloud(cfg.cloud_model, allow_eval_only_context=True, log_path=log_path, wait=False,
                        tls_dir=tls_dir, token=token, timeout_s=600) as cloud:
         print(f"  cloud process pid {cloud.process.pid} on {cloud.address} (TLS + bearer token), log {log_path}")
+        out["writer_strength"] = writer_strength(cfg.device_model, cfg.cloud_model,
+                                                 groups["seen_users"] + groups["unseen_users"], cfg.max_seq_len)
+        ws = out["writer_strength"]
+        print(f"  loss on the reference answers from the instruction alone: cloud {ws['cloud_loss']:.3f}, "
+              f"device {ws['device_loss']:.3f} ({'cloud is the stronger writer' if ws['cloud_stronger'] else 'CLOUD IS NOT STRONGER'})")
         gen = CogenGenerator.create(device_model=cfg.device_model, cloud_address=cloud.address, adapter=adapter_dir,
                                     tls_dir=str(tls_dir), token=token, max_new_tokens=cfg.max_new_tokens,
                                     seed=cfg.seed, personalised=True)
+        val = [t for u in sorted({t.user_id for t in groups["seen_users"]}) for t in fed.tasks_of(u, "val")[:2]]
+        threshold = calibrate_gate_threshold(gen.personalised, [(t.instruction, t.private_context, t.reference)
+                                                                for t in val], cfg.gate_call_share)
+        for dev in (gen.device, gen.personalised):
+            dev.config.gated_threshold = threshold
+        out["gate"] = {"metric": "entropy", "threshold": threshold, "target_call_share": cfg.gate_call_share,
+                       "calibrated_on": f"{len(val)} validation tasks of training users, on the device"}
+        print(f"  gate: ask the cloud when the device's entropy exceeds {threshold:.3f} nats "
+              f"(calibrated on {len(val)} validation tasks for {cfg.gate_call_share:.0%} of tokens)")
         cloud.wait_ready()
         recorder = _RecordingGenerator(gen)
+        tasks = groups["seen_users"] + groups["unseen_users"]
+        print(f"  {len(tasks)} tasks of {len({t.user_id for t in tasks})} users ({len(groups['seen_users'])} of "
+              f"training users, {len(groups['unseen_users'])} of held-out users) x {len(VARIANTS)} variants",
+              flush=True)
         try:
-            result = evaluate(tasks, recorder, list(VARIANTS), profiles=profiles,
-                              config=EvalConfig(seed=cfg.seed))
+            ecfg = EvalConfig(seed=cfg.seed, batch_size=cfg.eval_batch)
+            result = evaluate(tasks, recorder, list(VARIANTS), profiles=profiles, config=ecfg).to_dict()
         finally:
             gen.close()
-    return result.to_dict(), recorder.received
+    out["all_users"] = result
+    out["groups"] = {}
+    for group, gtasks in groups.items():
+        users = {t.user_id for t in gtasks}
+        per_user = {v: {u: vals for u, vals in by_user.items() if u in users}
+                    for v, by_user in result["per_user"].items()}
+        out["groups"][group] = {"users": sorted(users), "tasks": len(gtasks), "overall": {
+            v: {k: ci.to_dict() for k, ci in metrics.items()}
+            for v, metrics in aggregate_overall(per_user, ecfg).items()}}
+    out["received"] = recorder.received
+    return out
 
 
 def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dict[str, Any]:
@@ -171,6 +225,7 @@ def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dic
     from fedcogen.protocols.dp import epsilon_for
     from fedcogen.simulations.attacks import canary_exposure, membership_inference
     from fedcogen.simulations.audit import wire_audit
+    from fedcogen.simulations.data import user_ids
     from fedcogen.simulations.federation import load_run_adapter
     from fedcogen.simulations.privacy_run import canary_alternative, federation_canaries, mia_pairs
 
@@ -179,147 +234,40 @@ def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dic
     for v, a in audit.items():
         print(f"  wire audit {v:<20} {'PASS' if a['pass'] else 'FAIL'}")
     lm, _ = load_run_adapter(Path(fed_result["adapter_dir"]).parent)
-    exposure = canary_exposure(lm.model, lm.tokenizer, federation_canaries(fed), cfg.canary_alternatives, cfg.seed,
+    train_users = set(user_ids(fed)[: cfg.users])
+    canaries = [c for c in federation_canaries(fed) if c["owner"] in train_users]
+    exposure = canary_exposure(lm.model, lm.tokenizer, canaries, cfg.canary_alternatives, cfg.seed,
                                alternatives_fn=canary_alternative, progress=True)
-    members, non = mia_pairs(fed, cfg.mia_examples, cfg.seed)
+    members, non = mia_pairs(fed, cfg.mia_examples, cfg.seed, users=sorted(train_users))
     mia = membership_inference(lm.model, lm.tokenizer, members, non)
     print(f"  canary exposure {exposure['mean']:.2f} bits (chance {exposure['chance']:.2f}); "
           f"MIA AUC {mia['auc']:.3f}, TPR@1%FPR {mia['tpr_at_1pct_fpr']:.3f}")
     # This demo trains without DP; say what the same schedule would cost with client-level DP (sigma = 1).
-    eps = epsilon_for(1.0, 1.0, cfg.rounds, 1e-5)
+    eps = epsilon_for(1.0, cfg.clients_per_round / cfg.users, cfg.rounds, 1e-5)
     return {
         "wire_audit": {v: {"pass": a["pass"], "n_failed": a["n_failed"]} for v, a in audit.items()},
         "wire_audit_pass_private_variants": all(a["pass"] for v, a in audit.items() if v != "cloud_with_context"),
         "canary_exposure_mean": exposure["mean"], "canary_exposure_chance": exposure["chance"],
+        "canaries_trained_on": False,
         "mia_auc": mia["auc"], "mia_tpr_at_1pct_fpr": mia["tpr_at_1pct_fpr"],
         "dp": {"used": False, "epsilon_if_sigma_1": eps, "delta": 1e-5,
                "note": "demo run has no DP; `fedcogen privacy run` trains with DP and reports epsilon"},
     }
 
 
-def _plots(run_dir: Path, fed_result: dict) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = [r for r in fed_result["rounds"] if "eval_loss" in r]
-    if not rounds:
-        return []
-    cum = [r["cum_bytes"] for r in rounds]
-    ratio = fed_result["ledger_summary"]["train_dense_ratio"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(cum, [r["eval_loss"] for r in rounds], "o-", label="sparse (measured)")
-    ax.plot([c * ratio for c in cum], [r["eval_loss"] for r in rounds], "s--",
-            label=f"same rounds at dense fp32 cost ({ratio:.0f}x; loss not re-measured,\nsee `fedcogen bench comm`)")
-    ax.set_xscale("log")
-    ax.set_xlabel("cumulative bytes on the wire")
-    ax.set_ylabel("validation loss (private tasks)")
-    ax.set_title("loss vs bytes: sparse vs dense")
-    ax.legend()
-    fig.tight_layout()
-    path = run_dir / "loss_vs_bytes_dense_vs_sparse.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path.name]
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
-def _report(cfg: DemoConfig, metrics: dict[str, Any], plots: list[str]) -> str:
-    fed, ev, pv = metrics["federation"], metrics["evaluation"], metrics["privacy"]
-    ledger = fed["ledger_summary"]
-    overall = ev["overall"]
-    best_private = max((v for v in VARIANTS if v != "cloud_with_context" and v in overall),
-                       key=lambda v: overall[v]["rouge_l"]["mean"])
-    lines = [
-        f"# fedcogen demo: `{cfg.name}`",
-        "",
-        f"{cfg.users} simulated users fine-tuned a LoRA adapter on `{cfg.device_model}` for {fed['completed_rounds']} "
-        f"federated rounds in the Flower simulation engine, sending sparse updates (density {cfg.density}) "
-        f"that were **{ledger['train_dense_ratio']:.1f}x smaller** than dense fp32 LoRA FedAvg "
-        f"(validation loss {_fmt(fed['rounds'][0].get('eval_loss'))} -> {_fmt(fed['final_eval_loss'])}). "
-        f"A `{cfg.cloud_model}` cloud served the devices over gRPC with TLS and a bearer token. On "
-        f"{len({r['task_id'] for r in ev['rows']})} held-out private tasks the best privacy-preserving variant by "
-        f"ROUGE-L was **{best_private}** ({_fmt(overall[best_private]['rouge_l']['mean'])}); the wire audit "
-        f"{'passed' if pv['wire_audit_pass_private_variants'] else 'FAILED'} for every privacy-preserving variant "
-        f"and, as it must, flagged the privacy-violating upper bound. Confidence intervals resample users "
-        f"(95% bootstrap); with few users they are wide, so read small differences as ties.",
-        "",
-        "## Variants on held-out private tasks",
-        "",
-        "| variant | what it is | ROUGE-L [95% CI] | fact recall | style | bytes/answer | latency s | private facts leaked |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for v in VARIANTS:
-        o = overall.get(v)
-        if not o:
-            continue
-
-        def ci(name: str, o: dict = o) -> str:
-            c = o.get(name)
-            return "-" if not c or c.get("mean") is None else f"{c['mean']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
-
-        def mean(name: str, digits: int = 3, o: dict = o) -> str:
-            c = o.get(name)
-            return "-" if not c or c.get("mean") is None else f"{c['mean']:.{digits}f}"
-
-        lines.append(f"| {v} | {LABELS[v]} | {ci('rouge_l')} | {mean('fact_recall')} | {mean('style_match')} | "
-                     f"{mean('bytes_total', 0)} | {mean('latency_s', 2)} | {mean('leaked_facts', 2)} |")
-    lines += [
-        "",
-        "## Federated training",
-        "",
-        "| round | train loss | validation loss | bytes up | bytes down |",
-        "|---|---|---|---|---|",
-    ]
-    for r in fed["rounds"]:
-        lines.append(f"| {r['round']} | {_fmt(r.get('train_loss'), 4)} | {_fmt(r.get('eval_loss'), 4)} | "
-                     f"{r.get('bytes_up', 0):,} | {r.get('bytes_down', 0):,} |")
-    lines += [
-        "",
-        f"Adapter: {fed['adapter_params']:,} parameters ({ledger['dense_fp32_adapter_bytes']:,} B as dense fp32). "
-        f"Training traffic {ledger['totals'].get('train_up', 0) + ledger['totals'].get('train_down', 0):,} B measured "
-        f"from the serialized Flower messages vs {ledger['train_dense_equivalent_bytes']:,} B for dense messages.",
-        "",
-        "## Privacy",
-        "",
-        "| check | value |",
-        "|---|---|",
-    ]
-    for v, a in pv["wire_audit"].items():
-        lines.append(f"| wire audit: {v} | {'pass' if a['pass'] else 'FAIL'} ({a['n_failed']} devices leaked) |")
-    lines += [
-        f"| canary exposure (bits, mean) | {_fmt(pv['canary_exposure_mean'], 2)} (chance {_fmt(pv['canary_exposure_chance'], 2)}) |",
-        f"| membership inference AUC | {_fmt(pv['mia_auc'])} (TPR at 1% FPR {_fmt(pv['mia_tpr_at_1pct_fpr'])}) |",
-        f"| DP | not used in this run; sigma=1 on this schedule would give epsilon {_fmt(pv['dp']['epsilon_if_sigma_1'], 2)} at delta 1e-5 |",
-        "",
-        "## Plots",
-        "",
-    ]
-    lines += [f"![{p}]({p})" for p in plots]
-    lines += ["", f"Stage times (s): {json.dumps(metrics['stage_seconds'])}", ""]
-    return "\n".join(lines)
-
-
 def run_demo(cfg: DemoConfig) -> dict[str, str]:
-    import shutil
-
     from fedcogen.protocols.tls import ensure_dev_certs
     from fedcogen.simulations.data import FederationConfig, generate_federation, write_federation
-    from fedcogen.simulations.report import write_report
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {"config": asdict(cfg), "stage_seconds": {}}
     secs = metrics["stage_seconds"]
 
-    t = _stage(1, f"private federation: {cfg.users} users (seed {cfg.seed})")
-    fed = generate_federation(FederationConfig(n_users=cfg.users, seed=cfg.seed), progress=True)
+    n_users = cfg.users + cfg.heldout_users
+    t = _stage(1, f"private federation: {cfg.users} training users + {cfg.heldout_users} held-out users "
+                  f"(seed {cfg.seed})")
+    fed = generate_federation(FederationConfig(n_users=n_users, seed=cfg.seed), progress=True)
     data_dir = run_dir / "data"
     if data_dir.exists():
         shutil.rmtree(data_dir)
@@ -327,17 +275,17 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     print(f"  written to {data_dir}: {sum(len(v) for v in fed.tasks.values())} tasks, {len(fed.history)} private texts")
     secs["data"] = round(time.perf_counter() - t, 1)
 
-    t = _stage(2, f"federated sparse LoRA on {cfg.device_model}: {cfg.rounds} rounds x {cfg.users} clients")
+    t = _stage(2, f"federated sparse LoRA on {cfg.device_model}: {cfg.rounds} rounds x {cfg.clients_per_round} "
+                  f"of {cfg.users} clients x {cfg.local_steps} steps (density {cfg.density})")
     metrics["federation"] = _federate(cfg, data_dir)
     secs["federation"] = round(time.perf_counter() - t, 1)
 
     t = _stage(3, f"cloud {cfg.cloud_model} over gRPC with TLS + token; evaluating {len(VARIANTS)} variants")
     tls_dir = run_dir / "tls"
     ensure_dev_certs(tls_dir)
-    token = secrets.token_urlsafe(24)
-    evaluation, received = _evaluate(cfg, fed, metrics["federation"]["adapter_dir"], tls_dir, token)
-    metrics["evaluation"] = evaluation
-    write_report(evaluation, run_dir / "eval.md", title="fedcogen demo: variants on held-out private tasks")
+    ev = _evaluate(cfg, fed, metrics["federation"]["adapter_dir"], tls_dir, secrets.token_urlsafe(24))
+    received = ev.pop("received")
+    metrics["evaluation"] = ev
     secs["cloud_and_eval"] = round(time.perf_counter() - t, 1)
     print("  cloud process stopped")
 
@@ -345,18 +293,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     metrics["privacy"] = _privacy(cfg, fed, received, metrics["federation"])
     secs["privacy"] = round(time.perf_counter() - t, 1)
 
-    _stage(5, "plots")
-    plots = _plots(run_dir, metrics["federation"])
-    fed_dir = run_dir / "federation"
-    for name in ("loss_vs_round.png", "loss_vs_bytes.png"):
-        if (fed_dir / name).is_file():
-            shutil.copy(fed_dir / name, run_dir / name)
-            plots.append(name)
-    plots += [p.name for p in sorted(run_dir.glob("eval_*.png"))]
-
-    _stage(6, "report")
+    _stage(5, "report and plots")
+    plots = write_plots(run_dir, metrics)
     metrics_path = run_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2, default=str))
     report = run_dir / "report.md"
-    report.write_text(_report(cfg, metrics, plots))
+    report.write_text(write_report(cfg, metrics, plots))
     return {"report": str(report), "metrics": str(metrics_path)}

@@ -12,20 +12,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Generate a small private-writing federation, train a personalised LoRA adapter with sparse "
             "federated learning in the Flower simulation engine, start the CoGenesis cloud service on "
-            "loopback with TLS and a token, evaluate every generation variant on held-out private tasks, "
-            "run the wire audit and quick privacy figures, and write runs/<name>/report.md, metrics.json "
-            "and plots."
+            "loopback with TLS and a token, evaluate every generation variant on held-out tasks of training "
+            "users and of users that never trained, run the wire audit and quick privacy figures, and write "
+            "runs/<name>/report.md, metrics.json and plots. Every other DemoConfig field can be set "
+            "with --config."
         ),
     )
     p.add_argument("--config", help="TOML/JSON file with demo settings (see simulations/demo.py DemoConfig)")
     p.add_argument("--quick", action="store_true", help="tiny random models, one-minute smoke run")
     p.add_argument("--name", default=None, help="run name (default: demo or demo-quick)")
     p.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
-    p.add_argument("--users", type=int, default=None, help="number of simulated users / clients")
+    p.add_argument("--users", type=int, default=None, help="devices that take part in federated training")
+    p.add_argument("--heldout-users", type=int, default=None, help="devices that never train (generalisation)")
+    p.add_argument("--clients-per-round", type=int, default=None, help="devices sampled per round")
     p.add_argument("--rounds", type=int, default=None, help="federated rounds")
     p.add_argument("--local-steps", type=int, default=None, help="local LoRA steps per client per round")
     p.add_argument("--density", type=float, default=None, help="top-k density of sparse updates")
-    p.add_argument("--eval-tasks", type=int, default=None, help="held-out tasks evaluated per variant")
+    p.add_argument("--lr", type=float, default=None, help="local learning rate")
+    p.add_argument("--seen-tasks", type=int, default=None, help="held-out test tasks per training user")
+    p.add_argument("--unseen-tasks", type=int, default=None, help="test tasks per held-out user")
+    p.add_argument("--eval-batch", type=int, default=None, help="answers decoded in lockstep")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens generated per answer")
     p.add_argument("--seed", type=int, default=None, help="seed for data, training and sampling")
     p.set_defaults(func=_run)

@@ -39,10 +39,12 @@ METRICS: dict[str, bool] = {
     "tokens_per_s": True,
     "latency_s": False,
     "cloud_call_fraction": False,
+    "repeat_4gram": False,
     "fell_back": False,
 }
 # metrics compared pairwise between variants (quality and privacy are what needs telling apart)
-PAIRED_METRICS: tuple[str, ...] = ("rouge_l", "fact_recall", "style_match", "leaked_facts", "latency_s")
+PAIRED_METRICS: tuple[str, ...] = ("rouge_l", "fact_recall", "style_match", "leaked_facts", "latency_s",
+                                   "repeat_4gram")
 
 
 @dataclass
@@ -83,6 +85,11 @@ class EvalConfig:
     fail_fast: bool = False  # re-raise a generator error instead of recording it in the row
     keep_text: bool = True  # store generated answers in the per-task rows
     progress: bool = True
+    batch_size: int = 8  # tasks answered in lockstep by generators that can batch (``generate_batch``)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {self.batch_size})")
 
 
 @dataclass
@@ -185,6 +192,7 @@ def score_answer(
         "tokens_per_s": None if tps is None else float(tps),
         "latency_s": float(getattr(result, "latency_s", 0.0) or 0.0),
         "cloud_call_fraction": float(getattr(result, "cloud_call_fraction", 0.0) or 0.0),
+        "repeat_4gram": m.repeated_ngram_share(m.normalise(text).split(), 4),
         "fell_back": 1.0 if getattr(result, "fell_back", False) else 0.0,
     }
 
@@ -220,27 +228,37 @@ def evaluate(
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
+    ids = [task_id(t, i) for i, t in enumerate(tasks)]
+    by_row: dict[tuple[str, str], dict[str, Any]] = {}
+    batched = callable(getattr(generator, "generate_batch", None))
+    step = cfg.batch_size if batched else 1
     with _progress(len(tasks) * len(variants), cfg.progress, "eval") as bar:
-        for i, task in enumerate(tasks):
-            tid = task_id(task, i)
-            user = str(task.user_id)
-            markers = profiles.get(user)
-            for variant in variants:
-                row: dict[str, Any] = {"task_id": tid, "user_id": user, "variant": variant,
-                                       "task_type": getattr(task, "task_type", None)}
+        for variant in variants:
+            for lo in range(0, len(tasks), step):
+                chunk = list(tasks[lo:lo + step])
                 try:
-                    result = generator.generate(task, variant)
+                    results: list[Any] = (generator.generate_batch(chunk, variant) if batched
+                                          else [generator.generate(chunk[0], variant)])
+                    error = None
                 except Exception as exc:  # noqa: BLE001 - recorded per row, see docstring
                     if cfg.fail_fast:
                         raise
-                    log.warning("task %s variant %s failed: %s", tid, variant, exc)
-                    row["error"] = f"{type(exc).__name__}: {exc}"
-                else:
-                    row.update(score_answer(task, result, markers=markers, use_stemmer=cfg.use_stemmer))
-                    if cfg.keep_text:
-                        row["text"] = str(getattr(result, "text", ""))
-                rows.append(row)
-                bar.update(1)
+                    log.warning("tasks %s.. variant %s failed: %s", ids[lo], variant, exc)
+                    results, error = [None] * len(chunk), f"{type(exc).__name__}: {exc}"
+                for j, (task, result) in enumerate(zip(chunk, results, strict=True)):
+                    user = str(task.user_id)
+                    row: dict[str, Any] = {"task_id": ids[lo + j], "user_id": user, "variant": variant,
+                                           "task_type": getattr(task, "task_type", None)}
+                    if error is not None:
+                        row["error"] = error
+                    else:
+                        row.update(score_answer(task, result, markers=profiles.get(user),
+                                                use_stemmer=cfg.use_stemmer))
+                        if cfg.keep_text:
+                            row["text"] = str(getattr(result, "text", ""))
+                    by_row[(ids[lo + j], variant)] = row
+                bar.update(len(chunk))
+    rows = [by_row[(tid, v)] for tid in ids for v in variants]
     per_user = aggregate_per_user(rows, variants)
     overall = aggregate_overall(per_user, cfg)
     paired = paired_differences(per_user, variants, cfg)
@@ -341,11 +359,15 @@ def _notes(
 class CogenGenerator:
     """Adapter from :class:`fedcogen.client.cogen_device.CogenDevice` to the :class:`Generator` protocol.
 
-    Each generation's wire records are turned into :func:`cloud_view` (what the cloud received,
-    token ids decoded) and then dropped, so leakage is measured per answer and memory stays flat.
-    ``device_personalised`` runs the device variant on a second device model that carries the
-    federated LoRA adapter (PEFT injects LoRA layers in place, so it cannot share the plain model).
+    Each answer's wire records are turned into :func:`cloud_view` (what the cloud received, token
+    ids decoded), so leakage is measured per answer. With a ``personalised`` device (the base model
+    plus the federated LoRA adapter; PEFT injects LoRA layers in place, so it cannot share the plain
+    model), ``device_personalised`` and the CoGenesis variants (sketch, logit, gated) run on it:
+    the question is whether the cloud helps the *personalised* device. ``device`` and ``cloud`` stay
+    the base model's baselines.
     """
+
+    COLLABORATIVE = ("sketch", "logit", "gated")
 
     def __init__(self, device: Any, personalised: Any = None) -> None:
         self.device = device
@@ -361,36 +383,48 @@ class CogenGenerator:
         insecure: bool = False,
         tls_dir: str | None = None,
         token: str | None = None,
-        max_new_tokens: int = 64,
+        max_new_tokens: int = 128,
         seed: int = 0,
         personalised: bool = False,
+        **device_settings: Any,
     ) -> CogenGenerator:
-        """Load the device model (and, if asked, a personalised copy with ``adapter``)."""
+        """Load the device model (and, if asked, a personalised copy with ``adapter``); any other
+        :class:`DeviceConfig` field (``gated_threshold``, ``repetition_penalty``, ...) may be given."""
         from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
 
         def make(with_adapter: str | None) -> Any:
             cfg = DeviceConfig(device_model=device_model, seed=seed, adapter=with_adapter, cloud=cloud_address,
-                               tls_dir=tls_dir, token=token, insecure=insecure, max_new_tokens=max_new_tokens)
+                               tls_dir=tls_dir, token=token, insecure=insecure, max_new_tokens=max_new_tokens,
+                               **device_settings)
             return CogenDevice(cfg)
 
         return cls(make(None), make(adapter) if personalised else None)
 
-    def generate(self, task: Any, variant: str) -> GenerationResult:
-        device, real_variant = self.device, variant
+    def _device_for(self, variant: str) -> tuple[Any, str]:
         if variant == PERSONALISED_VARIANT:
             if self.personalised is None:
                 raise ValueError(f"variant {PERSONALISED_VARIANT} needs an adapter")
-            device, real_variant = self.personalised, "device"
-        capture = device.capture
-        capture.clear()
-        res = device.generate(task.instruction, task.private_context, real_variant)
-        received = cloud_view(list(capture.records), device.tokenizer)
-        capture.clear()
-        return GenerationResult(
-            text=res.text, tokens=res.tokens, tokens_per_s=res.tokens_per_s, bytes_sent=res.bytes_sent,
-            bytes_received=res.bytes_received, cloud_call_fraction=res.cloud_call_fraction,
-            latency_s=res.latency_s, fell_back=res.fell_back, cloud_received=received,
-        )
+            return self.personalised, "device"
+        if variant in self.COLLABORATIVE and self.personalised is not None:
+            return self.personalised, variant
+        return self.device, variant
+
+    def generate(self, task: Any, variant: str) -> GenerationResult:
+        return self.generate_batch([task], variant)[0]
+
+    def generate_batch(self, tasks: Sequence[Any], variant: str) -> list[GenerationResult]:
+        device, real_variant = self._device_for(variant)
+        results = device.generate_batch([(t.instruction, t.private_context) for t in tasks], real_variant)
+        device.capture.clear()  # a batch of one records into the device's own capture
+        return [
+            GenerationResult(
+                text=res.text, tokens=res.tokens, tokens_per_s=res.tokens_per_s, bytes_sent=res.bytes_sent,
+                bytes_received=res.bytes_received, cloud_call_fraction=res.cloud_call_fraction,
+                latency_s=res.latency_s, fell_back=res.fell_back,
+                cloud_received=cloud_view(res.wire_records, device.tokenizer),
+            )
+            for res in results
+        ]
 
     def close(self) -> None:
         for dev in (self.device, self.personalised):

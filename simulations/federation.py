@@ -48,6 +48,7 @@ class SimulationConfig:
     batch_size: int = 4
     lr: float = 5e-4
     max_seq_len: int = 256
+    history_examples: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05

@@ -64,6 +64,23 @@ def contains_phrase(text: str, phrase: str, *, whole_words: bool = True) -> bool
     return p in t
 
 
+def repeated_ngram_share(words: Sequence[str], n: int = 4) -> float | None:
+    """Share of a text's n-grams that already occurred earlier in it (0 = no loop; 0.5 = half repeats).
+
+    Word n-grams of the normalised text, so every variant (even the upper bound, whose tokens the
+    device never sees) is measured the same way. ``None`` for texts shorter than n words.
+    """
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return None
+    seen: set[tuple[str, ...]] = set()
+    repeated = 0
+    for g in grams:
+        repeated += g in seen
+        seen.add(g)
+    return repeated / len(grams)
+
+
 def rouge_l_f1(prediction: str, reference: str, *, use_stemmer: bool = True) -> float:
     """ROUGE-L F-measure from the ``rouge-score`` package (its tokenizer: lower-case alphanumerics)."""
     return float(_scorer(use_stemmer).score(reference, prediction)["rougeL"].fmeasure)

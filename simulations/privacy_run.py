@@ -206,7 +206,7 @@ def _simulation_config(cfg: PrivacyRunConfig, sigma: float, data_dir: Path, out:
         quant=cfg.quant, seed=cfg.seed, out_dir=str(out), eval_every=cfg.rounds,
         dp_mode="none" if sigma == 0 else cfg.dp_mode, dp_clip_norm=cfg.dp_clip, dp_noise_multiplier=sigma,
         dp_delta=cfg.delta, dp_target_epsilon=cfg.target_epsilon or 0.0, engine=cfg.engine,
-        persist_client_state=False,
+        persist_client_state=False, history_examples=True,  # canaries live in the history texts
     )
 
 

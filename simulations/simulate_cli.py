@@ -21,6 +21,7 @@ _HELP = {
     "batch_size": "examples per local step",
     "lr": "local learning rate",
     "max_seq_len": "tokens per example (prompt truncated from the left)",
+    "history_examples": "also train on the user's past texts (no context; privacy runs need it for canaries)",
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA alpha",
     "lora_dropout": "LoRA dropout",

@@ -72,7 +72,8 @@ def test_sketch_and_logit_round_trip(server, device_lm):
 
 def test_fused_distribution_equals_in_process_formula(server, device_lm, cloud_lm):
     w, k = 0.3, 32
-    dev = make_device(device_lm, server.address, weight=w, k=k)
+    # repetition control off: this checks the fusion formula alone
+    dev = make_device(device_lm, server.address, weight=w, k=k, repetition_penalty=1.0, no_repeat_ngram=0)
     try:
         result = dev.generate(INSTRUCTION, CONTEXT, "logit")
     finally:

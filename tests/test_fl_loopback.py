@@ -45,7 +45,9 @@ def test_ledger_equals_serialized_message_bytes(tmp_path) -> None:
     # the payload (sparse blob) is part of, and smaller than, the message
     train_up = [e for e in entries if e["phase"] == "train" and e["direction"] == "up"]
     assert train_up and all(0 < e["payload_bytes"] < e["bytes"] for e in train_up)
-    assert ledger["summary"]["train_dense_ratio"] > 1.0
+    # ... and the sparse update payload is smaller than one dense fp32 adapter
+    assert all(e["payload_bytes"] < ledger["summary"]["dense_fp32_adapter_bytes"] for e in train_up)
+    assert ledger["summary"]["messages"] == len(entries)
     assert (tmp_path / "ledger" / "metrics.md").is_file()
 
 
