@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=1024, help="prompt length limit")
     p.add_argument("--max-message-bytes", type=int, default=1 << 20, help="largest accepted request")
     p.add_argument("--idle-timeout", type=float, default=60.0, help="seconds before an idle session is reaped")
+    p.add_argument(
+        "--step-timeout", type=float, default=120.0,
+        help="longest a Decode step may wait on the cloud, even when the client set no deadline",
+    )
     p.add_argument("--batch-window-ms", type=float, default=2.0, help="how long the batcher waits to fill a batch")
     p.add_argument("--max-batch", type=int, default=16, help="largest decode batch")
     p.add_argument("--sketch-max-new-tokens", type=int, default=96, help="sketch length cap")
@@ -68,6 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_prompt_tokens=args.max_prompt_tokens,
         max_message_bytes=args.max_message_bytes,
         idle_timeout_s=args.idle_timeout,
+        step_timeout_s=args.step_timeout,
         batch_window_ms=args.batch_window_ms,
         max_batch=args.max_batch,
         sketch_max_new_tokens=args.sketch_max_new_tokens,
