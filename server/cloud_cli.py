@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Host the large model for CoGenesis. Devices send only the bare instruction (and, for the "
             "logit variant, the tokens they generate); the API has no field for private context. "
             "Concurrent Decode sessions are batched dynamically; each session keeps its own KV cache. "
-            "Production needs --tls-dir and --token; --insecure (plaintext) is for loopback tests."
+            "Production needs --tls-dir and a bearer token, read from --token-file (mode 0600) or the "
+            "FEDCOGEN_CLOUD_TOKEN environment variable; --insecure (plaintext) is for loopback tests."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -28,7 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=50071, help="port (0 = pick a free one)")
     p.add_argument("--tls-dir", help="folder with server.crt/server.key (and ca.crt); see `fedcogen certs`")
-    p.add_argument("--token", help="bearer token callers must send as 'authorization: Bearer <token>'")
+    p.add_argument(
+        "--token-file", help="file (mode 0600) holding the bearer token callers must send as "
+        "'authorization: Bearer <token>'; default: the FEDCOGEN_CLOUD_TOKEN environment variable",
+    )
+    p.add_argument("--token", help="DEPRECATED: the token itself, visible in the process list; use --token-file")
     p.add_argument("--insecure", action="store_true", help="plaintext without TLS (explicit opt-in, testing only)")
     p.add_argument("--mtls", action="store_true", help="also require client certificates signed by ca.crt")
     p.add_argument("--max-sessions", type=int, default=64, help="concurrent Decode sessions")
@@ -55,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from fedcogen.protocols.secrets_io import resolve_token
     from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
 
     if args.insecure and args.tls_dir:
@@ -64,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tls_dir=args.tls_dir,
-        token=args.token,
+        token=resolve_token(args.token_file, args.token),
         insecure=args.insecure,
         require_client_cert=args.mtls,
         max_sessions=args.max_sessions,

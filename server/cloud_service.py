@@ -77,9 +77,12 @@ class CloudConfig:
 
     def validate(self) -> None:
         if not self.insecure and not self.tls_dir:
-            raise ValueError("the cloud needs --tls-dir DIR (with --token) or an explicit --insecure")
+            raise ValueError("the cloud needs --tls-dir DIR (with --token-file) or an explicit --insecure")
         if not self.insecure and not self.token:
-            raise ValueError("a TLS cloud needs --token TOKEN so that callers can be authenticated")
+            raise ValueError(
+                "a TLS cloud needs a bearer token (--token-file FILE or $FEDCOGEN_CLOUD_TOKEN) so that callers "
+                "can be authenticated"
+            )
         if not self.step_timeout_s > 0:
             raise ValueError(f"step_timeout_s must be > 0, got {self.step_timeout_s}")
         if self.max_sessions < 1 or self.max_tokens_per_session < 1 or self.max_batch < 1:
