@@ -964,6 +964,7 @@ def _build_fault_clientapp() -> Any:
     """
     from flwr.clientapp import ClientApp
 
+    from fedcogen.client import fault_app as faulty
     from fedcogen.client import fl_clientapp as real
     from fedcogen.protocols import fl_messages as fm
 
@@ -973,7 +974,7 @@ def _build_fault_clientapp() -> Any:
 
     @app.train()
     def train(msg: Any, context: Any) -> Any:
-        reply = real.train(msg, context)
+        reply = faulty.train(msg, context)  # the run's fail_nodes / fail_prob hooks, then the node's fault
         fault = str(context.node_config.get("fault", ""))
         if fault and not reply.has_error():
             update = reply.content.config_records[fm.UPDATE]
