@@ -23,7 +23,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -324,10 +324,22 @@ class DecodeSession:
         self.stats: pb.SessionStats | None = None
         self._requests: queue.Queue[Any] = queue.Queue()
         self._replies: queue.Queue[Any] = queue.Queue()
-        self._call = client.stub.Decode(iter(self._requests.get, _END), metadata=client.metadata)
+        self._finished = threading.Event()  # stream over: stop feeding requests
+        self._call = client.stub.Decode(self._outgoing(), metadata=client.metadata)
         self._reader = threading.Thread(target=self._read, name="cogen-decode-reader", daemon=True)
         self._reader.start()
         self._send(pb.DecodeRequest(open=open_msg))
+
+    def _outgoing(self) -> Iterator[Any]:
+        """Requests for gRPC's sender thread; bounded gets so it ends once the stream is over."""
+        while not self._finished.is_set():
+            try:
+                msg = self._requests.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if msg is _END:
+                return
+            yield msg
 
     def _read(self) -> None:
         try:
@@ -337,6 +349,7 @@ class DecodeSession:
             self._replies.put(exc)
         except Exception as exc:  # noqa: BLE001 - handed to the caller
             self._replies.put(exc)
+        self._finished.set()
         self._replies.put(_END)
 
     def _send(self, msg: pb.DecodeRequest) -> None:
@@ -391,6 +404,7 @@ class DecodeSession:
         return self.stats
 
     def cancel(self) -> None:
+        self._finished.set()
         self._requests.put(_END)
         try:
             self._call.cancel()

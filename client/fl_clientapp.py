@@ -18,6 +18,7 @@ but before the server committed the round leaves the client one version ahead of
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -137,6 +138,9 @@ def federation_for(settings: fm.FLSettings) -> Any:
     if not settings.data_dir:
         raise ValueError("run config 'data_dir' is empty: set the folder of the synthetic federation")
     folder = Path(settings.data_dir)
+    if not folder.exists() and str(folder) in _NODE_LOCAL_DATA:
+        # a device's own data folder is its data: never fabricate a federation in its place
+        raise FileNotFoundError(f"this node's data-dir {folder} (from its node config) does not exist")
     if not folder.exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         fed = sd.generate_federation(sd.FederationConfig(n_users=settings.num_clients, seed=settings.seed))
@@ -195,11 +199,33 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, partition_id, 17]).generate_state(1)[0])
 
 
+# Node-config keys a device owns: its data, its state folder and its model come from its own
+# configuration (``--node-config 'data-dir=... state-dir=... model=...'``), never from the server.
+NODE_LOCAL_KEYS: dict[str, str] = {"data-dir": "data_dir", "state-dir": "client_state_dir", "model": "model"}
+_NODE_LOCAL_DATA: set[str] = set()  # data folders named by a node config (never generated)
+
+
 def _settings_from(msg: Message, context: Context) -> tuple[fm.FLSettings, dict[str, Any]]:
-    """Settings = dataclass defaults + what the server sent (the server is the single source of truth;
-    the node's own run config is deliberately ignored so client and server can never disagree)."""
+    """Settings = dataclass defaults + what the server sent, except the node-local keys.
+
+    The server is the source of truth for training hyper-parameters (so client and server never
+    disagree), but not for where the device reads its data, keeps its state or which model it
+    loads: when the node config sets ``data-dir`` / ``state-dir`` / ``model``, those win and any
+    server-sent value is ignored. Without them (the simulation engine) the run config's values,
+    which the server forwards, are used.
+    """
     cfg = fm.config_of(msg.content)
-    return fm.FLSettings.from_mapping(cfg), cfg
+    settings = fm.FLSettings.from_mapping(cfg)
+    node = context.node_config
+    local = {field: str(node[key]) for key, field in NODE_LOCAL_KEYS.items() if key in node and str(node[key])}
+    if local:
+        ignored = {f: getattr(settings, f) for f in local if getattr(settings, f) != local[f]}
+        if ignored:
+            log.info("using this node's own %s; ignoring the server's %s", sorted(local), ignored)
+        settings = dataclasses.replace(settings, **local)
+        if "data_dir" in local:
+            _NODE_LOCAL_DATA.add(str(Path(local["data_dir"])))
+    return settings, cfg
 
 
 def _partition_id(context: Context) -> int:
@@ -327,12 +353,6 @@ def train(msg: Message, context: Context) -> Message:
     settings, cfg = _settings_from(msg, context)
     server_round = int(cfg.get("server_round", msg.metadata.group_id or 0))
     pid = _partition_id(context)
-    if settings.fails(pid, server_round):
-        raise RuntimeError(f"injected failure: partition {pid} fails in round {server_round} (fail_nodes)")
-    if settings.fail_prob > 0:
-        coin = np.random.default_rng([settings.seed, server_round, pid, 99]).random()
-        if coin < settings.fail_prob:
-            raise RuntimeError(f"injected failure: partition {pid} dropped in round {server_round} (fail_prob)")
     client_id = client_id_for(settings, pid)
     state = load_state(context, settings, client_id)
     blob, metrics, state = run_train(settings, fm.read_patch(cfg), server_round, pid, client_id, state)

@@ -27,6 +27,9 @@ import torch
 from fedcogen.protocols import cogen_pb2 as pb
 
 PROTOCOL_VERSION = 1
+# Largest vocabulary a packet may claim. decode() allocates a vocabulary-long vector, so an
+# unchecked uint32 vocab_size would let one 10-byte packet ask for 16 GB.
+MAX_VOCAB = 1 << 21
 ENCODINGS: dict[str, int] = {"fp16": pb.FP16, "int8": pb.INT8, "fp32": pb.FP32, "full": pb.FULL_FP32}
 
 
@@ -109,11 +112,18 @@ def _values(packet: pb.LogitPacket, count: int) -> np.ndarray:
     if len(packet.values) != count * width:
         raise CodecError(f"packet has {len(packet.values)} value bytes, expected {count * width}")
     if enc == pb.FP16:
-        return np.frombuffer(packet.values, dtype="<f2").astype(np.float32)
-    if enc in (pb.FP32, pb.FULL_FP32):
-        return np.frombuffer(packet.values, dtype="<f4").astype(np.float32)
-    codes = np.frombuffer(packet.values, dtype=np.uint8).astype(np.float32)
-    return packet.offset + codes * packet.scale
+        vals = np.frombuffer(packet.values, dtype="<f2").astype(np.float32)
+    elif enc in (pb.FP32, pb.FULL_FP32):
+        vals = np.frombuffer(packet.values, dtype="<f4").astype(np.float32)
+    else:
+        if not (math.isfinite(packet.offset) and math.isfinite(packet.scale) and packet.scale >= 0):
+            raise CodecError(f"int8 packet has a bad scale/offset ({packet.scale}, {packet.offset})")
+        codes = np.frombuffer(packet.values, dtype=np.uint8).astype(np.float32)
+        with np.errstate(over="ignore"):
+            vals = packet.offset + codes * np.float32(packet.scale)
+    if not np.isfinite(vals).all():
+        raise CodecError("packet values contain NaN or Inf")
+    return vals
 
 
 def _normalise(vec: torch.Tensor) -> torch.Tensor:
@@ -128,17 +138,26 @@ def decode(packet: pb.LogitPacket, vocab_size: int | None = None) -> torch.Tenso
         raise CodecError(f"packet vocabulary {packet.vocab_size} != expected {vocab_size}")
     if vocab <= 0:
         raise CodecError("packet has no vocabulary size")
+    if vocab > MAX_VOCAB:  # checked before anything vocabulary-long is allocated
+        raise CodecError(f"packet vocabulary {vocab} exceeds the limit of {MAX_VOCAB}")
     if packet.encoding == pb.FULL_FP32:
+        if packet.ids:
+            raise CodecError("a FULL_FP32 packet carries no ids")
         return _normalise(torch.from_numpy(_values(packet, vocab).copy()))
     k = len(packet.ids)
     if not 1 <= k <= vocab:
         raise CodecError(f"packet has {k} ids for a vocabulary of {vocab}")
-    ids = torch.tensor(list(packet.ids), dtype=torch.long)
-    if int(ids.max()) >= vocab:
-        raise CodecError(f"packet id {int(ids.max())} outside vocabulary of {vocab}")
+    tail = float(packet.tail_logmass)
+    if math.isnan(tail) or tail == math.inf:
+        raise CodecError(f"packet tail_logmass is {tail}")
+    id_array = np.asarray(packet.ids, dtype=np.int64)
+    if int(id_array.max()) >= vocab:
+        raise CodecError(f"packet id {int(id_array.max())} outside vocabulary of {vocab}")
+    if np.unique(id_array).size != k:
+        raise CodecError("packet repeats a token id")
+    ids = torch.from_numpy(id_array)
     vals = torch.from_numpy(_values(packet, k).copy())
     if k < vocab:
-        tail = float(packet.tail_logmass)
         if not math.isfinite(tail):
             # The top-k carried (numerically) all the mass: tail tokens get a tiny, finite share.
             tail = float(torch.logsumexp(vals, 0)) - 40.0

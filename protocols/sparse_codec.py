@@ -335,26 +335,41 @@ def _encode_rice(gaps: np.ndarray, b: int) -> bytes:
     return bytes([b]) + np.packbits(np.concatenate([rem_bits, unary])).tobytes()
 
 
-def _decode_rice(payload: bytes, n: int, k: int, name: str) -> np.ndarray:
+def _decode_rice(payload: bytes | memoryview, n: int, k: int, name: str) -> np.ndarray:
+    """Rice-decode k gaps. Every length is checked against (n, k) before anything is unpacked, so a
+    hostile payload cannot make the decoder allocate more than its honest encoding would need."""
     if len(payload) < 1:
         raise UpdateRejected("malformed", f"tensor {name!r}: rice payload lacks its parameter byte", name)
     b = payload[0]
     if b > MAX_RICE_PARAM:
         raise UpdateRejected("malformed", f"tensor {name!r}: rice parameter {b} exceeds {MAX_RICE_PARAM}", name)
+    if b > (n - 1).bit_length():  # the encoder never picks b above the bit length of the largest gap
+        raise UpdateRejected(
+            "malformed", f"tensor {name!r}: rice parameter {b} is larger than any gap of a {n}-entry tensor", name
+        )
+    body_bits = 8 * (len(payload) - 1)
+    # Each code is b remainder bits + a unary quotient ending in a 1; the quotients sum to at most
+    # (sum of gaps) >> b <= (n - k) >> b. So the honest payload lies between these two bounds.
+    min_bits = k * (b + 1)
+    max_bits = min_bits + ((n - k) >> b)
+    if body_bits < min_bits:
+        raise UpdateRejected(
+            "byte_count", f"tensor {name!r}: rice payload too short for {k} codes of at least {b + 1} bits", name
+        )
+    if len(payload) - 1 > (max_bits + 7) // 8:
+        raise UpdateRejected(
+            "index_range", f"tensor {name!r}: rice payload is longer than {k} gaps inside {n} entries can need", name
+        )
     bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8, offset=1))
-    if k * b > bits.size:
+    unary = bits[k * b :]
+    ones_count = int(np.count_nonzero(unary))
+    if ones_count < k:
         raise UpdateRejected(
-            "byte_count", f"tensor {name!r}: rice payload too short for {k} remainders of {b} bits", name
+            "byte_count", f"tensor {name!r}: rice payload holds {ones_count} gaps but k={k}", name
         )
-    rem_bits = bits[: k * b].reshape(k, b).astype(np.int64)
-    rem = rem_bits @ (np.int64(1) << np.arange(b - 1, -1, -1, dtype=np.int64)) if b else np.zeros(k, np.int64)
-    ones = np.flatnonzero(bits[k * b :])
-    if ones.size < k:
-        raise UpdateRejected(
-            "byte_count", f"tensor {name!r}: rice payload holds {ones.size} gaps but k={k}", name
-        )
-    if ones.size > k:
+    if ones_count > k:
         raise UpdateRejected("malformed", f"tensor {name!r}: rice payload has nonzero padding bits", name)
+    ones = np.flatnonzero(unary)
     used_bits = k * b + int(ones[-1]) + 1
     if len(payload) != 1 + (used_bits + 7) // 8:
         raise UpdateRejected(
@@ -365,6 +380,11 @@ def _decode_rice(payload: bytes, n: int, k: int, name: str) -> np.ndarray:
     q = np.diff(ones, prepend=-1) - 1
     if int(q.max()) > (n >> b):
         raise UpdateRejected("index_range", f"tensor {name!r}: a rice gap points past the end ({n})", name)
+    rem = np.zeros(k, dtype=np.int64)
+    if b:
+        rem_bits = bits[: k * b].reshape(k, b)
+        for j in range(b):  # column by column: O(k) int64 memory instead of a k x b int64 matrix
+            rem = (rem << 1) | rem_bits[:, j]
     d = ((q << b) | rem) + 1
     return _indices_from_steps(d, n, name)
 
@@ -385,15 +405,25 @@ def _indices_from_steps(d: np.ndarray, n: int, name: str) -> np.ndarray:
     return idx.astype(np.int64)
 
 
-def _decode_varints(payload: bytes, n: int, k: int, name: str) -> np.ndarray:
+def _decode_varints(payload: bytes | memoryview, n: int, k: int, name: str) -> np.ndarray:
+    """LEB128-decode k deltas; the payload length is bounded by k (1..5 bytes each) before any work."""
+    if len(payload) < k:
+        raise UpdateRejected(
+            "byte_count", f"tensor {name!r}: delta_varint payload of {len(payload)} bytes holds fewer than k={k} deltas",
+            name,
+        )
+    if len(payload) > 5 * k:  # 5 LEB128 bytes = 35 bits > MAX_ELEMENTS
+        raise UpdateRejected("index_range", f"tensor {name!r}: a delta is larger than any tensor", name)
     raw = np.frombuffer(payload, dtype=np.uint8)
     if raw.size and raw[-1] & 0x80:
         raise UpdateRejected("byte_count", f"tensor {name!r}: delta_varint payload ends mid-varint", name)
-    ends = np.flatnonzero((raw & 0x80) == 0)
-    if ends.size != k:
+    is_end = (raw & 0x80) == 0
+    n_ends = int(np.count_nonzero(is_end))
+    if n_ends != k:
         raise UpdateRejected(
-            "byte_count", f"tensor {name!r}: delta_varint payload holds {ends.size} deltas but k={k}", name
+            "byte_count", f"tensor {name!r}: delta_varint payload holds {n_ends} deltas but k={k}", name
         )
+    ends = np.flatnonzero(is_end)
     if k == 0:
         return np.empty(0, dtype=np.int64)
     starts = np.concatenate([[0], ends[:-1] + 1])
@@ -446,7 +476,7 @@ def _choose_coding(idx: np.ndarray, n: int, requested: str) -> str:
     return min(SELECTABLE_CODINGS, key=lambda c: (sizes[c], SELECTABLE_CODINGS.index(c)))
 
 
-def _decode_indices(coding: str, payload: bytes, n: int, k: int, name: str) -> np.ndarray:
+def _decode_indices(coding: str, payload: bytes | memoryview, n: int, k: int, name: str) -> np.ndarray:
     if coding == "none":
         if k != 0 or payload:
             raise UpdateRejected("malformed", f"tensor {name!r}: coding 'none' needs k=0 and no payload", name)
@@ -465,10 +495,10 @@ def _decode_indices(coding: str, payload: bytes, n: int, k: int, name: str) -> n
         bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
         if bits[n:].any():
             raise UpdateRejected("malformed", f"tensor {name!r}: bitmap has nonzero padding bits", name)
-        idx = np.flatnonzero(bits[:n]).astype(np.int64)
-        if idx.size != k:
-            raise UpdateRejected("malformed", f"tensor {name!r}: bitmap has {idx.size} set bits but k={k}", name)
-        return idx
+        set_bits = int(np.count_nonzero(bits[:n]))
+        if set_bits != k:
+            raise UpdateRejected("malformed", f"tensor {name!r}: bitmap has {set_bits} set bits but k={k}", name)
+        return np.flatnonzero(bits[:n]).astype(np.int64)
     if coding == "delta_varint":
         return _decode_varints(payload, n, k, name)
     return _decode_rice(payload, n, k, name)
@@ -704,8 +734,8 @@ def _parse(blob: bytes, expected_shapes: Mapping[str, tuple[int, ...]] | None, m
                 name,
             )
         header_bytes = reader.pos - rec_start
-        index_payload = bytes(reader.take(index_len, "index payload", name))
-        value_payload = bytes(reader.take(value_len, "value payload", name))
+        index_payload = reader.take(index_len, "index payload", name)  # views: no copies
+        value_payload = reader.take(value_len, "value payload", name)
         idx = _decode_indices(coding, index_payload, n, k, name)
         vals = _dequantise(value_payload, quant, scale, k, name)
         records.append(

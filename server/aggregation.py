@@ -29,13 +29,19 @@ log = logging.getLogger(__name__)
 SERVER_OPTS = ("fedavg", "fedadam", "fedyogi")
 
 
-class RejectedUpdate(ValueError):
+class RejectedUpdate(codec.UpdateRejected):
     """Raised for problems the codec does not judge (norm caps, weights); structural ones raise the
-    codec's own ``UpdateRejected``. Both carry ``.reason`` (a short countable code)."""
+    codec's own ``UpdateRejected``, the base class. Both carry ``.reason`` (a short countable code).
+
+    Subclassing the codec's class gives the aggregator one type meaning "the client's update is
+    bad": only that is a counted rejection; any other exception is a server bug and must surface.
+    """
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        ValueError.__init__(self, f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.tensor = None
+        self.internal = False
 
 
 def rejection_reason(exc: BaseException) -> str:
@@ -71,12 +77,8 @@ def validate_update(
         raise RejectedUpdate("not_bytes", f"update payload is {type(blob).__name__}, expected bytes")
     if len(blob) > limits.max_bytes:
         raise RejectedUpdate("oversize", f"{len(blob)} bytes > cap {limits.max_bytes}")
-    try:
-        sparse = codec.decode_sparse(bytes(blob), expected_shapes=dict(shapes), max_bytes=limits.max_bytes)
-    except codec.UpdateRejected:
-        raise
-    except Exception as exc:  # any decoder crash on hostile input is a rejection, not a server crash
-        raise RejectedUpdate("decode_error", f"{type(exc).__name__}: {exc}") from exc
+    # The codec raises only UpdateRejected; a decoder bug arrives as one with ``internal=True``.
+    sparse = codec.decode_sparse(bytes(blob), expected_shapes=dict(shapes), max_bytes=limits.max_bytes)
     unknown = set(sparse) - set(shapes)
     if unknown:  # the codec already checks this; kept so the invariant holds whatever the codec does
         raise RejectedUpdate("unknown_tensor", f"{sorted(unknown)[:3]}")
@@ -220,21 +222,33 @@ class RoundAggregator:
         self.rejected: Counter = Counter()
 
     def offer(self, client: str, blob: Any, weight: Any) -> str | None:
-        """Validate and accumulate; return ``None`` if accepted, else the rejection reason."""
+        """Validate and accumulate; return ``None`` if accepted, else the rejection reason.
+
+        Only validation verdicts (:class:`codec.UpdateRejected`, which includes :class:`RejectedUpdate`)
+        are counted as rejections. Anything else, including a decoder error converted by the codec
+        (``internal=True``), is a server bug: logged with its traceback and re-raised, never
+        disguised as a bad client.
+        """
         try:
             try:
                 w = float(weight)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OverflowError) as exc:
                 raise RejectedUpdate("bad_weight", f"{weight!r}") from exc
             if not (w > 0 and math.isfinite(w)):
                 raise RejectedUpdate("bad_weight", f"{weight!r}")
             sparse = validate_update(blob, self.shapes, self.limits)
             self.acc.add(sparse, w)
-        except Exception as exc:  # noqa: BLE001 - every failure is a counted rejection
+        except codec.UpdateRejected as exc:
+            if exc.internal:
+                log.exception("server error while validating the update from %s", client)
+                raise
             reason = rejection_reason(exc)
             self.rejected[reason] += 1
             log.warning("rejected update from %s: %s (%s)", client, reason, exc)
             return reason
+        except Exception:
+            log.exception("server error while aggregating the update from %s", client)
+            raise
         self.accepted.append(client)
         return None
 

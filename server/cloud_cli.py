@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Host the large model for CoGenesis. Devices send only the bare instruction (and, for the "
             "logit variant, the tokens they generate); the API has no field for private context. "
             "Concurrent Decode sessions are batched dynamically; each session keeps its own KV cache. "
-            "Production needs --tls-dir and --token; --insecure (plaintext) is for loopback tests."
+            "Production needs --tls-dir and a bearer token, read from --token-file (mode 0600) or the "
+            "FEDCOGEN_CLOUD_TOKEN environment variable; --insecure (plaintext) is for loopback tests."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -28,7 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=50071, help="port (0 = pick a free one)")
     p.add_argument("--tls-dir", help="folder with server.crt/server.key (and ca.crt); see `fedcogen certs`")
-    p.add_argument("--token", help="bearer token callers must send as 'authorization: Bearer <token>'")
+    p.add_argument(
+        "--token-file", help="file (mode 0600) holding the bearer token callers must send as "
+        "'authorization: Bearer <token>'; default: the FEDCOGEN_CLOUD_TOKEN environment variable",
+    )
+    p.add_argument("--token", help="DEPRECATED: the token itself, visible in the process list; use --token-file")
     p.add_argument("--insecure", action="store_true", help="plaintext without TLS (explicit opt-in, testing only)")
     p.add_argument("--mtls", action="store_true", help="also require client certificates signed by ca.crt")
     p.add_argument("--max-sessions", type=int, default=64, help="concurrent Decode sessions")
@@ -36,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=1024, help="prompt length limit")
     p.add_argument("--max-message-bytes", type=int, default=1 << 20, help="largest accepted request")
     p.add_argument("--idle-timeout", type=float, default=60.0, help="seconds before an idle session is reaped")
+    p.add_argument(
+        "--step-timeout", type=float, default=120.0,
+        help="longest a Decode step may wait on the cloud, even when the client set no deadline",
+    )
     p.add_argument("--batch-window-ms", type=float, default=2.0, help="how long the batcher waits to fill a batch")
     p.add_argument("--max-batch", type=int, default=16, help="largest decode batch")
     p.add_argument("--sketch-max-new-tokens", type=int, default=96, help="sketch length cap")
@@ -51,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from fedcogen.protocols.secrets_io import resolve_token
     from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
 
     if args.insecure and args.tls_dir:
@@ -60,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tls_dir=args.tls_dir,
-        token=args.token,
+        token=resolve_token(args.token_file, args.token),
         insecure=args.insecure,
         require_client_cert=args.mtls,
         max_sessions=args.max_sessions,
@@ -68,6 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_prompt_tokens=args.max_prompt_tokens,
         max_message_bytes=args.max_message_bytes,
         idle_timeout_s=args.idle_timeout,
+        step_timeout_s=args.step_timeout,
         batch_window_ms=args.batch_window_ms,
         max_batch=args.max_batch,
         sketch_max_new_tokens=args.sketch_max_new_tokens,

@@ -23,13 +23,11 @@ from __future__ import annotations
 import hmac
 import itertools
 import logging
-import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -40,6 +38,8 @@ from fedcogen.client.prompts import CLOUD_SYSTEM, SKETCH_SYSTEM, cloud_prompt, s
 from fedcogen.models import LoadedModel, chat_input_ids, load_model
 from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.protocols import logit_codec
+from fedcogen.server.cloud_batcher import BatcherStopped, DynamicBatcher, Session, SessionClosed, _Work
+from fedcogen.server.daemon_pool import DaemonThreadPool
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ class CloudConfig:
     max_message_bytes: int = 1 << 20
     max_k: int = 0  # 0 = the whole vocabulary
     idle_timeout_s: float = 60.0
+    # Upper bound on how long an RPC handler waits for one Decode step, even when the client set no
+    # deadline: a handler must never wait forever (it would pin a worker thread and block exit).
+    step_timeout_s: float = 120.0
     batch_window_ms: float = 2.0
     max_batch: int = 16
     sketch_max_new_tokens: int = 96
@@ -74,9 +77,14 @@ class CloudConfig:
 
     def validate(self) -> None:
         if not self.insecure and not self.tls_dir:
-            raise ValueError("the cloud needs --tls-dir DIR (with --token) or an explicit --insecure")
+            raise ValueError("the cloud needs --tls-dir DIR (with --token-file) or an explicit --insecure")
         if not self.insecure and not self.token:
-            raise ValueError("a TLS cloud needs --token TOKEN so that callers can be authenticated")
+            raise ValueError(
+                "a TLS cloud needs a bearer token (--token-file FILE or $FEDCOGEN_CLOUD_TOKEN) so that callers "
+                "can be authenticated"
+            )
+        if not self.step_timeout_s > 0:
+            raise ValueError(f"step_timeout_s must be > 0, got {self.step_timeout_s}")
         if self.max_sessions < 1 or self.max_tokens_per_session < 1 or self.max_batch < 1:
             raise ValueError("max_sessions, max_tokens_per_session and max_batch must be >= 1")
         if self.workers < self.max_sessions + 4:
@@ -108,171 +116,6 @@ def _parser(cls: type) -> Callable[[bytes], Any]:
 
 def _serialize(msg: Any) -> bytes:
     return msg.SerializeToString()
-
-
-@dataclass
-class Session:
-    """One Decode stream's state on the cloud."""
-
-    session_id: str
-    k: int
-    encoding: int
-    max_tokens: int
-    prompt_tokens: int = 0
-    generated: int = 0
-    steps: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-    length: int = 0
-    last_active: float = field(default_factory=time.monotonic)
-    context: Any = None
-    expired: bool = False
-
-    def stats(self) -> pb.SessionStats:
-        return pb.SessionStats(
-            session_id=self.session_id,
-            prompt_tokens=self.prompt_tokens,
-            generated_tokens=self.generated,
-            bytes_received=self.bytes_in,
-            bytes_sent=self.bytes_out,
-            steps=self.steps,
-        )
-
-
-@dataclass
-class _Work:
-    session: Session
-    ids: list[int]
-    context: Any
-    done: threading.Event = field(default_factory=threading.Event)
-    logits: torch.Tensor | None = None
-    error: BaseException | None = None
-
-
-class DynamicBatcher:
-    """Runs every model forward of Decode sessions on one worker thread, batching single-token steps."""
-
-    def __init__(
-        self, model: Any, window_ms: float = 2.0, max_batch: int = 16, expected: Callable[[], int] | None = None
-    ) -> None:
-        self.model = model
-        # How many sessions could still join this batch; once they all have, waiting longer is pure latency.
-        self.expected = expected or (lambda: max_batch)
-        self.window_s = window_ms / 1000.0
-        self.max_batch = max_batch
-        self._queue: queue.Queue[_Work | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="cogen-batcher", daemon=True)
-        self.batches = 0
-        self.batched_rows = 0
-        self._thread.start()
-
-    def submit(self, work: _Work) -> None:
-        self._queue.put(work)
-
-    def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            pending = [first]
-            deadline = time.monotonic() + self.window_s
-            stop = False
-            while len(pending) < min(self.max_batch, max(1, self.expected())):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                pending.append(item)
-            self._run(pending)
-            if stop:
-                return
-
-    def _run(self, pending: list[_Work]) -> None:
-        live = []
-        for w in pending:
-            if w.context is not None and not w.context.is_active():
-                w.error = TimeoutError("caller went away before the step ran")
-                w.done.set()
-            else:
-                live.append(w)
-        singles = [w for w in live if len(w.ids) == 1 and w.session.kv is not None]
-        others = [w for w in live if w not in singles]
-        try:
-            with torch.inference_mode():
-                for w in others:
-                    self._forward_one(w)
-                if len(singles) == 1:
-                    self._forward_one(singles[0])
-                elif singles:
-                    self._forward_batch(singles)
-        except Exception as exc:  # surface model errors to the callers, keep the thread alive
-            log.exception("batched forward failed")
-            for w in live:
-                if not w.done.is_set():
-                    w.error = exc
-                    w.done.set()
-
-    def _forward_one(self, w: _Work) -> None:
-        from transformers import DynamicCache
-
-        s = w.session
-        cache = DynamicCache(ddp_cache_data=s.kv) if s.kv is not None else DynamicCache()
-        ids = torch.tensor([w.ids], dtype=torch.long)
-        pos = torch.arange(s.length, s.length + len(w.ids)).unsqueeze(0)
-        out = self.model(input_ids=ids, past_key_values=cache, position_ids=pos, use_cache=True)
-        s.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        s.length += len(w.ids)
-        w.logits = out.logits[0, -1].float().clone()
-        w.done.set()
-
-    def _forward_batch(self, items: list[_Work]) -> None:
-        from transformers import DynamicCache
-
-        lengths = [w.session.length for w in items]
-        longest = max(lengths)
-        n_layers = len(items[0].session.kv)
-        data = []
-        for li in range(n_layers):
-            keys, values = [], []
-            for w, length in zip(items, lengths, strict=True):
-                k, v = w.session.kv[li]
-                pad = longest - length
-                keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
-                values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
-            data.append((torch.cat(keys), torch.cat(values)))
-        mask = torch.zeros(len(items), longest + 1, dtype=torch.long)
-        for row, length in enumerate(lengths):
-            mask[row, longest - length :] = 1
-        out = self.model(
-            input_ids=torch.tensor([w.ids for w in items], dtype=torch.long),
-            past_key_values=DynamicCache(ddp_cache_data=data),
-            attention_mask=mask,
-            position_ids=torch.tensor([[length] for length in lengths], dtype=torch.long),
-            use_cache=True,
-        )
-        self.batches += 1
-        self.batched_rows += len(items)
-        layers = out.past_key_values.layers
-        for row, (w, length) in enumerate(zip(items, lengths, strict=True)):
-            start = longest - length
-            w.session.kv = [
-                (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
-                for layer in layers
-            ]
-            w.session.length = length + 1
-            w.logits = out.logits[row, -1].float().clone()
-            w.done.set()
 
 
 def greedy_generate(model: Any, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
@@ -350,13 +193,25 @@ class CloudLMService:
         return ids
 
     def _wait(self, work: _Work, context: grpc.ServicerContext) -> torch.Tensor:
+        """Run one step through the batcher; every outcome, including none in time, is a gRPC status."""
         self.batcher.submit(work)
         remaining = context.time_remaining()
-        # No client deadline shows up as a huge number; Event.wait would overflow on it.
-        timeout = None if remaining is None or remaining > 1e6 else max(0.0, remaining)
+        # No client deadline shows up as None or a huge number: the server-side step bound applies.
+        client_bound = remaining is not None and remaining < self.config.step_timeout_s
+        timeout = max(0.0, remaining) if client_bound else self.config.step_timeout_s
         if not work.done.wait(timeout):
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while the step was queued")
+            work.abandoned = True  # the batcher skips it if it has not started yet
+            if client_bound:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while the step was queued")
+            context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"step did not run within the cloud's step timeout ({self.config.step_timeout_s:.0f} s)",
+            )
         if work.error is not None:
+            if isinstance(work.error, BatcherStopped):
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(work.error))
+            if isinstance(work.error, SessionClosed):
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{work.error} (idle timeout)")
             if isinstance(work.error, TimeoutError):
                 context.abort(grpc.StatusCode.CANCELLED, str(work.error))
             context.abort(grpc.StatusCode.INTERNAL, f"model forward failed: {work.error}")
@@ -372,7 +227,7 @@ class CloudLMService:
             for s in idle:
                 log.warning("reaping idle session %s (idle > %.1f s)", s.session_id, self.config.idle_timeout_s)
                 s.expired = True
-                s.kv = None
+                s.release()  # frees the KV cache now, or after the batcher's running forward
                 with self._lock:
                     self.sessions.pop(s.session_id, None)
                 if s.context is not None:
@@ -512,7 +367,7 @@ class CloudLMService:
                     self.total_bytes_in += session.bytes_in
                     self.total_bytes_out += session.bytes_out
                     self.sessions_served += 1
-                session.kv = None
+                session.release()
                 log.info(
                     "session %s ended: prompt=%d generated=%d steps=%d bytes in=%d out=%d",
                     session.session_id, session.prompt_tokens, session.generated, session.steps,
@@ -525,6 +380,8 @@ class CloudLMService:
             self._accepting = False
 
     def shutdown(self) -> None:
+        """Refuse new sessions and fail every queued or running step (UNAVAILABLE) instead of leaving it waiting."""
+        self.stop_accepting()
         self._reaper_stop.set()
         self.batcher.stop()
 
@@ -585,6 +442,7 @@ class CloudServer:
     health: Any
     port: int
     address: str
+    pool: DaemonThreadPool | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """Graceful stop: refuse new sessions, mark NOT_SERVING, let open calls finish for ``grace`` s."""
@@ -595,6 +453,8 @@ class CloudServer:
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
         self.service.shutdown()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, timeout=1.0)
         log.info(
             "cloud stopped: %d sessions served, %d bytes in, %d bytes out",
             self.service.sessions_served, self.service.total_bytes_in, self.service.total_bytes_out,
@@ -604,6 +464,8 @@ class CloudServer:
         """Abrupt stop (tests: simulate a crashed cloud); open calls are cut immediately."""
         self.server.stop(0)
         self.service.shutdown()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False)
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -623,8 +485,10 @@ def start_cloud_server(config: CloudConfig, lm: LoadedModel | None = None) -> Cl
         ("grpc.max_send_message_length", max(config.max_message_bytes, lm.vocab_size * 9 + 1024)),
         ("grpc.so_reuseport", 0),
     ]
+    # Daemon workers: a handler stuck for any reason must not keep the interpreter alive at exit.
+    pool = DaemonThreadPool(max_workers=config.workers, thread_name_prefix="cogen-rpc")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cogen-rpc"),
+        pool,
         interceptors=interceptors,
         options=options,
         maximum_concurrent_rpcs=config.max_sessions + 8,
@@ -649,5 +513,5 @@ def start_cloud_server(config: CloudConfig, lm: LoadedModel | None = None) -> Cl
         SERVICE_NAME, "plaintext" if config.insecure else "TLS", config.host, port,
         "token auth" if config.token else "no auth", lm.name,
     )
-    return CloudServer(server, service, health_servicer, port, f"{config.host}:{port}")
+    return CloudServer(server, service, health_servicer, port, f"{config.host}:{port}", pool)
 

@@ -14,6 +14,8 @@ import importlib
 BENCH_MODULES: tuple[str, ...] = (
     "fedcogen.simulations.bench_comm",
     "fedcogen.simulations.bench_cogen",
+    "fedcogen.simulations.bench_fuzz",
+    "fedcogen.simulations.bench_load",
     "fedcogen.simulations.bench_all",
 )
 

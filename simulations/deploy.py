@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcogen.protocols.secrets_io import CLOUD_TOKEN_ENV
+
 log = logging.getLogger(__name__)
 
 # Public API. ``fault_clientapp`` is created lazily by the module ``__getattr__``; listing it here is
@@ -624,11 +626,13 @@ class Deployment:
         if self.cloud is None:
             self.cloud_port = free_port(self.config.host)
             argv = [str(self.bin_dir / "fedcogen"), "cloud", "serve", "--model", model or self.config.cloud_model,
-                    "--port", str(self.cloud_port), "--token", self.cloud_token]
+                    "--port", str(self.cloud_port)]
             if self.config.tls:
                 argv += ["--tls-dir", str(self.bundle.cloud_dir)]
             self.cloud = self._proc("cloud", argv, ready_port=self.cloud_port,
                                     fail_patterns=(r"Traceback \(most recent call last\)", r"error:"))
+            # the token reaches the cloud through its environment (owner-only), never through argv
+            self.cloud.env = {**(self.cloud.env or {}), CLOUD_TOKEN_ENV: self.cloud_token}
         self.cloud.start()
         self.cloud.wait_ready(self.config.startup_timeout)
         return self.cloud
@@ -960,6 +964,7 @@ def _build_fault_clientapp() -> Any:
     """
     from flwr.clientapp import ClientApp
 
+    from fedcogen.client import fault_app as faulty
     from fedcogen.client import fl_clientapp as real
     from fedcogen.protocols import fl_messages as fm
 
@@ -969,7 +974,7 @@ def _build_fault_clientapp() -> Any:
 
     @app.train()
     def train(msg: Any, context: Any) -> Any:
-        reply = real.train(msg, context)
+        reply = faulty.train(msg, context)  # the run's fail_nodes / fail_prob hooks, then the node's fault
         fault = str(context.node_config.get("fault", ""))
         if fault and not reply.has_error():
             update = reply.content.config_records[fm.UPDATE]

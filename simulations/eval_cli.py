@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedcogen.protocols.secrets_io import CLOUD_TOKEN_ENV
+
 log = logging.getLogger(__name__)
 
 CLOUD_VARIANTS = frozenset({"cloud", "sketch", "logit", "gated", "cloud_with_context"})
@@ -254,14 +256,17 @@ def spawned_cloud(
     Ctrl-C, so an evaluation never leaves a cloud behind.
     """
     port = free_port()
-    security = ["--tls-dir", str(tls_dir)] + (["--token", token] if token else []) if tls_dir else ["--insecure"]
+    security = ["--tls-dir", str(tls_dir)] if tls_dir else ["--insecure"]
+    env = {k: v for k, v in os.environ.items() if k != CLOUD_TOKEN_ENV}
+    if tls_dir and token:  # the token travels in the child's environment, never on its command line
+        env[CLOUD_TOKEN_ENV] = token
     cmd = [sys.executable, "-m", "fedcogen.cli", "cloud", "serve", *security, "--host", "127.0.0.1",
            "--port", str(port), "--model", cloud_model]
     if allow_eval_only_context:
         cmd.append("--allow-eval-only-context")
     out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
     log.info("starting cloud: %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         cloud = SpawnedCloud(f"127.0.0.1:{port}", proc, log_path, timeout_s, tls_dir, token)
         if wait:

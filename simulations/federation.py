@@ -154,6 +154,10 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     from fedcogen.server.fl_serverapp import make_server_app
 
     settings = cfg.settings()
+    from fedcogen.client import fault_app
+
+    if fault_app.needs_fault_app(settings):  # failure hooks live only in the test-only ClientApp
+        client_app = fault_app.app
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:

@@ -85,7 +85,12 @@ def test_cloud_service_restarted_mid_generation_device_recovers(tmp_path: Path) 
     cfg = dp.DeploymentConfig(out_dir=tmp_path / "dep", nodes=1, app_dir=app, cloud_model="tiny-large")
     with dp.Deployment(cfg) as dep:
         cloud = dep.start_cloud()
-        assert "--tls-dir" in cloud.argv and "--token" in cloud.argv
+        assert "--tls-dir" in cloud.argv
+        # the bearer token is never on the command line (world-readable); it goes via the environment
+        assert "--token" not in cloud.argv and dep.cloud_token not in " ".join(cloud.argv)
+        assert cloud.env["FEDCOGEN_CLOUD_TOKEN"] == dep.cloud_token
+        with open(f"/proc/{cloud.pid}/cmdline", "rb") as fh:
+            assert dep.cloud_token.encode() not in fh.read()
         address = f"127.0.0.1:{dep.cloud_port}"
         device_lm = load_model("tiny")
 

@@ -221,3 +221,30 @@ def test_checkpoint_atomic_roundtrip(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]  # no temp files left behind
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing")
+
+
+def test_offer_counts_validation_errors_but_reraises_server_bugs(monkeypatch, caplog) -> None:
+    from fedcogen.server import aggregation
+
+    rng = np.random.default_rng(5)
+    agg = RoundAggregator(SHAPES)
+    assert agg.offer("bad", b"garbage", 1.0) == "malformed"  # a client's fault: counted
+    assert agg.offer("huge-weight", _blob(_rand_update(rng)), 10**400) == "bad_weight"
+
+    def broken(*_a, **_k):
+        raise KeyError("server-side bug")
+
+    monkeypatch.setattr(aggregation, "validate_update", broken)
+    with caplog.at_level("ERROR", logger=aggregation.__name__), pytest.raises(KeyError, match="server-side bug"):
+        agg.offer("innocent", _blob(_rand_update(rng)), 1.0)
+    assert any("server error" in r.message and r.exc_info for r in caplog.records)
+
+    def decoder_bug(*_a, **_k):  # the codec converts its own crashes into internal rejections
+        raise codec.UpdateRejected("malformed", "update could not be decoded (IndexError)", internal=True)
+
+    monkeypatch.setattr(aggregation, "validate_update", decoder_bug)
+    with pytest.raises(codec.UpdateRejected):
+        agg.offer("innocent2", _blob(_rand_update(rng)), 1.0)
+    res = agg.result()
+    assert dict(res.rejected) == {"malformed": 1, "bad_weight": 1}  # server bugs were not blamed on clients
+    assert res.accepted == []

@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fedcogen.client import fl_clientapp
+from fedcogen.client import fault_app, fl_clientapp
 from fedcogen.server.fl_serverapp import FederatedServer
 from fedcogen.simulations.federation import LoopbackGrid, SimulationConfig, run_federation
 
@@ -26,7 +26,9 @@ SMALL = dict(model="tiny", num_clients=3, local_steps=2, batch_size=2, max_seq_l
 def _server(tmp_path, name: str, **kw) -> tuple[FederatedServer, LoopbackGrid]:
     cfg = SimulationConfig(**{**SMALL, "out_dir": str(tmp_path / name), "data_dir": str(tmp_path / "data"),
                               "engine": "loopback", **kw})
-    grid = LoopbackGrid(fl_clientapp.app, cfg.num_clients, seed=cfg.seed)
+    settings = cfg.settings()  # failure hooks exist only in the test-only ClientApp
+    app = fault_app.app if fault_app.needs_fault_app(settings) else fl_clientapp.app
+    grid = LoopbackGrid(app, cfg.num_clients, seed=cfg.seed)
     return FederatedServer(grid, cfg.settings()), grid
 
 
