@@ -34,7 +34,7 @@ import torch
 from fedcogen.client.batch_lm import BatchLM
 from fedcogen.client.decoding import RepetitionControl, choose
 from fedcogen.client.fusion import FusionGate, entropy, fuse_logprobs, top2_margin
-from fedcogen.client.prompts import DEVICE_SYSTEM, cloud_prompt, device_prompt
+from fedcogen.client.prompts import DEVICE_SYSTEM, cloud_prompt, device_prompt, fit_context
 from fedcogen.client.wire_capture import WireCapture
 from fedcogen.models import LoadedModel, ModelError, chat_input_ids, load_model
 from fedcogen.protocols import cogen_pb2 as pb
@@ -83,7 +83,8 @@ class DeviceConfig:
     encoding: str = "fp16"
     weight: float = 0.5
     gate_path: str | None = None
-    max_new_tokens: int = 128  # fits ~150-token references; trained devices stop at EOS well before
+    max_new_tokens: int = 160  # fits ~150-token references; trained devices stop at EOS well before
+    max_prompt_tokens: int = 3072  # longer private contexts are shrunk (fit_context); SmolLM2 reads 8192
     repetition_penalty: float = RepetitionControl.penalty
     no_repeat_ngram: int = RepetitionControl.no_repeat_ngram
     sample: bool = False
@@ -463,7 +464,15 @@ class CogenDevice:
             self._client = None
 
     def device_ids(self, instruction: str, private_context: str, sketch: str | None = None) -> list[int]:
-        return chat_input_ids(self.tokenizer, device_prompt(instruction, private_context, sketch), system=DEVICE_SYSTEM)
+        """The device's prompt ids; a context too long for ``max_prompt_tokens`` is shrunk with
+        :func:`fit_context` (profile and newest texts kept, oldest history dropped first)."""
+        def ids(ctx: str) -> list[int]:
+            return chat_input_ids(self.tokenizer, device_prompt(instruction, ctx, sketch), system=DEVICE_SYSTEM)
+
+        out = ids(private_context)
+        if len(out) <= self.config.max_prompt_tokens:
+            return out
+        return ids(fit_context(private_context, lambda c: len(ids(c)), self.config.max_prompt_tokens))
 
     def _fuse(self, lp_small: torch.Tensor, lp_large: torch.Tensor) -> torch.Tensor:
         if self.gate is not None:
@@ -566,7 +575,9 @@ class CogenDevice:
         log.warning("cloud_with_context sends the PRIVATE CONTEXT to the cloud: evaluation upper bound only")
 
         def one(row: _Row) -> None:
-            text = row.client.eval_only_generate(device_prompt(row.instruction, row.context), self.config.max_new_tokens)
+            count = lambda c: len(self.tokenizer(device_prompt(row.instruction, c))["input_ids"]) + 64  # noqa: E731
+            context = fit_context(row.context, count, self.config.max_prompt_tokens)
+            text = row.client.eval_only_generate(device_prompt(row.instruction, context), self.config.max_new_tokens)
             row.generated = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             row.run.calls, row.run.positions = 1, max(1, len(row.generated))
             row.finished_at = time.perf_counter()

@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--insecure", action="store_true", help="plaintext connection (testing only)")
     p.add_argument("--adapter", help="personalised LoRA adapter (PEFT folder, or weights file beside adapter_config.json)")
     p.add_argument("--device-model", default="smollm2-24l", help="device model name or local folder")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="tokens to generate per task")
+    add_decoding_args(p)
     p.add_argument("--k", type=int, default=64, help="top-k size of the cloud's distributions")
     p.add_argument("--encoding", choices=("fp16", "int8", "fp32", "full"), default="fp16", help="value encoding")
     p.add_argument("--weight", default="0.5", help="device weight w in [0,1], or 'learned' (needs --gate)")
@@ -88,6 +88,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step-timeout", type=float, default=20.0, help="deadline per cloud step (s)")
     p.add_argument("--out", help="write results as JSON here (and a .md next to it)")
     p.set_defaults(func=_generate)
+
+
+def add_decoding_args(p: argparse.ArgumentParser) -> None:
+    """Answer length, prompt budget and repetition control; unset flags keep DeviceConfig's defaults
+    (one source of truth, documented in client/decoding.py)."""
+    p.add_argument("--max-new-tokens", type=int, help="answer length cap (default 160: fits ~150-token references)")
+    p.add_argument("--max-prompt-tokens", type=int,
+                   help="device prompt budget; longer private contexts keep the profile and newest texts (default 3072)")
+    p.add_argument("--repetition-penalty", type=float,
+                   help="log-prob multiplier for already generated tokens, 1.0 = off (default 1.15)")
+    p.add_argument("--no-repeat-ngram", type=int, help="ban repeating any n-gram of this size, 0 = off (default 4)")
+
+
+def decoding_settings(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("max_new_tokens", "max_prompt_tokens", "repetition_penalty", "no_repeat_ngram")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -121,7 +137,7 @@ def _generate(args: argparse.Namespace) -> int:
         encoding=args.encoding,
         weight=weight,
         gate_path=args.gate if learned else None,
-        max_new_tokens=args.max_new_tokens,
+        **decoding_settings(args),
         sample=args.sample,
         gated_threshold=args.gated_threshold,
         step_timeout_s=args.step_timeout,

@@ -185,6 +185,7 @@ class FLSettings:
     min_fit_clients: int = 1
     round_timeout: float = 600.0
     eval_every: int = 1
+    eval_on: str = "all"  # "all" clients, or only this "round"'s clients (no catch-up patches)
     max_update_norm: float = 1e4
     max_update_bytes: int = 64 * 1024 * 1024
     out_dir: str = "runs/federation"

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mtls", action="store_true", help="also require client certificates signed by ca.crt")
     p.add_argument("--max-sessions", type=int, default=64, help="concurrent Decode sessions")
     p.add_argument("--max-tokens-per-session", type=int, default=512, help="generated tokens per session")
-    p.add_argument("--max-prompt-tokens", type=int, default=1024, help="prompt length limit")
+    p.add_argument("--max-prompt-tokens", type=int, default=4096,
+                   help="prompt length limit (with --max-tokens-per-session it must fit the model window)")
     p.add_argument("--max-message-bytes", type=int, default=1 << 20, help="largest accepted request")
     p.add_argument("--idle-timeout", type=float, default=60.0, help="seconds before an idle session is reaped")
     p.add_argument(

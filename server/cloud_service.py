@@ -61,7 +61,7 @@ class CloudConfig:
     require_client_cert: bool = False
     max_sessions: int = 64
     max_tokens_per_session: int = 512
-    max_prompt_tokens: int = 1024
+    max_prompt_tokens: int = 4096  # + max_tokens_per_session stays inside SmolLM2's 8192-token window
     max_message_bytes: int = 1 << 20
     max_k: int = 0  # 0 = the whole vocabulary
     idle_timeout_s: float = 60.0

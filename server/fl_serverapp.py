@@ -393,10 +393,14 @@ class FederatedServer:
             "train_seconds": time.perf_counter() - started,
         }
 
-    def evaluate(self, server_round: int) -> dict[str, Any]:
-        """Every client scores the current broadcast adapter on its private validation split."""
+    def evaluate(self, server_round: int, only: Iterable[str] | None = None) -> dict[str, Any]:
+        """Every client (or the clients named in ``only``) scores the current broadcast adapter on its
+        private validation split."""
         msgs = []
+        keep = None if only is None else set(only)
         for n in sorted(self.nodes):
+            if keep is not None and self.nodes[n] not in keep:
+                continue
             cfg = {**self._client_config(server_round), **fm.patch_fields(self.patch_for(self.nodes[n]))}
             msgs.append(Message(fm.make_recorddict(config=cfg), dst_node_id=n, message_type=fm.MSG_EVALUATE,
                                 group_id=str(server_round)))
@@ -443,7 +447,9 @@ class FederatedServer:
             entry = self.train_round(r)
             self.new_broadcast_version(r)
             if r % max(1, self.s.eval_every) == 0 or r == self.s.rounds:
-                entry.update(self.evaluate(r))
+                # "round": only this round's clients, who hold the previous broadcast and need a small
+                # delta; "all": every client, some of which need a large catch-up patch first
+                entry.update(self.evaluate(r, entry["sampled"] if self.s.eval_on == "round" else None))
             entry["broadcast_gap_norm"] = adapter_norm(adapter_sub(st.global_adapter, st.broadcast))
             if self.accountant is not None:
                 entry["dp_epsilon"] = float(self.accountant.epsilon())

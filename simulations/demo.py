@@ -140,7 +140,7 @@ def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
         batch_size=cfg.batch_size, lr=cfg.lr, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0,
         lora_targets=cfg.lora_targets, max_seq_len=cfg.max_seq_len, density=cfg.density, seed=cfg.seed,
         out_dir=str(cfg.run_dir / "federation"), engine="flower", min_fit_clients=1,
-        eval_every=max(1, cfg.rounds // 2), num_cpus_per_client=1.0,
+        eval_every=max(1, cfg.rounds // 2), eval_on="round", num_cpus_per_client=1.0,
     )
     result = run_federation(sim)
     result["adapter_dir"] = str(export_adapter(sim.out_dir))

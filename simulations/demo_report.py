@@ -97,9 +97,9 @@ def write_plots(run_dir: Path, metrics: dict[str, Any]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     import shutil
+
+    import matplotlib.pyplot as plt
 
     names = []
     fed_plot = run_dir / "federation" / "loss_vs_round.png"

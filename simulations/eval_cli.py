@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedcogen.client.generate_cli import add_decoding_args, decoding_settings
 from fedcogen.protocols.secrets_io import CLOUD_TOKEN_ENV
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profiles", type=Path, help="profiles.jsonl with style markers "
                    "(default: profiles.jsonl next to the dataset if it exists)")
     p.add_argument("--max-tasks", type=int, help="evaluate only the first N valid tasks")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap per generation")
+    add_decoding_args(p)
+    p.add_argument("--batch-size", type=int, default=8, help="answers decoded in lockstep (faster on CPU)")
     p.add_argument("--on-invalid", choices=("skip", "reject"), default="skip",
                    help="invalid dataset lines: report and skip them (default) or reject the run (exit 2)")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of users (default 1000)")
@@ -299,9 +301,9 @@ def build_generator(args: argparse.Namespace, cloud_address: str | None, variant
         insecure=bool(args.insecure or args.spawn_cloud),
         tls_dir=args.tls_dir,
         token=args.token,
-        max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         personalised=PERSONALISED_VARIANT in variants,
+        **decoding_settings(args),
     )
 
 
@@ -346,7 +348,8 @@ def run_eval(args: argparse.Namespace) -> int:
             stack.callback(generator.close)
         if cloud is not None:
             cloud.wait_ready()
-        cfg = EvalConfig(resamples=args.resamples, seed=args.seed, progress=not args.no_progress)
+        cfg = EvalConfig(resamples=args.resamples, seed=args.seed, progress=not args.no_progress,
+                         batch_size=args.batch_size)
         result = evaluate(tasks, generator, variants, profiles=profiles, config=cfg)
 
     data = result.to_dict()

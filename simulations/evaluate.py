@@ -383,7 +383,6 @@ class CogenGenerator:
         insecure: bool = False,
         tls_dir: str | None = None,
         token: str | None = None,
-        max_new_tokens: int = 128,
         seed: int = 0,
         personalised: bool = False,
         **device_settings: Any,
@@ -394,8 +393,7 @@ class CogenGenerator:
 
         def make(with_adapter: str | None) -> Any:
             cfg = DeviceConfig(device_model=device_model, seed=seed, adapter=with_adapter, cloud=cloud_address,
-                               tls_dir=tls_dir, token=token, insecure=insecure, max_new_tokens=max_new_tokens,
-                               **device_settings)
+                               tls_dir=tls_dir, token=token, insecure=insecure, **device_settings)
             return CogenDevice(cfg)
 
         return cls(make(None), make(adapter) if personalised else None)

@@ -64,6 +64,7 @@ class SimulationConfig:
     min_fit_clients: int = 1
     round_timeout: float = 600.0
     eval_every: int = 1
+    eval_on: str = "all"
     max_update_norm: float = 1e4
     max_update_bytes: int = 64 * 1024 * 1024
     seed: int = 0
@@ -100,6 +101,8 @@ class SimulationConfig:
             raise ValueError(f"quant must be fp32, fp16 or int8 (got {self.quant!r})")
         if self.dp_mode not in ("none", "client", "server"):
             raise ValueError(f"dp_mode must be none, client or server (got {self.dp_mode!r})")
+        if self.eval_on not in ("all", "round"):
+            raise ValueError(f"eval_on must be 'all' or 'round' (got {self.eval_on!r})")
         if self.engine not in ("flower", "loopback"):
             raise ValueError(f"engine must be 'flower' or 'loopback' (got {self.engine!r})")
         if not 0 < self.num_cpus_per_client:

@@ -37,6 +37,7 @@ _HELP = {
     "min_fit_clients": "abort a round (model unchanged) if fewer updates are accepted",
     "round_timeout": "seconds to wait for replies each round",
     "eval_every": "evaluate on every client's private validation split every N rounds",
+    "eval_on": "who evaluates: 'all' clients or only this 'round''s clients (no catch-up broadcasts)",
     "max_update_norm": "reject client updates with a larger L2 norm",
     "max_update_bytes": "reject client updates whose serialized blob is larger (bytes)",
     "seed": "seed of data, model, sampling and training",
