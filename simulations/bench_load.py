@@ -37,7 +37,7 @@ def run_load(cfg: LoadConfig = LoadConfig()) -> dict[str, Any]:
     """Run the load and return counts, errors and latency percentiles (milliseconds)."""
     import secrets
 
-    from fedcogen.client.cogen_device import CloudClient
+    from fedcogen.client.cloud_client import CloudClient
     from fedcogen.protocols import logit_codec, tls
     from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from fedcogen import exit_watchdog
-from fedcogen.client.cogen_device import CloudClient
+from fedcogen.client.cloud_client import CloudClient
 from fedcogen.models import load_model
 from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.protocols import logit_codec

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fedcogen.client.cogen_device import CloudClient, CloudRefused
+from fedcogen.client.cloud_client import CloudClient, CloudRefused
 from fedcogen.protocols import tls
 from fedcogen.protocols.secrets_io import SecretError, read_secret_file, resolve_token, write_secret_file
 from fedcogen.simulations.eval_cli import spawned_cloud

@@ -8,14 +8,8 @@ import grpc
 import pytest
 import torch
 
-from fedcogen.client.cogen_device import (
-    CloudClient,
-    CloudRefused,
-    CloudUnavailable,
-    CogenDevice,
-    DeviceConfig,
-    IncrementalLM,
-)
+from fedcogen.client.cloud_client import CloudClient, CloudRefused, CloudUnavailable
+from fedcogen.client.cogen_device import CogenDevice, DeviceConfig, IncrementalLM
 from fedcogen.client.fusion import fuse_logprobs
 from fedcogen.client.prompts import CLOUD_SYSTEM, cloud_prompt
 from fedcogen.client.wire_capture import WireCapture

@@ -77,7 +77,8 @@ def test_cloud_service_restarted_mid_generation_device_recovers(tmp_path: Path) 
     """The cloud service (its own process, TLS + token) is SIGKILLed and restarted while a device is
     decoding with it: the device either reconnects and resumes, or finishes device-only with a
     warning - within its deadlines, never hanging. The restarted service then serves normally."""
-    from fedcogen.client.cogen_device import CloudRefused, CogenDevice, DeviceConfig
+    from fedcogen.client.cloud_client import CloudRefused
+    from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
     from fedcogen.client.wire_capture import WireCapture
     from fedcogen.models import load_model
 

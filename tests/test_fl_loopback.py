@@ -143,3 +143,18 @@ def test_fedadam_and_server_dp_runs_checkpoint_optimizer_state(tmp_path) -> None
         np.testing.assert_array_equal(arrays[f"opt_m/{k}"], server.opt.m[k])
         np.testing.assert_array_equal(arrays[f"server_residual/{k}"],
                                       server.state.global_adapter[k] - server.state.broadcast[k])
+
+
+def test_bytes_at_matched_loss_reads_the_measured_curves():
+    from fedcogen.simulations.bench_comm import bytes_to_reach, matched_loss
+
+    def run(points):
+        return {"rounds": [{"cum_bytes": b, "eval_loss": lo} for b, lo in points], "final_eval_loss": points[-1][1]}
+
+    dense = run([(100, 4.0), (1100, 3.0), (2100, 2.0)])
+    sparse = run([(10, 4.0), (60, 3.5), (110, 2.5)])  # learns slower per round, never reaches 2.0
+    assert bytes_to_reach(dense, 3.0) == 1100 and bytes_to_reach(dense, 3.5) == 600
+    assert bytes_to_reach(sparse, 2.0) is None
+    m = matched_loss(dense, sparse)  # matched at the loss both reach: 2.5
+    assert m["loss"] == 2.5 and m["dense_bytes"] == 1600 and m["sparse_bytes"] == 110
+    assert abs(m["ratio"] - 1600 / 110) < 1e-9
