@@ -187,9 +187,11 @@ def encoded_split(settings: fm.FLSettings, client_id: str, split: str, tokenizer
     from fedcogen.client.lora import encode_examples
     from fedcogen.simulations import data as sd
 
-    key = (settings.data_dir, settings.model, client_id, split, settings.max_seq_len, settings.history_examples)
+    key = (settings.data_dir, settings.model, client_id, split, settings.max_seq_len, settings.history_examples,
+           settings.fact_swaps)
     if key not in _ENC_CACHE:
-        examples = sd.client_examples(federation_for(settings), client_id, split, history=settings.history_examples)
+        examples = sd.client_examples(federation_for(settings), client_id, split, history=settings.history_examples,
+                                       fact_swaps=settings.fact_swaps)
         _ENC_CACHE[key] = encode_examples(tokenizer, examples, settings.max_seq_len)
     return _ENC_CACHE[key]
 

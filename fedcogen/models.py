@@ -59,6 +59,7 @@ EMBEDDED_MODELS: dict[str, str] = {
     "smollm2": "SmolLM2-135M-Instruct (embedded GGUF, dequantised to fp32 and cached)",
     "smollm2-half": "SmolLM2-135M-Instruct with every other decoder layer kept (15 of 30): device model",
     "smollm2-24l": "SmolLM2-135M-Instruct without deep-middle layers 15-20 (24 of 30): milder device model",
+    "smollm2-27l": "SmolLM2-135M-Instruct without deep-middle layers 15-17 (27 of 30): the demo's device model",
 }
 # Which decoder layers each pruned variant keeps. Dropping a block of deep-middle layers hurts far less
 # than dropping every other layer (mean loss on 3 private validation tasks, no fine-tuning:
@@ -66,6 +67,7 @@ EMBEDDED_MODELS: dict[str, str] = {
 PRUNED_LAYERS: dict[str, list[int]] = {
     "smollm2-half": list(range(0, 30, 2)),
     "smollm2-24l": list(range(15)) + list(range(21, 30)),
+    "smollm2-27l": list(range(15)) + list(range(18, 30)),
 }
 
 

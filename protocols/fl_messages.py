@@ -143,7 +143,7 @@ CLIENT_KEYS = (
     "model", "seed", "data_dir", "num_clients", "clients_per_round", "local_steps", "batch_size", "lr",
     "max_seq_len", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "density", "scope", "quant",
     "index_coding", "dp_mode", "dp_clip_norm", "dp_noise_multiplier", "dp_delta", "client_state_dir",
-    "fail_prob", "fail_nodes", "history_examples",
+    "fail_prob", "fail_nodes", "history_examples", "fact_swaps",
 )
 
 
@@ -170,6 +170,10 @@ class FLSettings:
     # teaches the device to invent facts instead of copying them from the context (docs/personalisation.md);
     # privacy runs turn it on so that the canaries planted in those texts are trained on
     history_examples: bool = False
+    # counterfactual copies of each training task with the user's private values swapped for fake
+    # ones (simulations.data.swap_private_values): training rewards copying from the context, not
+    # memorising one user's facts, so the skill carries over to users who never trained
+    fact_swaps: int = 0
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05

@@ -49,6 +49,7 @@ class SimulationConfig:
     lr: float = 5e-4
     max_seq_len: int = 256
     history_examples: bool = False
+    fact_swaps: int = 0
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05

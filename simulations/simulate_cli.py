@@ -22,6 +22,7 @@ _HELP = {
     "lr": "local learning rate",
     "max_seq_len": "tokens per example (prompt truncated from the left)",
     "history_examples": "also train on the user's past texts (no context; privacy runs need it for canaries)",
+    "fact_swaps": "counterfactual copies of each training task with the user's private values swapped (teaches copying)",
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA alpha",
     "lora_dropout": "LoRA dropout",

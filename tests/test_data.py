@@ -401,3 +401,20 @@ def test_canaries_plug_into_the_real_exposure_attack():
     rows = res["per_canary"]
     assert [r["canary_id"] for r in rows] == ["user-00-c0", "user-00-c1"]
     assert all(r["n_candidates"] == 16 and 1 <= r["rank"] <= 16 for r in rows)
+
+
+def test_fact_swapped_copies_replace_every_private_value_consistently(fed):
+    uid = D.user_ids(fed)[0]
+    profile = fed.profile(uid)
+    for i, task in enumerate(fed.tasks_of(uid, "train")):
+        context, reference = D.swap_private_values(task, profile, seed=i)
+        for value in task.private_facts + [profile.name]:
+            assert value not in context and value not in reference, value
+        # the copy still pairs a context with an answer that uses the context's (new) facts
+        assert context != task.private_context and reference != task.reference
+        new_lines = set(context.splitlines()) - set(task.private_context.splitlines())
+        assert new_lines
+    plain = D.client_examples(fed, uid, history=False)
+    swapped = D.client_examples(fed, uid, history=False, fact_swaps=2)
+    assert len(swapped) == 3 * len(plain) and swapped[: len(plain)] == plain
+    assert D.client_examples(fed, uid, "val", fact_swaps=2) == D.client_examples(fed, uid, "val")
