@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=0, help="at most this many tasks (0 = all)")
     p.add_argument("--cloud", help="cloud address HOST:PORT (not needed for --variant device)")
     p.add_argument("--tls-dir", help="folder with ca.crt to verify the cloud")
-    p.add_argument("--token", help="bearer token for the cloud")
+    add_token_args(p)
     p.add_argument("--insecure", action="store_true", help="plaintext connection (testing only)")
     p.add_argument("--adapter", help="personalised LoRA adapter (PEFT folder, or weights file beside adapter_config.json)")
     p.add_argument("--device-model", default="smollm2-24l", help="device model name or local folder")
@@ -88,6 +88,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step-timeout", type=float, default=20.0, help="deadline per cloud step (s)")
     p.add_argument("--out", help="write results as JSON here (and a .md next to it)")
     p.set_defaults(func=_generate)
+
+
+def add_token_args(p: argparse.ArgumentParser) -> None:
+    """The cloud's bearer token: from a 0600 file or FEDCOGEN_CLOUD_TOKEN, never (silently) argv."""
+    p.add_argument("--token-file", help="file (mode 0600) with the cloud's bearer token "
+                   "(default: the FEDCOGEN_CLOUD_TOKEN environment variable)")
+    p.add_argument("--token", help="DEPRECATED: the token itself, visible in the process list; use --token-file")
+
+
+def token_of(args: argparse.Namespace) -> str | None:
+    from fedcogen.protocols.secrets_io import resolve_token
+
+    return resolve_token(getattr(args, "token_file", None), getattr(args, "token", None))
 
 
 def add_decoding_args(p: argparse.ArgumentParser) -> None:
@@ -131,7 +144,7 @@ def _generate(args: argparse.Namespace) -> int:
         adapter=args.adapter,
         cloud=args.cloud,
         tls_dir=args.tls_dir,
-        token=args.token,
+        token=token_of(args),
         insecure=args.insecure,
         k=args.k,
         encoding=args.encoding,

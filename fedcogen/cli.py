@@ -36,20 +36,38 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, library logs and warnings (default: fedcogen's own progress only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(sub)
     return parser
 
 
+class _QuietLibraries(logging.Filter):
+    """Default output: fedcogen's own INFO lines, and only warnings and errors from libraries
+    (Flower, Ray, alembic and transformers are chatty at INFO/DEBUG)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith("fedcogen") or record.levelno >= logging.WARNING
+
+
+def configure_logging(verbose: bool) -> None:
+    import warnings
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietLibraries())
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="transformers|peft|torch")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedcogen.client.generate_cli import add_decoding_args, decoding_settings
+from fedcogen.client.generate_cli import add_decoding_args, add_token_args, decoding_settings, token_of
 from fedcogen.protocols.secrets_io import CLOUD_TOKEN_ENV
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cloud-start-timeout", type=float, default=300.0,
                    help="seconds --spawn-cloud waits for the cloud to report SERVING (default 300)")
     p.add_argument("--tls-dir", help="with --cloud: folder with ca.crt to verify the cloud (see `fedcogen certs`)")
-    p.add_argument("--token", help="with --cloud: bearer token the cloud expects")
+    add_token_args(p)
     p.add_argument("--insecure", action="store_true",
                    help="with --cloud: plaintext connection (loopback/testing only; --spawn-cloud implies it)")
     p.add_argument("--device-model", default="smollm2-24l", help="device model name or local HF dir")
@@ -300,7 +300,7 @@ def build_generator(args: argparse.Namespace, cloud_address: str | None, variant
         adapter=str(args.adapter) if args.adapter else None,
         insecure=bool(args.insecure or args.spawn_cloud),
         tls_dir=args.tls_dir,
-        token=args.token,
+        token=token_of(args),
         seed=args.seed,
         personalised=PERSONALISED_VARIANT in variants,
         **decoding_settings(args),

@@ -180,7 +180,10 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     cpus = os.cpu_count() or 2
     backend_config = {
         "client_resources": {"num_cpus": cfg.num_cpus_per_client, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False},
+        # worker output (model loading bars, library warnings) reaches the terminal only with -v;
+        # client errors still come back in the replies and are logged by the server
+        "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
+                      "log_to_driver": logging.getLogger().isEnabledFor(logging.DEBUG)},
     }
     log.info("simulation: %d clients (%d per round), %d rounds, model %s, density %g, out %s",
              cfg.num_clients, cfg.clients_per_round, cfg.rounds, cfg.model, cfg.density, out)

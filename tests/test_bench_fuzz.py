@@ -13,6 +13,7 @@ def test_thousand_malformed_blobs_no_crash_none_aggregated_bounded_memory() -> N
     assert result["blobs"] == 1000
     assert result["crashes"] == 0, [t["crash_examples"] for t in result["targets"].values()]
     assert result["aggregated_bad_updates"] == 0
+    assert result["valid_updates_mixed_in"] > 0 and result["lost_valid_updates"] == 0
     assert result["peak_extra_memory_mb"] < 100
     targets = result["targets"]
     # only mutations that can stay valid may be accepted (a flipped value byte with a fixed CRC, a
