@@ -10,7 +10,8 @@ Variants (``CogenDevice.generate(..., variant=...)``):
   the tokens generated so far, never the context). The generated prefix DOES reach the cloud.
 * ``gated``   - like ``logit`` but the device asks the cloud only when it is uncertain (entropy or
   top-2 margin past a threshold); tokens committed meanwhile are sent in one catch-up step.
-* ``cloud_with_context`` - EVALUATION ONLY privacy-violating upper bound (``EvalOnlyGenerate``).
+* ``cloud_with_context`` - EVALUATION ONLY privacy-violating upper bound: the cloud decodes like ``cloud``
+  but its prompt carries the private context (the wire audit must flag it).
 
 Robustness: every call has a deadline (per step, not just per stream); when the cloud dies
 (UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED) the device reconnects once, replays its committed
@@ -285,7 +286,8 @@ class CogenDevice:
                     row.mark = (len(row.client.capture.records), row.client.capture.sent_bytes,
                                 row.client.capture.received_bytes)
             if variant == "cloud_with_context":
-                self._upper_bound(rows, started)
+                self._upper_bound_texts(rows)
+                self._decode(rows, "cloud", started)
             elif variant == "sketch":
                 self._sketch(rows)
                 self._decode(rows, "device", started)
@@ -314,7 +316,7 @@ class CogenDevice:
             tokens=len(ids),
             tokens_per_s=len(ids) / latency if latency > 0 else 0.0,
             cloud_calls=run.calls,
-            cloud_call_fraction=(run.calls / run.positions) if run.positions and variant in ("logit", "gated", "cloud") else 0.0,
+            cloud_call_fraction=(run.calls / run.positions) if run.positions and variant in ("logit", "gated", "cloud", "cloud_with_context") else 0.0,
             bytes_sent=sent,
             bytes_received=received,
             fell_back=run.fell_back,
@@ -330,19 +332,16 @@ class CogenDevice:
         cfg = self.config
         return choose(lp, generated, self.repetition, sample=cfg.sample, temperature=cfg.temperature, rng=self._rng)
 
-    def _upper_bound(self, rows: list[_Row], started: float) -> None:
-        """The privacy-violating upper bound: the cloud sees the private context (evaluation only)."""
+    def _upper_bound_texts(self, rows: list[_Row]) -> None:
+        """The privacy-violating upper bound: the cloud's prompt carries the private context (evaluation
+        only). It decodes like the ``cloud`` variant, in lockstep with the same token choice rules, so
+        only what the cloud sees differs."""
         log.warning("cloud_with_context sends the PRIVATE CONTEXT to the cloud: evaluation upper bound only")
+        for row in rows:
+            def count(c: str, row: _Row = row) -> int:
+                return len(self.tokenizer(device_prompt(row.instruction, c))["input_ids"]) + 64
 
-        def one(row: _Row) -> None:
-            count = lambda c: len(self.tokenizer(device_prompt(row.instruction, c))["input_ids"]) + 64  # noqa: E731
-            context = fit_context(row.context, count, self.config.max_prompt_tokens)
-            text = row.client.eval_only_generate(device_prompt(row.instruction, context), self.config.max_new_tokens)
-            row.generated = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            row.run.calls, row.run.positions = 1, max(1, len(row.generated))
-            row.finished_at = time.perf_counter()
-
-        _in_parallel(one, rows)
+            row.cloud_text = device_prompt(row.instruction, fit_context(row.context, count, self.config.max_prompt_tokens))
 
     def _sketch(self, rows: list[_Row]) -> None:
         """Fetch every row's outline (concurrently), then set the device prompts that include it."""
@@ -396,7 +395,7 @@ class CogenDevice:
                     log.warning(msg)
                     row.run.warnings.append(msg)
                     row.client.connect()
-                    row.session = self._open(cloud_prompt(row.instruction), client=row.client)
+                    row.session = self._open(row.cloud_text or cloud_prompt(row.instruction), client=row.client)
                     row.pending = list(row.generated)
                     continue
                 row.run.fall_back(f"cloud unavailable ({exc}); continuing device-only for the rest")
@@ -410,7 +409,7 @@ class CogenDevice:
         use_device = variant != "cloud"
         if use_cloud:
             for row in rows:  # only queues each stream's open message
-                row.session = self._open(cloud_prompt(row.instruction), client=row.client)
+                row.session = self._open(row.cloud_text or cloud_prompt(row.instruction), client=row.client)
         dev = BatchLM(self.lm.model, self.pad_id)
         lp_small = dev.prefill([row.prompt for row in rows]) if use_device else None
         try:
@@ -506,6 +505,7 @@ class _Row:
     context: str
     run: _Run
     prompt: list[int] = field(default_factory=list)
+    cloud_text: str = ""  # what the cloud's Decode stream is conditioned on ("" = the bare instruction)
     client: CloudClient | None = None
     mark: tuple[int, int, int] = (0, 0, 0)  # capture records, sent, received bytes at the start
     session: DecodeSession | None = None
@@ -576,22 +576,20 @@ def train_gate(
 
 
 def calibrate_gate_threshold(
-    device: CogenDevice, examples: Sequence[tuple[str, str, str]], call_share: float
+    device: CogenDevice, examples: Sequence[tuple[str, str]], call_share: float
 ) -> float:
     """Entropy threshold at which the gated variant asks the cloud for about ``call_share`` of tokens.
 
-    Measured on the device alone: its own next-token entropies, teacher-forced on the reference
-    answers of its own validation tasks ``(instruction, private_context, reference)``. Nothing leaves
-    the device. The threshold is the (1 - share) quantile of those entropies.
+    Measured on the device alone: it answers its own validation tasks ``(instruction, private_context)``
+    device-only, and the threshold is the (1 - share) quantile of its next-token entropies along those
+    answers, the distribution the gate sees when it decodes. Nothing leaves the device.
     """
     if not 0.0 < call_share < 1.0:
         raise ValueError(f"call share must be in (0, 1), got {call_share}")
+    answers = device.generate_batch(list(examples), "device")
     dev = IncrementalLM(device.lm.model)
-    values = []
-    for instruction, context, reference in examples:
-        target = device.tokenizer(reference, add_special_tokens=False)["input_ids"][: device.config.max_new_tokens]
-        if target:
-            values.append(entropy(dev.teacher_forced(device.device_ids(instruction, context), target)))
+    values = [entropy(dev.teacher_forced(device.device_ids(instr, ctx), res.token_ids))
+              for (instr, ctx), res in zip(examples, answers, strict=True) if res.token_ids]
     if not values:
-        raise ValueError("gate calibration needs at least one example with a non-empty reference")
+        raise ValueError("gate calibration needs at least one example the device answers with a token")
     return float(torch.quantile(torch.cat(values).float(), 1.0 - call_share))

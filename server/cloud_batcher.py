@@ -41,6 +41,21 @@ class SessionClosed(RuntimeError):
 
 
 @dataclass
+class _Cohort:
+    """Sessions that stepped together last time, and their batched (left-padded) KV cache.
+
+    Why: in lockstep decoding (every session of a device batch steps at once) the same sessions form
+    every batch. Re-padding, concatenating and cutting every session's cache at every step costs more
+    than the forward itself on a CPU; a cohort that steps again with the same members reuses the
+    batched cache as it is and only appends a mask column.
+    """
+
+    sessions: list[Any]
+    cache: Any  # transformers DynamicCache, [B, heads, cols, dim] per layer
+    mask: torch.Tensor  # [B, cols]: 1 where a row has a real token
+
+
+@dataclass
 class Session:
     """One Decode stream's state on the cloud."""
 
@@ -54,6 +69,8 @@ class Session:
     bytes_in: int = 0
     bytes_out: int = 0
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    cohort: _Cohort | None = None  # while set, the KV cache is row ``row`` of the cohort's batched cache
+    row: int = 0
     length: int = 0
     last_active: float = field(default_factory=time.monotonic)
     context: Any = None
@@ -67,7 +84,20 @@ class Session:
         with self.lock:
             self.closed = True
             if not self.in_flight:
-                self.kv = None
+                self.kv, self.cohort = None, None
+
+    def has_kv(self) -> bool:
+        return self.kv is not None or self.cohort is not None
+
+    def take_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """This session's own KV cache, cut out of its cohort's batched cache if it was in one."""
+        c = self.cohort
+        if c is not None:
+            start = c.mask.shape[1] - self.length
+            self.kv = [(layer.keys[self.row:self.row + 1, :, start:].clone(),
+                        layer.values[self.row:self.row + 1, :, start:].clone()) for layer in c.cache.layers]
+            self.cohort = None
+        return self.kv
 
     def stats(self) -> pb.SessionStats:
         return pb.SessionStats(
@@ -201,7 +231,7 @@ class DynamicBatcher:
         live = self._claim(pending)
         with self._lock:
             self._running = live
-        singles = [w for w in live if len(w.ids) == 1 and w.session.kv is not None]
+        singles = [w for w in live if len(w.ids) == 1 and w.session.has_kv()]
         others = [w for w in live if w not in singles]
         try:
             with torch.inference_mode():
@@ -222,13 +252,14 @@ class DynamicBatcher:
                 with w.session.lock:
                     w.session.in_flight = False
                     if w.session.closed:
-                        w.session.kv = None
+                        w.session.kv, w.session.cohort = None, None
 
     def _forward_one(self, w: _Work) -> None:
         from transformers import DynamicCache
 
         s = w.session
-        cache = DynamicCache(ddp_cache_data=s.kv) if s.kv is not None else DynamicCache()
+        kv = s.take_kv()
+        cache = DynamicCache(ddp_cache_data=kv) if kv is not None else DynamicCache()
         ids = torch.tensor([w.ids], dtype=torch.long)
         pos = torch.arange(s.length, s.length + len(w.ids)).unsqueeze(0)
         out = self.model(input_ids=ids, past_key_values=cache, position_ids=pos, use_cache=True)
@@ -240,37 +271,40 @@ class DynamicBatcher:
     def _forward_batch(self, items: list[_Work]) -> None:
         from transformers import DynamicCache
 
-        lengths = [w.session.length for w in items]
-        longest = max(lengths)
-        n_layers = len(items[0].session.kv)
-        data = []
-        for li in range(n_layers):
-            keys, values = [], []
-            for w, length in zip(items, lengths, strict=True):
-                k, v = w.session.kv[li]
-                pad = longest - length
-                keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
-                values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
-            data.append((torch.cat(keys), torch.cat(values)))
-        mask = torch.zeros(len(items), longest + 1, dtype=torch.long)
-        for row, length in enumerate(lengths):
-            mask[row, longest - length :] = 1
+        sessions = [w.session for w in items]
+        lengths = [s.length for s in sessions]
+        cohort = sessions[0].cohort
+        if cohort is not None and cohort.sessions == sessions and all(s.cohort is cohort for s in sessions):
+            cache = cohort.cache  # the same sessions stepped together last time: reuse their batched cache
+            mask = torch.cat([cohort.mask, torch.ones(len(items), 1, dtype=torch.long)], dim=1)
+        else:
+            kvs = [s.take_kv() for s in sessions]
+            longest = max(lengths)
+            data = []
+            for li in range(len(kvs[0])):
+                keys, values = [], []
+                for kv, length in zip(kvs, lengths, strict=True):
+                    k, v = kv[li]
+                    pad = longest - length
+                    keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+                    values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+                data.append((torch.cat(keys), torch.cat(values)))
+            cache = DynamicCache(ddp_cache_data=data)
+            mask = torch.zeros(len(items), longest + 1, dtype=torch.long)
+            for row, length in enumerate(lengths):
+                mask[row, longest - length:] = 1
         out = self.model(
             input_ids=torch.tensor([w.ids for w in items], dtype=torch.long),
-            past_key_values=DynamicCache(ddp_cache_data=data),
+            past_key_values=cache,
             attention_mask=mask,
             position_ids=torch.tensor([[length] for length in lengths], dtype=torch.long),
             use_cache=True,
         )
         self.batches += 1
         self.batched_rows += len(items)
-        layers = out.past_key_values.layers
-        for row, (w, length) in enumerate(zip(items, lengths, strict=True)):
-            start = longest - length
-            w.session.kv = [
-                (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
-                for layer in layers
-            ]
-            w.session.length = length + 1
+        new = _Cohort(sessions, out.past_key_values, mask)
+        for row, (w, s) in enumerate(zip(items, sessions, strict=True)):
+            s.kv, s.cohort, s.row = None, new, row
+            s.length += 1
             w.logits = out.logits[row, -1].float().clone()
             w.done.set()

@@ -254,3 +254,40 @@ def test_grpc_worker_pool_does_not_block_interpreter_exit():
     )
     proc = subprocess.run([sys.executable, "-c", code], timeout=30, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_lockstep_cohort_reuses_the_batched_cache_and_matches_single_decoding():
+    """Sessions that step together reuse one batched cache; leaving the cohort cuts a session's own
+    cache back out. Every distribution equals decoding that session alone."""
+    from fedcogen.client.cogen_device import IncrementalLM
+
+    model = load_model("tiny").model
+    batcher = DynamicBatcher(model, window_ms=0.0, max_batch=8)
+    try:
+        prompts = {"a": [5, 6, 7, 8], "b": [9, 10], "c": [11, 12, 13]}
+        sessions = {k: _session(k) for k in prompts}
+        refs = {k: IncrementalLM(model) for k in prompts}
+        for k, p in prompts.items():
+            work = _Work(sessions[k], p, None)
+            batcher._run([work])
+            assert torch.allclose(work.logits.log_softmax(-1), refs[k].prefill(p), atol=1e-4)
+
+        def step(keys, token):
+            works = [_Work(sessions[k], [token], None) for k in keys]
+            batcher._run(works)
+            for k, w in zip(keys, works, strict=True):
+                assert w.error is None
+                assert torch.allclose(w.logits.log_softmax(-1), refs[k].step([token]), atol=1e-4), (k, token)
+
+        step(["a", "b", "c"], 21)  # builds the cohort
+        cohort = sessions["a"].cohort
+        step(["a", "b", "c"], 22)  # reuses it
+        step(["a", "b", "c"], 23)
+        assert sessions["b"].cohort is not None and sessions["b"].kv is None and cohort is not None
+        step(["a", "b"], 24)  # the cohort changes: caches are cut out and re-batched
+        step(["c"], 25)  # a single step from a cohort member
+        step(["a", "b"], 26)
+        sessions["a"].release()
+        assert not sessions["a"].has_kv()
+    finally:
+        batcher.stop()

@@ -181,7 +181,8 @@ def test_wire_capture_detects_context_in_eval_only_upper_bound(cloud_lm, device_
     )
     try:
         res = dev.generate(INSTRUCTION, CONTEXT, "cloud_with_context")
-        assert res.cloud_calls == 1
+        assert res.cloud_calls == res.tokens + (res.tokens < 4)  # one cloud distribution per position
+        assert res.cloud_call_fraction == 1.0
         assert capture.contains(CANARY)  # the detector can fail: this variant leaks by design
     finally:
         dev.close()
