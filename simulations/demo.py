@@ -43,7 +43,7 @@ class DemoConfig:
     heldout_users: int = 4  # devices that never train: evaluated to show generalisation
     clients_per_round: int = 2
     rounds: int = 6
-    local_steps: int = 8
+    local_steps: int = 7
     batch_size: int = 4
     lr: float = 4e-3
     server_lr: float = 1.5  # FedAvg step on the mean update; > 1 makes up for averaging diverse clients
@@ -57,7 +57,7 @@ class DemoConfig:
     max_new_tokens: int = 96  # references average ~70 tokens; the personalised device stops at EOS
     sketch_max_new_tokens: int = 48  # an outline of 3-5 short points
     gate_call_share: float = 0.25  # the gated variant asks the cloud for about this share of tokens
-    eval_batch: int = 16  # answers decoded in lockstep
+    eval_batch: int = 32  # answers decoded in lockstep (the cloud batches as many sessions)
     seed: int = 0
     device_model: str = "smollm2-27l"
     cloud_model: str = "smollm2"
@@ -181,8 +181,11 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
     profiles = {p.user_id: StyleMarkers.from_profile(asdict(p)) for p in fed.profiles}
     log_path = cfg.run_dir / "cloud.log"
     out: dict[str, Any] = {}
-    with spawned_cloud(cfg.cloud_model, allow_eval_only_context=True, log_path=log_path, wait=False,
-                       tls_dir=tls_dir, token=token, timeout_s=600) as cloud:
+    # lockstep batches of eval_batch sessions: the cloud batches them all and waits long enough for
+    # every step of a batch to arrive, so the same cohort (and its batched KV cache) steps each time
+    serve = ["--max-batch", str(cfg.eval_batch), "--batch-window-ms", "10"]
+    with spawned_cloud(cfg.cloud_model, log_path=log_path, wait=False,
+                       tls_dir=tls_dir, token=token, timeout_s=600, serve_args=serve) as cloud:
         print(f"  cloud process pid {cloud.process.pid} on {cloud.address} (TLS + bearer token), log {log_path}")
         out["writer_strength"] = writer_strength(cfg.device_model, cfg.cloud_model,
                                                  groups["seen_users"] + groups["unseen_users"], cfg.max_seq_len)

@@ -245,6 +245,7 @@ class SpawnedCloud:
 def spawned_cloud(
     cloud_model: str, *, allow_eval_only_context: bool = False, timeout_s: float = 120.0,
     log_path: Path | None = None, wait: bool = True, tls_dir: Path | None = None, token: str | None = None,
+    serve_args: Sequence[str] = (),
 ) -> Iterator[SpawnedCloud]:
     """Run ``fedcogen cloud serve`` on a free loopback port and yield it once it is SERVING.
 
@@ -266,6 +267,7 @@ def spawned_cloud(
            "--port", str(port), "--model", cloud_model]
     if allow_eval_only_context:
         cmd.append("--allow-eval-only-context")
+    cmd += list(serve_args)  # further `fedcogen cloud serve` flags (batch size, limits)
     out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
     log.info("starting cloud: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
