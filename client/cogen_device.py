@@ -271,7 +271,7 @@ class CogenDevice:
         if not items:
             return []
         started = time.perf_counter()
-        rows = [_Row(instr, ctx, _Run(variant)) for instr, ctx in items]
+        rows = [_Row(instr, ctx, _Run(variant), cloud_text=cloud_prompt(instr)) for instr, ctx in items]
         own_clients: list[CloudClient] = []
         try:
             if variant != "device":
@@ -287,14 +287,14 @@ class CogenDevice:
                                 row.client.capture.received_bytes)
             if variant == "cloud_with_context":
                 self._upper_bound_texts(rows)
-                self._decode(rows, "cloud", started)
+                self._decode(rows, "cloud")
             elif variant == "sketch":
                 self._sketch(rows)
-                self._decode(rows, "device", started)
+                self._decode(rows, "device")
             else:
                 for row in rows:
                     row.prompt = self.device_ids(row.instruction, row.context)
-                self._decode(rows, variant, started)
+                self._decode(rows, variant)
             return [self._result(row, variant, started) for row in rows]
         finally:
             for c in own_clients:
@@ -395,21 +395,21 @@ class CogenDevice:
                     log.warning(msg)
                     row.run.warnings.append(msg)
                     row.client.connect()
-                    row.session = self._open(row.cloud_text or cloud_prompt(row.instruction), client=row.client)
+                    row.session = self._open(row.cloud_text, client=row.client)
                     row.pending = list(row.generated)
                     continue
                 row.run.fall_back(f"cloud unavailable ({exc}); continuing device-only for the rest")
                 return None
         return None
 
-    def _decode(self, rows: list[_Row], variant: str, started: float) -> None:
+    def _decode(self, rows: list[_Row], variant: str) -> None:
         """Lockstep decoding of every row: ``device`` alone, ``cloud`` alone, ``logit`` or ``gated`` fusion."""
         cfg = self.config
         use_cloud = variant in ("cloud", "logit", "gated")
         use_device = variant != "cloud"
         if use_cloud:
             for row in rows:  # only queues each stream's open message
-                row.session = self._open(row.cloud_text or cloud_prompt(row.instruction), client=row.client)
+                row.session = self._open(row.cloud_text, client=row.client)
         dev = BatchLM(self.lm.model, self.pad_id)
         lp_small = dev.prefill([row.prompt for row in rows]) if use_device else None
         try:
@@ -463,7 +463,7 @@ class CogenDevice:
                 row.device_tail = False
                 tail = _Row(row.instruction, row.context, row.run, generated=list(row.generated),
                             prompt=self.device_ids(row.instruction, row.context) + row.generated)
-                self._decode([tail], "device", started)
+                self._decode([tail], "device")
                 row.generated = tail.generated
                 row.finished_at = tail.finished_at
 
@@ -505,7 +505,8 @@ class _Row:
     context: str
     run: _Run
     prompt: list[int] = field(default_factory=list)
-    cloud_text: str = ""  # what the cloud's Decode stream is conditioned on ("" = the bare instruction)
+    cloud_text: str = ""  # what the cloud's Decode stream is conditioned on (the bare instruction, or for the
+    # upper bound instruction + context)
     client: CloudClient | None = None
     mark: tuple[int, int, int] = (0, 0, 0)  # capture records, sent, received bytes at the start
     session: DecodeSession | None = None

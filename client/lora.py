@@ -247,7 +247,7 @@ def _target_loss(lm: LoraModel, batch: Mapping[str, Any]) -> tuple[Any, int]:
     head = causal.get_output_embeddings() if hasattr(causal, "get_output_embeddings") else None
     if decoder is None or head is None or getattr(causal.config, "final_logit_softcapping", None):
         out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return _causal_loss(out.logits, batch["labels"])
+        return causal_loss(out.logits, batch["labels"])
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     shift_labels = batch["labels"][:, 1:]
     keep = shift_labels != IGNORE_INDEX
@@ -257,7 +257,7 @@ def _target_loss(lm: LoraModel, batch: Mapping[str, Any]) -> tuple[Any, int]:
     return loss, n_tok
 
 
-def _causal_loss(logits: Any, labels: Any) -> tuple[Any, int]:
+def causal_loss(logits: Any, labels: Any) -> tuple[Any, int]:
     """Mean token loss over non-masked target tokens (shifted), and the token count."""
     import torch.nn.functional as F
 

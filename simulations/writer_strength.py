@@ -16,7 +16,7 @@ def reference_loss(model_name: str, tasks: Sequence[Any], max_seq_len: int = 320
     """Token-weighted mean loss on each task's reference given only its instruction."""
     import torch
 
-    from fedcogen.client.lora import IGNORE_INDEX, Encoded, collate
+    from fedcogen.client.lora import IGNORE_INDEX, Encoded, causal_loss, collate
     from fedcogen.client.prompts import CLOUD_SYSTEM, cloud_prompt
     from fedcogen.models import chat_input_ids, shared_model
 
@@ -30,12 +30,9 @@ def reference_loss(model_name: str, tasks: Sequence[Any], max_seq_len: int = 320
             target = list(tok(t.reference, add_special_tokens=False)["input_ids"])[: max(1, max_seq_len - len(prompt))]
             batch = collate([Encoded(prompt + target, [IGNORE_INDEX] * len(prompt) + target)], pad)
             logits = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            labels = batch["labels"][:, 1:]
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-                                                     labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                                                     reduction="sum")
-            total += float(loss)
-            count += int((labels != IGNORE_INDEX).sum())
+            loss, n_tok = causal_loss(logits.float(), batch["labels"])
+            total += float(loss) * n_tok
+            count += n_tok
     return total / max(1, count)
 
 
