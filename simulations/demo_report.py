@@ -8,9 +8,10 @@ how much.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
+
+from fedcogen.simulations.report import fmt_ci
 
 VARIANTS = ("cloud", "device", "device_personalised", "sketch", "logit", "gated", "cloud_with_context")
 LABELS = {
@@ -31,14 +32,6 @@ TARGETS = {"fact_recall": 0.6, "rouge_l": 0.35, "repeat_4gram": 0.10}
 GROUP_TITLES = {"seen_users": "users who trained (their unseen tasks)", "unseen_users": "users who never trained"}
 
 
-def _ci(c: dict | None, digits: int) -> str:
-    if not c or not c.get("n") or c.get("mean") is None or (isinstance(c["mean"], float) and math.isnan(c["mean"])):
-        return "-"
-    if c["n"] == 1:
-        return f"{c['mean']:.{digits}f}"
-    return f"{c['mean']:.{digits}f} [{c['low']:.{digits}f}, {c['high']:.{digits}f}]"
-
-
 def _mean(overall: dict, variant: str, metric: str) -> float:
     c = overall.get(variant, {}).get(metric) or {}
     v = c.get("mean")
@@ -50,7 +43,7 @@ def variant_table(overall: dict[str, Any]) -> list[str]:
              "|---|---|" + "---|" * len(COLUMNS)]
     for v in VARIANTS:
         if v in overall:
-            lines.append(f"| {v} | {LABELS[v]} | " + " | ".join(_ci(overall[v].get(m), d) for m, _, d in COLUMNS) + " |")
+            lines.append(f"| {v} | {LABELS[v]} | " + " | ".join(fmt_ci(overall[v].get(m), d) for m, _, d in COLUMNS) + " |")
     return lines
 
 
