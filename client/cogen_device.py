@@ -23,12 +23,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from fedcogen.client.adapter_loading import load_adapter
 from fedcogen.client.batch_lm import BatchLM
 from fedcogen.client.cloud_client import (
     CloudClient,
@@ -36,145 +35,20 @@ from fedcogen.client.cloud_client import (
     DecodeSession,
 )
 from fedcogen.client.decoding import RepetitionControl, choose
+from fedcogen.client.device_answer import DeviceAnswer
+from fedcogen.client.device_config import DeviceConfig
 from fedcogen.client.fusion import FusionGate, entropy, fuse_logprobs, top2_margin
-from fedcogen.client.prompts import DEVICE_SYSTEM, cloud_prompt, device_prompt, fit_context
+from fedcogen.client.lockstep_rows import Row, RunStats, in_parallel
 from fedcogen.client.wire_capture import WireCapture
-from fedcogen.models import LoadedModel, ModelError, chat_input_ids, load_model
+from fedcogen.models import LoadedModel, ModelError, chat_input_ids, load_model, stop_token_ids
+from fedcogen.prompts import DEVICE_SYSTEM, cloud_prompt, device_prompt, fit_context
 from fedcogen.protocols import logit_codec
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("device", "cloud", "sketch", "logit", "gated", "cloud_with_context")
-@dataclass
-class DeviceConfig:
-    """Device-side generation settings (``fedcogen generate`` flags map onto these)."""
-
-    device_model: str = "smollm2-24l"
-    seed: int = 0
-    adapter: str | None = None
-    cloud: str | None = None
-    tls_dir: str | None = None
-    token: str | None = None
-    insecure: bool = False
-    k: int = 64
-    encoding: str = "fp16"
-    weight: float = 0.5
-    gate_path: str | None = None
-    max_new_tokens: int = 160  # fits ~150-token references; trained devices stop at EOS well before
-    max_prompt_tokens: int = 3072  # longer private contexts are shrunk (fit_context); SmolLM2 reads 8192
-    repetition_penalty: float = RepetitionControl.penalty
-    no_repeat_ngram: int = RepetitionControl.no_repeat_ngram
-    sample: bool = False
-    temperature: float = 1.0
-    gated_metric: str = "entropy"  # or "margin"
-    gated_threshold: float = 2.5  # entropy (nats) above / margin below this -> ask the cloud
-    step_timeout_s: float = 20.0
-    sketch_timeout_s: float = 120.0
-    sketch_max_new_tokens: int = 96
-
-    def validate(self) -> None:
-        if not 0.0 <= self.weight <= 1.0:
-            raise ValueError(f"--weight must be in [0, 1] or 'learned', got {self.weight}")
-        if self.gated_metric not in ("entropy", "margin"):
-            raise ValueError(f"gated metric must be 'entropy' or 'margin', got {self.gated_metric}")
-        logit_codec.CodecConfig(self.k, self.encoding).encoding_value()
-        if self.k < 1:
-            raise ValueError(f"--k must be >= 1, got {self.k}")
 
 
-@dataclass
-class GenerationResult:
-    """One generation: the text and what it cost."""
-
-    text: str
-    variant: str
-    tokens: int
-    tokens_per_s: float
-    cloud_calls: int
-    cloud_call_fraction: float
-    bytes_sent: int
-    bytes_received: int
-    fell_back: bool
-    latency_s: float
-    token_ids: list[int] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    sketch: str | None = None
-    wire_records: list[Any] = field(default_factory=list, repr=False)  # what this answer put on the wire
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "wire_records"}
-
-
-# --------------------------------------------------------------------------- device model
-class IncrementalLM:
-    """A causal LM with its own KV cache: ``prefill`` a prompt, then ``step`` one token at a time."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.cache: Any = None
-        self.length = 0
-
-    @torch.inference_mode()
-    def prefill(self, ids: Sequence[int]) -> torch.Tensor:
-        from transformers import DynamicCache
-
-        self.cache = DynamicCache()
-        self.length = 0
-        return self.step(ids)
-
-    @torch.inference_mode()
-    def step(self, ids: Sequence[int]) -> torch.Tensor:
-        x = torch.tensor([list(ids)], dtype=torch.long)
-        pos = torch.arange(self.length, self.length + len(ids)).unsqueeze(0)
-        out = self.model(input_ids=x, past_key_values=self.cache, position_ids=pos, use_cache=True)
-        self.cache = out.past_key_values
-        self.length += len(ids)
-        return torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-
-    @torch.inference_mode()
-    def teacher_forced(self, prompt: Sequence[int], target: Sequence[int]) -> torch.Tensor:
-        """Log-probs predicting each target token (row i predicts target[i]) in one forward."""
-        ids = torch.tensor([list(prompt) + list(target)], dtype=torch.long)
-        logits = self.model(input_ids=ids).logits[0].float()
-        start = len(prompt) - 1
-        return torch.log_softmax(logits[start : start + len(target)], dim=-1)
-
-
-def load_adapter(lm: LoadedModel, adapter: str) -> LoadedModel:
-    """Layer a personalised LoRA adapter over the device model.
-
-    Accepts a PEFT ``save_pretrained`` folder (``adapter_config.json`` + weights) or a single weights
-    file (``.safetensors`` / ``.pt``) that sits next to an ``adapter_config.json``.
-    """
-    from peft import PeftConfig, PeftModel, get_peft_model, set_peft_model_state_dict
-
-    path = Path(adapter).expanduser()
-    if path.is_dir():
-        if not (path / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"adapter folder {path} has no adapter_config.json (expected PEFT save_pretrained)")
-        model = PeftModel.from_pretrained(lm.model, str(path))
-    elif path.is_file():
-        cfg_file = path.parent / "adapter_config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"adapter file {path} needs an adapter_config.json next to it")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        model = get_peft_model(lm.model, PeftConfig.from_pretrained(str(path.parent)))
-        result = set_peft_model_state_dict(model, state)
-        unexpected = getattr(result, "unexpected_keys", None)
-        if unexpected:
-            raise ValueError(f"adapter {path} has weights this model lacks: {list(unexpected)[:3]}")
-    else:
-        raise FileNotFoundError(f"adapter not found: {path}")
-    model.eval()
-    return LoadedModel(model=model, tokenizer=lm.tokenizer, name=f"{lm.name}+{path.name}", source=lm.source)
-
-
-# --------------------------------------------------------------------------- the device
 class CogenDevice:
     """Device-side CoGenesis client. Build once, call :meth:`generate` per (instruction, context)."""
 
@@ -192,8 +66,6 @@ class CogenDevice:
             lm = load_adapter(lm, config.adapter)
         self.lm = lm
         self.tokenizer = lm.tokenizer
-        from fedcogen.server.cloud_service import stop_token_ids
-
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.fingerprint = logit_codec.tokenizer_fingerprint(self.tokenizer)
         self.gate = gate if gate is not None else (FusionGate.load(config.gate_path) if config.gate_path else None)
@@ -254,11 +126,11 @@ class CogenDevice:
             )
 
     # ----------------------------------------------------------------- public API
-    def generate(self, instruction: str, private_context: str, variant: str = "logit") -> GenerationResult:
+    def generate(self, instruction: str, private_context: str, variant: str = "logit") -> DeviceAnswer:
         """Generate one answer with the chosen variant (see module docstring)."""
         return self.generate_batch([(instruction, private_context)], variant)[0]
 
-    def generate_batch(self, items: Sequence[tuple[str, str]], variant: str = "logit") -> list[GenerationResult]:
+    def generate_batch(self, items: Sequence[tuple[str, str]], variant: str = "logit") -> list[DeviceAnswer]:
         """Answer several (instruction, private context) pairs in lockstep: one batched device forward
         per step, every row's cloud step in flight at once (the cloud batches them).
 
@@ -271,7 +143,7 @@ class CogenDevice:
         if not items:
             return []
         started = time.perf_counter()
-        rows = [_Row(instr, ctx, _Run(variant), cloud_text=cloud_prompt(instr)) for instr, ctx in items]
+        rows = [Row(instr, ctx, RunStats(variant), cloud_text=cloud_prompt(instr)) for instr, ctx in items]
         own_clients: list[CloudClient] = []
         try:
             if variant != "device":
@@ -300,7 +172,7 @@ class CogenDevice:
             for c in own_clients:
                 c.close()
 
-    def _result(self, row: _Row, variant: str, started: float) -> GenerationResult:
+    def _result(self, row: Row, variant: str, started: float) -> DeviceAnswer:
         latency = (row.finished_at or time.perf_counter()) - started
         ids = row.generated
         sent = received = 0
@@ -310,7 +182,7 @@ class CogenDevice:
             records = list(cap.records[row.mark[0]:])
             sent, received = cap.sent_bytes - row.mark[1], cap.received_bytes - row.mark[2]
         run = row.run
-        return GenerationResult(
+        return DeviceAnswer(
             text=self.tokenizer.decode(ids, skip_special_tokens=True),
             variant=variant,
             tokens=len(ids),
@@ -332,21 +204,21 @@ class CogenDevice:
         cfg = self.config
         return choose(lp, generated, self.repetition, sample=cfg.sample, temperature=cfg.temperature, rng=self._rng)
 
-    def _upper_bound_texts(self, rows: list[_Row]) -> None:
+    def _upper_bound_texts(self, rows: list[Row]) -> None:
         """The privacy-violating upper bound: the cloud's prompt carries the private context (evaluation
         only). It decodes like the ``cloud`` variant, in lockstep with the same token choice rules, so
         only what the cloud sees differs."""
         log.warning("cloud_with_context sends the PRIVATE CONTEXT to the cloud: evaluation upper bound only")
         for row in rows:
-            def count(c: str, row: _Row = row) -> int:
+            def count(c: str, row: Row = row) -> int:
                 return len(self.tokenizer(device_prompt(row.instruction, c))["input_ids"]) + 64
 
             row.cloud_text = device_prompt(row.instruction, fit_context(row.context, count, self.config.max_prompt_tokens))
 
-    def _sketch(self, rows: list[_Row]) -> None:
+    def _sketch(self, rows: list[Row]) -> None:
         """Fetch every row's outline (concurrently), then set the device prompts that include it."""
 
-        def one(row: _Row) -> None:
+        def one(row: Row) -> None:
             for attempt in (1, 2):
                 try:
                     reply = row.client.sketch(row.instruction, self.config.sketch_max_new_tokens,
@@ -361,7 +233,7 @@ class CogenDevice:
                         continue
                     row.run.fall_back(f"cloud unavailable for the sketch ({exc}); writing without an outline")
 
-        _in_parallel(one, rows)
+        in_parallel(one, rows)
         for row in rows:
             row.prompt = self.device_ids(row.instruction, row.context, row.run.sketch)
 
@@ -374,7 +246,7 @@ class CogenDevice:
             step_timeout=self.config.step_timeout_s,
         )
 
-    def _fetch(self, row: _Row) -> torch.Tensor | None:
+    def _fetch(self, row: Row) -> torch.Tensor | None:
         """The cloud's log-probs for the row's current prefix, or None once it fell back."""
         if row.run.fell_back:
             return None
@@ -402,7 +274,7 @@ class CogenDevice:
                 return None
         return None
 
-    def _decode(self, rows: list[_Row], variant: str) -> None:
+    def _decode(self, rows: list[Row], variant: str) -> None:
         """Lockstep decoding of every row: ``device`` alone, ``cloud`` alone, ``logit`` or ``gated`` fusion."""
         cfg = self.config
         use_cloud = variant in ("cloud", "logit", "gated")
@@ -461,7 +333,7 @@ class CogenDevice:
         for row in rows:
             if row.device_tail:  # finish device-only after the cloud went away (cloud variant)
                 row.device_tail = False
-                tail = _Row(row.instruction, row.context, row.run, generated=list(row.generated),
+                tail = Row(row.instruction, row.context, row.run, generated=list(row.generated),
                             prompt=self.device_ids(row.instruction, row.context) + row.generated)
                 self._decode([tail], "device")
                 row.generated = tail.generated
@@ -495,102 +367,3 @@ class CogenDevice:
             sketch = self.client.sketch(task["instruction"], self.config.sketch_max_new_tokens, self.config.sketch_timeout_s)
             pairs.append((device_prompt(task["instruction"], task["private_context"], sketch.sketch), task["target"]))
         return pairs
-
-
-@dataclass
-class _Row:
-    """One answer in a lockstep batch."""
-
-    instruction: str
-    context: str
-    run: _Run
-    prompt: list[int] = field(default_factory=list)
-    cloud_text: str = ""  # what the cloud's Decode stream is conditioned on (the bare instruction, or for the
-    # upper bound instruction + context)
-    client: CloudClient | None = None
-    mark: tuple[int, int, int] = (0, 0, 0)  # capture records, sent, received bytes at the start
-    session: DecodeSession | None = None
-    generated: list[int] = field(default_factory=list)
-    pending: list[int] = field(default_factory=list)  # committed but not yet sent (gated catch-up)
-    reconnected: bool = False
-    done: bool = False
-    device_tail: bool = False
-    finished_at: float = 0.0
-
-    def finish(self, device_tail: bool = False) -> None:
-        self.done, self.device_tail, self.finished_at = True, device_tail, time.perf_counter()
-
-
-def _in_parallel(fn: Any, rows: Sequence[_Row]) -> None:
-    """Run one blocking cloud call per row concurrently (the cloud serves them in parallel)."""
-    if len(rows) == 1:
-        fn(rows[0])
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(8, len(rows)), thread_name_prefix="cogen-call") as pool:
-        list(pool.map(fn, rows))
-
-
-@dataclass
-class _Run:
-    variant: str
-    calls: int = 0
-    positions: int = 0
-    fell_back: bool = False
-    warnings: list[str] = field(default_factory=list)
-    sketch: str | None = None
-
-    def fall_back(self, message: str) -> None:
-        log.warning(message)
-        self.warnings.append(message)
-        self.fell_back = True
-
-
-def train_gate(
-    device: CogenDevice,
-    examples: Sequence[dict[str, str]],
-    epochs: int = 30,
-    lr: float = 0.02,
-    max_target_tokens: int = 48,
-) -> tuple[FusionGate, dict[str, float]]:
-    """Train the learned fusion gate on the device's own data.
-
-    ``examples``: dicts with ``instruction``, ``private_context``, ``target``. The device computes its
-    own distributions (with context) teacher-forced on the target; the cloud returns its distributions
-    for the same prefixes over ``Decode`` (it sees instruction + answer prefix, never the context).
-    """
-    from fedcogen.client.fusion import GateTrainConfig, fit_gate
-
-    dev = IncrementalLM(device.lm.model)
-    small, large, targets = [], [], []
-    for ex in examples:
-        target_ids = device.tokenizer(ex["target"], add_special_tokens=False)["input_ids"][:max_target_tokens]
-        if not target_ids:
-            continue
-        small.append(dev.teacher_forced(device.device_ids(ex["instruction"], ex["private_context"]), target_ids))
-        large.append(torch.stack(device.cloud_teacher_forced(ex["instruction"], target_ids)))
-        targets.extend(target_ids)
-    if not targets:
-        raise ValueError("train_gate needs at least one example with a non-empty target")
-    return fit_gate(torch.cat(small), torch.cat(large), targets, GateTrainConfig(epochs=epochs, lr=lr))
-
-
-def calibrate_gate_threshold(
-    device: CogenDevice, examples: Sequence[tuple[str, str]], call_share: float
-) -> float:
-    """Entropy threshold at which the gated variant asks the cloud for about ``call_share`` of tokens.
-
-    Measured on the device alone: it answers its own validation tasks ``(instruction, private_context)``
-    device-only, and the threshold is the (1 - share) quantile of its next-token entropies along those
-    answers, the distribution the gate sees when it decodes. Nothing leaves the device.
-    """
-    if not 0.0 < call_share < 1.0:
-        raise ValueError(f"call share must be in (0, 1), got {call_share}")
-    answers = device.generate_batch(list(examples), "device")
-    dev = IncrementalLM(device.lm.model)
-    values = [entropy(dev.teacher_forced(device.device_ids(instr, ctx), res.token_ids))
-              for (instr, ctx), res in zip(examples, answers, strict=True) if res.token_ids]
-    if not values:
-        raise ValueError("gate calibration needs at least one example the device answers with a token")
-    return float(torch.quantile(torch.cat(values).float(), 1.0 - call_share))

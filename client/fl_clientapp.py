@@ -32,7 +32,11 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from fedcogen.client.lora_training import encode_examples, eval_loss, train_local
+from fedcogen.lora_adapter import adapter_digest, adapter_sub, get_adapter, lora_model, lora_spec, set_adapter
+from fedcogen.protocols import dp
 from fedcogen.protocols import fl_messages as fm
+from fedcogen.protocols import sparse_codec as codec
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +117,7 @@ def save_state(context: Context, settings: fm.FLSettings, client_id: str, state:
         os.replace(tmp, path)
 
 
-# --------------------------------------------------------------------------- helpers shared with the server
-
-
-def lora_spec(settings: fm.FLSettings) -> Any:
-    from fedcogen.client.lora import LoraSpec
-
-    return LoraSpec(
-        r=settings.lora_r,
-        alpha=settings.lora_alpha,
-        dropout=settings.lora_dropout,
-        targets=LoraSpec.parse_targets(settings.lora_targets),
-    )
+# --------------------------------------------------------------------------- data and seeds
 
 
 def federation_for(settings: fm.FLSettings) -> Any:
@@ -184,7 +177,6 @@ def client_id_for(settings: fm.FLSettings, partition_id: int) -> str:
 
 def encoded_split(settings: fm.FLSettings, client_id: str, split: str, tokenizer: Any) -> list[Any]:
     """Tokenised (prompt, target) pairs of one client's split, cached per process."""
-    from fedcogen.client.lora import encode_examples
     from fedcogen.simulations import data as sd
 
     key = (settings.data_dir, settings.model, client_id, split, settings.max_seq_len, settings.history_examples,
@@ -239,8 +231,6 @@ def _partition_id(context: Context) -> int:
 
 
 def _rebuild_broadcast(lm: Any, state: ClientState, patch: fm.Patch) -> dict[str, np.ndarray]:
-    from fedcogen.client.lora import adapter_digest
-
     if patch.kind == fm.PATCH_FULL or patch.base_version == 0 and 0 not in state.copies:
         base = lm.initial
     elif patch.base_version in state.copies:
@@ -273,8 +263,6 @@ def compress_update(
     carries clipping and quantisation leftovers, never the noise, which would otherwise feed back
     into the next round's update with the opposite sign.
     """
-    from fedcogen.protocols import sparse_codec as codec
-
     cfg = codec.CodecConfig(
         density=settings.density, scope=settings.scope, quant=settings.quant, index_coding=settings.index_coding
     )
@@ -283,8 +271,6 @@ def compress_update(
     corrected = {k: np.asarray(v, np.float32) for k, v in corrected.items()}
     sparse = codec.topk_sparsify(corrected, cfg)
     if settings.dp_mode != "none":
-        from fedcogen.protocols import dp
-
         dpc = dp.DPConfig(mode=settings.dp_mode, clip_norm=settings.dp_clip_norm,
                           noise_multiplier=settings.dp_noise_multiplier, delta=settings.dp_delta,
                           clients_per_round=max(1, settings.clients_per_round))
@@ -304,8 +290,6 @@ def compress_update(
 def run_train(settings: fm.FLSettings, patch: fm.Patch, server_round: int, partition_id: int,
               client_id: str, state: ClientState) -> tuple[bytes, dict[str, float], ClientState]:
     """One round of client work, independent of Flower (the ClientApp and benchmarks call it)."""
-    from fedcogen.client.lora import adapter_sub, get_adapter, lora_model, set_adapter, train_local
-
     lm = lora_model(settings.model, settings.seed, lora_spec(settings))
     broadcast = _rebuild_broadcast(lm, state, patch)
     data = encoded_split(settings, client_id, "train", lm.tokenizer)
@@ -318,8 +302,6 @@ def run_train(settings: fm.FLSettings, patch: fm.Patch, server_round: int, parti
     blob, new_residual = compress_update(update, state.residual_before(server_round), settings, rng)
     state.copies[patch.target_version] = broadcast
     state.residuals[server_round] = new_residual
-    from fedcogen.protocols import sparse_codec as codec
-
     stats = codec.blob_stats(blob)
     metrics = {
         fm.NUM_EXAMPLES: len(data),
@@ -368,8 +350,6 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Validation loss of the current broadcast adapter on this client's private val split."""
-    from fedcogen.client.lora import eval_loss, lora_model, set_adapter
-
     settings, cfg = _settings_from(msg, context)
     pid = _partition_id(context)
     client_id = client_id_for(settings, pid)

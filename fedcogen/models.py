@@ -330,6 +330,19 @@ def chat_input_ids(tokenizer: Any, user_text: str, system: str | None = None) ->
     return tokenizer(f"{prefix}{user_text}\n", add_special_tokens=True)["input_ids"]
 
 
+def stop_token_ids(tokenizer: Any) -> set[int]:
+    """End-of-text ids of a tokenizer (eos plus the chat end-of-turn marker when it exists).
+
+    Device and cloud both stop generating on these, so they live next to the chat formatting.
+    """
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for marker in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(marker)
+        if isinstance(tid, int) and tid >= 0 and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return ids
+
+
 def known_models() -> list[dict[str, str]]:
     """Names accepted by :func:`load_model`, with a description each."""
     rows = [{"name": n, "description": d} for n, d in EMBEDDED_MODELS.items()]

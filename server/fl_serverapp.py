@@ -23,13 +23,10 @@ checkpointed round with identical results (client state is persisted by the clie
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,103 +34,16 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
+from fedcogen.lora_adapter import adapter_norm, adapter_sub, lora_model, lora_spec
+from fedcogen.protocols import dp
 from fedcogen.protocols import fl_messages as fm
+from fedcogen.protocols import sparse_codec as codec
+from fedcogen.server.aggregation import RoundAggregator, ServerOptConfig, ServerOptimizer, ValidationLimits
+from fedcogen.server.checkpoint import has_checkpoint
+from fedcogen.server.fl_outputs import ppl, write_outputs
+from fedcogen.server.fl_state import ServerState, advance_broadcast, load_state, patch_for, save_state
 
 log = logging.getLogger("fedcogen.server")
-
-UNKNOWN = -1
-
-
-@dataclass
-class ServerState:
-    """Everything that must survive a restart (all of it goes into the checkpoint)."""
-
-    round: int
-    global_adapter: dict[str, np.ndarray]
-    broadcast: dict[str, np.ndarray]
-    changed: dict[int, dict[str, np.ndarray]]  # version -> flat indices changed by that version's delta
-    last_delta: bytes
-    client_versions: dict[str, int]
-    opt_m: dict[str, np.ndarray] = field(default_factory=dict)
-    opt_v: dict[str, np.ndarray] = field(default_factory=dict)
-    opt_steps: int = 0
-    dp_rounds: int = 0
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    ledger: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def version(self) -> int:
-        return self.round
-
-
-# --------------------------------------------------------------------------- checkpoint mapping
-
-
-def _fingerprint(s: fm.FLSettings) -> dict[str, Any]:
-    """Settings that must match for a resume to be meaningful."""
-    keys = ("model", "seed", "lora_r", "lora_alpha", "lora_targets", "num_clients", "server_opt")
-    return {k: getattr(s, k) for k in keys}
-
-
-def save_state(folder: Path, state: ServerState, settings: fm.FLSettings) -> None:
-    from fedcogen.server.checkpoint import save_checkpoint
-
-    arrays: dict[str, np.ndarray] = {}
-    arrays.update({f"global/{k}": v for k, v in state.global_adapter.items()})
-    arrays.update({f"broadcast/{k}": v for k, v in state.broadcast.items()})
-    arrays.update({f"opt_m/{k}": v for k, v in state.opt_m.items()})
-    arrays.update({f"opt_v/{k}": v for k, v in state.opt_v.items()})
-    for ver, tensors in state.changed.items():
-        arrays.update({f"changed/{ver}/{k}": v for k, v in tensors.items()})
-    arrays["last_delta"] = np.frombuffer(state.last_delta, dtype=np.uint8)
-    residual = {k: state.global_adapter[k] - state.broadcast[k] for k in state.global_adapter}
-    arrays.update({f"server_residual/{k}": v for k, v in residual.items()})
-    meta = {
-        "round": state.round,
-        "client_versions": state.client_versions,
-        "opt_steps": state.opt_steps,
-        "dp_rounds": state.dp_rounds,
-        "metrics": state.metrics,
-        "ledger": state.ledger,
-        # All randomness is derived from (seed, round) with SeedSequence, so the seed *is* the RNG state.
-        "rng": {"seed": settings.seed, "scheme": "SeedSequence([seed, round, stream])"},
-        "fingerprint": _fingerprint(settings),
-        "settings": settings.to_config(),
-    }
-    save_checkpoint(folder, arrays, meta)
-
-
-def load_state(folder: Path, settings: fm.FLSettings) -> ServerState:
-    from fedcogen.server.checkpoint import CheckpointError, load_checkpoint
-
-    arrays, meta = load_checkpoint(folder)
-    if meta.get("fingerprint") != _fingerprint(settings):
-        raise CheckpointError(
-            f"checkpoint in {folder} is from a different run ({meta.get('fingerprint')} vs {_fingerprint(settings)})"
-        )
-
-    def group(prefix: str) -> dict[str, np.ndarray]:
-        return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
-
-    changed: dict[int, dict[str, np.ndarray]] = {}
-    for key, arr in group("changed").items():
-        ver, name = key.split("/", 1)
-        changed.setdefault(int(ver), {})[name] = arr.astype(np.int64)
-    return ServerState(
-        round=int(meta["round"]),
-        global_adapter={k: v.astype(np.float32) for k, v in group("global").items()},
-        broadcast={k: v.astype(np.float32) for k, v in group("broadcast").items()},
-        changed=changed,
-        last_delta=bytes(arrays["last_delta"].tobytes()),
-        client_versions={k: int(v) for k, v in meta["client_versions"].items()},
-        opt_m=group("opt_m"),
-        opt_v=group("opt_v"),
-        opt_steps=int(meta["opt_steps"]),
-        dp_rounds=int(meta["dp_rounds"]),
-        metrics=list(meta["metrics"]),
-        ledger=list(meta["ledger"]),
-    )
-
 
 # --------------------------------------------------------------------------- the federation server
 
@@ -142,16 +52,10 @@ class FederatedServer:
     """The round loop, independent of how the ServerApp was started (simulation or deployment)."""
 
     def __init__(self, grid: Grid, settings: fm.FLSettings) -> None:
-        from fedcogen.client.fl_clientapp import federation_for, lora_spec
-        from fedcogen.client.lora import lora_model
-        from fedcogen.server.aggregation import ServerOptConfig, ServerOptimizer, ValidationLimits
-
         self.grid = grid
         self.s = settings
         self.out = Path(settings.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        if settings.data_dir:
-            federation_for(settings)  # generate the synthetic data once, before clients race for it
         self.lm = lora_model(settings.model, settings.seed, lora_spec(settings))
         self.shapes = self.lm.shapes()
         self.n_params = self.lm.num_adapter_params()
@@ -165,8 +69,6 @@ class FederatedServer:
     # ------------------------------------------------------------------ state
 
     def _initial_state(self) -> ServerState:
-        from fedcogen.server.checkpoint import has_checkpoint
-
         if self.s.resume and has_checkpoint(self.out):
             state = load_state(self.out, self.s)
             self.opt.load_state_arrays(
@@ -183,7 +85,6 @@ class FederatedServer:
     def _dp(self) -> Any:
         if self.s.dp_mode == "none":
             return None
-        from fedcogen.protocols import dp
 
         eps = self.s.dp_target_epsilon if self.s.dp_target_epsilon > 0 else None
         return dp.DPConfig(mode=self.s.dp_mode, clip_norm=self.s.dp_clip_norm,
@@ -192,8 +93,6 @@ class FederatedServer:
 
     def _accountant(self) -> Any:
         if self.accountant is None and self.s.dp_mode != "none":
-            from fedcogen.protocols import dp
-
             self.accountant = dp.DPAccountant(self._dp())
             if self.state.dp_rounds:
                 self.accountant.step(self._sample_rate(), self.state.dp_rounds)
@@ -270,38 +169,13 @@ class FederatedServer:
 
     def patch_for(self, client_id: str) -> fm.Patch:
         """Patch bringing ``client_id`` from the version it holds to the current broadcast version."""
-        from fedcogen.client.lora import adapter_digest
-
-        st = self.state
-        cur = st.version
-        held = st.client_versions.get(client_id, UNKNOWN)
-        digest = adapter_digest(st.broadcast)
-        if held == cur:
-            return fm.Patch(fm.PATCH_NONE, cur, cur, b"", digest)
-        if held == cur - 1 and st.last_delta:
-            return fm.Patch(fm.PATCH_DELTA, held, cur, st.last_delta, digest)
-        base = 0 if held == UNKNOWN else held
-        kind = fm.PATCH_FULL if held == UNKNOWN else fm.PATCH_OVERWRITE
-        idx: dict[str, np.ndarray] = {}
-        for ver in range(base + 1, cur + 1):
-            for name, ix in st.changed.get(ver, {}).items():
-                idx[name] = np.union1d(idx[name], ix) if name in idx else ix
-        return fm.Patch(kind, base, cur, fm.overwrite_patch(st.broadcast, idx), digest)
+        return patch_for(self.state, client_id)
 
     def new_broadcast_version(self, server_round: int) -> None:
-        """Compress ``G - B`` (server error feedback: the gap is the residual) into version ``server_round``."""
-        from fedcogen.protocols import sparse_codec as codec
-
-        st = self.state
-        gap = {k: st.global_adapter[k] - st.broadcast[k] for k in st.global_adapter}
+        """Compress ``G - B`` into broadcast version ``server_round`` (see :mod:`fedcogen.server.fl_state`)."""
         cfg = codec.CodecConfig(density=self.s.effective_down_density(), scope=self.s.scope,
                                 quant=self.s.down_quant or self.s.quant, index_coding=self.s.index_coding)
-        sparse = codec.topk_sparsify(gap, cfg)
-        blob = codec.encode_sparse(sparse, cfg)
-        st.broadcast = fm.apply_patch(st.broadcast, fm.PATCH_DELTA, blob, self.shapes)
-        st.changed[server_round] = {k: np.asarray(t.indices, np.int64) for k, t in sparse.items() if t.k}
-        st.last_delta = blob
-        st.round = server_round
+        advance_broadcast(self.state, server_round, cfg, self.shapes)
 
     # ------------------------------------------------------------------ phases
 
@@ -314,8 +188,6 @@ class FederatedServer:
         return [by_client[ids[i]] for i in chosen]
 
     def train_round(self, server_round: int) -> dict[str, Any]:
-        from fedcogen.server.aggregation import RoundAggregator
-
         started = time.perf_counter()
         nodes = self.sample(server_round)
         version = self.state.version
@@ -362,14 +234,11 @@ class FederatedServer:
         if not aborted and res.mean is not None:
             mean = res.mean
             if self.s.dp_mode == "server":
-                from fedcogen.protocols import dp
-
                 rng = np.random.default_rng(np.random.SeedSequence([self.s.seed, server_round, 5]))
                 mean = dp.server_noise(mean, self._dp(), len(res.accepted), rng)
             if self.s.dp_mode != "none":
                 self._accountant().step(self._sample_rate())
                 st.dp_rounds += 1
-            from fedcogen.client.lora import adapter_norm
 
             update_norm = adapter_norm(mean)
             st.global_adapter = self.opt.step(st.global_adapter, mean)
@@ -417,18 +286,16 @@ class FederatedServer:
             self.state.client_versions[cid] = self.state.version
             met = fm.metrics_of(rep.content)
             loss, n_tok = met.get("eval_loss", float("nan")), met.get("eval_tokens", 0.0)
-            per_client[cid] = {"loss": loss, "ppl": _ppl(loss), "tokens": n_tok}
+            per_client[cid] = {"loss": loss, "ppl": ppl(loss), "tokens": n_tok}
             if math.isfinite(loss) and n_tok > 0:
                 tot += loss * n_tok
                 tok += n_tok
         mean = tot / tok if tok else float("nan")
-        return {"eval_loss": mean, "eval_ppl": _ppl(mean), "eval_clients": per_client, "eval_failures": failures}
+        return {"eval_loss": mean, "eval_ppl": ppl(mean), "eval_clients": per_client, "eval_failures": failures}
 
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> dict[str, Any]:
-        from fedcogen.client.lora import adapter_norm, adapter_sub
-
         self.handshake()
         st = self.state
         if st.round == 0 and not st.metrics:
@@ -474,94 +341,10 @@ class FederatedServer:
     # ------------------------------------------------------------------ outputs
 
     def write_outputs(self) -> dict[str, Any]:
-        st = self.state
-        ledger = ledger_summary(st.ledger, self.n_params)
-        evals = [m for m in st.metrics if "eval_loss" in m]
-        result = {
-            "settings": self.s.to_config(),
-            "adapter_params": self.n_params,
-            "completed_rounds": st.round,
-            "stopped_reason": self.stopped_reason,
-            "final_eval_loss": evals[-1]["eval_loss"] if evals else float("nan"),
-            "final_eval_ppl": evals[-1]["eval_ppl"] if evals else float("nan"),
-            "rejected_total": dict(sum((Counter(m.get("rejected", {})) for m in st.metrics), Counter())),
-            "failures_total": sum(len(m.get("failures", {})) for m in st.metrics),
-            "bytes": ledger["totals"],
-            "rounds": st.metrics,
-            "global_adapter_digest": _digest(st.global_adapter),
-            "broadcast_digest": _digest(st.broadcast),
-        }
-        if self.accountant is not None:
-            result["dp"] = self.accountant.to_dict()
-        _write_json(self.out / "metrics.json", result)
-        _write_json(self.out / "ledger.json", {"summary": ledger, "entries": st.ledger})
-        (self.out / "metrics.md").write_text(markdown_report(result, ledger))
-        try:
-            from fedcogen.simulations.plots import plot_federation
-
-            plot_federation(result, self.out)
-        except Exception as exc:  # plots are a convenience; never lose a run over them
-            log.warning("plots not written: %s", exc)
-        return result
+        return write_outputs(self.out, self.state, self.s, self.n_params, self.stopped_reason, self.accountant)
 
 
 # --------------------------------------------------------------------------- summaries
-
-
-def ledger_summary(entries: Iterable[Mapping[str, Any]], n_params: int) -> dict[str, Any]:
-    """Totals per direction / phase / round / client over every booked message.
-
-    ``totals["all"]`` is every message both ways (query, train, evaluate, broadcast patches and
-    catch-ups travel inside them). No dense-equivalent ratio is derived here: a dense comparison is
-    only reported where a dense run was actually measured (``fedcogen bench comm``).
-    """
-    entries = list(entries)
-    dense = 4 * n_params
-    tot: Counter = Counter()
-    per_round: dict[int, Counter] = {}
-    per_client: dict[str, Counter] = {}
-    n_train = Counter()
-    for e in entries:
-        d = e["direction"]
-        tot[d] += e["bytes"]
-        tot[f"{e['phase']}_{d}"] += e["bytes"]
-        per_round.setdefault(int(e["round"]), Counter())[d] += e["bytes"]
-        per_client.setdefault(e["client_id"] or str(e["node_id"]), Counter())[d] += e["bytes"]
-        if e["phase"] == "train" and not e.get("error"):
-            n_train[d] += 1
-    return {
-        "totals": {"down": tot["down"], "up": tot["up"], "all": tot["down"] + tot["up"],
-                   **{k: v for k, v in tot.items() if k not in ("down", "up")}},
-        "messages": len(entries),
-        "dense_fp32_adapter_bytes": dense,
-        "train_messages": dict(n_train),
-        "per_round": {str(r): dict(c) for r, c in sorted(per_round.items())},
-        "per_client": {k: dict(v) for k, v in sorted(per_client.items())},
-    }
-
-
-def markdown_report(result: Mapping[str, Any], ledger: Mapping[str, Any]) -> str:
-    lines = [
-        "# Federated sparse-LoRA run",
-        "",
-        f"- model: `{result['settings']['model']}`, adapter parameters: {result['adapter_params']}",
-        f"- rounds completed: {result['completed_rounds']}, final eval loss: {result['final_eval_loss']:.4f} "
-        f"(ppl {result['final_eval_ppl']:.2f})",
-        f"- bytes, every message both ways: {ledger['totals']['all']} (down {ledger['totals']['down']}, "
-        f"up {ledger['totals']['up']}; {ledger['messages']} messages); one dense fp32 adapter is "
-        f"{ledger['dense_fp32_adapter_bytes']} B",
-        f"- rejected updates: {result['rejected_total'] or 'none'}; client failures: {result['failures_total']}",
-        "",
-        "| round | train loss | eval loss | accepted | rejected | failures | bytes up | bytes down |",
-        "|---:|---:|---:|---:|---|---:|---:|---:|",
-    ]
-    for m in result["rounds"]:
-        lines.append(
-            f"| {m['round']} | {m.get('train_loss', float('nan')):.4f} | {m.get('eval_loss', float('nan')):.4f} | "
-            f"{m.get('accepted', '-')} | {m.get('rejected', {}) or ''} | {len(m.get('failures', {}))} | "
-            f"{m.get('bytes_up', 0)} | {m.get('bytes_down', 0)} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def error_summary(reason: str) -> str:
@@ -571,30 +354,6 @@ def error_summary(reason: str) -> str:
         if "Error" in ln or "Exception" in ln or "failure" in ln:
             return ln[-300:]
     return (lines[-1] if lines else "unknown error")[-300:]
-
-
-def _ppl(loss: float) -> float:
-    return float(math.exp(min(loss, 50.0))) if math.isfinite(loss) else float("nan")
-
-
-def _digest(adapter: Mapping[str, np.ndarray]) -> str:
-    from fedcogen.client.lora import adapter_digest
-
-    return adapter_digest(adapter)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default, allow_nan=True))
-    tmp.replace(path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer | np.floating):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _progress(rounds: range, done: int, total: int) -> Iterable[int]:

@@ -243,7 +243,8 @@ class RecordingGrid:
 
 
 def _lora_update(cfg: SecAggRunConfig, partition: int, server_round: int, global_flat: np.ndarray) -> np.ndarray:
-    from fedcogen.client.lora import encode_examples, get_adapter, lora_model, set_adapter, train_local
+    from fedcogen.client.lora_training import encode_examples, train_local
+    from fedcogen.lora_adapter import get_adapter, lora_model, set_adapter
     from fedcogen.simulations.data import client_examples, load_federation, user_ids
 
     lm = lora_model(cfg.model, cfg.seed)
@@ -266,7 +267,7 @@ def _lora_update(cfg: SecAggRunConfig, partition: int, server_round: int, global
 
 def adapter_flat(model: str, seed: int = 0) -> np.ndarray:
     """The initial LoRA adapter of ``model`` as one flat float32 vector (sorted tensor names)."""
-    from fedcogen.client.lora import lora_model
+    from fedcogen.lora_adapter import lora_model
 
     lm = lora_model(model, seed)
     return np.concatenate([lm.initial[n].ravel() for n in sorted(lm.initial)]).astype(np.float32)

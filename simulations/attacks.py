@@ -16,7 +16,7 @@ up in the trained model.
   1% FPR (the low-FPR regime is the one that matters for privacy).
 
 Everything works on any causal LM + tokenizer (a PEFT model included) and on ``(prompt, target)``
-pairs formatted exactly as training formats them (:func:`fedcogen.client.lora.encode_examples`),
+pairs formatted exactly as training formats them (:func:`fedcogen.client.lora_training.encode_examples`),
 so losses are measured on the same tokens the adapter was trained on.
 """
 
@@ -146,7 +146,7 @@ def sequence_nll(
 
 def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_seq_len: int = 256) -> list[tuple[list[int], list[int]]]:
     """(prompt, target) pairs tokenised exactly like training (chat prompt masked, target + EOS)."""
-    from fedcogen.client.lora import encode_examples
+    from fedcogen.client.lora_training import encode_examples
 
     return [(e.input_ids, e.labels) for e in encode_examples(tokenizer, pairs, max_seq_len=max_seq_len)]
 
@@ -251,8 +251,8 @@ def canary_exposure(
     the training prompt in chat format when the canary carries one). Ties count against the canary
     (rank = 1 + #alternatives with NLL <= canary's), so a constant model gets exposure ~0.
     """
-    from fedcogen.client.prompts import DEVICE_SYSTEM
     from fedcogen.models import chat_input_ids
+    from fedcogen.prompts import DEVICE_SYSTEM
 
     if n_alternatives < 1:
         raise ValueError(f"n_alternatives must be >= 1 (got {n_alternatives})")

@@ -138,10 +138,10 @@ def _agreement(cfg: CogenBenchConfig, device_name: str, tasks: list[dict[str, st
     """Fused top-1 with top-k cloud distributions vs with the full distribution, teacher-forced."""
     import torch
 
-    from fedcogen.client.cogen_device import IncrementalLM
     from fedcogen.client.fusion import fuse_logprobs
-    from fedcogen.client.prompts import CLOUD_SYSTEM, DEVICE_SYSTEM, cloud_prompt, device_prompt
+    from fedcogen.client.incremental_lm import IncrementalLM
     from fedcogen.models import chat_input_ids, check_tokenizers_match, shared_model
+    from fedcogen.prompts import CLOUD_SYSTEM, DEVICE_SYSTEM, cloud_prompt, device_prompt
     from fedcogen.protocols import logit_codec
 
     cloud, device = shared_model(cfg.cloud_model), shared_model(device_name)

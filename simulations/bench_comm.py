@@ -11,7 +11,7 @@ What is measured (all from real runs of the Flower apps; bytes from the message 
 * ``*_eval_loss``: final validation loss (token-weighted over every client's private validation split).
 * ``index_bits_over_bound``: index bits the codec used / log2 C(n, k), over all client updates.
 * ``train_throughput_ratio``: tokens/s of the client training function
-  (:func:`fedcogen.client.lora.train_local`) over a plain PEFT loop on the *same* batches, in the same
+  (:func:`fedcogen.client.lora_training.train_local`) over a plain PEFT loop on the *same* batches, in the same
   process, interleaved (A B A B ...) and compared by median so machine load hits both alike.
 
 Targets (reported, not enforced): matched-loss compression >= 20x with sparse eval loss within 1 % of dense,
@@ -89,8 +89,9 @@ def _bits_ratio(result: dict[str, Any]) -> float:
 
 def measure_throughput(base: dict[str, Any], repeats: int = 5, steps: int = 6) -> dict[str, Any]:
     """Tokens/s of ``train_local`` vs a plain PEFT loop on the same batches, interleaved, same process."""
-    from fedcogen.client.fl_clientapp import client_id_for, encoded_split, lora_spec
-    from fedcogen.client.lora import get_adapter, lora_model, plain_peft_train, set_adapter, train_local
+    from fedcogen.client.fl_clientapp import client_id_for, encoded_split
+    from fedcogen.client.lora_training import plain_peft_train, train_local
+    from fedcogen.lora_adapter import get_adapter, lora_model, lora_spec, set_adapter
     from fedcogen.simulations.federation import SimulationConfig
 
     cfg = SimulationConfig(**{**base, "out_dir": str(Path(base["data_dir"]).parent / "throughput")})

@@ -171,7 +171,7 @@ def _eval_tasks(cfg: DemoConfig, fed: Any) -> dict[str, list[Any]]:
 
 
 def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token: str) -> dict[str, Any]:
-    from fedcogen.client.cogen_device import calibrate_gate_threshold
+    from fedcogen.client.gate_training import calibrate_gate_threshold
     from fedcogen.simulations.eval_cli import spawned_cloud
     from fedcogen.simulations.evaluate import CogenGenerator, EvalConfig, aggregate_overall, evaluate
     from fedcogen.simulations.metrics import StyleMarkers

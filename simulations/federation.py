@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen.protocols.fl_messages import FLSettings
+from fedcogen.simulations.plots import plot_federation
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
         from fedcogen.server.fl_serverapp import FederatedServer
 
         grid = _loopback_grid_class()(client_app, cfg.num_clients, seed=cfg.seed)
-        return FederatedServer(grid, settings).run()
+        return _with_plots(FederatedServer(grid, settings).run(), out)
     server_app = make_server_app(settings.to_config())
     cpus = os.cpu_count() or 2
     backend_config = {
@@ -196,7 +197,16 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     metrics_path = out / "metrics.json"
     if not metrics_path.is_file():
         raise RuntimeError(f"simulation ended without writing {metrics_path}; see the log above")
-    return json.loads(metrics_path.read_text())
+    return _with_plots(json.loads(metrics_path.read_text()), out)
+
+
+def _with_plots(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Draw the run's plots next to its metrics (the ServerApp only writes data)."""
+    try:
+        plot_federation(result, out)
+    except Exception as exc:  # plots are a convenience; never lose a run over them
+        log.warning("plots not written: %s", exc)
+    return result
 
 
 def __getattr__(name: str) -> Any:
@@ -303,7 +313,7 @@ def load_run_adapter(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
 
     Returns ``(LoraModel, settings dict)``; the model is the per-process cached PEFT copy.
     """
-    from fedcogen.client.lora import LoraSpec, lora_model, set_adapter
+    from fedcogen.lora_adapter import LoraSpec, lora_model, set_adapter
     from fedcogen.server.checkpoint import load_checkpoint
 
     arrays, meta = load_checkpoint(run_dir)

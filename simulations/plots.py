@@ -72,5 +72,5 @@ def plot_runs(runs: Sequence[tuple[str, Mapping[str, Any]]], out_dir: str | Path
 
 
 def plot_federation(result: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """Plots of one run (called by the ServerApp after the last round)."""
+    """Plots of one run (drawn by the simulation driver from the ServerApp's metrics)."""
     return plot_runs([(f"density {result['settings'].get('density')}", result)], out_dir)

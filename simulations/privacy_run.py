@@ -145,7 +145,7 @@ def federation_canaries(fed: Any) -> list[dict[str, Any]]:
     The prefix is the planted history text up to the secret and the prompt is its training prompt:
     exposure is then measured on exactly the sequence the model was trained on.
     """
-    from fedcogen.client.prompts import history_prompt
+    from fedcogen.prompts import history_prompt
     from fedcogen.simulations import data as d
 
     by_id = {h.text_id: h for h in fed.history}
@@ -174,7 +174,7 @@ def canary_alternative(canary: dict[str, Any], rng: np.random.Generator) -> str:
 
 def mia_pairs(fed: Any, limit: int, seed: int, users: Sequence[str] | None = None) -> tuple[list, list]:
     """Members = training tasks, non-members = held-out test+val tasks of the same users (same format)."""
-    from fedcogen.client.prompts import device_prompt
+    from fedcogen.prompts import device_prompt
     from fedcogen.simulations import data as d
     from fedcogen.simulations.attacks import split_disjoint
 
@@ -262,7 +262,8 @@ def single_update_mia(run_dir: str | Path, fed: Any, cfg: PrivacyRunConfig, sigm
     ``dp_clip`` (when DP is on) and in ``client`` mode noised with its share ``sigma*C/sqrt(n)``; the
     attacker scores that client's training tasks vs its held-out tasks under global + update.
     """
-    from fedcogen.client.lora import encode_examples, get_adapter, set_adapter, train_local
+    from fedcogen.client.lora_training import encode_examples, train_local
+    from fedcogen.lora_adapter import get_adapter, set_adapter
     from fedcogen.protocols import dp
     from fedcogen.simulations import data as d
     from fedcogen.simulations.attacks import membership_inference

@@ -259,7 +259,7 @@ def test_grpc_worker_pool_does_not_block_interpreter_exit():
 def test_lockstep_cohort_reuses_the_batched_cache_and_matches_single_decoding():
     """Sessions that step together reuse one batched cache; leaving the cohort cuts a session's own
     cache back out. Every distribution equals decoding that session alone."""
-    from fedcogen.client.cogen_device import IncrementalLM
+    from fedcogen.client.incremental_lm import IncrementalLM
 
     model = load_model("tiny").model
     batcher = DynamicBatcher(model, window_ms=0.0, max_batch=8)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedcogen.client.cogen_device import CogenDevice, DeviceConfig, train_gate
+from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.client.fusion import FusionGate
+from fedcogen.client.gate_training import train_gate
 from fedcogen.client.wire_capture import WireCapture
 from fedcogen.models import load_model
 from fedcogen.server.cloud_service import CloudConfig, start_cloud_server

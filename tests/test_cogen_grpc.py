@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from fedcogen.client.cloud_client import CloudClient, CloudRefused, CloudUnavailable
-from fedcogen.client.cogen_device import CogenDevice, DeviceConfig, IncrementalLM
+from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.client.fusion import fuse_logprobs
-from fedcogen.client.prompts import CLOUD_SYSTEM, cloud_prompt
+from fedcogen.client.incremental_lm import IncrementalLM
 from fedcogen.client.wire_capture import WireCapture
 from fedcogen.models import chat_input_ids, load_model
+from fedcogen.prompts import CLOUD_SYSTEM, cloud_prompt
 from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.protocols import logit_codec, tls
 from fedcogen.server.cloud_service import CloudConfig, start_cloud_server

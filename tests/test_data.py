@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fedcogen.cli import main
-from fedcogen.client.prompts import device_prompt, history_prompt
+from fedcogen.prompts import device_prompt, history_prompt
 from fedcogen.simulations import data as D
 
 FILES = ("manifest.json", "profiles.jsonl", "history.jsonl", "train.jsonl", "val.jsonl", "test.jsonl",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fedcogen.client.fl_clientapp import ClientState, compress_update
-from fedcogen.client.lora import adapter_digest
+from fedcogen.lora_adapter import adapter_digest
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
 from fedcogen.simulations.federation import SimulationConfig

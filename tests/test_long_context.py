@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from fedcogen.client.batch_lm import BatchLM
-from fedcogen.client.cogen_device import CogenDevice, DeviceConfig, IncrementalLM
+from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.client.decoding import RepetitionControl, apply_repetition_control, banned_tokens
-from fedcogen.client.prompts import fit_context
+from fedcogen.client.incremental_lm import IncrementalLM
 from fedcogen.models import load_model
+from fedcogen.prompts import fit_context
 from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
 from fedcogen.simulations.evaluate import CogenGenerator, EvalConfig, evaluate
 

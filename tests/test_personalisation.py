@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedcogen.client.prompts import DEVICE_SYSTEM, device_prompt
 from fedcogen.models import chat_input_ids
+from fedcogen.prompts import DEVICE_SYSTEM, device_prompt
 from fedcogen.simulations.data import load_federation, user_ids
 from fedcogen.simulations.federation import SimulationConfig, load_run_adapter, run_federation
 

@@ -52,7 +52,8 @@ def test_as_canary_accepts_text_form():
 @pytest.fixture(scope="module")
 def overfit():
     """Tiny llama + LoRA trained hard on members and canaries; base results taken before training."""
-    from fedcogen.client.lora import LoraSpec, encode_examples, lora_model, train_local
+    from fedcogen.client.lora_training import encode_examples, train_local
+    from fedcogen.lora_adapter import LoraSpec, lora_model
 
     spec = LoraSpec(r=16, alpha=32, dropout=0.0,
                     targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))

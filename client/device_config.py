@@ -1,0 +1,45 @@
+"""Device-side generation settings (``fedcogen generate`` flags map onto these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedcogen.client.decoding import RepetitionControl
+from fedcogen.protocols import logit_codec
+
+
+@dataclass
+class DeviceConfig:
+    """Device-side generation settings (``fedcogen generate`` flags map onto these)."""
+
+    device_model: str = "smollm2-24l"
+    seed: int = 0
+    adapter: str | None = None
+    cloud: str | None = None
+    tls_dir: str | None = None
+    token: str | None = None
+    insecure: bool = False
+    k: int = 64
+    encoding: str = "fp16"
+    weight: float = 0.5
+    gate_path: str | None = None
+    max_new_tokens: int = 160  # fits ~150-token references; trained devices stop at EOS well before
+    max_prompt_tokens: int = 3072  # longer private contexts are shrunk (fit_context); SmolLM2 reads 8192
+    repetition_penalty: float = RepetitionControl.penalty
+    no_repeat_ngram: int = RepetitionControl.no_repeat_ngram
+    sample: bool = False
+    temperature: float = 1.0
+    gated_metric: str = "entropy"  # or "margin"
+    gated_threshold: float = 2.5  # entropy (nats) above / margin below this -> ask the cloud
+    step_timeout_s: float = 20.0
+    sketch_timeout_s: float = 120.0
+    sketch_max_new_tokens: int = 96
+
+    def validate(self) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"--weight must be in [0, 1] or 'learned', got {self.weight}")
+        if self.gated_metric not in ("entropy", "margin"):
+            raise ValueError(f"gated metric must be 'entropy' or 'margin', got {self.gated_metric}")
+        logit_codec.CodecConfig(self.k, self.encoding).encoding_value()
+        if self.k < 1:
+            raise ValueError(f"--k must be >= 1, got {self.k}")

@@ -1,0 +1,63 @@
+"""Bookkeeping of a lockstep batch: one :class:`Row` per answer, its :class:`RunStats`, parallel calls."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from fedcogen.client.cloud_client import CloudClient, DecodeSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Row:
+    """One answer in a lockstep batch."""
+
+    instruction: str
+    context: str
+    run: RunStats
+    prompt: list[int] = field(default_factory=list)
+    cloud_text: str = ""  # what the cloud's Decode stream is conditioned on (the bare instruction, or for the
+    # upper bound instruction + context)
+    client: CloudClient | None = None
+    mark: tuple[int, int, int] = (0, 0, 0)  # capture records, sent, received bytes at the start
+    session: DecodeSession | None = None
+    generated: list[int] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # committed but not yet sent (gated catch-up)
+    reconnected: bool = False
+    done: bool = False
+    device_tail: bool = False
+    finished_at: float = 0.0
+
+    def finish(self, device_tail: bool = False) -> None:
+        self.done, self.device_tail, self.finished_at = True, device_tail, time.perf_counter()
+
+
+def in_parallel(fn: Callable[[Row], None], rows: Sequence[Row]) -> None:
+    """Run one blocking cloud call per row concurrently (the cloud serves them in parallel)."""
+    if len(rows) == 1:
+        fn(rows[0])
+        return
+    with ThreadPoolExecutor(max_workers=min(8, len(rows)), thread_name_prefix="cogen-call") as pool:
+        list(pool.map(fn, rows))
+
+
+@dataclass
+class RunStats:
+    """What one answer cost so far (cloud calls, decoded positions) and whether it fell back to device-only."""
+
+    variant: str
+    calls: int = 0
+    positions: int = 0
+    fell_back: bool = False
+    warnings: list[str] = field(default_factory=list)
+    sketch: str | None = None
+
+    def fall_back(self, message: str) -> None:
+        log.warning(message)
+        self.warnings.append(message)
+        self.fell_back = True

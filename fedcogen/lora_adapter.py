@@ -1,0 +1,171 @@
+"""The LoRA adapter both sides share: its shape, the PEFT-wrapped model and adapter maths.
+
+Why core: every federated client trains this adapter and the server holds, compresses and
+digests the same one, so the spec, the seeded initial adapter (version 0), the naming and the
+arithmetic live below both of them and cannot drift apart.
+
+Design points:
+
+* The base model is loaded once per process (:func:`fedcogen.models.shared_model`) and *copied*
+  before PEFT injects LoRA layers, so other users of the shared model in the same process (e.g.
+  CoGenesis generation) keep seeing the untouched base network. The PEFT-wrapped copy is cached
+  per process too (one per (model, seed, LoRA shape)); clients swap adapters in and out of it.
+* Adapters travel as ``dict[str, np.ndarray]`` (float32) with short, stable names
+  (``model.layers.0.self_attn.q_proj.lora_A.weight``): the codec and the aggregator never see torch.
+* The initial adapter (A random, B zero) is a pure function of the seed, so server and clients
+  agree on "version 0" without sending it.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedcogen.models import shared_model
+from fedcogen.protocols.fl_messages import FLSettings
+
+_PEFT_PREFIX = "base_model.model."
+_ADAPTER_NAME = "default"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Shape of the LoRA adapter (defaults: r=8, alpha=16, dropout 0.05 on q_proj and v_proj)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"LoRA rank r must be >= 1 (got {self.r})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1) (got {self.dropout})")
+        if not self.targets:
+            raise ValueError("LoRA needs at least one target module (e.g. q_proj,v_proj)")
+
+    @staticmethod
+    def parse_targets(text: str | Sequence[str]) -> tuple[str, ...]:
+        """``"q_proj,v_proj"`` or a list -> a normalised tuple."""
+        items = text.split(",") if isinstance(text, str) else list(text)
+        return tuple(t.strip() for t in items if t.strip())
+
+
+@dataclass
+class LoraModel:
+    """A PEFT-wrapped private copy of the base model plus its tokenizer and adapter parameters."""
+
+    model: Any
+    tokenizer: Any
+    params: dict[str, Any]  # short name -> torch Parameter (the trainable LoRA tensors)
+    initial: dict[str, np.ndarray]  # the seeded initial adapter (version 0)
+    model_name: str
+    seed: int
+    spec: LoraSpec
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(p.shape) for k, p in self.params.items()}
+
+    def num_adapter_params(self) -> int:
+        return int(sum(p.numel() for p in self.params.values()))
+
+
+def _short_name(peft_name: str) -> str:
+    name = peft_name[len(_PEFT_PREFIX):] if peft_name.startswith(_PEFT_PREFIX) else peft_name
+    return name.replace(f".{_ADAPTER_NAME}.", ".")
+
+
+@functools.lru_cache(maxsize=4)
+def lora_model(model_name: str, seed: int = 0, spec: LoraSpec = LoraSpec()) -> LoraModel:
+    """Per-process cached PEFT model for ``(model_name, seed, spec)``.
+
+    The LoRA initialisation runs under a forked, seeded torch RNG, so every process (server, each
+    Ray worker, a resumed run) builds bit-identical initial adapters.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base = shared_model(model_name, seed)
+    model_copy = copy.deepcopy(base.model)
+    cfg = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.targets),
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            pm = get_peft_model(model_copy, cfg)
+        except ValueError as exc:
+            raise ValueError(f"cannot apply LoRA to {model_name} with targets {spec.targets}: {exc}") from exc
+    params = {_short_name(n): p for n, p in pm.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError(f"LoRA targets {spec.targets} matched no module of model {model_name}")
+    initial = {k: p.detach().cpu().numpy().astype(np.float32, copy=True) for k, p in sorted(params.items())}
+    pm.eval()
+    return LoraModel(pm, base.tokenizer, dict(sorted(params.items())), initial, model_name, seed, spec)
+
+
+def get_adapter(lm: LoraModel) -> dict[str, np.ndarray]:
+    """Copy of the current adapter as float32 numpy arrays (sorted by name)."""
+    return {k: p.detach().cpu().numpy().astype(np.float32, copy=True) for k, p in lm.params.items()}
+
+
+def set_adapter(lm: LoraModel, adapter: Mapping[str, np.ndarray]) -> None:
+    """Load ``adapter`` into the model; names and shapes must match exactly."""
+    import torch
+
+    missing = set(lm.params) - set(adapter)
+    extra = set(adapter) - set(lm.params)
+    if missing or extra:
+        raise ValueError(f"adapter names do not match the model: missing {sorted(missing)[:3]}, "
+                         f"unexpected {sorted(extra)[:3]}")
+    with torch.no_grad():
+        for k, p in lm.params.items():
+            arr = np.asarray(adapter[k], dtype=np.float32)
+            if tuple(arr.shape) != tuple(p.shape):
+                raise ValueError(f"adapter tensor {k} has shape {arr.shape}, model expects {tuple(p.shape)}")
+            p.copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+
+
+def adapter_digest(adapter: Mapping[str, np.ndarray]) -> str:
+    """sha256 over names, shapes and float32 bytes: clients prove they rebuilt the broadcast exactly."""
+    h = hashlib.sha256()
+    for k in sorted(adapter):
+        arr = np.ascontiguousarray(np.asarray(adapter[k], dtype=np.float32))
+        h.update(k.encode())
+        h.update(repr(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def adapter_sub(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: (np.asarray(a[k], np.float32) - np.asarray(b[k], np.float32)).astype(np.float32) for k in a}
+
+
+def adapter_add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: (np.asarray(a[k], np.float32) + np.asarray(b[k], np.float32)).astype(np.float32) for k in a}
+
+
+def adapter_norm(a: Mapping[str, np.ndarray]) -> float:
+    return float(math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in a.values())))
+
+
+def lora_spec(settings: FLSettings) -> LoraSpec:
+    """The adapter shape a run's settings ask for (server and every client build the same one)."""
+    return LoraSpec(
+        r=settings.lora_r,
+        alpha=settings.lora_alpha,
+        dropout=settings.lora_dropout,
+        targets=LoraSpec.parse_targets(settings.lora_targets),
+    )
