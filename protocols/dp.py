@@ -25,7 +25,7 @@ Two noise placements (``DPConfig.mode``)
   ``N(0, sigma^2 C^2 / n)`` (std ``sigma*C/sqrt(n)``) to its sent values, where ``n`` is the number
   of clients summed per round. The sum of ``n`` such shares carries exactly ``N(0, sigma^2 C^2)``,
   the same as central DP, but only if the server sees nothing but the sum: this is what
-  :mod:`fedcogen.server.secagg_sparse` provides (SecAgg+ with a shared, data-independent random
+  :mod:`fedcogen.secagg` provides (SecAgg+ with a shared, data-independent random
   support, so neither values nor positions of a single client are visible). Trust model: the
   server is honest-but-curious, and at least ``n - t`` of the clients in a round are honest (they
   add their share of noise and do not collude with the server, ``t`` being SecAgg+'s reconstruction
@@ -33,7 +33,7 @@ Two noise placements (``DPConfig.mode``)
   set ``clients_per_round`` to the minimum number expected to reach aggregation.
   Caveat: without SecAgg and with client-chosen top-k, the *positions* of a client's top-k entries
   are data-dependent and are released in the clear; they are not covered by the guarantee. Use
-  the shared random support (secagg_sparse) or server mode with dense noise for a formal claim.
+  the shared random support (fedcogen.secagg) or server mode with dense noise for a formal claim.
 
 Accounting
 ----------

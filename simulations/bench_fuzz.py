@@ -34,6 +34,7 @@ import torch
 from google.protobuf.message import DecodeError
 
 from fedcogen.protocols import cogen_pb2 as pb
+from fedcogen.protocols import index_coding as ic
 from fedcogen.protocols import logit_codec
 from fedcogen.protocols import sparse_codec as codec
 from fedcogen.server.aggregation import RoundAggregator, ValidationLimits
@@ -75,7 +76,7 @@ def _fix(blob: bytearray) -> bytes:
 
 def _record(name: str, shape: tuple[int, ...], k: int, coding: str, idx: bytes, vals: bytes, **kw: Any) -> bytes:
     body = bytearray()
-    codec._write_varint(body, kw.pop("count", 1))
+    ic.write_varint(body, kw.pop("count", 1))
     codec._append_record(body, name, shape, k, coding, kw.pop("quant", "fp32"), 1.0, idx, vals, **kw)
     return codec._assemble(bytes(body))
 
@@ -160,7 +161,7 @@ def malformed_sparse(rng: np.random.Generator, kind: str, max_bytes: int) -> byt
     if kind == "duplicate":
         return _record(name, (rows, cols), 4, "delta_varint", bytes([1, 0, 3, 4]), f32)
     if kind == "out_of_range":
-        return _record(name, (rows, cols), 1, "delta_varint", codec._encode_varints(np.array([n + 1])), f32[:4])
+        return _record(name, (rows, cols), 1, "delta_varint", ic.encode_varints(np.array([n + 1])), f32[:4])
     if kind == "huge_shape":  # a shape far beyond the model, and beyond the per-tensor cap
         dims = (int(rng.integers(1 << 20, 1 << 31)), int(rng.integers(1 << 10, 1 << 31)))
         return _record(name, dims, 4, "rice", bytes([30, 0xFF]), f32)

@@ -549,7 +549,7 @@ def markdown_report(result: dict[str, Any], plots: Sequence[str] = ()) -> str:
         "",
         "Trust model: DP mode `server` assumes a trusted aggregator that adds dense Gaussian noise to the mean; "
         "`client` mode (distributed DP) is meant to be combined with sparse SecAgg+ "
-        "(`fedcogen.server.secagg_sparse`), honest-but-curious server, >= n - t honest clients.",
+        "(`fedcogen.secagg`), honest-but-curious server, >= n - t honest clients.",
         "",
         f"Total time {result['seconds']} s.",
     ]

@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
+from fedcogen.protocols import index_coding as ic
 from fedcogen.protocols import sparse_codec as codec
 from fedcogen.server.aggregation import (
     RoundAggregator,
@@ -62,11 +63,11 @@ def test_sparse_mean_counts_absent_entries_as_zero() -> None:
 def _forge(records: list[tuple], quant: str = "fp32") -> bytes:
     """A blob with a valid checksum whose content is whatever the records say."""
     body = bytearray()
-    codec._write_varint(body, len(records))
+    ic.write_varint(body, len(records))
     for name, shape, idx, vals in records:
         idx = np.asarray(idx, np.int64)
         d = np.diff(np.concatenate([[-1], idx]))
-        payload = b"".join(codec._encode_varints(np.maximum(d, 0).astype(np.int64)) for _ in [0])
+        payload = b"".join(ic.encode_varints(np.maximum(d, 0).astype(np.int64)) for _ in [0])
         codec._append_record(body, name, shape, len(idx), "delta_varint", quant, 0.0, payload,
                              np.asarray(vals, np.float32).tobytes())
     return codec._assemble(bytes(body))
@@ -133,7 +134,7 @@ def _malformed_updates(rng: np.random.Generator, n: int) -> list[tuple[object, o
             out.append((b"", 1.0, kind))
         elif kind == "lying_len":
             body = bytearray()
-            codec._write_varint(body, 1)
+            ic.write_varint(body, 1)
             codec._append_record(body, name, (4, 16), 2, "delta_varint", "fp32", 0.0, b"\x02\x03",
                                  np.ones(2, np.float32).tobytes(), value_len=int(rng.integers(9, 1 << 20)))
             out.append((codec._assemble(bytes(body)), 1.0, kind))

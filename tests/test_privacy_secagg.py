@@ -12,49 +12,51 @@ import numpy as np
 import pytest
 
 from fedcogen.protocols.dp import DPConfig
-from fedcogen.server import secagg_sparse as sa
+from fedcogen.secagg import SecAggRunConfig, round_seed, secure_values, shared_support
+from fedcogen.server.secagg_server import Recorder
+from fedcogen.simulations.secagg_experiment import run_secagg, synthetic_update
 
 pytestmark = pytest.mark.slow
 
-BASE = sa.SecAggRunConfig(mode="sparse", num_clients=3, rounds=2, dim=3000, density=0.05, seed=3)
+BASE = SecAggRunConfig(mode="sparse", num_clients=3, rounds=2, dim=3000, density=0.05, seed=3)
 
 
-def _expected_sparse(cfg: sa.SecAggRunConfig) -> list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]:
+def _expected_sparse(cfg: SecAggRunConfig) -> list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]:
     """Replay the clients locally: per round (support, plain mean of sent values, each client's values)."""
     residual = {p: np.zeros(cfg.dim, np.float32) for p in range(cfg.num_clients)}
     out = []
     for rnd in range(1, cfg.rounds + 1):
-        support = sa.shared_support(sa.round_seed(cfg.seed, rnd), cfg.dim, cfg.k)
+        support = shared_support(round_seed(cfg.seed, rnd), cfg.dim, cfg.k)
         sent = []
         for p in range(cfg.num_clients):
-            corrected = sa.synthetic_update(cfg.seed, p, rnd, cfg.dim) + residual[p]
-            vals, residual[p] = sa.secure_values(corrected, support, DPConfig(mode="none"), np.random.default_rng(0))
+            corrected = synthetic_update(cfg.seed, p, rnd, cfg.dim) + residual[p]
+            vals, residual[p] = secure_values(corrected, support, DPConfig(mode="none"), np.random.default_rng(0))
             sent.append(vals)
         out.append((support, np.mean(sent, axis=0), sent))
     return out
 
 
 def test_shared_support_is_public_and_deterministic():
-    a = sa.shared_support(11, 1000, 50)
-    assert np.array_equal(a, sa.shared_support(11, 1000, 50))
+    a = shared_support(11, 1000, 50)
+    assert np.array_equal(a, shared_support(11, 1000, 50))
     assert len(np.unique(a)) == 50 and a.min() >= 0 and a.max() < 1000
-    assert not np.array_equal(a, sa.shared_support(12, 1000, 50))
+    assert not np.array_equal(a, shared_support(12, 1000, 50))
     with pytest.raises(ValueError):
-        sa.shared_support(1, 10, 11)
+        shared_support(1, 10, 11)
 
 
 def test_secure_values_residual_and_clip():
     corrected = np.arange(10, dtype=np.float32)
     support = np.array([2, 7])
-    vals, res = sa.secure_values(corrected, support, DPConfig(mode="client", clip_norm=1.0), np.random.default_rng(0))
+    vals, res = secure_values(corrected, support, DPConfig(mode="client", clip_norm=1.0), np.random.default_rng(0))
     assert np.linalg.norm(vals) == pytest.approx(1.0, rel=1e-5)
     np.testing.assert_allclose(res[support] + vals, corrected[support], rtol=1e-6)
     np.testing.assert_array_equal(np.delete(res, support), np.delete(corrected, support))
 
 
 def test_sparse_secagg_equals_plain_sum_and_hides_inputs():
-    rec = sa.Recorder()
-    res = sa.run_secagg(BASE, rec)
+    rec = Recorder()
+    res = run_secagg(BASE, rec)
     expected = _expected_sparse(BASE)
     assert len(rec.aggregates) == BASE.rounds
     quant_step = 2 * BASE.clipping_range / BASE.quantization_range
@@ -88,10 +90,10 @@ def test_sparse_secagg_equals_plain_sum_and_hides_inputs():
 
 
 def test_dense_and_plain_modes_and_bytes():
-    dense = sa.run_secagg(replace(BASE, mode="dense", rounds=1), rec_d := sa.Recorder())
-    plain = sa.run_secagg(replace(BASE, mode="plain", rounds=1), rec_p := sa.Recorder())
-    sparse = sa.run_secagg(replace(BASE, rounds=1), sa.Recorder(keep_masked=False))
-    updates = [sa.synthetic_update(BASE.seed, p, 1, BASE.dim) for p in range(BASE.num_clients)]
+    dense = run_secagg(replace(BASE, mode="dense", rounds=1), rec_d := Recorder())
+    plain = run_secagg(replace(BASE, mode="plain", rounds=1), rec_p := Recorder())
+    sparse = run_secagg(replace(BASE, rounds=1), Recorder(keep_masked=False))
+    updates = [synthetic_update(BASE.seed, p, 1, BASE.dim) for p in range(BASE.num_clients)]
     np.testing.assert_allclose(rec_d.final, np.mean(updates, axis=0), atol=1e-5)
     assert rec_p.masked_vectors == []  # no SecAgg in the plain baseline
     assert np.count_nonzero(rec_p.final) <= BASE.k * BASE.num_clients
@@ -104,12 +106,12 @@ def test_dense_and_plain_modes_and_bytes():
 
 def test_distributed_dp_noise_on_the_sum():
     cfg = replace(BASE, rounds=1, dim=20000, density=0.1, dp_mode="client", dp_clip=0.5, dp_noise_multiplier=2.0)
-    rec = sa.Recorder(keep_masked=False)
-    sa.run_secagg(cfg, rec)
-    support = sa.shared_support(sa.round_seed(cfg.seed, 1), cfg.dim, cfg.k)
+    rec = Recorder(keep_masked=False)
+    run_secagg(cfg, rec)
+    support = shared_support(round_seed(cfg.seed, 1), cfg.dim, cfg.k)
     clipped = []
     for p in range(cfg.num_clients):
-        vals, _ = sa.secure_values(sa.synthetic_update(cfg.seed, p, 1, cfg.dim), support,
+        vals, _ = secure_values(synthetic_update(cfg.seed, p, 1, cfg.dim), support,
                                    DPConfig(mode="server", clip_norm=cfg.dp_clip), np.random.default_rng(0))
         clipped.append(vals)
     noise_on_mean = rec.aggregates[0]["mean"] - np.mean(clipped, axis=0)

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fedcogen.protocols import index_coding as ic
 from fedcogen.protocols import sparse_codec as sc
 from fedcogen.protocols.sparse_codec import (
     CodecConfig,
@@ -301,7 +302,7 @@ def test_encoder_rejects_bad_input_with_reasons():
 def forge(records: list[dict], version: int = sc.VERSION, count: int | None = None) -> bytes:
     """A blob with a valid checksum and length but arbitrary record contents."""
     body = bytearray()
-    sc._write_varint(body, len(records) if count is None else count)
+    ic.write_varint(body, len(records) if count is None else count)
     for r in records:
         sc._append_record(
             body, r.get("name", "w"), r.get("shape", (100,)), r["k"], r.get("coding", "delta_varint"),
@@ -316,7 +317,7 @@ def fp32(*v) -> bytes:
 
 
 def varints(*d) -> bytes:
-    return sc._encode_varints(np.array(d, np.int64))
+    return ic.encode_varints(np.array(d, np.int64))
 
 
 def reject(blob, **kw) -> UpdateRejected:
@@ -498,8 +499,8 @@ def test_rice_parameter_is_exactly_optimal():
     rng = np.random.default_rng(5)
     for n, k in ((1000, 1), (1000, 999), (50_000, 300), (50_000, 20_000), (2**20, 7)):
         gaps = np.diff(np.sort(rng.choice(n, k, replace=False)), prepend=-1) - 1
-        brute = min(range(sc.MAX_RICE_PARAM + 1), key=lambda b: (sc._rice_cost_bits(gaps, b), b))
-        assert sc._best_rice_param(gaps, n) == brute
+        brute = min(range(ic.MAX_RICE_PARAM + 1), key=lambda b: (ic.rice_cost_bits(gaps, b), b))
+        assert ic.best_rice_param(gaps, n) == brute
 
 
 def test_auto_uses_bitmap_when_dense_and_implied_support_when_full():
