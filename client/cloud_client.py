@@ -18,6 +18,7 @@ from fedcogen.client.wire_capture import WireCapture
 from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.protocols import cogen_pb2_grpc as pb_grpc
 from fedcogen.protocols import logit_codec
+from fedcogen.protocols.tls import channel_credentials
 
 RECOVERABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -81,8 +82,6 @@ class CloudClient:
         if self.insecure:
             self._raw = grpc.insecure_channel(self.address, options=options)
         else:
-            from fedcogen.protocols.tls import channel_credentials
-
             self._raw = grpc.secure_channel(self.address, channel_credentials(self.tls_dir), options=options)
         self.stub = pb_grpc.CloudLMStub(grpc.intercept_channel(self._raw, self.capture))
 

@@ -28,6 +28,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from fedcogen.protocols import sparse_codec as codec
+
 MSG_QUERY = "query"
 MSG_TRAIN = "train"
 MSG_EVALUATE = "evaluate"
@@ -265,10 +269,6 @@ class FLSettings:
 
 def overwrite_patch(target: Mapping[str, Any], indices: Mapping[str, Any]) -> bytes:
     """Lossless catch-up: the fp32 values of ``target`` at ``indices`` (flat), codec-encoded."""
-    import numpy as np
-
-    from fedcogen.protocols import sparse_codec as codec
-
     sparse = {}
     for name, arr in target.items():
         idx = np.asarray(indices.get(name, np.empty(0, np.int64)), dtype=np.int64)
@@ -285,10 +285,6 @@ def apply_patch(
     ``delta`` adds the decoded sparse delta (float32), ``overwrite``/``full`` set coordinates.
     The blob is validated like any update (a corrupt broadcast must not poison a client).
     """
-    import numpy as np
-
-    from fedcogen.protocols import sparse_codec as codec
-
     out = {k: np.array(v, dtype=np.float32, copy=True) for k, v in base.items()}
     if kind == PATCH_NONE:
         return out

@@ -1,0 +1,109 @@
+"""The package layers hold: no import runs backwards, and project imports sit at the top of files.
+
+Layers, lowest first: ``protocols`` <- core ``fedcogen/`` <- ``client``, ``server`` (never each
+other) <- ``simulations`` <- CLI modules (anything under ``fedcogen/cli/``, ``fedcogen/cli.py`` or
+named ``*_cli.py``), which may import anything. Imports inside function bodies used to hide cycles,
+so a project import inside a function is an error too (heavy third-party libraries stay lazy).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RANK = {"protocols": 0, "fedcogen": 1, "client": 2, "server": 2, "simulations": 3}
+
+# Known until the lead merges helper C's move of the user-data reading into core.
+PENDING = {
+    "client/fl_clientapp.py -> fedcogen.simulations",
+    "simulations -> CLI",
+}
+
+
+def _is_cli(path: Path) -> bool:
+    rel = path.relative_to(ROOT)
+    return "cli" in rel.parts[:-1] or rel.name.endswith("_cli.py") or rel.name == "cli.py"
+
+
+def _modules(top: str) -> list[Path]:
+    return sorted(p for p in (ROOT / top).rglob("*.py") if "_pb2" not in p.name)
+
+
+def _imported(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        return [node.module]
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    return []
+
+
+def _target(module: str) -> str | None:
+    """Layer a ``fedcogen...`` module belongs to (``"cli"`` for CLI modules), None if not ours."""
+    parts = module.split(".")
+    if parts[0] != "fedcogen":
+        return None
+    if len(parts) > 1 and (parts[1] == "cli" or parts[-1].endswith("_cli")):
+        return "cli"
+    return parts[1] if len(parts) > 1 and parts[1] in RANK else "fedcogen"
+
+
+def backward_imports() -> list[tuple[str, str]]:
+    """(kind, "file:line top -> module") for every import that runs against the layers."""
+    found = []
+    for top, rank in RANK.items():
+        for path in _modules(top):
+            if _is_cli(path):
+                continue
+            rel = path.relative_to(ROOT).as_posix()
+            for node in ast.walk(ast.parse(path.read_text())):
+                for module in _imported(node):
+                    tgt = _target(module)
+                    if tgt is None:
+                        continue
+                    if tgt == "cli":
+                        kind = "simulations -> CLI" if top == "simulations" else "CLI"
+                        found.append((kind, f"{rel}:{node.lineno} imports the CLI module {module}"))
+                    elif RANK[tgt] > rank or (RANK[tgt] == rank == 2 and tgt != top):
+                        found.append((f"{rel} -> fedcogen.{tgt}", f"{rel}:{node.lineno} {top} -> {module}"))
+    return found
+
+
+def test_no_import_runs_against_the_layers():
+    bad = [line for kind, line in backward_imports() if kind not in PENDING]
+    assert bad == [], "imports against the layers:\n" + "\n".join(bad)
+
+
+@pytest.mark.xfail(strict=False, reason="lead removes at merge (helper C moves data reading to core, CLI package)")
+def test_no_pending_backward_imports_are_left():
+    assert [line for kind, line in backward_imports() if kind in PENDING] == []
+
+
+def _function_imports(path: Path) -> list[str]:
+    """Project imports inside function bodies (module and class level are fine)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for inner in ast.walk(node):
+                if any(_target(m) is not None for m in _imported(inner)):
+                    out.append(f"{path.relative_to(ROOT).as_posix()}:{inner.lineno}")
+    return out
+
+
+@pytest.mark.parametrize("top", [
+    "protocols", "fedcogen", "client", "server",
+    pytest.param("simulations", marks=pytest.mark.xfail(strict=False, reason="lead removes at merge")),
+])
+def test_project_imports_are_at_the_top_of_files(top):
+    lazy = [hit for path in _modules(top) if not _is_cli(path) for hit in _function_imports(path)]
+    if top == "client":  # helper C moves the user-data reading out of the ClientApp (lead removes at merge)
+        lazy = [hit for hit in lazy if not hit.startswith("client/fl_clientapp.py:")
+                or "fedcogen.simulations" not in _line(hit)]
+    assert lazy == [], "project imports inside functions:\n" + "\n".join(lazy)
+
+
+def _line(hit: str) -> str:
+    rel, lineno = hit.rsplit(":", 1)
+    return (ROOT / rel).read_text().splitlines()[int(lineno) - 1]
