@@ -359,7 +359,7 @@ class CogenDevice:
 
         ``tasks`` are dicts with ``instruction``, ``private_context`` and ``target`` (e.g. built from
         ``simulations.data`` records). Only the instruction is sent to the cloud (``Sketch``); the
-        returned prompts are formatted by ``client.prompts.device_prompt`` so the federated trainer
+        returned prompts are formatted by ``fedcogen.prompts.device_prompt`` so the federated trainer
         can fine-tune the device model to use outlines the way it will see them at inference.
         """
         pairs = []
