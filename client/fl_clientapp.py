@@ -133,7 +133,7 @@ def federation_for(settings: fm.FLSettings) -> Any:
     Generation writes to a temporary sibling folder that is renamed into place, so concurrent
     processes (Ray workers, the server) never read a half-written folder.
     """
-    from fedcogen.simulations import data as sd
+    from fedcogen import dataset as sd
 
     if not settings.data_dir:
         raise ValueError("run config 'data_dir' is empty: set the folder of the synthetic federation")
@@ -165,7 +165,7 @@ _ENC_CACHE: dict[tuple, Any] = {}
 
 
 def _load_federation(folder: str) -> Any:
-    from fedcogen.simulations import data as sd
+    from fedcogen import dataset as sd
 
     if folder not in _FED_CACHE:
         _FED_CACHE[folder] = sd.load_federation(folder)
@@ -174,7 +174,7 @@ def _load_federation(folder: str) -> Any:
 
 def client_id_for(settings: fm.FLSettings, partition_id: int) -> str:
     """Partition id -> user id of the federation (sorted user list, so every process agrees)."""
-    from fedcogen.simulations import data as sd
+    from fedcogen import dataset as sd
 
     users = sd.user_ids(federation_for(settings))
     if not 0 <= partition_id < len(users):
@@ -184,8 +184,8 @@ def client_id_for(settings: fm.FLSettings, partition_id: int) -> str:
 
 def encoded_split(settings: fm.FLSettings, client_id: str, split: str, tokenizer: Any) -> list[Any]:
     """Tokenised (prompt, target) pairs of one client's split, cached per process."""
+    from fedcogen import dataset as sd
     from fedcogen.client.lora import encode_examples
-    from fedcogen.simulations import data as sd
 
     key = (settings.data_dir, settings.model, client_id, split, settings.max_seq_len, settings.history_examples,
            settings.fact_swaps)

@@ -244,7 +244,7 @@ class RecordingGrid:
 
 def _lora_update(cfg: SecAggRunConfig, partition: int, server_round: int, global_flat: np.ndarray) -> np.ndarray:
     from fedcogen.client.lora import encode_examples, get_adapter, lora_model, set_adapter, train_local
-    from fedcogen.simulations.data import client_examples, load_federation, user_ids
+    from fedcogen.dataset import client_examples, load_federation, user_ids
 
     lm = lora_model(cfg.model, cfg.seed)
     names = sorted(lm.params)

@@ -19,13 +19,13 @@ Two complementary checks, both run on *everything that left a device*:
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from fedcogen.text_match import contains_normalised, normalise
 
 # --------------------------------------------------------------------------- cloud view
 
@@ -106,21 +106,6 @@ def cloud_view_text(capture: Any, tokenizer: Any | None = None) -> str:
     if stream and tokenizer is not None:
         parts.append(tokenizer.decode(stream, skip_special_tokens=True))
     return "\n".join(parts)
-
-
-# --------------------------------------------------------------------------- matching
-
-
-def norm_text(text: str) -> str:
-    """NFKC + casefold, punctuation/whitespace runs -> one space (as the data generator's leak check)."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return re.sub(r"[\W_]+", " ", text).strip()
-
-
-def contains_value(haystack_norm: str, value: str) -> bool:
-    """Whole-word, normalised containment (``haystack_norm`` already passed through :func:`norm_text`)."""
-    needle = norm_text(value)
-    return bool(needle) and f" {needle} " in f" {haystack_norm} "
 
 
 def _token_runs(tokenizer: Any, value: str) -> list[list[int]]:
@@ -231,9 +216,9 @@ def wire_audit(
         payloads = sent_payloads(capture)
         wanted = everyone if all_users or device_id not in secrets else secrets[device_id]
         raw_all = [p.raw for p in payloads]
-        texts_norm = norm_text("\n".join(t for p in payloads for t in p.texts))
+        texts_norm = normalise("\n".join(t for p in payloads for t in p.texts))
         stream = [i for p in payloads for i in p.token_ids]
-        decoded_norm = norm_text(tokenizer.decode(stream, skip_special_tokens=True)) if stream and tokenizer else ""
+        decoded_norm = normalise(tokenizer.decode(stream, skip_special_tokens=True)) if stream and tokenizer else ""
         hits = []
         for s in wanted:
             where = []
@@ -241,9 +226,9 @@ def wire_audit(
                 needles = {s.value.encode("utf-8"), s.value.lower().encode("utf-8")}
                 if any(n in raw for raw in raw_all for n in needles):
                     where.append("raw_utf8")
-            if texts_norm and contains_value(texts_norm, s.value):
+            if texts_norm and contains_normalised(texts_norm, s.value):
                 where.append("text_fields")
-            if decoded_norm and contains_value(decoded_norm, s.value):
+            if decoded_norm and contains_normalised(decoded_norm, s.value):
                 where.append("decoded_token_ids")
             if stream and tokenizer is not None and any(_has_run(stream, r) for r in _token_runs(tokenizer, s.value)):
                 where.append("token_id_run")
@@ -302,7 +287,7 @@ def profile_attributes(profile: Any) -> dict[str, str]:
 
 def attribute_pools() -> dict[str, list[str]]:
     """Candidate pools of the synthetic data generator (what an attacker knowing the format would try)."""
-    from fedcogen.simulations import data as d
+    from fedcogen import dataset as d
 
     return {
         "first_name": list(d.GIVEN_NAMES),
@@ -318,7 +303,7 @@ def attribute_pools() -> dict[str, list[str]]:
 
 
 def _substring_guess(view_norm: str, pool: Sequence[str]) -> str | None:
-    found = [(view_norm.count(norm_text(c)), c) for c in pool if contains_value(view_norm, c)]
+    found = [(view_norm.count(normalise(c)), c) for c in pool if contains_normalised(view_norm, c)]
     if not found:
         return None
     found.sort(key=lambda x: (-x[0], -len(x[1])))
@@ -360,7 +345,7 @@ def context_leakage(
     rows = []
     for uid, truth in truths.items():
         view = views.get(uid, "")
-        view_norm = norm_text(view)
+        view_norm = normalise(view)
         view_ids: list[int] = []
         if model is not None and tokenizer is not None and view:
             view_ids = tokenizer(view, add_special_tokens=False)["input_ids"][-max_view_tokens:]
@@ -373,7 +358,7 @@ def context_leakage(
                 pool.append(true)
             row: dict[str, Any] = {
                 "user_id": uid, "attribute": attr, "chance": 1.0 / len(pool),
-                "verbatim": contains_value(view_norm, true),
+                "verbatim": contains_normalised(view_norm, true),
             }
             guess = _substring_guess(view_norm, pool)
             row["substring_correct"] = guess == true

@@ -87,7 +87,7 @@ class CogenBenchConfig:
 def _tasks(n: int) -> list[dict[str, str]]:
     """Reference tasks: the synthetic federation's test split when available, else built-in ones."""
     try:
-        from fedcogen.simulations.data import FederationConfig, generate_federation
+        from fedcogen.dataset import FederationConfig, generate_federation
 
         fed = generate_federation(FederationConfig(n_users=4, seed=0, history_per_user=4, train_tasks_per_user=0,
                                                    val_tasks_per_user=0, test_tasks_per_user=4))

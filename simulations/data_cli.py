@@ -73,7 +73,7 @@ def _generate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from fedcogen.simulations.data import (
+    from fedcogen.dataset import (
         SPLITS,
         TASK_KINDS,
         FederationConfig,
@@ -118,7 +118,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _summary(fed, user: str | None) -> dict:
-    from fedcogen.simulations.data import SPLITS, TASK_KINDS
+    from fedcogen.dataset import SPLITS, TASK_KINDS
 
     def count(items):
         items = list(items)
@@ -153,7 +153,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from fedcogen.simulations.data import SPLITS, TASK_KINDS, DataValidationError, find_leaks, load_federation
+    from fedcogen.dataset import SPLITS, TASK_KINDS, DataValidationError, find_leaks, load_federation
 
     try:
         fed = load_federation(args.folder)
@@ -200,7 +200,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.data import DataValidationError, load_federation, validate_task_file
+    from fedcogen.dataset import DataValidationError, load_federation, validate_task_file
 
     target: Path = args.file
     if target.is_dir():

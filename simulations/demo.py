@@ -1,7 +1,7 @@
 """The main job: every part of fedcogen on one small federation, with a report at the end.
 
 Stages (each prints progress):
-  1. a private personalised-writing federation (``simulations/data.py``): ``users`` devices that train
+  1. a private personalised-writing federation (``fedcogen/dataset/``): ``users`` devices that train
      and ``heldout_users`` that never do (generalisation is measured on them)
   2. federated sparse LoRA in the Flower simulation engine (``simulations/federation.py``): the device
      learns to write the user's answer from the private context
@@ -162,7 +162,7 @@ def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
 
 def _eval_tasks(cfg: DemoConfig, fed: Any) -> dict[str, list[Any]]:
     """Seen users' unseen test tasks and every test task of the users that never trained."""
-    from fedcogen.simulations.data import user_ids
+    from fedcogen.dataset import user_ids
 
     ids = user_ids(fed)
     seen = [t for u in ids[: cfg.users] for t in fed.tasks_of(u, "test")[: cfg.seen_tasks]]
@@ -230,13 +230,13 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
 
 
 def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dict[str, Any]:
+    from fedcogen.dataset import canary_records, random_canary_like, user_ids
     from fedcogen.models import load_tokenizer
     from fedcogen.protocols.dp import epsilon_for
     from fedcogen.simulations.attacks import canary_exposure, membership_inference
     from fedcogen.simulations.audit import wire_audit
-    from fedcogen.simulations.data import user_ids
     from fedcogen.simulations.federation import load_run_adapter
-    from fedcogen.simulations.privacy_run import canary_alternative, federation_canaries, mia_pairs
+    from fedcogen.simulations.privacy_run import mia_pairs
 
     tok = load_tokenizer(cfg.device_model)
     audit = {v: wire_audit(by_user, fed.profiles, fed.canaries, tokenizer=tok) for v, by_user in received.items()}
@@ -246,9 +246,9 @@ def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dic
     train_users = set(user_ids(fed)[: cfg.users])
     exposure = None
     if cfg.canary_alternatives > 0:
-        canaries = [c for c in federation_canaries(fed) if c["owner"] in train_users]
+        canaries = [c for c in canary_records(fed) if c["owner"] in train_users]
         exposure = canary_exposure(lm.model, lm.tokenizer, canaries, cfg.canary_alternatives, cfg.seed,
-                                   alternatives_fn=canary_alternative, progress=True)
+                                   alternatives_fn=random_canary_like, progress=True)
     members, non = mia_pairs(fed, cfg.mia_examples, cfg.seed, users=sorted(train_users))
     mia = membership_inference(lm.model, lm.tokenizer, members, non)
     if exposure is not None:
@@ -269,8 +269,8 @@ def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dic
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, str]:
+    from fedcogen.dataset import FederationConfig, generate_federation, write_federation
     from fedcogen.protocols.tls import ensure_dev_certs
-    from fedcogen.simulations.data import FederationConfig, generate_federation, write_federation
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)

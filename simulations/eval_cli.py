@@ -1,6 +1,6 @@
 """`fedcogen eval`: run CoGenesis variants over a task file, score them, write JSON + markdown report.
 
-Input validation is delegated to :mod:`fedcogen.simulations.data` (one validator for the whole
+Input validation is delegated to :mod:`fedcogen.dataset` (one validator for the whole
 project); this module decides what to do with invalid lines (``--on-invalid skip`` or ``reject``).
 Generation is delegated to the device-side CoGenesis generator; scoring and aggregation to
 :mod:`fedcogen.simulations.evaluate`.
@@ -140,7 +140,7 @@ def load_tasks(path: Path, on_invalid: str) -> tuple[list[Any], list[str]]:
 
     ``reject`` collects every problem first (so the user can fix them all at once), then raises.
     """
-    from fedcogen.simulations.data import validate_task_file
+    from fedcogen.dataset import validate_task_file
 
     if not path.is_file():
         raise FileNotFoundError(f"dataset {path} does not exist")

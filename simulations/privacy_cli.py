@@ -130,8 +130,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_context(run_dir: str, data: str | None) -> tuple[Any, Any]:
+    from fedcogen.dataset import load_federation
     from fedcogen.server.checkpoint import load_checkpoint
-    from fedcogen.simulations.data import load_federation
     from fedcogen.simulations.privacy_run import quick_config
 
     _, meta = load_checkpoint(run_dir)
@@ -144,14 +144,14 @@ def _run_context(run_dir: str, data: str | None) -> tuple[Any, Any]:
 
 
 def _exposure(args: argparse.Namespace) -> int:
+    from fedcogen.dataset import canary_records, random_canary_like
     from fedcogen.simulations.attacks import canary_exposure
     from fedcogen.simulations.federation import load_run_adapter
-    from fedcogen.simulations.privacy_run import canary_alternative, federation_canaries
 
     fed, _ = _run_context(args.run_dir, args.data)
     lm, _ = load_run_adapter(args.run_dir)
-    res = canary_exposure(lm.model, lm.tokenizer, federation_canaries(fed), args.alternatives, args.seed,
-                          alternatives_fn=canary_alternative, progress=True)
+    res = canary_exposure(lm.model, lm.tokenizer, canary_records(fed), args.alternatives, args.seed,
+                          alternatives_fn=random_canary_like, progress=True)
     print(f"mean exposure {res['mean']:.2f} bits, max {res['max']:.2f} (chance {res['chance']:.2f}, "
           f"max possible {res['per_canary'][0]['max_exposure']:.2f})")
     _write(args.json, res)

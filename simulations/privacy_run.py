@@ -139,43 +139,10 @@ def load_config(path: str | Path | None, quick: bool, **overrides: Any) -> Priva
 # --------------------------------------------------------------------------- data helpers
 
 
-def federation_canaries(fed: Any) -> list[dict[str, Any]]:
-    """Each canary with the training context it was planted in (first planted copy).
-
-    The prefix is the planted history text up to the secret and the prompt is its training prompt:
-    exposure is then measured on exactly the sequence the model was trained on.
-    """
-    from fedcogen.client.prompts import history_prompt
-    from fedcogen.simulations import data as d
-
-    by_id = {h.text_id: h for h in fed.history}
-    out = []
-    for uid, canaries in fed.canaries.items():
-        for i, canary in enumerate(canaries):
-            planted = fed.planted_in.get(uid, {}).get(canary, [])
-            _, secret = d.canary_secret(canary)
-            if planted:
-                h = by_id[planted[0]]
-                prefix = h.text[: h.text.index(canary)] + canary[: -len(secret)]
-                prompt = history_prompt(d.KIND_LABELS[h.kind])
-            else:
-                prefix, prompt = canary[: -len(secret)], None
-            out.append({"id": f"{uid}-c{i}", "owner": uid, "text": canary, "prefix": prefix, "secret": secret,
-                        "prompt": prompt})
-    return out
-
-
-def canary_alternative(canary: dict[str, Any], rng: np.random.Generator) -> str:
-    """A same-format secret from the data generator's own sampler."""
-    from fedcogen.simulations import data as d
-
-    return d.canary_secret(d.random_canary_like(canary["text"], rng))[1]
-
-
 def mia_pairs(fed: Any, limit: int, seed: int, users: Sequence[str] | None = None) -> tuple[list, list]:
     """Members = training tasks, non-members = held-out test+val tasks of the same users (same format)."""
+    from fedcogen import dataset as d
     from fedcogen.client.prompts import device_prompt
-    from fedcogen.simulations import data as d
     from fedcogen.simulations.attacks import split_disjoint
 
     users = list(users or d.user_ids(fed))
@@ -248,8 +215,8 @@ def attack_run(run_dir: str | Path, fed: Any, cfg: PrivacyRunConfig, progress: b
     from fedcogen.simulations.attacks import canary_exposure, membership_inference
 
     lm, _ = load_run_adapter(run_dir)
-    exposure = canary_exposure(lm.model, lm.tokenizer, federation_canaries(fed), cfg.n_alternatives, cfg.seed,
-                               alternatives_fn=canary_alternative, progress=progress)
+    exposure = canary_exposure(lm.model, lm.tokenizer, d.canary_records(fed), cfg.n_alternatives, cfg.seed,
+                               alternatives_fn=d.random_canary_like, progress=progress)
     members, non = mia_pairs(fed, cfg.mia_max_examples, cfg.seed)
     mia = membership_inference(lm.model, lm.tokenizer, members, non)
     return {"canary_exposure": exposure, "mia": mia}
@@ -262,9 +229,9 @@ def single_update_mia(run_dir: str | Path, fed: Any, cfg: PrivacyRunConfig, sigm
     ``dp_clip`` (when DP is on) and in ``client`` mode noised with its share ``sigma*C/sqrt(n)``; the
     attacker scores that client's training tasks vs its held-out tasks under global + update.
     """
+    from fedcogen import dataset as d
     from fedcogen.client.lora import encode_examples, get_adapter, set_adapter, train_local
     from fedcogen.protocols import dp
-    from fedcogen.simulations import data as d
     from fedcogen.simulations.attacks import membership_inference
 
     lm, _ = load_run_adapter(run_dir)
@@ -293,11 +260,11 @@ def single_update_mia(run_dir: str | Path, fed: Any, cfg: PrivacyRunConfig, sigm
 
 def cogen_captures(cfg: PrivacyRunConfig, fed: Any, device_run: str | Path) -> dict[str, dict[str, Any]]:
     """Run every variant over gRPC on loopback; ``{variant: {user_id: WireCapture}}``."""
+    from fedcogen import dataset as d
     from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
     from fedcogen.client.wire_capture import WireCapture
     from fedcogen.models import LoadedModel, shared_model
     from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
-    from fedcogen.simulations import data as d
 
     lm, s = load_run_adapter(device_run)
     device_lm = LoadedModel(model=lm.model, tokenizer=lm.tokenizer, name=f"{s['model']}+federated", source=str(device_run))
@@ -354,8 +321,8 @@ def _finite(x: Any) -> Any:
 
 def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
     """Run everything and write ``privacy.json`` + ``privacy.md`` + plots into ``cfg.out_dir``."""
+    from fedcogen import dataset as d
     from fedcogen.protocols import dp
-    from fedcogen.simulations import data as d
     from fedcogen.simulations.federation import run_federation
 
     out = Path(cfg.out_dir)

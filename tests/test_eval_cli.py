@@ -1,6 +1,6 @@
 """`fedcogen eval` input handling and exit codes (in-process, generator replaced by a fake).
 
-Validation itself comes from fedcogen.simulations.data; these tests check that the CLI surfaces
+Validation itself comes from fedcogen.dataset; these tests check that the CLI surfaces
 its problems with line and field, and that skip / reject behave as documented.
 """
 

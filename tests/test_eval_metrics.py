@@ -310,7 +310,7 @@ def test_generated_federation_oracle_scores_perfectly(tmp_path):
     """On the project's own synthetic data, answering with the reference must score 1 on every
     quality metric (facts and style markers are really in the references, and the profile format
     is read correctly), while answering with the bare instruction recalls no private fact."""
-    from fedcogen.simulations.data import (
+    from fedcogen.dataset import (
         FederationConfig,
         generate_federation,
         validate_task_file,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from fedcogen import dataset as d
 from fedcogen.client.wire_capture import WireCapture
 from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.simulations import audit
-from fedcogen.simulations import data as d
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from fedcogen import dataset as d
 from fedcogen.cli import main
-from fedcogen.simulations import data as d
 from fedcogen.simulations import privacy_run as pr
 
 
@@ -17,7 +17,7 @@ def fed():
 
 
 def test_federation_canaries_follow_training_text(fed):
-    cans = pr.federation_canaries(fed)
+    cans = d.canary_records(fed)
     assert len(cans) == sum(len(v) for v in fed.canaries.values())
     by_id = {h.text_id: h for h in fed.history}
     for c in cans:
@@ -27,7 +27,7 @@ def test_federation_canaries_follow_training_text(fed):
         assert c["prompt"].startswith("Write a")
     import numpy as np
 
-    alt = pr.canary_alternative(cans[0], np.random.default_rng(0))
+    alt = d.random_canary_like(cans[0], np.random.default_rng(0))["secret"]
     assert len(alt) == len(cans[0]["secret"]) and alt != cans[0]["secret"]
 
 
