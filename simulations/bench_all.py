@@ -7,7 +7,6 @@ figures next to it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -65,34 +64,11 @@ def headline_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write(result: dict[str, Any], json_path: str | None, out_dir: Path) -> None:
+def write_suite(result: dict[str, Any], json_path: str | None, out_dir: Path) -> None:
+    """One JSON with every benchmark result plus a markdown table of the headline figures next to it."""
     target = Path(json_path) if json_path else out_dir / "bench.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(result, indent=1, default=str))
     md = target.with_suffix(".md")
     md.write_text(f"# fedcogen benchmarks\n\nmachine: {result.get('machine')}\n\n{headline_table(result)}\n")
     print(f"\n{headline_table(result)}\n\nJSON: {target}\nmarkdown: {md}")
-
-
-def register_bench(bsub: argparse._SubParsersAction) -> None:
-    p = bsub.add_parser("privacy", help="DP / attacks / wire audit figures (runs `fedcogen privacy run`)")
-    p.add_argument("--quick", action="store_true", help="tiny models, a few minutes")
-    p.add_argument("--json", dest="json_out", metavar="FILE", help="write the result JSON here")
-    p.add_argument("--out-dir", default="runs/bench_privacy", help="folder for runs and reports")
-    p.set_defaults(func=_privacy_cmd)
-    a = bsub.add_parser("all", help="comm + cogen + privacy, one after another, into one JSON + markdown table")
-    a.add_argument("--quick", action="store_true", help="tiny models everywhere (the full run takes hours on 2 cores)")
-    a.add_argument("--json", dest="json_out", metavar="FILE", help="write the combined JSON here")
-    a.add_argument("--out-dir", default="runs/bench", help="folder for each benchmark's runs and reports")
-    a.set_defaults(func=_all_cmd)
-
-
-def _privacy_cmd(args: argparse.Namespace) -> int:
-    result = {"privacy": run_privacy_bench(args.quick, args.out_dir)}
-    _write(result, args.json_out, Path(args.out_dir))
-    return 0
-
-
-def _all_cmd(args: argparse.Namespace) -> int:
-    _write(run_all(args.quick, args.out_dir), args.json_out, Path(args.out_dir))
-    return 0

@@ -20,7 +20,6 @@ index bits <= 1.10x the bound, throughput ratio >= 0.95.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -251,34 +250,4 @@ def print_table(r: dict[str, Any]) -> None:
     print("targets: " + ", ".join(f"{k}={'met' if v else 'NOT met'}" for k, v in r["meets"].items()))
 
 
-def register_bench(bsub: argparse._SubParsersAction) -> None:
-    p = bsub.add_parser(
-        "comm",
-        help="dense fp32 LoRA FedAvg vs sparse runs: bytes, loss, index bits, training throughput",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--quick", action="store_true", help="tiny model, 4 clients, 4 rounds (a few minutes)")
-    p.add_argument("--json", dest="json_out", metavar="FILE", help="write the result JSON here")
-    p.add_argument("--out-dir", default="runs/bench_comm", help="folder for runs, plots and bench_comm.md")
-    p.add_argument("--densities", default="", help="comma-separated sparse densities "
-                   "(default 0.01,0.05,0.1 with --quick, 0.1,0.3 at full size)")
-    p.add_argument("--quant", default="int8", choices=["fp32", "fp16", "int8"], help="sparse value precision")
-    p.add_argument("--engine", default="loopback", choices=["loopback", "flower"],
-                   help="loopback: same apps in one process (no Ray noise); flower: Ray simulation engine")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    dens = tuple(float(x) for x in args.densities.split(",") if x.strip()) or None
-    result = run_bench(quick=args.quick, out_dir=args.out_dir, densities=dens, engine=args.engine, quant=args.quant)
-    print_table(result)
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=1, default=str))
-        print(f"\nJSON: {args.json_out}")
-    print(f"report: {Path(args.out_dir) / 'bench_comm.md'}; plots: loss_vs_round.png, loss_vs_bytes.png")
-    return 0
-
-
-__all__ = ["run_bench", "measure_throughput", "register_bench"]
+__all__ = ["run_bench", "measure_throughput"]

@@ -9,7 +9,6 @@ shows 0 errors; the latency figures are for this machine and model only.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import threading
@@ -109,33 +108,4 @@ def run_load(cfg: LoadConfig = LoadConfig()) -> dict[str, Any]:
     }
 
 
-def register_bench(bsub: argparse._SubParsersAction) -> None:
-    p = bsub.add_parser(
-        "load",
-        help="32 concurrent CoGenesis sessions for 60 s against one TLS + token cloud: errors, p50/p99",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--sessions", type=int, default=32)
-    p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--tokens", type=int, default=16, help="steps per session before it closes and reopens")
-    p.add_argument("--model", default="tiny-large", help="cloud model (tiny-large keeps CPU runs short)")
-    p.add_argument("--quick", action="store_true", help="8 sessions for 10 s")
-    p.add_argument("--json", dest="json_out", metavar="FILE", help="write the result JSON here")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    cfg = LoadConfig(sessions=args.sessions, seconds=args.seconds, tokens=args.tokens, model=args.model)
-    if args.quick:
-        cfg.sessions, cfg.seconds = 8, 10.0
-    result = run_load(cfg)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(text)
-    return 0 if result["errors"] == 0 else 1
-
-
-__all__ = ["LoadConfig", "run_load", "register_bench"]
+__all__ = ["LoadConfig", "run_load"]

@@ -17,13 +17,11 @@ The defaults were chosen by measurement to fit the 15-minute budget of ``make de
 
 from __future__ import annotations
 
-import argparse
 import json
 import secrets
 import shutil
 import time
-import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,27 +90,6 @@ class DemoConfig:
         return Path(self.out) / self.name
 
 
-def config_from_args(args: argparse.Namespace) -> DemoConfig:
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"demo config {path} not found")
-        text = path.read_text()
-        values.update(tomllib.loads(text) if path.suffix == ".toml" else json.loads(text))
-    known = {f.name for f in fields(DemoConfig)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown demo config keys: {sorted(unknown)} (known: {sorted(known)})")
-    for name in known:
-        v = getattr(args, name, None)
-        if v is not None and v is not False:
-            values[name] = v
-    if "name" not in values:
-        values["name"] = "demo-quick" if values.get("quick") else "demo"
-    return DemoConfig(**values)
-
-
 def _stage(n: int, title: str) -> float:
     print(f"\n=== [{n}/5] {title}", flush=True)
     return time.perf_counter()
@@ -172,9 +149,9 @@ def _eval_tasks(cfg: DemoConfig, fed: Any) -> dict[str, list[Any]]:
 
 def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token: str) -> dict[str, Any]:
     from fedcogen.client.cogen_device import calibrate_gate_threshold
-    from fedcogen.simulations.eval_cli import spawned_cloud
     from fedcogen.simulations.evaluate import CogenGenerator, EvalConfig, aggregate_overall, evaluate
     from fedcogen.simulations.metrics import StyleMarkers
+    from fedcogen.simulations.processes import spawned_cloud
     from fedcogen.simulations.writer_strength import writer_strength
 
     groups = _eval_tasks(cfg, fed)

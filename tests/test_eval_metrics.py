@@ -316,7 +316,7 @@ def test_generated_federation_oracle_scores_perfectly(tmp_path):
         validate_task_file,
         write_federation,
     )
-    from fedcogen.simulations.eval_cli import load_profiles
+    from fedcogen.cli.eval import load_profiles
 
     cfg = FederationConfig(n_users=6, history_per_user=2, train_tasks_per_user=1, val_tasks_per_user=1,
                            test_tasks_per_user=3, canaries_per_user=0)
