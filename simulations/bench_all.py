@@ -13,15 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-HEADLINES: dict[str, tuple[str, ...]] = {
-    "comm": ("dense_bytes_per_round", "sparse_bytes_per_round", "compression_ratio", "dense_eval_loss",
-             "sparse_eval_loss", "index_bits_over_bound", "train_throughput_ratio"),
-    "cogen": ("bytes_per_token_full", "bytes_per_token_topk", "top1_agreement_topk_vs_full",
-              "tokens_per_s_device_only", "tokens_per_s_logit", "tokens_per_s_gated", "cloud_call_fraction_gated",
-              "aggregate_tokens_per_s"),
-    "privacy": ("epsilon", "delta", "canary_exposure", "mia_auc", "mia_tpr_at_1pct_fpr", "wire_audit_pass",
-                "utility_eval_loss"),
-}
+from fedcogen.simulations.report import headline_table
 
 
 def run_privacy_bench(quick: bool, out_dir: str | Path) -> dict[str, Any]:
@@ -50,18 +42,6 @@ def run_all(quick: bool, out_dir: str | Path) -> dict[str, Any]:
         result[name] = fn()
         result["seconds"][name] = round(time.perf_counter() - t, 1)
     return result
-
-
-def headline_table(result: dict[str, Any]) -> str:
-    lines = ["| benchmark | figure | value |", "|---|---|---|"]
-    for bench, keys in HEADLINES.items():
-        data = result.get(bench) or {}
-        for k in keys:
-            if k in data:
-                v = data[k]
-                text = f"{v:.4g}" if isinstance(v, float) else json.dumps(v, default=str)[:120]
-                lines.append(f"| {bench} | {k} | {text} |")
-    return "\n".join(lines)
 
 
 def write_suite(result: dict[str, Any], json_path: str | None, out_dir: Path) -> None:

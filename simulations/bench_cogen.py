@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen.simulations.processes import spawned_cloud
+from fedcogen.simulations.report import cogen_report
 
 log = logging.getLogger(__name__)
 
@@ -291,25 +292,6 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_cogen.json").write_text(json.dumps(result, indent=2, default=str))
-    lines = [f"# CoGenesis benchmark ({result['mode']})", "", f"cloud model: `{result['config']['cloud_model']}`", ""]
-    for name, row in result["devices"].items():
-        lines += [f"## device `{name}`", "", "| k | bytes/token (fp16) | top-1 agreement vs full |", "|---|---|---|"]
-        for k, b in row["bytes_per_token_topk"].items():
-            lines.append(f"| {k} | {b:.0f} | {row['agreement']['agreement'].get(f'{k}-fp16', float('nan')):.4f} |")
-        lines += [
-            f"| 64 int8 | {row['bytes_per_token_int8_k64']:.0f} | {row['agreement']['agreement']['64-int8']:.4f} |",
-            f"| full fp32 | {row['bytes_per_token_full']:.0f} | 1 |",
-            "",
-            f"- agreement measured over {row['agreement']['steps']} teacher-forced steps",
-            f"- tokens/s device-only {row['tokens_per_s_device_only']:.1f}, logit {row['tokens_per_s_logit']:.1f} "
-            f"({row['logit_speed_ratio']:.2f}x), gated {row['tokens_per_s_gated']:.1f} "
-            f"(cloud called for {100 * row['cloud_call_fraction_gated']:.0f}% of tokens)",
-            f"- device -> cloud bytes/token in logit: {row['bytes_sent_per_token_logit']:.1f}",
-            "",
-        ]
-    lines += ["## cloud batching", "", "| sessions | aggregate tokens/s |", "|---|---|"]
-    lines += [f"| {n} | {v:.1f} |" for n, v in result["aggregate_tokens_per_s"].items()]
-    lines += ["", "## targets", "", "```", json.dumps(result["targets"], indent=2), "```", ""]
     md = out / "bench_cogen.md"
-    md.write_text("\n".join(lines))
+    md.write_text(cogen_report(result))
     return md

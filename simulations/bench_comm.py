@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedcogen.simulations.report import comm_report
+
 TARGETS = {"compression_ratio": 20.0, "eval_loss_rel_gap": 0.01, "index_bits_over_bound": 1.10,
            "train_throughput_ratio": 0.95}
 
@@ -197,43 +199,8 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", densities: t
         "seconds": time.perf_counter() - started,
     }
     plot_runs(runs, out)
-    (out / "bench_comm.md").write_text(markdown(result))
+    (out / "bench_comm.md").write_text(comm_report(result))
     return result
-
-
-def markdown(r: dict[str, Any]) -> str:
-    lines = [
-        f"# Communication benchmark ({r['model']}, {r['engine']} engine{', quick' if r['quick'] else ''})",
-        "",
-        f"Dense fp32 FedAvg: {r['dense_total_bytes']:,} B in all (every message both ways), "
-        f"{r['dense_bytes_per_round']:,.0f} B/round of training messages, eval loss "
-        f"{r['dense_eval_loss']:.4f} (initial {r['initial_eval_loss']:.4f}).",
-        "",
-        "Matched-loss ratio: dense bytes / sparse bytes, each the cumulative bytes of every message until the "
-        "run's validation loss first reached the loss both runs reach.",
-        "",
-        "| density | quant | total B | matched loss | dense B to it | sparse B to it | matched ratio | per-round ratio "
-        "| up ratio | eval loss | gap vs dense | index bits / bound |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for x in r["sparse_runs"]:
-        m = x["matched"]
-        lines.append(
-            f"| {x['density']:g} | {x['quant']} | {x['total_bytes']:,} | {m['loss']:.4f} | "
-            f"{(m['dense_bytes'] or float('nan')):,.0f} | {(m['sparse_bytes'] or float('nan')):,.0f} | "
-            f"{x['compression_ratio']:.1f}x | {x['per_round_ratio']:.1f}x | "
-            f"{(x['up_compression_ratio'] or float('nan')):.1f}x | {x['eval_loss']:.4f} | "
-            f"{100 * x['eval_loss_rel_gap']:+.2f}% | {x['index_bits_over_bound']:.3f} |"
-        )
-    t = r["throughput"]
-    lines += [
-        "",
-        f"Training throughput: {t['ours_tokens_per_s']:.0f} tok/s (client training function) vs "
-        f"{t['plain_peft_tokens_per_s']:.0f} tok/s (plain PEFT loop) = {r['train_throughput_ratio']:.3f}.",
-        "",
-        "Targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in r["meets"].items()),
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def print_table(r: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ are traced, torch's are not, so the RSS growth of the process is reported beside
 
 from __future__ import annotations
 
-import json
 import resource
 import struct
 import time
@@ -25,7 +24,6 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np

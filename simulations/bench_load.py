@@ -9,12 +9,10 @@ shows 0 errors; the latency figures are for this machine and model only.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fedcogen.simulations.demo_report import VARIANTS, write_plots, write_report
+from fedcogen.simulations.demo_report import write_report
+from fedcogen.simulations.plots import demo_plots
+from fedcogen.variants import REPORT_ORDER
 
 ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
@@ -186,11 +188,11 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
         recorder = _RecordingGenerator(gen)
         tasks = groups["seen_users"] + groups["unseen_users"]
         print(f"  {len(tasks)} tasks of {len({t.user_id for t in tasks})} users ({len(groups['seen_users'])} of "
-              f"training users, {len(groups['unseen_users'])} of held-out users) x {len(VARIANTS)} variants",
+              f"training users, {len(groups['unseen_users'])} of held-out users) x {len(REPORT_ORDER)} variants",
               flush=True)
         try:
             ecfg = EvalConfig(seed=cfg.seed, batch_size=cfg.eval_batch)
-            result = evaluate(tasks, recorder, list(VARIANTS), profiles=profiles, config=ecfg).to_dict()
+            result = evaluate(tasks, recorder, list(REPORT_ORDER), profiles=profiles, config=ecfg).to_dict()
         finally:
             gen.close()
     out["all_users"] = result
@@ -213,7 +215,7 @@ def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dic
     from fedcogen.simulations.attacks import canary_exposure, membership_inference
     from fedcogen.simulations.audit import wire_audit
     from fedcogen.simulations.federation import load_run_adapter
-    from fedcogen.simulations.privacy_run import mia_pairs
+    from fedcogen.simulations.privacy_attacks import mia_pairs
 
     tok = load_tokenizer(cfg.device_model)
     audit = {v: wire_audit(by_user, fed.profiles, fed.canaries, tokenizer=tok) for v, by_user in received.items()}
@@ -270,7 +272,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     metrics["federation"] = _federate(cfg, data_dir)
     secs["federation"] = round(time.perf_counter() - t, 1)
 
-    t = _stage(3, f"cloud {cfg.cloud_model} over gRPC with TLS + token; evaluating {len(VARIANTS)} variants")
+    t = _stage(3, f"cloud {cfg.cloud_model} over gRPC with TLS + token; evaluating {len(REPORT_ORDER)} variants")
     tls_dir = run_dir / "tls"
     ensure_dev_certs(tls_dir)
     ev = _evaluate(cfg, fed, metrics["federation"]["adapter_dir"], tls_dir, secrets.token_urlsafe(24))
@@ -284,7 +286,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     secs["privacy"] = round(time.perf_counter() - t, 1)
 
     _stage(5, "report and plots")
-    plots = write_plots(run_dir, metrics)
+    plots = demo_plots(run_dir, metrics)
     metrics_path = run_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2, default=str))
     report = run_dir / "report.md"

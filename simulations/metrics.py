@@ -21,6 +21,7 @@ import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -314,3 +315,9 @@ def mean_or_none(values: Iterable[float | None]) -> float | None:
     """Mean of the defined values; ``None`` if there are none (metric not applicable)."""
     vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     return sum(vals) / len(vals) if vals else None
+
+
+def overall_mean(overall: Mapping[str, Any], variant: str, metric: str) -> float:
+    """The mean of one variant's metric in an ``overall`` table of CI dicts; NaN when it was not measured."""
+    v = (overall.get(variant, {}).get(metric) or {}).get("mean")
+    return float("nan") if v is None else float(v)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fedcogen.cli import main
 from fedcogen.cli import eval as eval_cli
+from fedcogen.cli import main
 from fedcogen.simulations.evaluate import GenerationResult
 
 FIXTURES = Path(__file__).parent / "fixtures"

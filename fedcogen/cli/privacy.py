@@ -150,7 +150,7 @@ def _exposure(args: argparse.Namespace) -> int:
 def _mia(args: argparse.Namespace) -> int:
     from fedcogen.simulations.attacks import membership_inference
     from fedcogen.simulations.federation import load_run_adapter
-    from fedcogen.simulations.privacy_run import mia_pairs
+    from fedcogen.simulations.privacy_attacks import mia_pairs
 
     fed, _ = _run_context(args.run_dir, args.data)
     lm, _ = load_run_adapter(args.run_dir)
