@@ -13,20 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedcogen.simulations.bench_cogen import run_cogen_bench
+from fedcogen.simulations.bench_comm import run_bench
+from fedcogen.simulations.privacy_run import PrivacyRunConfig, quick_config, run_privacy
 from fedcogen.simulations.report import headline_table
 
 
 def run_privacy_bench(quick: bool, out_dir: str | Path) -> dict[str, Any]:
-    from fedcogen.simulations.privacy_run import PrivacyRunConfig, quick_config, run_privacy
-
     cfg = quick_config(out_dir=str(out_dir)) if quick else PrivacyRunConfig(out_dir=str(out_dir))
     return run_privacy(cfg)
 
 
 def run_all(quick: bool, out_dir: str | Path) -> dict[str, Any]:
-    from fedcogen.simulations.bench_cogen import run_cogen_bench
-    from fedcogen.simulations.bench_comm import run_bench
-
     out = Path(out_dir)
     result: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(),

@@ -28,6 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcogen.client.cogen_device import CogenDevice, DeviceConfig, IncrementalLM
+from fedcogen.client.fusion import fuse_logprobs
+from fedcogen.client.prompts import CLOUD_SYSTEM, DEVICE_SYSTEM, cloud_prompt, device_prompt
+from fedcogen.dataset import FederationConfig, generate_federation
+from fedcogen.models import chat_input_ids, check_tokenizers_match, shared_model
+from fedcogen.protocols import logit_codec
 from fedcogen.simulations.processes import spawned_cloud
 from fedcogen.simulations.report import cogen_report
 
@@ -89,8 +95,6 @@ class CogenBenchConfig:
 def _tasks(n: int) -> list[dict[str, str]]:
     """Reference tasks: the synthetic federation's test split when available, else built-in ones."""
     try:
-        from fedcogen.dataset import FederationConfig, generate_federation
-
         fed = generate_federation(FederationConfig(n_users=4, seed=0, history_per_user=4, train_tasks_per_user=0,
                                                    val_tasks_per_user=0, test_tasks_per_user=4))
         tasks = [
@@ -107,12 +111,6 @@ def _tasks(n: int) -> list[dict[str, str]]:
 def _agreement(cfg: CogenBenchConfig, device_name: str, tasks: list[dict[str, str]]) -> dict[str, Any]:
     """Fused top-1 with top-k cloud distributions vs with the full distribution, teacher-forced."""
     import torch
-
-    from fedcogen.client.cogen_device import IncrementalLM
-    from fedcogen.client.fusion import fuse_logprobs
-    from fedcogen.client.prompts import CLOUD_SYSTEM, DEVICE_SYSTEM, cloud_prompt, device_prompt
-    from fedcogen.models import chat_input_ids, check_tokenizers_match, shared_model
-    from fedcogen.protocols import logit_codec
 
     cloud, device = shared_model(cfg.cloud_model), shared_model(device_name)
     check_tokenizers_match(device.tokenizer, cloud.tokenizer)
@@ -138,9 +136,6 @@ def _agreement(cfg: CogenBenchConfig, device_name: str, tasks: list[dict[str, st
 
 
 def _generate_many(address: str, device_name: str, tasks, variant: str, **kw) -> dict[str, Any]:
-    from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
-    from fedcogen.models import shared_model
-
     dev = CogenDevice(DeviceConfig(device_model=device_name, cloud=address, insecure=True, **kw),
                       device_lm=shared_model(device_name))
     try:
@@ -162,9 +157,6 @@ def _generate_many(address: str, device_name: str, tasks, variant: str, **kw) ->
 
 def _aggregate(address: str, device_name: str, n: int, tokens: int, tasks) -> dict[str, float]:
     """n concurrent cloud-decoding sessions (the cloud variant: device does no model work)."""
-    from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
-    from fedcogen.models import shared_model
-
     devices = [
         CogenDevice(DeviceConfig(device_model=device_name, cloud=address, insecure=True, max_new_tokens=tokens),
                     device_lm=shared_model(device_name))

@@ -27,6 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedcogen.client.fl_clientapp import client_id_for, encoded_split, lora_spec
+from fedcogen.client.lora import get_adapter, lora_model, plain_peft_train, set_adapter, train_local
+from fedcogen.simulations.federation import SimulationConfig, run_federation
+from fedcogen.simulations.plots import plot_runs
 from fedcogen.simulations.report import comm_report
 
 TARGETS = {"compression_ratio": 20.0, "eval_loss_rel_gap": 0.01, "index_bits_over_bound": 1.10,
@@ -90,10 +94,6 @@ def _bits_ratio(result: dict[str, Any]) -> float:
 
 def measure_throughput(base: dict[str, Any], repeats: int = 5, steps: int = 6) -> dict[str, Any]:
     """Tokens/s of ``train_local`` vs a plain PEFT loop on the same batches, interleaved, same process."""
-    from fedcogen.client.fl_clientapp import client_id_for, encoded_split, lora_spec
-    from fedcogen.client.lora import get_adapter, lora_model, plain_peft_train, set_adapter, train_local
-    from fedcogen.simulations.federation import SimulationConfig
-
     cfg = SimulationConfig(**{**base, "out_dir": str(Path(base["data_dir"]).parent / "throughput")})
     s = cfg.settings()
     lm = lora_model(s.model, s.seed, lora_spec(s))
@@ -117,9 +117,6 @@ def measure_throughput(base: dict[str, Any], repeats: int = 5, steps: int = 6) -
 def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", densities: tuple[float, ...] | None = None,
               engine: str = "loopback", quant: str = "int8") -> dict[str, Any]:
     """Dense run + one sparse run per density; returns the JSON-able result."""
-    from fedcogen.simulations.federation import SimulationConfig, run_federation
-    from fedcogen.simulations.plots import plot_runs
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = _base_config(quick, out, engine)

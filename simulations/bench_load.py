@@ -17,6 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from fedcogen.client.cloud_client import CloudClient
+from fedcogen.protocols import logit_codec, tls
+from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
+
 
 @dataclass
 class LoadConfig:
@@ -33,10 +37,6 @@ class LoadConfig:
 def run_load(cfg: LoadConfig = LoadConfig()) -> dict[str, Any]:
     """Run the load and return counts, errors and latency percentiles (milliseconds)."""
     import secrets
-
-    from fedcogen.client.cloud_client import CloudClient
-    from fedcogen.protocols import logit_codec, tls
-    from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
 
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="fedcogen-load-") as tmp:

@@ -27,6 +27,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fedcogen.protocols import tls
+from fedcogen.protocols.node_keys import make_node_keypair
+
 DEFAULT_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost")
 INDEX_FILE = "index.json"
 PRIVATE_DIR_MODE = 0o700
@@ -91,9 +94,6 @@ def create_cert_bundle(
     devices dial must be one of them, or TLS hostname verification fails). Refuses to touch an
     existing bundle unless ``force`` (a silently replaced CA would lock every device out).
     """
-    from fedcogen.protocols import tls
-    from fedcogen.protocols.node_keys import make_node_keypair
-
     if nodes < 0:
         raise ValueError(f"--nodes must be >= 0, got {nodes}")
     host_list = _parse_hosts(hosts)

@@ -25,8 +25,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fedcogen.client.cogen_device import calibrate_gate_threshold
+from fedcogen.dataset import (
+    FederationConfig,
+    canary_records,
+    generate_federation,
+    random_canary_like,
+    user_ids,
+    write_federation,
+)
+from fedcogen.models import load_tokenizer
+from fedcogen.protocols.dp import epsilon_for
+from fedcogen.protocols.tls import ensure_dev_certs
+from fedcogen.simulations.attacks import canary_exposure, membership_inference
+from fedcogen.simulations.audit import wire_audit
+from fedcogen.simulations.cogen_generator import CogenGenerator
 from fedcogen.simulations.demo_report import write_report
+from fedcogen.simulations.evaluate import EvalConfig, aggregate_overall, evaluate
+from fedcogen.simulations.federation import SimulationConfig, export_adapter, load_run_adapter, run_federation
+from fedcogen.simulations.metrics import StyleMarkers
 from fedcogen.simulations.plots import demo_plots
+from fedcogen.simulations.privacy_attacks import mia_pairs
+from fedcogen.simulations.processes import spawned_cloud
+from fedcogen.simulations.writer_strength import writer_strength
 from fedcogen.variants import REPORT_ORDER
 
 ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
@@ -115,8 +136,6 @@ class _RecordingGenerator:
 
 
 def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
-    from fedcogen.simulations.federation import SimulationConfig, export_adapter, run_federation
-
     sim = SimulationConfig(
         model=cfg.device_model, data_dir=str(data_dir), num_clients=cfg.users,
         clients_per_round=cfg.clients_per_round, rounds=cfg.rounds, local_steps=cfg.local_steps,
@@ -141,8 +160,6 @@ def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
 
 def _eval_tasks(cfg: DemoConfig, fed: Any) -> dict[str, list[Any]]:
     """Seen users' unseen test tasks and every test task of the users that never trained."""
-    from fedcogen.dataset import user_ids
-
     ids = user_ids(fed)
     seen = [t for u in ids[: cfg.users] for t in fed.tasks_of(u, "test")[: cfg.seen_tasks]]
     unseen = [t for u in ids[cfg.users:] for t in fed.tasks_of(u, "test")[: cfg.unseen_tasks]]
@@ -150,12 +167,6 @@ def _eval_tasks(cfg: DemoConfig, fed: Any) -> dict[str, list[Any]]:
 
 
 def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token: str) -> dict[str, Any]:
-    from fedcogen.client.cogen_device import calibrate_gate_threshold
-    from fedcogen.simulations.evaluate import CogenGenerator, EvalConfig, aggregate_overall, evaluate
-    from fedcogen.simulations.metrics import StyleMarkers
-    from fedcogen.simulations.processes import spawned_cloud
-    from fedcogen.simulations.writer_strength import writer_strength
-
     groups = _eval_tasks(cfg, fed)
     profiles = {p.user_id: StyleMarkers.from_profile(asdict(p)) for p in fed.profiles}
     log_path = cfg.run_dir / "cloud.log"
@@ -209,14 +220,6 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
 
 
 def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dict[str, Any]:
-    from fedcogen.dataset import canary_records, random_canary_like, user_ids
-    from fedcogen.models import load_tokenizer
-    from fedcogen.protocols.dp import epsilon_for
-    from fedcogen.simulations.attacks import canary_exposure, membership_inference
-    from fedcogen.simulations.audit import wire_audit
-    from fedcogen.simulations.federation import load_run_adapter
-    from fedcogen.simulations.privacy_attacks import mia_pairs
-
     tok = load_tokenizer(cfg.device_model)
     audit = {v: wire_audit(by_user, fed.profiles, fed.canaries, tokenizer=tok) for v, by_user in received.items()}
     for v, a in audit.items():
@@ -248,9 +251,6 @@ def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dic
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, str]:
-    from fedcogen.dataset import FederationConfig, generate_federation, write_federation
-    from fedcogen.protocols.tls import ensure_dev_certs
-
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {"config": asdict(cfg), "stage_seconds": {}}

@@ -24,7 +24,8 @@ from fedcogen.protocols import dp
 from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
 from fedcogen.simulations import federation
 from fedcogen.simulations.attacks import canary_exposure, membership_inference, split_disjoint
-from fedcogen.simulations.audit import cloud_view_text, context_leakage, profile_attributes, wire_audit
+from fedcogen.simulations.audit import cloud_view_text, wire_audit
+from fedcogen.simulations.context_leakage import context_leakage, profile_attributes
 from fedcogen.simulations.federation import load_run_adapter
 
 if TYPE_CHECKING:  # the run imports these attacks; the attacks only read its settings

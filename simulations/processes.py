@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedcogen.protocols.secrets_io import CLOUD_TOKEN_ENV
+from fedcogen.protocols.tls import channel_credentials
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ def wait_for_health(address: str, proc: subprocess.Popen | None, timeout_s: floa
     last = "no answer"
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     if tls_dir is not None:
-        from fedcogen.protocols.tls import channel_credentials
-
         channel_cm = grpc.secure_channel(address, channel_credentials(tls_dir))
     else:
         channel_cm = grpc.insecure_channel(address)

@@ -278,7 +278,7 @@ def test_cloud_view_finds_facts_sent_as_token_ids():
     from fedcogen.client.wire_capture import WireCapture
     from fedcogen.models import load_tokenizer
     from fedcogen.protocols import cogen_pb2 as pb
-    from fedcogen.simulations.evaluate import cloud_view
+    from fedcogen.simulations.cogen_generator import cloud_view
 
     tok = load_tokenizer("tiny")
     cap = WireCapture()

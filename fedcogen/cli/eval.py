@@ -179,7 +179,7 @@ def load_profiles(path: Path | None, dataset: Path) -> tuple[dict[str, Any], str
 
 def build_generator(args: argparse.Namespace, cloud_address: str | None, variants: Sequence[str]) -> Any:
     """The real device-side CoGenesis generator (``fedcogen.client.cogen_device``) behind the protocol."""
-    from fedcogen.simulations.evaluate import CogenGenerator
+    from fedcogen.simulations.cogen_generator import CogenGenerator
 
     return CogenGenerator.create(
         device_model=args.device_model,
