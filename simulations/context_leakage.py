@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcogen import dataset as d
+from fedcogen.dataset import pools as d
 from fedcogen.simulations.attacks import sequence_nll
 from fedcogen.text_match import contains_normalised, normalise
 

@@ -48,85 +48,23 @@ texts. :func:`canary_records` gives attack-ready records (prefix as trained, sec
 :func:`random_canary_like` draws same-format alternatives for exposure.
 
 Main API: :class:`FederationConfig`, :func:`generate_federation`, :func:`write_federation`,
-:func:`load_federation`, :func:`validate_task_file` (+ :class:`DataValidationError`),
+the word pools in :mod:`fedcogen.dataset.pools`, :func:`load_federation`, :func:`validate_task_file` (+ :class:`DataValidationError`),
 :func:`client_examples`, :func:`to_hf_dataset`, :func:`partition_by_user`, :func:`user_ids`,
 :func:`find_leaks`, :func:`canary_records`, :func:`random_canary_like`.
 """
 
 from __future__ import annotations
 
-from fedcogen.dataset.canaries import (  # noqa: F401
-    CANARY_PLANTING,
-    canary_records,
-    canary_secret,
-    load_canaries,
-    new_canary,
-    random_canary_like,
-)
-from fedcogen.dataset.examples import (  # noqa: F401
-    client_examples,
-    partition_by_user,
-    swap_private_values,
-    to_hf_dataset,
-)
-from fedcogen.dataset.files import (  # noqa: F401
-    federation_files,
-    load_federation,
-    write_federation,
-)
-from fedcogen.dataset.generator import (  # noqa: F401
-    article,
-    generate_federation,
-    make_profile,
-)
-from fedcogen.dataset.leaks import (  # noqa: F401
-    find_leaks,
-    private_values,
-)
-from fedcogen.dataset.pools import (  # noqa: F401
-    APPOINTMENTS,
-    CITIES,
-    DAYS,
-    EMOJIS,
-    EMPLOYER_PREFIXES,
-    EMPLOYER_SUFFIXES,
-    FILLERS,
-    FORMALITIES,
-    GIVEN_NAMES,
-    GREETINGS,
-    HASHTAGS,
-    HEALTH,
-    HOBBIES,
-    LENGTH_HINTS,
-    LENGTHS,
-    MONEY_ITEMS,
-    OPENERS,
-    PHRASES,
-    RELATIONS,
-    ROLES,
-    SIGN_OFFS,
-    SURNAMES,
-    TIMEFRAMES,
-    TIMES,
-    TONE_HINTS,
-    TONES,
-)
-from fedcogen.dataset.scenarios import (  # noqa: F401
-    FACT_SLOTS,
-    PUBLIC_SLOTS,
-    SCENARIOS,
-    SCENARIOS_BY_KIND,
-    Scenario,
-)
-from fedcogen.dataset.schema import (  # noqa: F401
+from fedcogen.dataset.canaries import canary_records, canary_secret, load_canaries, random_canary_like
+from fedcogen.dataset.examples import client_examples, partition_by_user, swap_private_values, to_hf_dataset
+from fedcogen.dataset.files import load_federation, write_federation
+from fedcogen.dataset.generator import generate_federation
+from fedcogen.dataset.leaks import find_leaks, private_values
+from fedcogen.dataset.pools import LENGTHS
+from fedcogen.dataset.schema import (
     CANARIES_FILE,
-    CANARY_ALPHABETS,
     CANARY_PATTERN,
-    CANARY_PREFIXES,
-    CANARY_SPACE_SIZE,
     FORMAT_VERSION,
-    GENERATOR,
-    HISTORY_FILE,
     KIND_LABELS,
     MANIFEST_FILE,
     PROFILES_FILE,
@@ -140,9 +78,41 @@ from fedcogen.dataset.schema import (  # noqa: F401
     TaskRecord,
     UserProfile,
     make_user_id,
-    split_tasks,
     user_ids,
 )
-from fedcogen.dataset.validate import (  # noqa: F401
-    validate_task_file,
-)
+from fedcogen.dataset.validate import validate_task_file
+
+__all__ = [
+    "CANARIES_FILE",
+    "CANARY_PATTERN",
+    "DataValidationError",
+    "FORMAT_VERSION",
+    "Federation",
+    "FederationConfig",
+    "HistoryText",
+    "KIND_LABELS",
+    "MANIFEST_FILE",
+    "PROFILES_FILE",
+    "SPLITS",
+    "TASK_FILES",
+    "TASK_KINDS",
+    "TaskRecord",
+    "UserProfile",
+    "make_user_id",
+    "user_ids",
+    "LENGTHS",
+    "canary_records",
+    "canary_secret",
+    "load_canaries",
+    "random_canary_like",
+    "generate_federation",
+    "find_leaks",
+    "private_values",
+    "load_federation",
+    "write_federation",
+    "validate_task_file",
+    "client_examples",
+    "partition_by_user",
+    "swap_private_values",
+    "to_hf_dataset",
+]
