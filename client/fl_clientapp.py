@@ -32,6 +32,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from fedcogen import dataset as sd
 from fedcogen.client.lora_training import encode_examples, eval_loss, train_local
 from fedcogen.lora_adapter import adapter_digest, adapter_sub, get_adapter, lora_model, lora_spec, set_adapter
 from fedcogen.protocols import dp
@@ -126,7 +127,6 @@ def federation_for(settings: fm.FLSettings) -> Any:
     Generation writes to a temporary sibling folder that is renamed into place, so concurrent
     processes (Ray workers, the server) never read a half-written folder.
     """
-    from fedcogen.simulations import data as sd
 
     if not settings.data_dir:
         raise ValueError("run config 'data_dir' is empty: set the folder of the synthetic federation")
@@ -158,7 +158,6 @@ _ENC_CACHE: dict[tuple, Any] = {}
 
 
 def _load_federation(folder: str) -> Any:
-    from fedcogen.simulations import data as sd
 
     if folder not in _FED_CACHE:
         _FED_CACHE[folder] = sd.load_federation(folder)
@@ -167,7 +166,6 @@ def _load_federation(folder: str) -> Any:
 
 def client_id_for(settings: fm.FLSettings, partition_id: int) -> str:
     """Partition id -> user id of the federation (sorted user list, so every process agrees)."""
-    from fedcogen.simulations import data as sd
 
     users = sd.user_ids(federation_for(settings))
     if not 0 <= partition_id < len(users):
@@ -177,7 +175,6 @@ def client_id_for(settings: fm.FLSettings, partition_id: int) -> str:
 
 def encoded_split(settings: fm.FLSettings, client_id: str, split: str, tokenizer: Any) -> list[Any]:
     """Tokenised (prompt, target) pairs of one client's split, cached per process."""
-    from fedcogen.simulations import data as sd
 
     key = (settings.data_dir, settings.model, client_id, split, settings.max_seq_len, settings.history_examples,
            settings.fact_swaps)

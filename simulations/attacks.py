@@ -32,6 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from fedcogen.client.lora_training import encode_examples
+from fedcogen.models import chat_input_ids
+from fedcogen.prompts import DEVICE_SYSTEM
+
 CHANCE_EXPOSURE = 1.0 / math.log(2.0)  # E[log2 N - log2 rank] for a uniform rank, as N grows
 
 
@@ -146,8 +150,6 @@ def sequence_nll(
 
 def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_seq_len: int = 256) -> list[tuple[list[int], list[int]]]:
     """(prompt, target) pairs tokenised exactly like training (chat prompt masked, target + EOS)."""
-    from fedcogen.client.lora_training import encode_examples
-
     return [(e.input_ids, e.labels) for e in encode_examples(tokenizer, pairs, max_seq_len=max_seq_len)]
 
 
@@ -251,9 +253,6 @@ def canary_exposure(
     the training prompt in chat format when the canary carries one). Ties count against the canary
     (rank = 1 + #alternatives with NLL <= canary's), so a constant model gets exposure ~0.
     """
-    from fedcogen.models import chat_input_ids
-    from fedcogen.prompts import DEVICE_SYSTEM
-
     if n_alternatives < 1:
         raise ValueError(f"n_alternatives must be >= 1 (got {n_alternatives})")
     rng = np.random.default_rng(seed)

@@ -7,35 +7,24 @@ figures next to it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
-HEADLINES: dict[str, tuple[str, ...]] = {
-    "comm": ("dense_bytes_per_round", "sparse_bytes_per_round", "compression_ratio", "dense_eval_loss",
-             "sparse_eval_loss", "index_bits_over_bound", "train_throughput_ratio"),
-    "cogen": ("bytes_per_token_full", "bytes_per_token_topk", "top1_agreement_topk_vs_full",
-              "tokens_per_s_device_only", "tokens_per_s_logit", "tokens_per_s_gated", "cloud_call_fraction_gated",
-              "aggregate_tokens_per_s"),
-    "privacy": ("epsilon", "delta", "canary_exposure", "mia_auc", "mia_tpr_at_1pct_fpr", "wire_audit_pass",
-                "utility_eval_loss"),
-}
+from fedcogen.simulations.bench_cogen import run_cogen_bench
+from fedcogen.simulations.bench_comm import run_bench
+from fedcogen.simulations.privacy_run import PrivacyRunConfig, quick_config, run_privacy
+from fedcogen.simulations.report import headline_table
 
 
 def run_privacy_bench(quick: bool, out_dir: str | Path) -> dict[str, Any]:
-    from fedcogen.simulations.privacy_run import PrivacyRunConfig, quick_config, run_privacy
-
     cfg = quick_config(out_dir=str(out_dir)) if quick else PrivacyRunConfig(out_dir=str(out_dir))
     return run_privacy(cfg)
 
 
 def run_all(quick: bool, out_dir: str | Path) -> dict[str, Any]:
-    from fedcogen.simulations.bench_cogen import run_cogen_bench
-    from fedcogen.simulations.bench_comm import run_bench
-
     out = Path(out_dir)
     result: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
@@ -53,46 +42,11 @@ def run_all(quick: bool, out_dir: str | Path) -> dict[str, Any]:
     return result
 
 
-def headline_table(result: dict[str, Any]) -> str:
-    lines = ["| benchmark | figure | value |", "|---|---|---|"]
-    for bench, keys in HEADLINES.items():
-        data = result.get(bench) or {}
-        for k in keys:
-            if k in data:
-                v = data[k]
-                text = f"{v:.4g}" if isinstance(v, float) else json.dumps(v, default=str)[:120]
-                lines.append(f"| {bench} | {k} | {text} |")
-    return "\n".join(lines)
-
-
-def _write(result: dict[str, Any], json_path: str | None, out_dir: Path) -> None:
+def write_suite(result: dict[str, Any], json_path: str | None, out_dir: Path) -> None:
+    """One JSON with every benchmark result plus a markdown table of the headline figures next to it."""
     target = Path(json_path) if json_path else out_dir / "bench.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(result, indent=1, default=str))
     md = target.with_suffix(".md")
     md.write_text(f"# fedcogen benchmarks\n\nmachine: {result.get('machine')}\n\n{headline_table(result)}\n")
     print(f"\n{headline_table(result)}\n\nJSON: {target}\nmarkdown: {md}")
-
-
-def register_bench(bsub: argparse._SubParsersAction) -> None:
-    p = bsub.add_parser("privacy", help="DP / attacks / wire audit figures (runs `fedcogen privacy run`)")
-    p.add_argument("--quick", action="store_true", help="tiny models, a few minutes")
-    p.add_argument("--json", dest="json_out", metavar="FILE", help="write the result JSON here")
-    p.add_argument("--out-dir", default="runs/bench_privacy", help="folder for runs and reports")
-    p.set_defaults(func=_privacy_cmd)
-    a = bsub.add_parser("all", help="comm + cogen + privacy, one after another, into one JSON + markdown table")
-    a.add_argument("--quick", action="store_true", help="tiny models everywhere (the full run takes hours on 2 cores)")
-    a.add_argument("--json", dest="json_out", metavar="FILE", help="write the combined JSON here")
-    a.add_argument("--out-dir", default="runs/bench", help="folder for each benchmark's runs and reports")
-    a.set_defaults(func=_all_cmd)
-
-
-def _privacy_cmd(args: argparse.Namespace) -> int:
-    result = {"privacy": run_privacy_bench(args.quick, args.out_dir)}
-    _write(result, args.json_out, Path(args.out_dir))
-    return 0
-
-
-def _all_cmd(args: argparse.Namespace) -> int:
-    _write(run_all(args.quick, args.out_dir), args.json_out, Path(args.out_dir))
-    return 0

@@ -17,17 +17,26 @@ The machine's other load shows up in every speed figure; they are measurements, 
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
+from fedcogen.client.fusion import fuse_logprobs
+from fedcogen.client.incremental_lm import IncrementalLM
+from fedcogen.dataset import FederationConfig, generate_federation
+from fedcogen.models import chat_input_ids, check_tokenizers_match, shared_model
+from fedcogen.prompts import CLOUD_SYSTEM, DEVICE_SYSTEM, cloud_prompt, device_prompt
+from fedcogen.protocols import logit_codec
+from fedcogen.simulations.processes import spawned_cloud
+from fedcogen.simulations.report import cogen_report
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +96,6 @@ class CogenBenchConfig:
 def _tasks(n: int) -> list[dict[str, str]]:
     """Reference tasks: the synthetic federation's test split when available, else built-in ones."""
     try:
-        from fedcogen.simulations.data import FederationConfig, generate_federation
-
         fed = generate_federation(FederationConfig(n_users=4, seed=0, history_per_user=4, train_tasks_per_user=0,
                                                    val_tasks_per_user=0, test_tasks_per_user=4))
         tasks = [
@@ -102,47 +109,9 @@ def _tasks(n: int) -> list[dict[str, str]]:
     return [tasks[i % len(tasks)] for i in range(n)]
 
 
-class CloudProcess:
-    """``fedcogen cloud serve`` as a child process on an ephemeral loopback port."""
-
-    def __init__(self, model: str, extra_args: tuple[str, ...] = ()) -> None:
-        cmd = [sys.executable, "-m", "fedcogen.cli", "cloud", "serve", "--model", model, "--insecure",
-               "--port", "0", *extra_args]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.address = ""
-        lines = []
-        for line in self.proc.stdout:
-            lines.append(line)
-            if line.startswith("cloud listening on "):
-                self.address = line.split()[-1]
-                break
-        if not self.address:
-            raise RuntimeError("cloud process did not start:\n" + "".join(lines[-20:]))
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        for _ in self.proc.stdout:
-            pass
-
-    def stop(self) -> int:
-        import signal
-
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-
 def _agreement(cfg: CogenBenchConfig, device_name: str, tasks: list[dict[str, str]]) -> dict[str, Any]:
     """Fused top-1 with top-k cloud distributions vs with the full distribution, teacher-forced."""
     import torch
-
-    from fedcogen.client.fusion import fuse_logprobs
-    from fedcogen.client.incremental_lm import IncrementalLM
-    from fedcogen.models import chat_input_ids, check_tokenizers_match, shared_model
-    from fedcogen.prompts import CLOUD_SYSTEM, DEVICE_SYSTEM, cloud_prompt, device_prompt
-    from fedcogen.protocols import logit_codec
 
     cloud, device = shared_model(cfg.cloud_model), shared_model(device_name)
     check_tokenizers_match(device.tokenizer, cloud.tokenizer)
@@ -168,9 +137,6 @@ def _agreement(cfg: CogenBenchConfig, device_name: str, tasks: list[dict[str, st
 
 
 def _generate_many(address: str, device_name: str, tasks, variant: str, **kw) -> dict[str, Any]:
-    from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
-    from fedcogen.models import shared_model
-
     dev = CogenDevice(DeviceConfig(device_model=device_name, cloud=address, insecure=True, **kw),
                       device_lm=shared_model(device_name))
     try:
@@ -192,9 +158,6 @@ def _generate_many(address: str, device_name: str, tasks, variant: str, **kw) ->
 
 def _aggregate(address: str, device_name: str, n: int, tokens: int, tasks) -> dict[str, float]:
     """n concurrent cloud-decoding sessions (the cloud variant: device does no model work)."""
-    from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
-    from fedcogen.models import shared_model
-
     devices = [
         CogenDevice(DeviceConfig(device_model=device_name, cloud=address, insecure=True, max_new_tokens=tokens),
                     device_lm=shared_model(device_name))
@@ -240,7 +203,9 @@ def run_cogen_bench(
     cloud_threads = max(1, cores // 2)
     torch.set_num_threads(max(1, cores - cloud_threads))
     result["threads"] = {"cloud": cloud_threads, "device": torch.get_num_threads()}
-    cloud = CloudProcess(cfg.cloud_model, ("--max-sessions", "32", "--threads", str(cloud_threads)))
+    stack = contextlib.ExitStack()
+    cloud = stack.enter_context(spawned_cloud(cfg.cloud_model, timeout_s=600,
+                                              serve_args=("--max-sessions", "32", "--threads", str(cloud_threads))))
     try:
         for device_name in cfg.device_models:
             gen_tasks = tasks[: cfg.n_tasks]
@@ -283,7 +248,8 @@ def run_cogen_bench(
         result["aggregate_tokens_per_s"] = {n: a["tokens_per_s"] for n, a in agg.items()}
         result["aggregate_detail"] = agg
     finally:
-        result["cloud_exit_code"] = cloud.stop()
+        result["cloud_exit_code"] = cloud.stop(timeout_s=60)
+        stack.close()
         bar.close()
     main = result["devices"][cfg.device_models[0]]
     top = main["agreement"]["agreement"]
@@ -319,71 +285,6 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_cogen.json").write_text(json.dumps(result, indent=2, default=str))
-    lines = [f"# CoGenesis benchmark ({result['mode']})", "", f"cloud model: `{result['config']['cloud_model']}`", ""]
-    for name, row in result["devices"].items():
-        lines += [f"## device `{name}`", "", "| k | bytes/token (fp16) | top-1 agreement vs full |", "|---|---|---|"]
-        for k, b in row["bytes_per_token_topk"].items():
-            lines.append(f"| {k} | {b:.0f} | {row['agreement']['agreement'].get(f'{k}-fp16', float('nan')):.4f} |")
-        lines += [
-            f"| 64 int8 | {row['bytes_per_token_int8_k64']:.0f} | {row['agreement']['agreement']['64-int8']:.4f} |",
-            f"| full fp32 | {row['bytes_per_token_full']:.0f} | 1 |",
-            "",
-            f"- agreement measured over {row['agreement']['steps']} teacher-forced steps",
-            f"- tokens/s device-only {row['tokens_per_s_device_only']:.1f}, logit {row['tokens_per_s_logit']:.1f} "
-            f"({row['logit_speed_ratio']:.2f}x), gated {row['tokens_per_s_gated']:.1f} "
-            f"(cloud called for {100 * row['cloud_call_fraction_gated']:.0f}% of tokens)",
-            f"- device -> cloud bytes/token in logit: {row['bytes_sent_per_token_logit']:.1f}",
-            "",
-        ]
-    lines += ["## cloud batching", "", "| sessions | aggregate tokens/s |", "|---|---|"]
-    lines += [f"| {n} | {v:.1f} |" for n, v in result["aggregate_tokens_per_s"].items()]
-    lines += ["", "## targets", "", "```", json.dumps(result["targets"], indent=2), "```", ""]
     md = out / "bench_cogen.md"
-    md.write_text("\n".join(lines))
+    md.write_text(cogen_report(result))
     return md
-
-
-def add_cogen_bench_parser(bench_sub: argparse._SubParsersAction) -> None:
-    """Register ``cogen`` under a ``fedcogen bench`` subparser group (called by simulations/bench_cli.py)."""
-    p = bench_sub.add_parser(
-        "cogen",
-        help="CoGenesis: wire bytes per token, top-k fidelity, variant speed, cloud batching",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--quick", action="store_true", help="tiny models (seconds) instead of SmolLM2 (minutes)")
-    p.add_argument("--out", default="runs/bench-cogen", help="folder for bench_cogen.json / bench_cogen.md")
-    p.add_argument("--cloud-model", help="override the cloud model of the chosen mode")
-    p.add_argument("--device-models", help="override the device models (comma-separated)")
-    p.set_defaults(func=_cli)
-
-
-register_bench = add_cogen_bench_parser  # the hook simulations/bench_cli.py calls
-
-
-def _cli(args: argparse.Namespace) -> int:
-    cfg = CogenBenchConfig.for_mode(args.quick)
-    if args.cloud_model:
-        cfg.cloud_model = args.cloud_model
-    if args.device_models:
-        cfg.device_models = tuple(m.strip() for m in args.device_models.split(",") if m.strip())
-    result = run_cogen_bench(quick=args.quick, out_dir=args.out, config=cfg)
-    print(json.dumps({k: result[k] for k in ("bytes_per_token_full", "bytes_per_token_topk",
-                                              "top1_agreement_topk_vs_full", "tokens_per_s_device_only",
-                                              "tokens_per_s_logit", "tokens_per_s_gated", "cloud_call_fraction_gated",
-                                              "aggregate_tokens_per_s", "targets")}, indent=2))
-    print(f"report: {Path(args.out) / 'bench_cogen.md'}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedcogen.simulations.bench_cogen")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cogen_bench_parser(sub)
-    args = parser.parse_args(["cogen", *(argv if argv is not None else sys.argv[1:])])
-    logging.basicConfig(level=logging.WARNING)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,13 +20,19 @@ index bits <= 1.10x the bound, throughput ratio >= 0.95.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from fedcogen.client.fl_clientapp import client_id_for, encoded_split, lora_spec
+from fedcogen.client.lora_training import plain_peft_train, train_local
+from fedcogen.lora_adapter import get_adapter, lora_model, set_adapter
+from fedcogen.simulations.federation import SimulationConfig, run_federation
+from fedcogen.simulations.plots import plot_runs
+from fedcogen.simulations.report import comm_report
 
 TARGETS = {"compression_ratio": 20.0, "eval_loss_rel_gap": 0.01, "index_bits_over_bound": 1.10,
            "train_throughput_ratio": 0.95}
@@ -89,11 +95,6 @@ def _bits_ratio(result: dict[str, Any]) -> float:
 
 def measure_throughput(base: dict[str, Any], repeats: int = 5, steps: int = 6) -> dict[str, Any]:
     """Tokens/s of ``train_local`` vs a plain PEFT loop on the same batches, interleaved, same process."""
-    from fedcogen.client.fl_clientapp import client_id_for, encoded_split
-    from fedcogen.client.lora_training import plain_peft_train, train_local
-    from fedcogen.lora_adapter import get_adapter, lora_model, lora_spec, set_adapter
-    from fedcogen.simulations.federation import SimulationConfig
-
     cfg = SimulationConfig(**{**base, "out_dir": str(Path(base["data_dir"]).parent / "throughput")})
     s = cfg.settings()
     lm = lora_model(s.model, s.seed, lora_spec(s))
@@ -117,9 +118,6 @@ def measure_throughput(base: dict[str, Any], repeats: int = 5, steps: int = 6) -
 def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", densities: tuple[float, ...] | None = None,
               engine: str = "loopback", quant: str = "int8") -> dict[str, Any]:
     """Dense run + one sparse run per density; returns the JSON-able result."""
-    from fedcogen.simulations.federation import SimulationConfig, run_federation
-    from fedcogen.simulations.plots import plot_runs
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = _base_config(quick, out, engine)
@@ -199,43 +197,8 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", densities: t
         "seconds": time.perf_counter() - started,
     }
     plot_runs(runs, out)
-    (out / "bench_comm.md").write_text(markdown(result))
+    (out / "bench_comm.md").write_text(comm_report(result))
     return result
-
-
-def markdown(r: dict[str, Any]) -> str:
-    lines = [
-        f"# Communication benchmark ({r['model']}, {r['engine']} engine{', quick' if r['quick'] else ''})",
-        "",
-        f"Dense fp32 FedAvg: {r['dense_total_bytes']:,} B in all (every message both ways), "
-        f"{r['dense_bytes_per_round']:,.0f} B/round of training messages, eval loss "
-        f"{r['dense_eval_loss']:.4f} (initial {r['initial_eval_loss']:.4f}).",
-        "",
-        "Matched-loss ratio: dense bytes / sparse bytes, each the cumulative bytes of every message until the "
-        "run's validation loss first reached the loss both runs reach.",
-        "",
-        "| density | quant | total B | matched loss | dense B to it | sparse B to it | matched ratio | per-round ratio "
-        "| up ratio | eval loss | gap vs dense | index bits / bound |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for x in r["sparse_runs"]:
-        m = x["matched"]
-        lines.append(
-            f"| {x['density']:g} | {x['quant']} | {x['total_bytes']:,} | {m['loss']:.4f} | "
-            f"{(m['dense_bytes'] or float('nan')):,.0f} | {(m['sparse_bytes'] or float('nan')):,.0f} | "
-            f"{x['compression_ratio']:.1f}x | {x['per_round_ratio']:.1f}x | "
-            f"{(x['up_compression_ratio'] or float('nan')):.1f}x | {x['eval_loss']:.4f} | "
-            f"{100 * x['eval_loss_rel_gap']:+.2f}% | {x['index_bits_over_bound']:.3f} |"
-        )
-    t = r["throughput"]
-    lines += [
-        "",
-        f"Training throughput: {t['ours_tokens_per_s']:.0f} tok/s (client training function) vs "
-        f"{t['plain_peft_tokens_per_s']:.0f} tok/s (plain PEFT loop) = {r['train_throughput_ratio']:.3f}.",
-        "",
-        "Targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in r["meets"].items()),
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def print_table(r: dict[str, Any]) -> None:
@@ -252,34 +215,4 @@ def print_table(r: dict[str, Any]) -> None:
     print("targets: " + ", ".join(f"{k}={'met' if v else 'NOT met'}" for k, v in r["meets"].items()))
 
 
-def register_bench(bsub: argparse._SubParsersAction) -> None:
-    p = bsub.add_parser(
-        "comm",
-        help="dense fp32 LoRA FedAvg vs sparse runs: bytes, loss, index bits, training throughput",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--quick", action="store_true", help="tiny model, 4 clients, 4 rounds (a few minutes)")
-    p.add_argument("--json", dest="json_out", metavar="FILE", help="write the result JSON here")
-    p.add_argument("--out-dir", default="runs/bench_comm", help="folder for runs, plots and bench_comm.md")
-    p.add_argument("--densities", default="", help="comma-separated sparse densities "
-                   "(default 0.01,0.05,0.1 with --quick, 0.1,0.3 at full size)")
-    p.add_argument("--quant", default="int8", choices=["fp32", "fp16", "int8"], help="sparse value precision")
-    p.add_argument("--engine", default="loopback", choices=["loopback", "flower"],
-                   help="loopback: same apps in one process (no Ray noise); flower: Ray simulation engine")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    dens = tuple(float(x) for x in args.densities.split(",") if x.strip()) or None
-    result = run_bench(quick=args.quick, out_dir=args.out_dir, densities=dens, engine=args.engine, quant=args.quant)
-    print_table(result)
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=1, default=str))
-        print(f"\nJSON: {args.json_out}")
-    print(f"report: {Path(args.out_dir) / 'bench_comm.md'}; plots: loss_vs_round.png, loss_vs_bytes.png")
-    return 0
-
-
-__all__ = ["run_bench", "measure_throughput", "register_bench"]
+__all__ = ["run_bench", "measure_throughput"]

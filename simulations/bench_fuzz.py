@@ -16,8 +16,6 @@ are traced, torch's are not, so the RSS growth of the process is reported beside
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import struct
 import time
@@ -26,7 +24,6 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -346,28 +343,4 @@ def run_fuzz(cfg: FuzzConfig = FuzzConfig()) -> dict[str, Any]:
     return result
 
 
-def register_bench(bsub: argparse._SubParsersAction) -> None:
-    p = bsub.add_parser(
-        "fuzz",
-        help="malformed blobs vs the sparse/logit decoders and the server's update validation",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--blobs", type=int, default=10_000, help="how many malformed inputs in all")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="1,000 blobs")
-    p.add_argument("--json", dest="json_out", metavar="FILE", help="write the result JSON here")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    result = run_fuzz(FuzzConfig(blobs=1000 if args.quick else args.blobs, seed=args.seed))
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(text)
-    return 0 if result["ok"] else 1
-
-
-__all__ = ["FuzzConfig", "run_fuzz", "malformed_sparse", "malformed_logit", "register_bench"]
+__all__ = ["FuzzConfig", "run_fuzz", "malformed_sparse", "malformed_logit"]

@@ -9,16 +9,17 @@ shows 0 errors; the latency figures are for this machine and model only.
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fedcogen.client.cloud_client import CloudClient
+from fedcogen.protocols import logit_codec, tls
+from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
 
 
 @dataclass
@@ -36,10 +37,6 @@ class LoadConfig:
 def run_load(cfg: LoadConfig = LoadConfig()) -> dict[str, Any]:
     """Run the load and return counts, errors and latency percentiles (milliseconds)."""
     import secrets
-
-    from fedcogen.client.cloud_client import CloudClient
-    from fedcogen.protocols import logit_codec, tls
-    from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
 
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="fedcogen-load-") as tmp:
@@ -109,33 +106,4 @@ def run_load(cfg: LoadConfig = LoadConfig()) -> dict[str, Any]:
     }
 
 
-def register_bench(bsub: argparse._SubParsersAction) -> None:
-    p = bsub.add_parser(
-        "load",
-        help="32 concurrent CoGenesis sessions for 60 s against one TLS + token cloud: errors, p50/p99",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--sessions", type=int, default=32)
-    p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--tokens", type=int, default=16, help="steps per session before it closes and reopens")
-    p.add_argument("--model", default="tiny-large", help="cloud model (tiny-large keeps CPU runs short)")
-    p.add_argument("--quick", action="store_true", help="8 sessions for 10 s")
-    p.add_argument("--json", dest="json_out", metavar="FILE", help="write the result JSON here")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    cfg = LoadConfig(sessions=args.sessions, seconds=args.seconds, tokens=args.tokens, model=args.model)
-    if args.quick:
-        cfg.sessions, cfg.seconds = 8, 10.0
-    result = run_load(cfg)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(text)
-    return 0 if result["errors"] == 0 else 1
-
-
-__all__ = ["LoadConfig", "run_load", "register_bench"]
+__all__ = ["LoadConfig", "run_load"]

@@ -1,7 +1,7 @@
 """The main job: every part of fedcogen on one small federation, with a report at the end.
 
 Stages (each prints progress):
-  1. a private personalised-writing federation (``simulations/data.py``): ``users`` devices that train
+  1. a private personalised-writing federation (``fedcogen/dataset/``): ``users`` devices that train
      and ``heldout_users`` that never do (generalisation is measured on them)
   2. federated sparse LoRA in the Flower simulation engine (``simulations/federation.py``): the device
      learns to write the user's answer from the private context
@@ -17,17 +17,38 @@ The defaults were chosen by measurement to fit the 15-minute budget of ``make de
 
 from __future__ import annotations
 
-import argparse
 import json
 import secrets
 import shutil
 import time
-import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fedcogen.simulations.demo_report import VARIANTS, write_plots, write_report
+from fedcogen.client.gate_training import calibrate_gate_threshold
+from fedcogen.dataset import (
+    FederationConfig,
+    canary_records,
+    generate_federation,
+    random_canary_like,
+    user_ids,
+    write_federation,
+)
+from fedcogen.models import load_tokenizer
+from fedcogen.protocols.dp import epsilon_for
+from fedcogen.protocols.tls import ensure_dev_certs
+from fedcogen.simulations.attacks import canary_exposure, membership_inference
+from fedcogen.simulations.audit import wire_audit
+from fedcogen.simulations.cogen_generator import CogenGenerator
+from fedcogen.simulations.demo_report import write_report
+from fedcogen.simulations.evaluate import EvalConfig, aggregate_overall, evaluate
+from fedcogen.simulations.federation import SimulationConfig, export_adapter, load_run_adapter, run_federation
+from fedcogen.simulations.metrics import StyleMarkers
+from fedcogen.simulations.plots import demo_plots
+from fedcogen.simulations.privacy_attacks import mia_pairs
+from fedcogen.simulations.processes import spawned_cloud
+from fedcogen.simulations.writer_strength import writer_strength
+from fedcogen.variants import REPORT_ORDER
 
 ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
@@ -92,27 +113,6 @@ class DemoConfig:
         return Path(self.out) / self.name
 
 
-def config_from_args(args: argparse.Namespace) -> DemoConfig:
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"demo config {path} not found")
-        text = path.read_text()
-        values.update(tomllib.loads(text) if path.suffix == ".toml" else json.loads(text))
-    known = {f.name for f in fields(DemoConfig)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown demo config keys: {sorted(unknown)} (known: {sorted(known)})")
-    for name in known:
-        v = getattr(args, name, None)
-        if v is not None and v is not False:
-            values[name] = v
-    if "name" not in values:
-        values["name"] = "demo-quick" if values.get("quick") else "demo"
-    return DemoConfig(**values)
-
-
 def _stage(n: int, title: str) -> float:
     print(f"\n=== [{n}/5] {title}", flush=True)
     return time.perf_counter()
@@ -136,8 +136,6 @@ class _RecordingGenerator:
 
 
 def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
-    from fedcogen.simulations.federation import SimulationConfig, export_adapter, run_federation
-
     sim = SimulationConfig(
         model=cfg.device_model, data_dir=str(data_dir), num_clients=cfg.users,
         clients_per_round=cfg.clients_per_round, rounds=cfg.rounds, local_steps=cfg.local_steps,
@@ -162,8 +160,6 @@ def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
 
 def _eval_tasks(cfg: DemoConfig, fed: Any) -> dict[str, list[Any]]:
     """Seen users' unseen test tasks and every test task of the users that never trained."""
-    from fedcogen.simulations.data import user_ids
-
     ids = user_ids(fed)
     seen = [t for u in ids[: cfg.users] for t in fed.tasks_of(u, "test")[: cfg.seen_tasks]]
     unseen = [t for u in ids[cfg.users:] for t in fed.tasks_of(u, "test")[: cfg.unseen_tasks]]
@@ -171,12 +167,6 @@ def _eval_tasks(cfg: DemoConfig, fed: Any) -> dict[str, list[Any]]:
 
 
 def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token: str) -> dict[str, Any]:
-    from fedcogen.client.gate_training import calibrate_gate_threshold
-    from fedcogen.simulations.eval_cli import spawned_cloud
-    from fedcogen.simulations.evaluate import CogenGenerator, EvalConfig, aggregate_overall, evaluate
-    from fedcogen.simulations.metrics import StyleMarkers
-    from fedcogen.simulations.writer_strength import writer_strength
-
     groups = _eval_tasks(cfg, fed)
     profiles = {p.user_id: StyleMarkers.from_profile(asdict(p)) for p in fed.profiles}
     log_path = cfg.run_dir / "cloud.log"
@@ -209,11 +199,11 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
         recorder = _RecordingGenerator(gen)
         tasks = groups["seen_users"] + groups["unseen_users"]
         print(f"  {len(tasks)} tasks of {len({t.user_id for t in tasks})} users ({len(groups['seen_users'])} of "
-              f"training users, {len(groups['unseen_users'])} of held-out users) x {len(VARIANTS)} variants",
+              f"training users, {len(groups['unseen_users'])} of held-out users) x {len(REPORT_ORDER)} variants",
               flush=True)
         try:
             ecfg = EvalConfig(seed=cfg.seed, batch_size=cfg.eval_batch)
-            result = evaluate(tasks, recorder, list(VARIANTS), profiles=profiles, config=ecfg).to_dict()
+            result = evaluate(tasks, recorder, list(REPORT_ORDER), profiles=profiles, config=ecfg).to_dict()
         finally:
             gen.close()
     out["all_users"] = result
@@ -230,14 +220,6 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
 
 
 def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dict[str, Any]:
-    from fedcogen.models import load_tokenizer
-    from fedcogen.protocols.dp import epsilon_for
-    from fedcogen.simulations.attacks import canary_exposure, membership_inference
-    from fedcogen.simulations.audit import wire_audit
-    from fedcogen.simulations.data import user_ids
-    from fedcogen.simulations.federation import load_run_adapter
-    from fedcogen.simulations.privacy_run import canary_alternative, federation_canaries, mia_pairs
-
     tok = load_tokenizer(cfg.device_model)
     audit = {v: wire_audit(by_user, fed.profiles, fed.canaries, tokenizer=tok) for v, by_user in received.items()}
     for v, a in audit.items():
@@ -246,9 +228,9 @@ def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dic
     train_users = set(user_ids(fed)[: cfg.users])
     exposure = None
     if cfg.canary_alternatives > 0:
-        canaries = [c for c in federation_canaries(fed) if c["owner"] in train_users]
+        canaries = [c for c in canary_records(fed) if c["owner"] in train_users]
         exposure = canary_exposure(lm.model, lm.tokenizer, canaries, cfg.canary_alternatives, cfg.seed,
-                                   alternatives_fn=canary_alternative, progress=True)
+                                   alternatives_fn=random_canary_like, progress=True)
     members, non = mia_pairs(fed, cfg.mia_examples, cfg.seed, users=sorted(train_users))
     mia = membership_inference(lm.model, lm.tokenizer, members, non)
     if exposure is not None:
@@ -269,9 +251,6 @@ def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dic
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, str]:
-    from fedcogen.protocols.tls import ensure_dev_certs
-    from fedcogen.simulations.data import FederationConfig, generate_federation, write_federation
-
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {"config": asdict(cfg), "stage_seconds": {}}
@@ -293,7 +272,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     metrics["federation"] = _federate(cfg, data_dir)
     secs["federation"] = round(time.perf_counter() - t, 1)
 
-    t = _stage(3, f"cloud {cfg.cloud_model} over gRPC with TLS + token; evaluating {len(VARIANTS)} variants")
+    t = _stage(3, f"cloud {cfg.cloud_model} over gRPC with TLS + token; evaluating {len(REPORT_ORDER)} variants")
     tls_dir = run_dir / "tls"
     ensure_dev_certs(tls_dir)
     ev = _evaluate(cfg, fed, metrics["federation"]["adapter_dir"], tls_dir, secrets.token_urlsafe(24))
@@ -307,7 +286,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     secs["privacy"] = round(time.perf_counter() - t, 1)
 
     _stage(5, "report and plots")
-    plots = write_plots(run_dir, metrics)
+    plots = demo_plots(run_dir, metrics)
     metrics_path = run_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2, default=str))
     report = run_dir / "report.md"

@@ -8,12 +8,12 @@ how much.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
+from fedcogen.simulations.metrics import overall_mean
 from fedcogen.simulations.report import fmt_ci
+from fedcogen.variants import REPORT_ORDER
 
-VARIANTS = ("cloud", "device", "device_personalised", "sketch", "logit", "gated", "cloud_with_context")
 LABELS = {
     "cloud": "cloud alone, instruction only",
     "device": "device base model with private context",
@@ -32,16 +32,10 @@ TARGETS = {"fact_recall": 0.6, "rouge_l": 0.35, "repeat_4gram": 0.10}
 GROUP_TITLES = {"seen_users": "users who trained (their unseen tasks)", "unseen_users": "users who never trained"}
 
 
-def _mean(overall: dict, variant: str, metric: str) -> float:
-    c = overall.get(variant, {}).get(metric) or {}
-    v = c.get("mean")
-    return float("nan") if v is None else float(v)
-
-
 def variant_table(overall: dict[str, Any]) -> list[str]:
     lines = ["| variant | what it is | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
-    for v in VARIANTS:
+    for v in REPORT_ORDER:
         if v in overall:
             lines.append(f"| {v} | {LABELS[v]} | " + " | ".join(fmt_ci(overall[v].get(m), d) for m, _, d in COLUMNS) + " |")
     return lines
@@ -53,7 +47,7 @@ def target_rows(groups: dict[str, Any]) -> list[str]:
     for group, g in groups.items():
         o = g["overall"]
         for metric in ("fact_recall", "rouge_l"):
-            got, want = _mean(o, "device_personalised", metric), TARGETS[metric]
+            got, want = overall_mean(o, "device_personalised", metric), TARGETS[metric]
             verdict = "met" if got >= want else f"MISSED by {want - got:.3f}"
             rows.append(f"| device+adapter {metric} >= {want} | {group} | {got:.3f} | {verdict} |")
         dp, cl = o.get("device_personalised", {}).get("rouge_l", {}), o.get("cloud", {}).get("rouge_l", {})
@@ -61,7 +55,7 @@ def target_rows(groups: dict[str, Any]) -> list[str]:
             gap = dp["low"] - cl["high"]
             rows.append(f"| device+adapter ROUGE-L CI low > cloud CI high | {group} | {dp['low']:.3f} vs "
                         f"{cl['high']:.3f} | {'met' if gap > 0 else f'MISSED by {abs(gap):.3f}'} |")
-        worst = max(((v, _mean(o, v, "repeat_4gram")) for v in VARIANTS if v in o), key=lambda x: x[1])
+        worst = max(((v, overall_mean(o, v, "repeat_4gram")) for v in REPORT_ORDER if v in o), key=lambda x: x[1])
         want = TARGETS["repeat_4gram"]
         rows.append(f"| repeated 4-grams <= {want:.0%} for every variant | {group} | worst {worst[0]} "
                     f"{worst[1]:.3f} | {'met' if worst[1] <= want else f'MISSED by {worst[1] - want:.3f}'} |")
@@ -82,53 +76,6 @@ def cogenesis_rows(paired: list[dict[str, Any]]) -> list[str]:
                 rows.append(f"| {a} - {b} | {p['metric']} | {sign * p['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
                             f"{p['n']} | {'yes' if p['distinguishable'] else 'no'} |")
     return rows
-
-
-def write_plots(run_dir: Path, metrics: dict[str, Any]) -> list[str]:
-    """Validation loss per round (measured sparse run only: no dense curve is drawn that was not run)
-    and per-variant quality against bytes on the wire."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import shutil
-
-    import matplotlib.pyplot as plt
-
-    names = []
-    fed_plot = run_dir / "federation" / "loss_vs_round.png"
-    if fed_plot.is_file():
-        shutil.copy(fed_plot, run_dir / fed_plot.name)
-        names.append(fed_plot.name)
-    rounds = [r for r in metrics["federation"]["rounds"] if "eval_loss" in r]
-    if rounds:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([r["cum_bytes"] for r in rounds], [r["eval_loss"] for r in rounds], "o-", label="sparse (measured)")
-        ax.set_xlabel("cumulative bytes on the wire (every message, both ways)")
-        ax.set_ylabel("validation loss (private tasks)")
-        ax.set_title("federated training: loss vs bytes")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(run_dir / "loss_vs_bytes.png", dpi=110)
-        plt.close(fig)
-        names.append("loss_vs_bytes.png")
-    overall = metrics["evaluation"]["all_users"]["overall"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for v in VARIANTS:
-        if v not in overall:
-            continue
-        x = max(1.0, _mean(overall, v, "bytes_total"))
-        c = overall[v]["fact_recall"]
-        ax.errorbar([x], [c["mean"]], yerr=[[c["mean"] - c["low"]], [c["high"] - c["mean"]]], fmt="o", capsize=3)
-        ax.annotate(v, (x, c["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("bytes on the wire per answer (device-only variants drawn at 1)")
-    ax.set_ylabel("private-fact recall (95% CI over users)")
-    ax.set_title("what each variant gets for its bytes")
-    fig.tight_layout()
-    fig.savefig(run_dir / "recall_vs_bytes.png", dpi=110)
-    plt.close(fig)
-    names.append("recall_vs_bytes.png")
-    return names
 
 
 def _samples(rows: list[dict[str, Any]], n_chars: int = 400) -> list[str]:
@@ -165,9 +112,9 @@ def write_report(cfg: Any, metrics: dict[str, Any], plots: list[str]) -> str:
         f"sending sparse updates (density {cfg.density}); validation loss {first_loss:.3f} -> "
         f"{fed['final_eval_loss']:.3f}. Every message both ways came to **{ledger['totals']['all']:,} B** "
         f"({ledger['messages']} messages). {cfg.heldout_users} more users never trained. On users who never "
-        f"trained the personalised device recalls **{_mean(unseen, 'device_personalised', 'fact_recall'):.2f}** "
-        f"of the private facts (base device {_mean(unseen, 'device', 'fact_recall'):.2f}, cloud alone "
-        f"{_mean(unseen, 'cloud', 'fact_recall'):.2f}). {_audit_sentence(pv)} Intervals are 95% bootstrap over "
+        f"trained the personalised device recalls **{overall_mean(unseen, 'device_personalised', 'fact_recall'):.2f}** "
+        f"of the private facts (base device {overall_mean(unseen, 'device', 'fact_recall'):.2f}, cloud alone "
+        f"{overall_mean(unseen, 'cloud', 'fact_recall'):.2f}). {_audit_sentence(pv)} Intervals are 95% bootstrap over "
         "users; latency is the time from the start of a lockstep batch of "
         f"{cfg.eval_batch} answers until this answer finished.",
         "",

@@ -19,49 +19,18 @@ from __future__ import annotations
 
 import functools
 import math
-import re
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
-_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+from fedcogen.text_match import contains_phrase, normalise  # noqa: F401 - re-exported: the metrics' matching
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_CONFIDENCE = 0.95
 # Below this many users a bootstrap interval is too unreliable to call two variants different.
 MIN_USERS_TO_DISTINGUISH = 5
-
-
-# --------------------------------------------------------------------------------------------
-# text normalisation and matching
-
-
-def normalise(text: str) -> str:
-    """Lower-case, NFKC-fold, turn every run of punctuation/whitespace into one space, strip.
-
-    Both the fact and the answer go through this, so "Dr. Okafor's" matches "dr okafor s" and
-    "12:30" matches "12.30"; differences in punctuation or line breaks never decide a match.
-    """
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return _NON_WORD.sub(" ", text).strip()
-
-
-def contains_phrase(text: str, phrase: str, *, whole_words: bool = True) -> bool:
-    """Whether ``phrase`` occurs in ``text`` after :func:`normalise`.
-
-    ``whole_words`` demands word boundaries ("Ann" does not match "Anna"); leakage checks turn it
-    off because wire bytes may glue framing characters onto the first or last word of a string.
-    An empty phrase (after normalisation) never matches: it carries no information.
-    """
-    p = normalise(phrase)
-    if not p:
-        return False
-    t = normalise(text)
-    if whole_words:
-        return f" {p} " in f" {t} "
-    return p in t
 
 
 def repeated_ngram_share(words: Sequence[str], n: int = 4) -> float | None:
@@ -346,3 +315,9 @@ def mean_or_none(values: Iterable[float | None]) -> float | None:
     """Mean of the defined values; ``None`` if there are none (metric not applicable)."""
     vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     return sum(vals) / len(vals) if vals else None
+
+
+def overall_mean(overall: Mapping[str, Any], variant: str, metric: str) -> float:
+    """The mean of one variant's metric in an ``overall`` table of CI dicts; NaN when it was not measured."""
+    v = (overall.get(variant, {}).get(metric) or {}).get("mean")
+    return float("nan") if v is None else float(v)

@@ -7,12 +7,14 @@ they work on headless machines and inside Ray workers.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedcogen.simulations.metrics import MIN_USERS_TO_DISTINGUISH
+from fedcogen.simulations.plots import plot_latency, plot_quality_vs_bytes
 
 SUMMARY_COLUMNS: tuple[tuple[str, str, int], ...] = (
     # (metric, column header, digits)
@@ -34,76 +36,6 @@ def fmt_ci(ci: Mapping[str, Any] | None, digits: int) -> str:
     if ci["n"] == 1:
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _plot_ready(result: Mapping[str, Any], metric: str) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for v in result["variants"]:
-        ci = result["overall"].get(v, {}).get(metric)
-        if ci and ci.get("n") and ci.get("mean") is not None and not math.isnan(ci["mean"]):
-            out.append((v, ci))
-    return out
-
-
-def plot_quality_vs_bytes(result: Mapping[str, Any], path: Path, quality: str = "rouge_l") -> Path | None:
-    """Scatter of mean quality (with CI bars) against mean bytes on the wire, one point per variant.
-
-    The x axis is symlog because the device-only variant sends nothing while logit fusion sends
-    kilobytes per token; a linear axis would squash everything but one point. Returns ``None``
-    if no variant has both numbers.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    q = dict(_plot_ready(result, quality))
-    b = dict(_plot_ready(result, "bytes_total"))
-    names = [v for v in result["variants"] if v in q and v in b]
-    if not names:
-        return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for v in names:
-        y, x = q[v], b[v]
-        yerr = [[y["mean"] - y["low"]], [y["high"] - y["mean"]]]
-        xerr = [[x["mean"] - x["low"]], [x["high"] - x["mean"]]]
-        ax.errorbar(x["mean"], y["mean"], yerr=yerr, xerr=xerr, fmt="o", capsize=3, label=v)
-        ax.annotate(v, (x["mean"], y["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xscale("symlog", linthresh=100)
-    ax.set_xlabel("bytes on the wire per answer (sent + received)")
-    ax.set_ylabel(f"{quality} (mean over users, 95% CI)")
-    ax.set_title("Quality vs communication")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_latency(result: Mapping[str, Any], path: Path) -> Path | None:
-    """Bar chart of mean latency per answer per variant with CI error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    data = _plot_ready(result, "latency_s")
-    if not data:
-        return None
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    names = [v for v, _ in data]
-    means = [ci["mean"] for _, ci in data]
-    err = [[ci["mean"] - ci["low"] for _, ci in data], [ci["high"] - ci["mean"] for _, ci in data]]
-    ax.bar(names, means, yerr=err, capsize=4, color="tab:blue", alpha=0.8)
-    ax.set_ylabel("latency per answer, s (95% CI)")
-    ax.set_title("Latency per variant")
-    ax.tick_params(axis="x", rotation=20)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def summary_table(result: Mapping[str, Any], columns: Sequence[tuple[str, str, int]] = SUMMARY_COLUMNS) -> str:
@@ -187,3 +119,159 @@ def write_report(result: Mapping[str, Any], path: str | Path, title: str = "fedc
         parts.append("_no plottable numbers_")
     path.write_text("\n".join(parts) + "\n")
     return path
+
+
+# --------------------------------------------------------------------------- privacy run
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "∞" if digits >= 0 else "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def privacy_report(result: dict[str, Any], plots: Sequence[str] = ()) -> str:
+    """The readable report: sweep table, attack results per variant, verdicts against the targets."""
+    cfg = result["config"]
+    lines = [
+        "# fedcogen privacy report",
+        "",
+        f"Model `{cfg['model']}` (cloud/attacker `{cfg['cloud_model']}`), {cfg['n_users']} users, "
+        f"{cfg['clients_per_round']} per round, {cfg['rounds']} rounds x {cfg['local_steps']} local steps, "
+        f"density {cfg['density']}, DP mode `{cfg['dp_mode']}`, clip {cfg['dp_clip']}, delta {cfg['delta']}.",
+        "",
+        "## Privacy-utility sweep",
+        "",
+        "| sigma | epsilon | eval loss | canary exposure (mean / max, chance) | MIA AUC (loss / ref) "
+        "| TPR@1%FPR | single-update MIA AUC |",
+        "|---:|---:|---:|---|---|---:|---:|",
+    ]
+    for r in result["sweep"]:
+        ce, m = r["canary_exposure"], r["mia"]
+        lines.append(
+            f"| {r['noise_multiplier']:g} | {_f(r['epsilon'], 2)} | {_f(r['utility_eval_loss'], 4)} | "
+            f"{ce['mean']:.2f} / {ce['max']:.2f} ({ce['chance']:.2f}) | {m['loss']['auc']:.3f} / "
+            f"{m['reference']['auc']:.3f} | {m['tpr_at_1pct_fpr']:.3f} | {r['single_update_mia']['auc']:.3f} |"
+        )
+    lines += [""] + [f"![{p}]({p})" for p in plots] + ["", "## CoGenesis context leakage (cloud as attacker)", "",
+                                                        "| variant | verbatim rate | substring top-1 | attacker-LM top-1 "
+                                                        "| chance | wire audit |",
+                                                        "|---|---:|---:|---:|---:|---|"]
+    for v, lk in result["context_leakage"].items():
+        wa = result["wire_audit"].get(v, {})
+        lines.append(
+            f"| {v} | {_f(lk['verbatim_rate'])} | {_f(lk['substring_top1'])} | {_f(lk['model_top1'])} | "
+            f"{_f(lk['chance'])} | {'PASS' if wa.get('pass') else 'FAIL'} ({wa.get('n_failed', '?')} of "
+            f"{wa.get('n_devices', '?')} devices leak) |"
+        )
+    rel = result["relative_eval_loss_increase"]
+    lines += [
+        "",
+        "## Verdicts at the chosen defence",
+        "",
+        f"- sigma = {result['noise_multiplier']:g}: epsilon = {_f(result['epsilon'], 2)} at delta = {result['delta']}"
+        f" (target <= 8: {'met' if result['epsilon'] is not None and result['epsilon'] <= 8 else 'NOT met'}).",
+        f"- eval loss {_f(result['utility_eval_loss'], 4)} vs {_f(result['baseline_eval_loss'], 4)} without DP: "
+        f"{'-' if rel is None else f'{100 * rel:+.1f}%'} (target <= +5%).",
+        f"- canary exposure {result['canary_exposure']:.2f} bits vs {result['canary_exposure_no_dp']:.2f} without DP "
+        f"(chance {result['canary_exposure_chance']:.2f}).",
+        f"- MIA AUC {result['mia_auc']:.3f} (target <= 0.55) vs {result['mia_auc_no_dp']:.3f} without DP; "
+        f"TPR at 1% FPR {result['mia_tpr_at_1pct_fpr']:.3f}.",
+        f"- wire audit (sketch variant, CoGenesis + {result['flower_bytes_audited']} Flower bytes): "
+        f"{'PASS' if result['wire_audit_pass'] else 'FAIL'}.",
+        "",
+        "Trust model: DP mode `server` assumes a trusted aggregator that adds dense Gaussian noise to the mean; "
+        "`client` mode (distributed DP) is meant to be combined with sparse SecAgg+ "
+        "(`fedcogen.secagg`, `fedcogen.server.secagg_server`), honest-but-curious server, >= n - t honest clients.",
+        "",
+        f"Total time {result['seconds']} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+
+def comm_report(r: dict[str, Any]) -> str:
+    """``bench_comm.md``: dense vs sparse bytes at matched loss, per density, with the targets."""
+    lines = [
+        f"# Communication benchmark ({r['model']}, {r['engine']} engine{', quick' if r['quick'] else ''})",
+        "",
+        f"Dense fp32 FedAvg: {r['dense_total_bytes']:,} B in all (every message both ways), "
+        f"{r['dense_bytes_per_round']:,.0f} B/round of training messages, eval loss "
+        f"{r['dense_eval_loss']:.4f} (initial {r['initial_eval_loss']:.4f}).",
+        "",
+        "Matched-loss ratio: dense bytes / sparse bytes, each the cumulative bytes of every message until the "
+        "run's validation loss first reached the loss both runs reach.",
+        "",
+        "| density | quant | total B | matched loss | dense B to it | sparse B to it | matched ratio | per-round ratio "
+        "| up ratio | eval loss | gap vs dense | index bits / bound |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for x in r["sparse_runs"]:
+        m = x["matched"]
+        lines.append(
+            f"| {x['density']:g} | {x['quant']} | {x['total_bytes']:,} | {m['loss']:.4f} | "
+            f"{(m['dense_bytes'] or float('nan')):,.0f} | {(m['sparse_bytes'] or float('nan')):,.0f} | "
+            f"{x['compression_ratio']:.1f}x | {x['per_round_ratio']:.1f}x | "
+            f"{(x['up_compression_ratio'] or float('nan')):.1f}x | {x['eval_loss']:.4f} | "
+            f"{100 * x['eval_loss_rel_gap']:+.2f}% | {x['index_bits_over_bound']:.3f} |"
+        )
+    t = r["throughput"]
+    lines += [
+        "",
+        f"Training throughput: {t['ours_tokens_per_s']:.0f} tok/s (client training function) vs "
+        f"{t['plain_peft_tokens_per_s']:.0f} tok/s (plain PEFT loop) = {r['train_throughput_ratio']:.3f}.",
+        "",
+        "Targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in r["meets"].items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def cogen_report(result: dict[str, Any]) -> str:
+    """``bench_cogen.md``: bytes per token and top-1 agreement per k, speed per variant, cloud batching."""
+    lines = [f"# CoGenesis benchmark ({result['mode']})", "", f"cloud model: `{result['config']['cloud_model']}`", ""]
+    for name, row in result["devices"].items():
+        lines += [f"## device `{name}`", "", "| k | bytes/token (fp16) | top-1 agreement vs full |", "|---|---|---|"]
+        for k, b in row["bytes_per_token_topk"].items():
+            lines.append(f"| {k} | {b:.0f} | {row['agreement']['agreement'].get(f'{k}-fp16', float('nan')):.4f} |")
+        lines += [
+            f"| 64 int8 | {row['bytes_per_token_int8_k64']:.0f} | {row['agreement']['agreement']['64-int8']:.4f} |",
+            f"| full fp32 | {row['bytes_per_token_full']:.0f} | 1 |",
+            "",
+            f"- agreement measured over {row['agreement']['steps']} teacher-forced steps",
+            f"- tokens/s device-only {row['tokens_per_s_device_only']:.1f}, logit {row['tokens_per_s_logit']:.1f} "
+            f"({row['logit_speed_ratio']:.2f}x), gated {row['tokens_per_s_gated']:.1f} "
+            f"(cloud called for {100 * row['cloud_call_fraction_gated']:.0f}% of tokens)",
+            f"- device -> cloud bytes/token in logit: {row['bytes_sent_per_token_logit']:.1f}",
+            "",
+        ]
+    lines += ["## cloud batching", "", "| sessions | aggregate tokens/s |", "|---|---|"]
+    lines += [f"| {n} | {v:.1f} |" for n, v in result["aggregate_tokens_per_s"].items()]
+    lines += ["", "## targets", "", "```", json.dumps(result["targets"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "comm": ("dense_bytes_per_round", "sparse_bytes_per_round", "compression_ratio", "dense_eval_loss",
+             "sparse_eval_loss", "index_bits_over_bound", "train_throughput_ratio"),
+    "cogen": ("bytes_per_token_full", "bytes_per_token_topk", "top1_agreement_topk_vs_full",
+              "tokens_per_s_device_only", "tokens_per_s_logit", "tokens_per_s_gated", "cloud_call_fraction_gated",
+              "aggregate_tokens_per_s"),
+    "privacy": ("epsilon", "delta", "canary_exposure", "mia_auc", "mia_tpr_at_1pct_fpr", "wire_audit_pass",
+                "utility_eval_loss"),
+}
+
+
+def headline_table(result: dict[str, Any]) -> str:
+    lines = ["| benchmark | figure | value |", "|---|---|---|"]
+    for bench, keys in HEADLINES.items():
+        data = result.get(bench) or {}
+        for k in keys:
+            if k in data:
+                v = data[k]
+                text = f"{v:.4g}" if isinstance(v, float) else json.dumps(v, default=str)[:120]
+                lines.append(f"| {bench} | {k} | {text} |")
+    return "\n".join(lines)

@@ -19,10 +19,10 @@ import numpy as np
 
 from fedcogen.client.lora_training import encode_examples, train_local
 from fedcogen.client.secagg_client import make_client_app
+from fedcogen.dataset import client_examples, load_federation, user_ids
 from fedcogen.lora_adapter import get_adapter, lora_model, set_adapter
 from fedcogen.secagg import MODES, SecAggRunConfig
 from fedcogen.server.secagg_server import Recorder, make_server_app
-from fedcogen.simulations.data import client_examples, load_federation, user_ids
 
 
 def synthetic_update(seed: int, partition: int, server_round: int, dim: int) -> np.ndarray:

@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fedcogen.client.lora_training import IGNORE_INDEX, Encoded, causal_loss, collate
+from fedcogen.models import chat_input_ids, shared_model
+from fedcogen.prompts import CLOUD_SYSTEM, cloud_prompt
+
 
 def reference_loss(model_name: str, tasks: Sequence[Any], max_seq_len: int = 320) -> float:
     """Token-weighted mean loss on each task's reference given only its instruction."""
     import torch
-
-    from fedcogen.client.lora_training import IGNORE_INDEX, Encoded, causal_loss, collate
-    from fedcogen.models import chat_input_ids, shared_model
-    from fedcogen.prompts import CLOUD_SYSTEM, cloud_prompt
 
     lm = shared_model(model_name)
     tok = lm.tokenizer

@@ -15,7 +15,7 @@ import pytest
 from fedcogen.client.cloud_client import CloudClient, CloudRefused
 from fedcogen.protocols import tls
 from fedcogen.protocols.secrets_io import SecretError, read_secret_file, resolve_token, write_secret_file
-from fedcogen.simulations.eval_cli import spawned_cloud
+from fedcogen.simulations.processes import spawned_cloud
 
 
 def test_token_file_must_be_owner_only(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests of the synthetic private writing federation (fedcogen.simulations.data) and `fedcogen data`."""
+"""Tests of the synthetic private writing federation (fedcogen.dataset) and `fedcogen data`."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedcogen import dataset as D
 from fedcogen.cli import main
 from fedcogen.prompts import device_prompt, history_prompt
-from fedcogen.simulations import data as D
 
 FILES = ("manifest.json", "profiles.jsonl", "history.jsonl", "train.jsonl", "val.jsonl", "test.jsonl",
          "private/canaries.json")
@@ -52,7 +52,7 @@ def test_same_seed_gives_identical_bytes_even_in_another_process(fed_dir, tmp_pa
     for name in FILES:
         assert (fed_dir / name).read_bytes() == (other / name).read_bytes(), name
     # a fresh interpreter with a different hash seed must write the same bytes (no set/dict-order luck)
-    code = ("import sys; from fedcogen.simulations.data import *; "
+    code = ("import sys; from fedcogen.dataset import *; "
             "write_federation(generate_federation(FederationConfig()), sys.argv[1])")
     env = dict(os.environ, PYTHONHASHSEED="12345")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "proc")], check=True, env=env, timeout=120)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fedcogen.simulations import deploy as dp
-from fedcogen.simulations.certs_cli import create_cert_bundle, load_bundle
+from fedcogen.simulations.certs import create_cert_bundle, load_bundle
 
 
 def _mode(path: Path) -> int:

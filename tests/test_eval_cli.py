@@ -1,6 +1,6 @@
 """`fedcogen eval` input handling and exit codes (in-process, generator replaced by a fake).
 
-Validation itself comes from fedcogen.simulations.data; these tests check that the CLI surfaces
+Validation itself comes from fedcogen.dataset; these tests check that the CLI surfaces
 its problems with line and field, and that skip / reject behave as documented.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from fedcogen.cli import eval as eval_cli
 from fedcogen.cli import main
-from fedcogen.simulations import eval_cli
 from fedcogen.simulations.evaluate import GenerationResult
 
 FIXTURES = Path(__file__).parent / "fixtures"

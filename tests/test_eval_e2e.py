@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fedcogen.simulations.eval_cli import spawned_cloud
+from fedcogen.simulations.processes import spawned_cloud
 
 FIXTURES = Path(__file__).parent / "fixtures"
 pytestmark = pytest.mark.slow

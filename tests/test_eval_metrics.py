@@ -278,7 +278,7 @@ def test_cloud_view_finds_facts_sent_as_token_ids():
     from fedcogen.client.wire_capture import WireCapture
     from fedcogen.models import load_tokenizer
     from fedcogen.protocols import cogen_pb2 as pb
-    from fedcogen.simulations.evaluate import cloud_view
+    from fedcogen.simulations.cogen_generator import cloud_view
 
     tok = load_tokenizer("tiny")
     cap = WireCapture()
@@ -310,13 +310,13 @@ def test_generated_federation_oracle_scores_perfectly(tmp_path):
     """On the project's own synthetic data, answering with the reference must score 1 on every
     quality metric (facts and style markers are really in the references, and the profile format
     is read correctly), while answering with the bare instruction recalls no private fact."""
-    from fedcogen.simulations.data import (
+    from fedcogen.cli.eval import load_profiles
+    from fedcogen.dataset import (
         FederationConfig,
         generate_federation,
         validate_task_file,
         write_federation,
     )
-    from fedcogen.simulations.eval_cli import load_profiles
 
     cfg = FederationConfig(n_users=6, history_per_user=2, train_tasks_per_user=1, val_tasks_per_user=1,
                            test_tasks_per_user=3, canaries_per_user=0)

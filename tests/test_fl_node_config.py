@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, Message, RecordDict
 
+from fedcogen import dataset as sd
 from fedcogen.client import fault_app
 from fedcogen.client import fl_clientapp as ca
 from fedcogen.protocols import fl_messages as fm
-from fedcogen.simulations import data as sd
 
 
 @pytest.fixture(autouse=True)

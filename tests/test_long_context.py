@@ -14,7 +14,8 @@ from fedcogen.client.incremental_lm import IncrementalLM
 from fedcogen.models import load_model
 from fedcogen.prompts import fit_context
 from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
-from fedcogen.simulations.evaluate import CogenGenerator, EvalConfig, evaluate
+from fedcogen.simulations.cogen_generator import CogenGenerator
+from fedcogen.simulations.evaluate import EvalConfig, evaluate
 
 PROFILE = "me: Ada Quill\nhome city: Lowmoor\nemployer: Brightwell Mills"
 PAST = [f"Past text {i}: " + " ".join(f"word{i}x{j}" for j in range(60)) for i in range(14)]

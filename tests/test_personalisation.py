@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedcogen.dataset import load_federation, user_ids
 from fedcogen.models import chat_input_ids
 from fedcogen.prompts import DEVICE_SYSTEM, device_prompt
-from fedcogen.simulations.data import load_federation, user_ids
 from fedcogen.simulations.federation import SimulationConfig, load_run_adapter, run_federation
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

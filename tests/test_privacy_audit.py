@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from fedcogen import dataset as d
 from fedcogen.client.wire_capture import WireCapture
 from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.simulations import audit
-from fedcogen.simulations import data as d
+from fedcogen.simulations import context_leakage as leak
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +91,11 @@ def test_cloud_view_text_decodes_tokens(fed, tok):
 
 
 def test_context_leakage_substring(fed):
-    truths = {p.user_id: audit.profile_attributes(p) for p in fed.profiles}
+    truths = {p.user_id: leak.profile_attributes(p) for p in fed.profiles}
     leaky = {p.user_id: "\n".join(t.private_context for t in fed.tasks_of(p.user_id, "train")) for p in fed.profiles}
     clean = {p.user_id: "\n".join(t.instruction for t in fed.tasks_of(p.user_id, "train")) for p in fed.profiles}
-    r_leaky = audit.context_leakage(leaky, truths)
-    r_clean = audit.context_leakage(clean, truths)
+    r_leaky = leak.context_leakage(leaky, truths)
+    r_clean = leak.context_leakage(clean, truths)
     assert r_leaky["verbatim_rate"] > 0.4 and r_leaky["substring_top1"] > 0.4, r_leaky
     assert r_clean["verbatim_rate"] == 0.0 and r_clean["substring_top1"] == 0.0, r_clean
     assert 0 < r_clean["chance"] < 0.1
@@ -106,12 +107,12 @@ def test_context_leakage_model_attacker(fed):
     from fedcogen.models import shared_model
 
     lm = shared_model("smollm2")
-    truths = {p.user_id: audit.profile_attributes(p) for p in fed.profiles}
+    truths = {p.user_id: leak.profile_attributes(p) for p in fed.profiles}
     fields = ["city", "role"]
     leaky = {p.user_id: f"me: {p.name}\ncity: {p.city}\njob: {p.role}" for p in fed.profiles}
     clean = {p.user_id: fed.tasks_of(p.user_id, "test")[0].instruction for p in fed.profiles}
     kw = dict(model=lm.model, tokenizer=lm.tokenizer, fields=fields)
-    r_leaky = audit.context_leakage(leaky, truths, **kw)
-    r_clean = audit.context_leakage(clean, truths, **kw)
+    r_leaky = leak.context_leakage(leaky, truths, **kw)
+    r_clean = leak.context_leakage(clean, truths, **kw)
     assert r_leaky["model_top1"] >= 0.8, r_leaky
     assert r_clean["model_top1"] <= 0.34, r_clean

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
+from fedcogen import dataset as d
 from fedcogen.cli import main
-from fedcogen.simulations import data as d
 from fedcogen.simulations import privacy_run as pr
+from fedcogen.simulations.privacy_attacks import mia_pairs
+from fedcogen.simulations.report import privacy_report
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +19,7 @@ def fed():
 
 
 def test_federation_canaries_follow_training_text(fed):
-    cans = pr.federation_canaries(fed)
+    cans = d.canary_records(fed)
     assert len(cans) == sum(len(v) for v in fed.canaries.values())
     by_id = {h.text_id: h for h in fed.history}
     for c in cans:
@@ -27,15 +29,15 @@ def test_federation_canaries_follow_training_text(fed):
         assert c["prompt"].startswith("Write a")
     import numpy as np
 
-    alt = pr.canary_alternative(cans[0], np.random.default_rng(0))
+    alt = d.random_canary_like(cans[0], np.random.default_rng(0))["secret"]
     assert len(alt) == len(cans[0]["secret"]) and alt != cans[0]["secret"]
 
 
 def test_mia_pairs_disjoint_and_balanced(fed):
-    members, non = pr.mia_pairs(fed, 10, seed=0)
+    members, non = mia_pairs(fed, 10, seed=0)
     assert len(members) == len(non) == 10
     assert not {t for _, t in members} & {t for _, t in non}
-    one_user, _ = pr.mia_pairs(fed, 100, seed=0, users=["user-01"])
+    one_user, _ = mia_pairs(fed, 100, seed=0, users=["user-01"])
     refs = {t.reference for t in fed.tasks_of("user-01", "train")}
     assert one_user and all(t in refs for _, t in one_user)
 
@@ -89,5 +91,5 @@ def test_markdown_report_renders():
         "mia_auc_no_dp": 0.9, "mia_tpr_at_1pct_fpr": 0.0, "wire_audit_pass": True, "flower_bytes_audited": 10,
         "seconds": 1.0,
     }
-    md = pr.markdown_report(result, ["privacy_utility.png"])
+    md = privacy_report(result, ["privacy_utility.png"])
     assert "| 1 | 7.10 |" in md and "+2.5%" in md and "PASS" in md and "(target <= 8: met)" in md

@@ -6,23 +6,20 @@ import argparse
 import json
 import time
 
+from fedcogen.cli.common import add_command, add_group
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "models",
-        help="list known models, warm the model cache, show size and vocabulary",
+    p, msub = add_group(
+        sub, "models", "list known models, warm the model cache, show size and vocabulary", dest="models_command",
         description="List the models fedcogen can load, dequantise the embedded SmolLM2 into the cache "
         "(FEDCOGEN_CACHE, default ~/.cache/fedcogen), or inspect one model.",
     )
-    msub = p.add_subparsers(dest="models_command", metavar="ACTION")
-    lp = msub.add_parser("list", help="list model names accepted by --model")
-    lp.set_defaults(func=_list)
-    wp = msub.add_parser("warm", help="dequantise the embedded GGUF once into the cache")
-    wp.set_defaults(func=_warm)
-    ip = msub.add_parser("info", help="load a model and show its size, layers and vocabulary")
+    add_command(msub, "list", "list model names accepted by --model", func=_list)
+    add_command(msub, "warm", "dequantise the embedded GGUF once into the cache", func=_warm)
+    ip = add_command(msub, "info", "load a model and show its size, layers and vocabulary", func=_info)
     ip.add_argument("model", nargs="?", default="smollm2", help="model name or local HF directory")
     ip.add_argument("--json", action="store_true", help="print JSON instead of text")
-    ip.set_defaults(func=_info)
     p.set_defaults(func=_list)
 
 

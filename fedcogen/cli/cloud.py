@@ -7,15 +7,15 @@ import logging
 import signal
 import threading
 
+from fedcogen.cli.common import add_command, add_group, add_token_args, token_of
+
 log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    cloud = sub.add_parser("cloud", help="the CoGenesis cloud LM service (gRPC)")
-    csub = cloud.add_subparsers(dest="cloud_command", metavar="ACTION")
-    p = csub.add_parser(
-        "serve",
-        help="serve the cloud model over gRPC (Sketch + streaming Decode)",
+    _, csub = add_group(sub, "cloud", "the CoGenesis cloud LM service (gRPC)", dest="cloud_command")
+    p = add_command(
+        csub, "serve", "serve the cloud model over gRPC (Sketch + streaming Decode)", func=_serve,
         description=(
             "Host the large model for CoGenesis. Devices send only the bare instruction (and, for the "
             "logit variant, the tokens they generate); the API has no field for private context. "
@@ -23,17 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Production needs --tls-dir and a bearer token, read from --token-file (mode 0600) or the "
             "FEDCOGEN_CLOUD_TOKEN environment variable; --insecure (plaintext) is for loopback tests."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", default="smollm2", help="cloud model: smollm2, tiny-large, ... or a local HF folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=50071, help="port (0 = pick a free one)")
     p.add_argument("--tls-dir", help="folder with server.crt/server.key (and ca.crt); see `fedcogen certs`")
-    p.add_argument(
-        "--token-file", help="file (mode 0600) holding the bearer token callers must send as "
-        "'authorization: Bearer <token>'; default: the FEDCOGEN_CLOUD_TOKEN environment variable",
-    )
-    p.add_argument("--token", help="DEPRECATED: the token itself, visible in the process list; use --token-file")
+    add_token_args(p, "file (mode 0600) holding the bearer token callers must send as "
+                   "'authorization: Bearer <token>'; default: the FEDCOGEN_CLOUD_TOKEN environment variable")
     p.add_argument("--insecure", action="store_true", help="plaintext without TLS (explicit opt-in, testing only)")
     p.add_argument("--mtls", action="store_true", help="also require client certificates signed by ca.crt")
     p.add_argument("--max-sessions", type=int, default=64, help="concurrent Decode sessions")
@@ -56,12 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for the model (0 = torch default)")
     p.add_argument("--grace", type=float, default=10.0, help="seconds open sessions get to finish on shutdown")
-    p.set_defaults(func=_serve)
-    cloud.set_defaults(func=lambda _args: cloud.print_help() or 2)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from fedcogen.protocols.secrets_io import resolve_token
     from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
 
     if args.insecure and args.tls_dir:
@@ -71,7 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         tls_dir=args.tls_dir,
-        token=resolve_token(args.token_file, args.token),
+        token=token_of(args),
         insecure=args.insecure,
         require_client_cert=args.mtls,
         max_sessions=args.max_sessions,

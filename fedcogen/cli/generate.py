@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Kept in sync with cogen_device.VARIANTS (not imported: `fedcogen --help` must not load torch).
-VARIANTS = ("device", "cloud", "sketch", "logit", "gated", "cloud_with_context")
+from fedcogen.cli.common import add_command, add_decoding_args, add_token_args, decoding_settings, token_of
+from fedcogen.variants import VARIANTS
 
 TASK_FILE_ORDER = ("test.jsonl", "val.jsonl", "train.jsonl")
 
@@ -55,16 +55,16 @@ def load_tasks(data: str, user: str, task: str | None = None) -> list[dict[str, 
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "generate",
-        help="generate a user's texts with a CoGenesis variant (device, cloud, sketch, logit, gated)",
+    p = add_command(
+        sub, "generate", "generate a user's texts with a CoGenesis variant (device, cloud, sketch, logit, gated)",
+        func=_generate,
         description=(
             "Device-side CoGenesis generation. The private context stays on this machine: 'sketch' sends "
             "only the instruction; 'logit' and 'gated' also send the tokens generated so far (never the "
             "context); 'device' uses no cloud; 'cloud' is the cloud alone on the instruction; "
             "'cloud_with_context' is a privacy-VIOLATING evaluation upper bound (the server must allow it)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--variant", choices=VARIANTS, default="logit", help="collaboration variant")
     p.add_argument("--data", required=True, help="task JSONL file or federation folder (test/val/train.jsonl)")
@@ -87,36 +87,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--step-timeout", type=float, default=20.0, help="deadline per cloud step (s)")
     p.add_argument("--out", help="write results as JSON here (and a .md next to it)")
-    p.set_defaults(func=_generate)
-
-
-def add_token_args(p: argparse.ArgumentParser) -> None:
-    """The cloud's bearer token: from a 0600 file or FEDCOGEN_CLOUD_TOKEN, never (silently) argv."""
-    p.add_argument("--token-file", help="file (mode 0600) with the cloud's bearer token "
-                   "(default: the FEDCOGEN_CLOUD_TOKEN environment variable)")
-    p.add_argument("--token", help="DEPRECATED: the token itself, visible in the process list; use --token-file")
-
-
-def token_of(args: argparse.Namespace) -> str | None:
-    from fedcogen.protocols.secrets_io import resolve_token
-
-    return resolve_token(getattr(args, "token_file", None), getattr(args, "token", None))
-
-
-def add_decoding_args(p: argparse.ArgumentParser) -> None:
-    """Answer length, prompt budget and repetition control; unset flags keep DeviceConfig's defaults
-    (one source of truth, documented in client/decoding.py)."""
-    p.add_argument("--max-new-tokens", type=int, help="answer length cap (default 160: fits ~150-token references)")
-    p.add_argument("--max-prompt-tokens", type=int,
-                   help="device prompt budget; longer private contexts keep the profile and newest texts (default 3072)")
-    p.add_argument("--repetition-penalty", type=float,
-                   help="log-prob multiplier for already generated tokens, 1.0 = off (default 1.15)")
-    p.add_argument("--no-repeat-ngram", type=int, help="ban repeating any n-gram of this size, 0 = off (default 4)")
-
-
-def decoding_settings(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("max_new_tokens", "max_prompt_tokens", "repetition_penalty", "no_repeat_ngram")
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from fedcogen.cli.common import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the whole system end to end and write a report (what `make demo` runs)",
+    p = add_command(
+        sub, "demo", "run the whole system end to end and write a report (what `make demo` runs)", func=_run,
         description=(
             "Generate a small private-writing federation, train a personalised LoRA adapter with sparse "
             "federated learning in the Flower simulation engine, start the CoGenesis cloud service on "
@@ -17,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "runs/<name>/report.md, metrics.json and plots. Every other DemoConfig field can be set "
             "with --config."
         ),
+        formatter=argparse.HelpFormatter,
     )
     p.add_argument("--config", help="TOML/JSON file with demo settings (see simulations/demo.py DemoConfig)")
     p.add_argument("--quick", action="store_true", help="tiny random models, one-minute smoke run")
@@ -34,12 +41,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-batch", type=int, default=None, help="answers decoded in lockstep")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens generated per answer")
     p.add_argument("--seed", type=int, default=None, help="seed for data, training and sampling")
-    p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.demo import config_from_args, run_demo
+    from fedcogen.simulations.demo import run_demo
 
     result = run_demo(config_from_args(args))
     print(f"\nreport:  {result['report']}\nmetrics: {result['metrics']}")
     return 0
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """DemoConfig from defaults, then the --config file, then the flags that were given."""
+    from fedcogen.simulations.demo import DemoConfig
+
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"demo config {path} not found")
+        text = path.read_text()
+        values.update(tomllib.loads(text) if path.suffix == ".toml" else json.loads(text))
+    known = {f.name for f in fields(DemoConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown demo config keys: {sorted(unknown)} (known: {sorted(known)})")
+    for name in known:
+        v = getattr(args, name, None)
+        if v is not None and v is not False:
+            values[name] = v
+    if "name" not in values:
+        values["name"] = "demo-quick" if values.get("quick") else "demo"
+    return DemoConfig(**values)

@@ -6,6 +6,19 @@ import argparse
 import json
 from pathlib import Path
 
+from fedcogen.cli.common import add_command, add_group
+from fedcogen.dataset import (
+    SPLITS,
+    TASK_KINDS,
+    DataValidationError,
+    FederationConfig,
+    find_leaks,
+    generate_federation,
+    load_federation,
+    validate_task_file,
+    write_federation,
+)
+
 GENERATE_HELP = """\
 Generate a deterministic federation of N users (each a Flower client) with private profiles,
 private past texts (training history, carrying each user's canaries), and writing tasks split into
@@ -21,19 +34,16 @@ Files written into --out:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "data",
-        help="generate / inspect / validate the synthetic private writing federation",
+    _, dsub = add_group(
+        sub, "data", "generate / inspect / validate the synthetic private writing federation", dest="data_command",
         description="Synthetic CoGenesis-style personalised writing data: each user is a federated client "
         "whose private profile and history never leave the device; task instructions are safe to show "
         "the cloud.",
     )
-    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
-
-    g = dsub.add_parser("generate", help="write a new federation folder", description=GENERATE_HELP,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = add_command(dsub, "generate", "write a new federation folder", description=GENERATE_HELP, func=_generate)
     g.add_argument("--out", required=True, type=Path, help="output folder (must be empty unless --force)")
-    g.add_argument("--users", type=int, default=16, help="number of users / clients (default 16)")
+    g.add_argument("--num-clients", "--users", dest="num_clients", type=int, default=16,
+                   help="number of users / clients (default 16)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     g.add_argument("--history", type=int, default=24, help="past texts per user (default 24)")
     g.add_argument("--train-tasks", type=int, default=16, help="train tasks per user (default 16)")
@@ -43,20 +53,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--canary-repeats", type=int, default=1,
                    help="history texts carrying each canary (default 1; more = easier to memorise)")
     g.add_argument("--force", action="store_true", help="write into a non-empty folder, replacing our files")
-    g.set_defaults(func=_generate)
 
-    i = dsub.add_parser(
-        "inspect", help="counts, sample tasks and validation status of a federation folder",
+    i = add_command(
+        dsub, "inspect", "counts, sample tasks and validation status of a federation folder", func=_inspect,
         description="Validate a federation folder (sha256 of every file, fields, user ids, privacy "
         "invariants) and show counts per split and kind plus one sample task per kind.",
     )
     i.add_argument("folder", type=Path, help="folder written by `fedcogen data generate`")
     i.add_argument("--user", help="show this user's profile summary and samples only (e.g. user-03)")
     i.add_argument("--json", action="store_true", help="print a JSON summary instead of tables")
-    i.set_defaults(func=_inspect)
 
-    v = dsub.add_parser(
-        "validate", help="check a task JSONL file line by line (exit 1 if anything is wrong)",
+    v = add_command(
+        dsub, "validate", "check a task JSONL file line by line (exit 1 if anything is wrong)", func=_validate,
         description="Check a task file (a generated split or a hand-written `fedcogen eval` file): every "
         "line must be a JSON object with string user_id, instruction, private_context, reference; "
         "optional private_facts must be a list of strings. User ids are checked against a "
@@ -64,23 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("file", type=Path, help="task .jsonl file, or a federation folder")
     v.add_argument("--profiles", type=Path, help="profiles.jsonl whose user ids are the only valid ones")
-    v.set_defaults(func=_validate)
-
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def _generate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from fedcogen.simulations.data import (
-        SPLITS,
-        TASK_KINDS,
-        FederationConfig,
-        find_leaks,
-        generate_federation,
-        write_federation,
-    )
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -88,7 +85,7 @@ def _generate(args: argparse.Namespace) -> int:
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise ValueError(f"output folder {out} is not empty (use --force to overwrite)")
     cfg = FederationConfig(
-        n_users=args.users, seed=args.seed, history_per_user=args.history,
+        n_users=args.num_clients, seed=args.seed, history_per_user=args.history,
         train_tasks_per_user=args.train_tasks, val_tasks_per_user=args.val_tasks,
         test_tasks_per_user=args.test_tasks, canaries_per_user=args.canaries,
         canary_repeats=args.canary_repeats,
@@ -118,7 +115,6 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _summary(fed, user: str | None) -> dict:
-    from fedcogen.simulations.data import SPLITS, TASK_KINDS
 
     def count(items):
         items = list(items)
@@ -153,7 +149,6 @@ def _inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from fedcogen.simulations.data import SPLITS, TASK_KINDS, DataValidationError, find_leaks, load_federation
 
     try:
         fed = load_federation(args.folder)
@@ -200,7 +195,6 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.data import DataValidationError, load_federation, validate_task_file
 
     target: Path = args.file
     if target.is_dir():

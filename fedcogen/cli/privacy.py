@@ -13,24 +13,19 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from fedcogen.cli.common import add_command, add_group, write_json
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "privacy",
-        help="differential privacy, secure aggregation, privacy attacks and the wire audit",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ps = p.add_subparsers(dest="privacy_command", metavar="ACTION")
+    _, ps = add_group(sub, "privacy", "differential privacy, secure aggregation, privacy attacks and the wire audit",
+                      dest="privacy_command", description=__doc__)
 
-    r = ps.add_parser(
-        "run",
-        help="federations with/without DP + all attacks + wire audit -> JSON + markdown report",
+    r = add_command(
+        ps, "run", "federations with/without DP + all attacks + wire audit -> JSON + markdown report", func=_run,
         description=(
             "Generate a federation, train it with every noise multiplier of the sweep (0 = no DP), attack "
             "each final adapter (canary exposure, membership inference), run CoGenesis variants over gRPC "
@@ -45,65 +40,59 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--model", default=None, help="device/federated model (smollm2-24l, smollm2-half, smollm2, tiny, path)")
     r.add_argument("--cloud-model", default=None, help="cloud model, also the context-leakage attacker")
     r.add_argument("--rounds", type=int, default=None, help="federated rounds")
-    r.add_argument("--users", type=int, default=None, dest="n_users", help="number of users / clients")
+    r.add_argument("--num-clients", "--users", type=int, default=None, dest="n_users", help="number of users / clients")
     r.add_argument("--dp-mode", choices=["server", "client"], default=None,
                    help="server: trusted aggregator adds dense noise; client: distributed noise (for SecAgg)")
     r.add_argument("--noise-multiplier", type=float, default=None, help="sigma of the defended configuration")
     r.add_argument("--sweep", default=None, help="comma-separated noise multipliers for the curve (0 = no DP)")
-    r.add_argument("--clip", type=float, default=None, dest="dp_clip", help="L2 clip norm C of each client update")
+    r.add_argument("--dp-clip-norm", "--clip", type=float, default=None, dest="dp_clip",
+                   help="L2 clip norm C of each client update")
     r.add_argument("--delta", type=float, default=None, help="target delta (default 1e-5)")
     r.add_argument("--target-epsilon", type=float, default=None,
                    help="refuse the run up front if a planned setting exceeds this epsilon; stop early in a run")
     r.add_argument("--seed", type=int, default=None)
-    r.set_defaults(func=_run)
 
-    e = ps.add_parser("exposure", help="canary exposure of a finished federation run",
-                      description="Canary exposure (secret sharer) of the final global adapter of RUN_DIR.")
+    e = add_command(ps, "exposure", "canary exposure of a finished federation run", func=_exposure,
+                    description="Canary exposure (secret sharer) of the final global adapter of RUN_DIR.")
     e.add_argument("run_dir", help="federation output folder (checkpoint.npz)")
     e.add_argument("--data", default=None, help="federation data folder (default: the run's data_dir)")
     e.add_argument("--alternatives", type=int, default=255, help="random same-format secrets per canary")
     e.add_argument("--json", default=None, help="write the result here")
     e.add_argument("--seed", type=int, default=0)
-    e.set_defaults(func=_exposure)
 
-    m = ps.add_parser("mia", help="membership inference on a finished federation run",
-                      description="Loss and reference-calibrated MIA: training tasks vs held-out tasks.")
+    m = add_command(ps, "mia", "membership inference on a finished federation run", func=_mia,
+                    description="Loss and reference-calibrated MIA: training tasks vs held-out tasks.")
     m.add_argument("run_dir")
     m.add_argument("--data", default=None)
     m.add_argument("--max-examples", type=int, default=64)
     m.add_argument("--json", default=None)
     m.add_argument("--seed", type=int, default=0)
-    m.set_defaults(func=_mia)
 
-    a = ps.add_parser("epsilon", help="epsilon of a planned DP run (RDP accountant)",
-                      description="Epsilon after ROUNDS rounds at NOISE and client sample rate Q, and what fits a target.")
+    a = add_command(ps, "epsilon", "epsilon of a planned DP run (RDP accountant)", func=_epsilon,
+                    description="Epsilon after ROUNDS rounds at NOISE and client sample rate Q, and what fits a target.")
     a.add_argument("--noise-multiplier", type=float, required=True)
     a.add_argument("--sample-rate", type=float, required=True, help="clients_per_round / num_clients")
     a.add_argument("--rounds", type=int, required=True)
     a.add_argument("--delta", type=float, default=1e-5)
     a.add_argument("--target-epsilon", type=float, default=None)
-    a.set_defaults(func=_epsilon)
 
-    s = ps.add_parser("secagg", help="sparse SecAgg+ vs dense SecAgg+ vs plain sparse (bytes, time)",
-                      description=("Runs Flower's SecAggPlusWorkflow + secaggplus_mod in the simulation engine with "
-                                   "the shared-random-support sparse scheme, dense SecAgg+ and plain top-k sparse."))
-    s.add_argument("--clients", type=int, default=4)
+    s = add_command(ps, "secagg", "sparse SecAgg+ vs dense SecAgg+ vs plain sparse (bytes, time)", func=_secagg,
+                    description="Runs Flower's SecAggPlusWorkflow + secaggplus_mod in the simulation engine with "
+                    "the shared-random-support sparse scheme, dense SecAgg+ and plain top-k sparse.")
+    s.add_argument("--num-clients", "--clients", type=int, default=4, dest="num_clients")
     s.add_argument("--rounds", type=int, default=3)
     s.add_argument("--dim", type=int, default=0, help="vector length (0 = the LoRA adapter size of --model)")
     s.add_argument("--model", default="smollm2", help="model whose adapter size sets --dim when it is 0")
     s.add_argument("--density", type=float, default=0.01)
     s.add_argument("--out", default="runs/secagg")
     s.add_argument("--json", default=None)
-    s.set_defaults(func=_secagg)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def _write(path: str | None, result: Any) -> None:
-    if path:
-        from fedcogen.simulations.privacy_run import _json_default
+    from fedcogen.simulations.privacy_run import _json_default
 
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(result, indent=2, default=_json_default))
+    if path:
+        write_json(path, result, indent=2, default=_json_default)
         print(f"wrote {path}")
 
 
@@ -130,8 +119,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_context(run_dir: str, data: str | None) -> tuple[Any, Any]:
+    from fedcogen.dataset import load_federation
     from fedcogen.server.checkpoint import load_checkpoint
-    from fedcogen.simulations.data import load_federation
     from fedcogen.simulations.privacy_run import quick_config
 
     _, meta = load_checkpoint(run_dir)
@@ -144,14 +133,14 @@ def _run_context(run_dir: str, data: str | None) -> tuple[Any, Any]:
 
 
 def _exposure(args: argparse.Namespace) -> int:
+    from fedcogen.dataset import canary_records, random_canary_like
     from fedcogen.simulations.attacks import canary_exposure
     from fedcogen.simulations.federation import load_run_adapter
-    from fedcogen.simulations.privacy_run import canary_alternative, federation_canaries
 
     fed, _ = _run_context(args.run_dir, args.data)
     lm, _ = load_run_adapter(args.run_dir)
-    res = canary_exposure(lm.model, lm.tokenizer, federation_canaries(fed), args.alternatives, args.seed,
-                          alternatives_fn=canary_alternative, progress=True)
+    res = canary_exposure(lm.model, lm.tokenizer, canary_records(fed), args.alternatives, args.seed,
+                          alternatives_fn=random_canary_like, progress=True)
     print(f"mean exposure {res['mean']:.2f} bits, max {res['max']:.2f} (chance {res['chance']:.2f}, "
           f"max possible {res['per_canary'][0]['max_exposure']:.2f})")
     _write(args.json, res)
@@ -161,7 +150,7 @@ def _exposure(args: argparse.Namespace) -> int:
 def _mia(args: argparse.Namespace) -> int:
     from fedcogen.simulations.attacks import membership_inference
     from fedcogen.simulations.federation import load_run_adapter
-    from fedcogen.simulations.privacy_run import mia_pairs
+    from fedcogen.simulations.privacy_attacks import mia_pairs
 
     fed, _ = _run_context(args.run_dir, args.data)
     lm, _ = load_run_adapter(args.run_dir)
@@ -189,10 +178,11 @@ def _epsilon(args: argparse.Namespace) -> int:
 
 
 def _secagg(args: argparse.Namespace) -> int:
-    from fedcogen.server.secagg_sparse import SecAggRunConfig, adapter_flat, compare_modes
+    from fedcogen.secagg import SecAggRunConfig
+    from fedcogen.simulations.secagg_experiment import adapter_flat, compare_modes
 
     dim = args.dim or int(adapter_flat(args.model).size)
-    res = compare_modes(SecAggRunConfig(num_clients=args.clients, rounds=args.rounds, dim=dim, density=args.density),
+    res = compare_modes(SecAggRunConfig(num_clients=args.num_clients, rounds=args.rounds, dim=dim, density=args.density),
                         args.out)
     print((Path(args.out) / "secagg_compare.md").read_text())
     _write(args.json, res)

@@ -1,6 +1,6 @@
 """`fedcogen eval`: run CoGenesis variants over a task file, score them, write JSON + markdown report.
 
-Input validation is delegated to :mod:`fedcogen.simulations.data` (one validator for the whole
+Input validation is delegated to :mod:`fedcogen.dataset` (one validator for the whole
 project); this module decides what to do with invalid lines (``--on-invalid skip`` or ``reject``).
 Generation is delegated to the device-side CoGenesis generator; scoring and aggregation to
 :mod:`fedcogen.simulations.evaluate`.
@@ -11,24 +11,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
-import os
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedcogen.client.generate_cli import add_decoding_args, add_token_args, decoding_settings, token_of
-from fedcogen.protocols.secrets_io import CLOUD_TOKEN_ENV
+from fedcogen.cli.common import add_command, add_decoding_args, add_token_args, decoding_settings, token_of
+from fedcogen.variants import (
+    CLOUD_VARIANTS,
+    DEFAULT_EVAL_VARIANTS,
+    EVAL_ONLY_VARIANT,
+    PERSONALISED_VARIANT,
+    VARIANTS,
+)
 
-log = logging.getLogger(__name__)
-
-CLOUD_VARIANTS = frozenset({"cloud", "sketch", "logit", "gated", "cloud_with_context"})
-DEFAULT_VARIANTS = "device,cloud,sketch,logit,gated"
+DEFAULT_VARIANTS = ",".join(DEFAULT_EVAL_VARIANTS)
 EXIT_OK, EXIT_GENERATION_FAILED, EXIT_INVALID = 0, 1, 2
 
 EPILOG = """\
@@ -61,14 +58,13 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="evaluate CoGenesis variants on a task file (quality, privacy leakage, cost, with CIs)",
+    p = add_command(
+        sub, "eval", "evaluate CoGenesis variants on a task file (quality, privacy leakage, cost, with CIs)",
+        func=run_eval,
         description="Run generation variants over every task of a JSONL dataset, score quality, "
         "personalisation, leakage on the wire and cost, and write per-task / per-user / overall "
         "results as JSON (and a markdown report with plots).",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--dataset", required=True, type=Path, help="task file (JSONL, format below)")
     p.add_argument("--variants", default=DEFAULT_VARIANTS,
@@ -99,7 +95,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", dest="json_out", required=True, type=Path, help="where to write results JSON")
     p.add_argument("--report", type=Path, help="markdown report path; plots are written next to it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_eval)
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,10 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def parse_variants(spec: str, *, adapter: Path | None) -> list[str]:
     """Split and check ``--variants``; unknown names and a personalised variant without adapter fail."""
-    from fedcogen.simulations.evaluate import ALL_VARIANTS, PERSONALISED_VARIANT
-
     names = [v.strip() for v in spec.split(",") if v.strip()]
-    known = (*ALL_VARIANTS, PERSONALISED_VARIANT)
+    known = (*VARIANTS, PERSONALISED_VARIANT)
     unknown = [v for v in names if v not in known]
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(known)}")
@@ -140,7 +133,7 @@ def load_tasks(path: Path, on_invalid: str) -> tuple[list[Any], list[str]]:
 
     ``reject`` collects every problem first (so the user can fix them all at once), then raises.
     """
-    from fedcogen.simulations.data import validate_task_file
+    from fedcogen.dataset import validate_task_file
 
     if not path.is_file():
         raise FileNotFoundError(f"dataset {path} does not exist")
@@ -181,120 +174,12 @@ def load_profiles(path: Path | None, dataset: Path) -> tuple[dict[str, Any], str
 
 
 # --------------------------------------------------------------------------------------------
-# cloud process
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_health(address: str, proc: subprocess.Popen | None, timeout_s: float,
-                    tls_dir: Path | None = None, token: str | None = None) -> None:
-    """Poll the gRPC health service until SERVING; fail early if the process dies.
-
-    With ``tls_dir`` the check goes over TLS (trusting that folder's CA) and carries ``token``.
-    """
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
-    if tls_dir is not None:
-        from fedcogen.protocols.tls import channel_credentials
-
-        channel_cm = grpc.secure_channel(address, channel_credentials(tls_dir))
-    else:
-        channel_cm = grpc.insecure_channel(address)
-    with channel_cm as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"cloud process exited with code {proc.returncode} before serving")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0, metadata=metadata)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            except grpc.RpcError as exc:
-                last = exc.code().name
-            time.sleep(0.2)
-    raise RuntimeError(f"cloud at {address} not serving after {timeout_s:.0f} s (last: {last})")
-
-
-@dataclass
-class SpawnedCloud:
-    """A cloud process started for one evaluation run."""
-
-    address: str
-    process: subprocess.Popen
-    log_path: Path | None
-    timeout_s: float = 300.0
-    tls_dir: Path | None = None
-    token: str | None = None
-
-    def wait_ready(self) -> str:
-        """Block until the cloud answers SERVING (or fail if it died); returns the address."""
-        wait_for_health(self.address, self.process, self.timeout_s, self.tls_dir, self.token)
-        return self.address
-
-
-@contextlib.contextmanager
-def spawned_cloud(
-    cloud_model: str, *, allow_eval_only_context: bool = False, timeout_s: float = 120.0,
-    log_path: Path | None = None, wait: bool = True, tls_dir: Path | None = None, token: str | None = None,
-    serve_args: Sequence[str] = (),
-) -> Iterator[SpawnedCloud]:
-    """Run ``fedcogen cloud serve`` on a free loopback port and yield it once it is SERVING.
-
-    Plaintext (``--insecure``) unless ``tls_dir`` is given: then TLS with that folder's server pair,
-    and every call must carry ``token``.
-
-    With ``wait=False`` it is yielded right after the process starts, so the caller can load the
-    device model while the cloud loads its own, then call :meth:`SpawnedCloud.wait_ready`.
-
-    The process is always stopped (terminate, then kill) when the block exits, also on errors and
-    Ctrl-C, so an evaluation never leaves a cloud behind.
-    """
-    port = free_port()
-    security = ["--tls-dir", str(tls_dir)] if tls_dir else ["--insecure"]
-    env = {k: v for k, v in os.environ.items() if k != CLOUD_TOKEN_ENV}
-    if tls_dir and token:  # the token travels in the child's environment, never on its command line
-        env[CLOUD_TOKEN_ENV] = token
-    cmd = [sys.executable, "-m", "fedcogen.cli", "cloud", "serve", *security, "--host", "127.0.0.1",
-           "--port", str(port), "--model", cloud_model]
-    if allow_eval_only_context:
-        cmd.append("--allow-eval-only-context")
-    cmd += list(serve_args)  # further `fedcogen cloud serve` flags (batch size, limits)
-    out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    log.info("starting cloud: %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        cloud = SpawnedCloud(f"127.0.0.1:{port}", proc, log_path, timeout_s, tls_dir, token)
-        if wait:
-            cloud.wait_ready()
-        yield cloud
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        if log_path:
-            out.close()  # type: ignore[union-attr]
-
-
-# --------------------------------------------------------------------------------------------
 # generator
 
 
 def build_generator(args: argparse.Namespace, cloud_address: str | None, variants: Sequence[str]) -> Any:
     """The real device-side CoGenesis generator (``fedcogen.client.cogen_device``) behind the protocol."""
-    from fedcogen.simulations.evaluate import PERSONALISED_VARIANT, CogenGenerator
+    from fedcogen.simulations.cogen_generator import CogenGenerator
 
     return CogenGenerator.create(
         device_model=args.device_model,
@@ -315,6 +200,7 @@ def build_generator(args: argparse.Namespace, cloud_address: str | None, variant
 
 def run_eval(args: argparse.Namespace) -> int:
     from fedcogen.simulations.evaluate import EvalConfig, evaluate
+    from fedcogen.simulations.processes import spawned_cloud
     from fedcogen.simulations.report import write_report
 
     variants = parse_variants(args.variants, adapter=args.adapter)
@@ -341,7 +227,7 @@ def run_eval(args: argparse.Namespace) -> int:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             cloud = stack.enter_context(spawned_cloud(
                 args.cloud_model, log_path=log_path, timeout_s=args.cloud_start_timeout, wait=False,
-                allow_eval_only_context="cloud_with_context" in variants,
+                allow_eval_only_context=EVAL_ONLY_VARIANT in variants,
             ))
             address = cloud.address
         # the device model loads while the spawned cloud loads its own

@@ -1,0 +1,125 @@
+"""`fedcogen bench NAME`: the benchmarks (comm, cogen, fuzz, load, privacy, all); each prints its figures
+and can write JSON. The measurements live in ``fedcogen.simulations.bench_*``; this module holds their flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fedcogen.cli.common import add_command, add_group, add_json_out, module_doc, write_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _, bsub = add_group(
+        sub, "bench", "benchmarks: communication (comm) and more; each writes JSON + markdown", dest="bench_command",
+        metavar="BENCH",
+        description="Benchmarks with honest measurements. Each subcommand prints a table and can write JSON.",
+    )
+    p = add_command(bsub, "comm", "dense fp32 LoRA FedAvg vs sparse runs: bytes, loss, index bits, training throughput",
+                    description=module_doc("fedcogen.simulations.bench_comm"), func=_comm)
+    p.add_argument("--quick", action="store_true", help="tiny model, 4 clients, 4 rounds (a few minutes)")
+    add_json_out(p)
+    p.add_argument("--out-dir", default="runs/bench_comm", help="folder for runs, plots and bench_comm.md")
+    p.add_argument("--densities", default="", help="comma-separated sparse densities "
+                   "(default 0.01,0.05,0.1 with --quick, 0.1,0.3 at full size)")
+    p.add_argument("--quant", default="int8", choices=["fp32", "fp16", "int8"], help="sparse value precision")
+    p.add_argument("--engine", default="loopback", choices=["loopback", "flower"],
+                   help="loopback: same apps in one process (no Ray noise); flower: Ray simulation engine")
+
+    p = add_command(bsub, "cogen", "CoGenesis: wire bytes per token, top-k fidelity, variant speed, cloud batching",
+                    description=module_doc("fedcogen.simulations.bench_cogen"), func=_cogen)
+    p.add_argument("--quick", action="store_true", help="tiny models (seconds) instead of SmolLM2 (minutes)")
+    p.add_argument("--out", default="runs/bench-cogen", help="folder for bench_cogen.json / bench_cogen.md")
+    p.add_argument("--cloud-model", help="override the cloud model of the chosen mode")
+    p.add_argument("--device-models", help="override the device models (comma-separated)")
+
+    p = add_command(bsub, "fuzz", "malformed blobs vs the sparse/logit decoders and the server's update validation",
+                    description=module_doc("fedcogen.simulations.bench_fuzz"), func=_fuzz)
+    p.add_argument("--blobs", type=int, default=10_000, help="how many malformed inputs in all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="1,000 blobs")
+    add_json_out(p)
+
+    p = add_command(bsub, "load", "32 concurrent CoGenesis sessions for 60 s against one TLS + token cloud: errors, "
+                    "p50/p99", description=module_doc("fedcogen.simulations.bench_load"), func=_load)
+    p.add_argument("--sessions", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--tokens", type=int, default=16, help="steps per session before it closes and reopens")
+    p.add_argument("--model", default="tiny-large", help="cloud model (tiny-large keeps CPU runs short)")
+    p.add_argument("--quick", action="store_true", help="8 sessions for 10 s")
+    add_json_out(p)
+
+    for name, help_, out_dir, func in (
+        ("privacy", "DP / attacks / wire audit figures (runs `fedcogen privacy run`)", "runs/bench_privacy", _privacy),
+        ("all", "comm + cogen + privacy, one after another, into one JSON + markdown table", "runs/bench", _all),
+    ):
+        p = add_command(bsub, name, help_, func=func)
+        p.add_argument("--quick", action="store_true", help="tiny models everywhere (the full run takes hours on 2 cores)")
+        add_json_out(p)
+        p.add_argument("--out-dir", default=out_dir, help="folder for each benchmark's runs and reports")
+
+
+def _comm(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.bench_comm import print_table, run_bench
+
+    dens = tuple(float(x) for x in args.densities.split(",") if x.strip()) or None
+    result = run_bench(quick=args.quick, out_dir=args.out_dir, densities=dens, engine=args.engine, quant=args.quant)
+    print_table(result)
+    if args.json_out:
+        write_json(args.json_out, result)
+        print(f"\nJSON: {args.json_out}")
+    print(f"report: {Path(args.out_dir) / 'bench_comm.md'}; plots: loss_vs_round.png, loss_vs_bytes.png")
+    return 0
+
+
+def _cogen(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.bench_cogen import CogenBenchConfig, run_cogen_bench
+
+    cfg = CogenBenchConfig.for_mode(args.quick)
+    if args.cloud_model:
+        cfg.cloud_model = args.cloud_model
+    if args.device_models:
+        cfg.device_models = tuple(m.strip() for m in args.device_models.split(",") if m.strip())
+    result = run_cogen_bench(quick=args.quick, out_dir=args.out, config=cfg)
+    print(json.dumps({k: result[k] for k in ("bytes_per_token_full", "bytes_per_token_topk",
+                                              "top1_agreement_topk_vs_full", "tokens_per_s_device_only",
+                                              "tokens_per_s_logit", "tokens_per_s_gated", "cloud_call_fraction_gated",
+                                              "aggregate_tokens_per_s", "targets")}, indent=2))
+    print(f"report: {Path(args.out) / 'bench_cogen.md'}")
+    return 0
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.bench_fuzz import FuzzConfig, run_fuzz
+
+    result = run_fuzz(FuzzConfig(blobs=1000 if args.quick else args.blobs, seed=args.seed))
+    print(json.dumps(result, indent=1))
+    write_json(args.json_out, result)
+    return 0 if result["ok"] else 1
+
+
+def _load(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.bench_load import LoadConfig, run_load
+
+    cfg = LoadConfig(sessions=args.sessions, seconds=args.seconds, tokens=args.tokens, model=args.model)
+    if args.quick:
+        cfg.sessions, cfg.seconds = 8, 10.0
+    result = run_load(cfg)
+    print(json.dumps(result, indent=1))
+    write_json(args.json_out, result)
+    return 0 if result["errors"] == 0 else 1
+
+
+def _privacy(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.bench_all import run_privacy_bench, write_suite
+
+    write_suite({"privacy": run_privacy_bench(args.quick, args.out_dir)}, args.json_out, Path(args.out_dir))
+    return 0
+
+
+def _all(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.bench_all import run_all, write_suite
+
+    write_suite(run_all(args.quick, args.out_dir), args.json_out, Path(args.out_dir))
+    return 0

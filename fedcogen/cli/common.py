@@ -1,0 +1,89 @@
+"""Shapes every `fedcogen` command shares: a subcommand with a description, a command group that prints
+its help when called bare, the cloud token and decoding flags, and writing a result JSON.
+
+One helper per shape, so that the commands read as lists of their own flags and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def module_doc(dotted: str) -> str | None:
+    """A module's docstring read from its source, without importing it (``--help`` stays fast)."""
+    spec = importlib.util.find_spec(dotted)
+    if spec is None or spec.origin is None:
+        return None
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")))
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, help: str, *, description: str | None = None,
+                func: Handler | None = None, epilog: str | None = None,
+                formatter: type[argparse.HelpFormatter] | None = None) -> argparse.ArgumentParser:
+    """``sub.add_parser``; ``func`` is the handler ``main`` calls. A description with line breaks is shown
+    as written, a one-line one is wrapped (unless ``formatter`` says otherwise)."""
+    description = description or help
+    if formatter is None:
+        multiline = "\n" in description or (epilog is not None and "\n" in epilog)
+        formatter = argparse.RawDescriptionHelpFormatter if multiline else argparse.HelpFormatter
+    p = sub.add_parser(name, help=help, description=description, epilog=epilog, formatter_class=formatter)
+    if func is not None:
+        p.set_defaults(func=func)
+    return p
+
+
+def add_group(sub: argparse._SubParsersAction, name: str, help: str, *, dest: str, metavar: str = "ACTION",
+              description: str | None = None) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """A command made of subcommands; called without one it prints its help and exits 2."""
+    p = add_command(sub, name, help, description=description)
+    group = p.add_subparsers(dest=dest, metavar=metavar)
+    p.set_defaults(func=lambda _args: p.print_help() or 2)
+    return p, group
+
+
+def add_json_out(p: argparse.ArgumentParser, help: str = "write the result JSON here") -> None:
+    p.add_argument("--json", dest="json_out", metavar="FILE", help=help)
+
+
+def write_json(path: str | Path | None, result: Any, *, indent: int = 1, default: Callable[[Any], Any] = str) -> None:
+    """Write ``result`` as JSON to ``path`` (creating its folder); nothing when ``path`` is empty."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=indent, default=default))
+
+
+def add_token_args(p: argparse.ArgumentParser, file_help: str = "file (mode 0600) with the cloud's bearer token "
+                   "(default: the FEDCOGEN_CLOUD_TOKEN environment variable)") -> None:
+    """The cloud's bearer token: from a 0600 file or FEDCOGEN_CLOUD_TOKEN, never (silently) argv."""
+    p.add_argument("--token-file", help=file_help)
+    p.add_argument("--token", help="DEPRECATED: the token itself, visible in the process list; use --token-file")
+
+
+def token_of(args: argparse.Namespace) -> str | None:
+    from fedcogen.protocols.secrets_io import resolve_token
+
+    return resolve_token(getattr(args, "token_file", None), getattr(args, "token", None))
+
+
+def add_decoding_args(p: argparse.ArgumentParser) -> None:
+    """Answer length, prompt budget and repetition control; unset flags keep DeviceConfig's defaults
+    (one source of truth, documented in client/decoding.py)."""
+    p.add_argument("--max-new-tokens", type=int, help="answer length cap (default 160: fits ~150-token references)")
+    p.add_argument("--max-prompt-tokens", type=int,
+                   help="device prompt budget; longer private contexts keep the profile and newest texts (default 3072)")
+    p.add_argument("--repetition-penalty", type=float,
+                   help="log-prob multiplier for already generated tokens, 1.0 = off (default 1.15)")
+    p.add_argument("--no-repeat-ngram", type=int, help="ban repeating any n-gram of this size, 0 = off (default 4)")
+
+
+def decoding_settings(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("max_new_tokens", "max_prompt_tokens", "repetition_penalty", "no_repeat_ngram")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
