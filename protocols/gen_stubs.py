@@ -2,8 +2,8 @@
 
 The stubs are committed so that installing fedcogen needs no protoc; this script keeps them honest:
 
-    python -m fedcogen.protocols.gen_stubs          # rewrite cogen_pb2.py / cogen_pb2_grpc.py
-    python -m fedcogen.protocols.gen_stubs --check  # exit 1 if the committed stubs are stale
+    fedcogen stubs          # rewrite cogen_pb2.py / cogen_pb2_grpc.py
+    fedcogen stubs --check  # exit 1 if the committed stubs are stale
 
 grpcio-tools emits ``import cogen_pb2 as cogen__pb2`` in the gRPC stub, which only works when
 ``protocols/`` is on ``sys.path``; we rewrite it to a package-relative import.
@@ -11,8 +11,6 @@ grpcio-tools emits ``import cogen_pb2 as cogen__pb2`` in the gRPC stub, which on
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -66,23 +64,11 @@ def stale_files() -> list[str]:
     return stale
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only report stale stubs (exit 1 if any)")
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = stale_files()
-        if stale:
-            print(f"stale generated stubs: {', '.join(stale)}; run python -m fedcogen.protocols.gen_stubs")
-            return 1
-        print("generated stubs are up to date")
-        return 0
+def write_stubs() -> list[Path]:
+    """Rewrite the committed stubs from the .proto files; returns the paths written."""
+    written = []
     for name in PROTOS:
         for fname, content in generate(name).items():
             (HERE / fname).write_text(content)
-            print(f"wrote {HERE / fname}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            written.append(HERE / fname)
+    return written
