@@ -1,8 +1,9 @@
 """Regenerate (or check) the Python stubs of ``protocols/cogen.proto``.
 
-The stubs are committed so that installing fedcogen needs no protoc; :func:`write_stubs` rewrites
-them and :func:`stale_files` lists the ones that differ from a fresh generation (the CLI and a
-test call these).
+The stubs are committed so that installing fedcogen needs no protoc; this script keeps them honest:
+
+    fedcogen stubs          # rewrite cogen_pb2.py / cogen_pb2_grpc.py
+    fedcogen stubs --check  # exit 1 if the committed stubs are stale
 
 grpcio-tools emits ``import cogen_pb2 as cogen__pb2`` in the gRPC stub, which only works when
 ``protocols/`` is on ``sys.path``; we rewrite it to a package-relative import.
@@ -64,7 +65,7 @@ def stale_files() -> list[str]:
 
 
 def write_stubs() -> list[Path]:
-    """Regenerate every committed stub file in place; returns the paths written."""
+    """Rewrite the committed stubs from the .proto files; returns the paths written."""
     written = []
     for name in PROTOS:
         for fname, content in generate(name).items():

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
-from fedcogen.simulations.evaluate import GenerationResult
+from fedcogen.simulations.evaluate import EvalAnswer
 from fedcogen.variants import PERSONALISED_VARIANT
 
 
@@ -93,15 +93,15 @@ class CogenGenerator:
             return self.personalised, variant
         return self.device, variant
 
-    def generate(self, task: Any, variant: str) -> GenerationResult:
+    def generate(self, task: Any, variant: str) -> EvalAnswer:
         return self.generate_batch([task], variant)[0]
 
-    def generate_batch(self, tasks: Sequence[Any], variant: str) -> list[GenerationResult]:
+    def generate_batch(self, tasks: Sequence[Any], variant: str) -> list[EvalAnswer]:
         device, real_variant = self._device_for(variant)
         results = device.generate_batch([(t.instruction, t.private_context) for t in tasks], real_variant)
         device.capture.clear()  # a batch of one records into the device's own capture
         return [
-            GenerationResult(
+            EvalAnswer(
                 text=res.text, tokens=res.tokens, tokens_per_s=res.tokens_per_s, bytes_sent=res.bytes_sent,
                 bytes_received=res.bytes_received, cloud_call_fraction=res.cloud_call_fraction,
                 latency_s=res.latency_s, fell_back=res.fell_back,

@@ -37,11 +37,12 @@ from fedcogen.dataset import (
 from fedcogen.models import load_tokenizer
 from fedcogen.protocols.dp import epsilon_for
 from fedcogen.protocols.tls import ensure_dev_certs
+from fedcogen.simulations import evaluate as evaluation
 from fedcogen.simulations.attacks import canary_exposure, membership_inference
 from fedcogen.simulations.audit import wire_audit
 from fedcogen.simulations.cogen_generator import CogenGenerator
 from fedcogen.simulations.demo_report import write_report
-from fedcogen.simulations.evaluate import EvalConfig, aggregate_overall, evaluate
+from fedcogen.simulations.evaluate import EvalConfig, aggregate_overall
 from fedcogen.simulations.federation import SimulationConfig, export_adapter, load_run_adapter, run_federation
 from fedcogen.simulations.metrics import StyleMarkers
 from fedcogen.simulations.plots import demo_plots
@@ -203,7 +204,9 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
               flush=True)
         try:
             ecfg = EvalConfig(seed=cfg.seed, batch_size=cfg.eval_batch)
-            result = evaluate(tasks, recorder, list(REPORT_ORDER), profiles=profiles, config=ecfg).to_dict()
+            # through the module, so that a test can replace the evaluator
+            result = evaluation.evaluate(tasks, recorder, list(REPORT_ORDER), profiles=profiles,
+                                         config=ecfg).to_dict()
         finally:
             gen.close()
     out["all_users"] = result

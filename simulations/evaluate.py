@@ -45,8 +45,9 @@ PAIRED_METRICS: tuple[str, ...] = ("rouge_l", "fact_recall", "style_match", "lea
 
 
 @dataclass
-class GenerationResult:
-    """What one generation produced and cost. Field names match the device generator's result.
+class EvalAnswer:
+    """One answer as the evaluation scores it: what the generation produced and cost (field names match the
+    device generator's ``GenerationResult``) plus what the cloud received.
 
     ``cloud_received`` holds what the cloud got on the wire for this generation (bytes, text or a
     list of payloads); ``None`` means it was not captured, so leakage is reported as unmeasured.
@@ -67,7 +68,7 @@ class GenerationResult:
 class Generator(Protocol):
     """Anything that answers a task with a given variant (the device generator, or a test fake)."""
 
-    def generate(self, task: Any, variant: str) -> Any:  # returns a GenerationResult-like object
+    def generate(self, task: Any, variant: str) -> Any:  # returns a EvalAnswer-like object
         ...
 
 

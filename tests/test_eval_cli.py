@@ -14,7 +14,7 @@ import pytest
 
 from fedcogen.cli import eval as eval_cli
 from fedcogen.cli import main
-from fedcogen.simulations.evaluate import GenerationResult
+from fedcogen.simulations.evaluate import EvalAnswer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -30,7 +30,7 @@ class EchoGenerator:
         if self.fail and variant == "cloud":
             raise RuntimeError("cloud went away")
         text = task.reference if variant == "device" else "hello there"
-        return GenerationResult(text=text, tokens=3, tokens_per_s=10.0, latency_s=0.1,
+        return EvalAnswer(text=text, tokens=3, tokens_per_s=10.0, latency_s=0.1,
                                 bytes_sent=0 if variant == "device" else 40,
                                 cloud_received=None if variant == "device" else [task.instruction])
 

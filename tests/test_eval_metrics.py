@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fedcogen.simulations import metrics as m
-from fedcogen.simulations.evaluate import EvalConfig, GenerationResult, evaluate
+from fedcogen.simulations.evaluate import EvalAnswer, EvalConfig, evaluate
 from fedcogen.simulations.report import write_report
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -168,12 +168,12 @@ class FakeGenerator:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
-    def generate(self, task: Task, variant: str) -> GenerationResult:
+    def generate(self, task: Task, variant: str) -> EvalAnswer:
         self.calls.append((task.task_id, variant))
         if variant == "boom":
             raise RuntimeError("cloud unreachable")
         good = variant == "good"
-        return GenerationResult(
+        return EvalAnswer(
             text=OUTPUTS[(task.task_id, variant)],
             tokens=10,
             tokens_per_s=20.0 if good else 40.0,
@@ -328,7 +328,7 @@ def test_generated_federation_oracle_scores_perfectly(tmp_path):
     class Oracle:
         def generate(self, task, variant):  # noqa: ANN001, ANN202
             text = task.reference if variant == "oracle" else task.instruction
-            return GenerationResult(text=text, cloud_received=[task.instruction])
+            return EvalAnswer(text=text, cloud_received=[task.instruction])
 
     res = evaluate(tasks, Oracle(), ["oracle", "instruction"], profiles=profiles,
                    config=EvalConfig(progress=False, resamples=200))

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedcogen.cli.privacy",
     "fedcogen.simulations.simulate_cli",  # helper A moves it to fedcogen.cli.simulate
     "fedcogen.cli.bench",
+    "fedcogen.cli.stubs",
 )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen.cli.common import add_command, add_decoding_args, add_token_args, decoding_settings, token_of
+from fedcogen.dataset.validate import jsonl_lines
 from fedcogen.variants import (
     CLOUD_VARIANTS,
     DEFAULT_EVAL_VARIANTS,
@@ -160,13 +161,9 @@ def load_profiles(path: Path | None, dataset: Path) -> tuple[dict[str, Any], str
     if not path.is_file():
         raise FileNotFoundError(f"--profiles {path} does not exist")
     out: dict[str, StyleMarkers] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: invalid JSON in profile ({exc.msg})") from exc
+    for lineno, row, error in jsonl_lines(path.read_text(encoding="utf-8")):
+        if error:
+            raise ValueError(f"{path}:{lineno}: {error} in profile")
         if not isinstance(row, dict) or not isinstance(row.get("user_id"), str | int):
             raise ValueError(f"{path}:{lineno}: field 'user_id' missing in profile")
         out[str(row["user_id"])] = StyleMarkers.from_profile(row)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen.cli.common import add_command, add_decoding_args, add_token_args, decoding_settings, token_of
+from fedcogen.dataset.validate import jsonl_lines
 from fedcogen.variants import VARIANTS
 
 TASK_FILE_ORDER = ("test.jsonl", "val.jsonl", "train.jsonl")
@@ -31,13 +32,9 @@ def load_tasks(data: str, user: str, task: str | None = None) -> list[dict[str, 
         raise FileNotFoundError(f"data not found: {path}")
     out: list[dict[str, Any]] = []
     for f in files:
-        for lineno, line in enumerate(f.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{f.name}:{lineno}: not JSON ({exc.msg})") from None
+        for lineno, rec, error in jsonl_lines(f.read_text()):
+            if error:
+                raise ValueError(f"{f.name}:{lineno}: {error}")
             for key in ("user_id", "instruction", "private_context"):
                 if key not in rec:
                     raise ValueError(f"{f.name}:{lineno}: field '{key}': missing")

@@ -33,7 +33,7 @@ from fedcogen.dataset.schema import (
     UserProfile,
     user_ids,
 )
-from fedcogen.dataset.validate import validate_task_file
+from fedcogen.dataset.validate import jsonl_lines, validate_task_file
 
 
 # --------------------------------------------------------------------------- writing / loading
@@ -121,13 +121,9 @@ def write_federation(fed: Federation, out_dir: str | Path) -> Path:
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
     rows = []
     problems: list[tuple[int, str, str]] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append((lineno, "-", f"invalid JSON ({exc.msg} at column {exc.colno})"))
+    for lineno, obj, error in jsonl_lines(path.read_text(encoding="utf-8")):
+        if error:
+            problems.append((lineno, "-", error))
             continue
         if not isinstance(obj, dict):
             problems.append((lineno, "-", "expected a JSON object"))

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 from fedcogen.dataset.schema import PROFILES_FILE, DataValidationError, TaskRecord
+
+
+def jsonl_lines(text: str) -> Iterator[tuple[int, Any, str | None]]:
+    """``(line number, parsed object, None)`` per non-blank line, or ``(line number, None, reason)`` when a
+    line is not JSON: callers collect every problem of a file instead of stopping at the first."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line), None
+        except json.JSONDecodeError as exc:
+            yield lineno, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+
 
 _REQUIRED_STR = ("user_id", "instruction", "private_context", "reference")
 _OPTIONAL_STR = ("task_id", "task_type", "split", "scenario")
@@ -84,13 +97,9 @@ def validate_task_file(path: str | Path, strict: bool = True, known_users: Colle
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataValidationError(p, [(0, "-", f"not UTF-8 text ({exc.reason})")]) from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append((lineno, "-", f"invalid JSON ({exc.msg} at column {exc.colno})"))
+    for lineno, obj, error in jsonl_lines(text):
+        if error:
+            problems.append((lineno, "-", error))
             continue
         bad = _check_task(obj, known_users)
         if bad:
