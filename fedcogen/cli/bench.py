@@ -50,6 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="8 sessions for 10 s")
     add_json_out(p)
 
+    p = add_command(bsub, "codec", "sparse codec: index bits vs the log2 C(n,k) bound, encode+decode speed",
+                    description=module_doc("fedcogen.simulations.bench_codec"), func=_codec)
+    p.add_argument("--seed", type=int, default=0)
+    add_json_out(p)
+
     for name, help_, out_dir, func in (
         ("privacy", "DP / attacks / wire audit figures (runs `fedcogen privacy run`)", "runs/bench_privacy", _privacy),
         ("all", "comm + cogen + privacy, one after another, into one JSON + markdown table", "runs/bench", _all),
@@ -109,6 +114,15 @@ def _load(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=1))
     write_json(args.json_out, result)
     return 0 if result["errors"] == 0 else 1
+
+
+def _codec(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.bench_codec import markdown, run_benchmark
+
+    result = run_benchmark(seed=args.seed)
+    print(markdown(result))
+    write_json(args.json_out, result)
+    return 0
 
 
 def _privacy(args: argparse.Namespace) -> int:
