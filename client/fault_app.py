@@ -13,14 +13,14 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedcogen.client import fl_clientapp as real
-from fedcogen.protocols import fl_messages as fm
+from fedcogen.run_config import FLSettings
 
 app = ClientApp()
 app.query()(real.query)
 app.evaluate()(real.evaluate)
 
 
-def injected_failure(settings: fm.FLSettings, server_round: int, partition_id: int) -> str | None:
+def injected_failure(settings: FLSettings, server_round: int, partition_id: int) -> str | None:
     """Why this partition must fail this round (``fail_nodes`` list or ``fail_prob`` coin), else None."""
     if settings.fails(partition_id, server_round):
         return f"injected failure: partition {partition_id} fails in round {server_round} (fail_nodes)"
@@ -41,6 +41,6 @@ def train(msg: Message, context: Context) -> Message:
     return real.train(msg, context)
 
 
-def needs_fault_app(settings: fm.FLSettings) -> bool:
+def needs_fault_app(settings: FLSettings) -> bool:
     """Whether a run config asks for injected failures (and so needs this app, not the real one)."""
     return bool(settings.fail_nodes.strip()) or settings.fail_prob > 0

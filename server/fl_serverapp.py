@@ -38,6 +38,7 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from fedcogen.protocols import fl_messages as fm
+from fedcogen.run_config import FLSettings, load_run_config
 
 log = logging.getLogger("fedcogen.server")
 
@@ -69,13 +70,13 @@ class ServerState:
 # --------------------------------------------------------------------------- checkpoint mapping
 
 
-def _fingerprint(s: fm.FLSettings) -> dict[str, Any]:
+def _fingerprint(s: FLSettings) -> dict[str, Any]:
     """Settings that must match for a resume to be meaningful."""
     keys = ("model", "seed", "lora_r", "lora_alpha", "lora_targets", "num_clients", "server_opt")
     return {k: getattr(s, k) for k in keys}
 
 
-def save_state(folder: Path, state: ServerState, settings: fm.FLSettings) -> None:
+def save_state(folder: Path, state: ServerState, settings: FLSettings) -> None:
     from fedcogen.server.checkpoint import save_checkpoint
 
     arrays: dict[str, np.ndarray] = {}
@@ -103,7 +104,7 @@ def save_state(folder: Path, state: ServerState, settings: fm.FLSettings) -> Non
     save_checkpoint(folder, arrays, meta)
 
 
-def load_state(folder: Path, settings: fm.FLSettings) -> ServerState:
+def load_state(folder: Path, settings: FLSettings) -> ServerState:
     from fedcogen.server.checkpoint import CheckpointError, load_checkpoint
 
     arrays, meta = load_checkpoint(folder)
@@ -141,7 +142,7 @@ def load_state(folder: Path, settings: fm.FLSettings) -> ServerState:
 class FederatedServer:
     """The round loop, independent of how the ServerApp was started (simulation or deployment)."""
 
-    def __init__(self, grid: Grid, settings: fm.FLSettings) -> None:
+    def __init__(self, grid: Grid, settings: FLSettings) -> None:
         from fedcogen.client.fl_clientapp import federation_for, lora_spec
         from fedcogen.client.lora import lora_model
         from fedcogen.server.aggregation import ServerOptConfig, ServerOptimizer, ValidationLimits
@@ -621,7 +622,7 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        settings = fm.FLSettings.from_mapping({**dict(context.run_config), **extra})
+        settings = load_run_config(context.run_config, extra)
         FederatedServer(grid, settings).run()
 
     return server_app

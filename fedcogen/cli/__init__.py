@@ -18,11 +18,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedcogen.server.cloud_cli",
     "fedcogen.client.generate_cli",
     "fedcogen.simulations.certs_cli",
-    "fedcogen.simulations.deploy_cli",
+    "fedcogen.cli.deploy",
     "fedcogen.simulations.eval_cli",
     "fedcogen.simulations.demo_cli",
     "fedcogen.simulations.privacy_cli",
-    "fedcogen.simulations.simulate_cli",
+    "fedcogen.cli.simulate",
     "fedcogen.simulations.bench_cli",
 )
 
