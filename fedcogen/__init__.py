@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 SUBPACKAGE_FOLDERS = ("client", "server", "protocols", "simulations")
 
 
-def _project_root(package_dir: Path) -> Path | None:
+def source_root(package_dir: Path = Path(__file__).resolve().parent) -> Path | None:
     """The source tree / Flower app (FAB) folder this package sits in, else None (a wheel install).
 
     Why: ``flwr run .`` ships the project folder as a FAB and puts it first on ``sys.path``, so the
@@ -37,6 +37,6 @@ def _project_root(package_dir: Path) -> Path | None:
     return None
 
 
-_root = _project_root(Path(__file__).resolve().parent)
+_root = source_root()
 if _root is not None and not (Path(__file__).resolve().parent / "client").is_dir():
     __path__.append(str(_root))  # noqa: F821 - the package's own search path

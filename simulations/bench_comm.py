@@ -93,7 +93,7 @@ def measure_throughput(base: dict[str, Any], repeats: int = 5, steps: int = 6) -
     from fedcogen.client.lora import get_adapter, lora_model, plain_peft_train, set_adapter, train_local
     from fedcogen.simulations.federation import SimulationConfig
 
-    cfg = SimulationConfig(**{**base, "out_dir": str(Path(base["data_dir"]).parent / "throughput")})
+    cfg = SimulationConfig.from_dict({**base, "out_dir": str(Path(base["data_dir"]).parent / "throughput")})
     s = cfg.settings()
     lm = lora_model(s.model, s.seed, lora_spec(s))
     data = encoded_split(s, client_id_for(s, 0), "train", lm.tokenizer)
@@ -124,7 +124,7 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", densities: t
     base = _base_config(quick, out, engine)
     densities = densities or ((0.01, 0.05, 0.1) if quick else (0.1, 0.3))
     started = time.perf_counter()
-    dense_cfg = SimulationConfig(**{**base, "density": 1.0, "quant": "fp32", "down_density": 1.0,
+    dense_cfg = SimulationConfig.from_dict({**base, "density": 1.0, "quant": "fp32", "down_density": 1.0,
                                     "down_quant": "fp32", "out_dir": str(out / "dense")})
     print(f"[bench comm] dense fp32 FedAvg: {dense_cfg.rounds} rounds, model {dense_cfg.model}", flush=True)
     dense = run_federation(dense_cfg)
@@ -135,7 +135,7 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", densities: t
     init_loss = dense["rounds"][0]["eval_loss"]
     for d in densities:
         print(f"[bench comm] sparse density {d} {quant}", flush=True)
-        res = run_federation(SimulationConfig(**{**base, "density": d, "quant": quant,
+        res = run_federation(SimulationConfig.from_dict({**base, "density": d, "quant": quant,
                                                  "out_dir": str(out / f"sparse_{d:g}")}))
         runs.append((f"density {d:g} {quant}", res))
         sb = _train_round_bytes(res)

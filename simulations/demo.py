@@ -138,14 +138,14 @@ class _RecordingGenerator:
 def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
     from fedcogen.simulations.federation import SimulationConfig, export_adapter, run_federation
 
-    sim = SimulationConfig(
+    sim = SimulationConfig.from_dict(dict(
         model=cfg.device_model, data_dir=str(data_dir), num_clients=cfg.users,
         clients_per_round=cfg.clients_per_round, rounds=cfg.rounds, local_steps=cfg.local_steps,
         batch_size=cfg.batch_size, lr=cfg.lr, server_lr=cfg.server_lr, fact_swaps=cfg.fact_swaps, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0,
         lora_targets=cfg.lora_targets, max_seq_len=cfg.max_seq_len, density=cfg.density, seed=cfg.seed,
         out_dir=str(cfg.run_dir / "federation"), engine="flower", min_fit_clients=1,
         eval_every=max(1, cfg.rounds // 2), eval_on="round", num_cpus_per_client=1.0,
-    )
+    ))
     result = run_federation(sim)
     result["adapter_dir"] = str(export_adapter(sim.out_dir))
     ledger = json.loads((Path(sim.out_dir) / "ledger.json").read_text())["summary"]

@@ -199,7 +199,7 @@ def mia_pairs(fed: Any, limit: int, seed: int, users: Sequence[str] | None = Non
 def _simulation_config(cfg: PrivacyRunConfig, sigma: float, data_dir: Path, out: Path) -> Any:
     from fedcogen.simulations.federation import SimulationConfig
 
-    return SimulationConfig(
+    return SimulationConfig.from_dict(dict(
         model=cfg.model, data_dir=str(data_dir), num_clients=cfg.n_users, clients_per_round=cfg.clients_per_round,
         rounds=cfg.rounds, local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, lora_r=cfg.lora_r,
         lora_alpha=2 * cfg.lora_r, lora_dropout=0.0, lora_targets=cfg.lora_targets, density=cfg.density,
@@ -207,7 +207,7 @@ def _simulation_config(cfg: PrivacyRunConfig, sigma: float, data_dir: Path, out:
         dp_mode="none" if sigma == 0 else cfg.dp_mode, dp_clip_norm=cfg.dp_clip, dp_noise_multiplier=sigma,
         dp_delta=cfg.delta, dp_target_epsilon=cfg.target_epsilon or 0.0, engine=cfg.engine,
         persist_client_state=False, history_examples=True,  # canaries live in the history texts
-    )
+    ))
 
 
 class FlowerTap:
