@@ -3,14 +3,12 @@
 Why a driver on top of ``flwr run``: experiments and benchmarks need to launch many runs from
 Python with a typed config, then read the results back. The apps are exactly the ones a
 deployment uses (``fedcogen.server.fl_serverapp`` / ``fedcogen.client.fl_clientapp``); only the
-transport differs (Ray actors instead of SuperNodes). Every setting is passed to the ServerApp,
-which forwards the client-side ones inside its messages, so the engine's (empty) run config does
-not matter.
+transport differs (Ray actors instead of SuperNodes).
 
-``flwr.simulation.run_simulation`` is deprecated in flwr 1.41 in favour of ``flwr run`` (which
-needs a SuperLink and installs the app as a FAB); it is still the supported in-process entry point
-and is what we use here. ``flwr run .`` works too with the ``[tool.flwr.app]`` section of
-pyproject.toml.
+``engine="flower"`` runs ``flwr run`` on the project folder (the same FAB as ``flwr run .``) with
+the whole run config as ``--run-config`` overrides (:mod:`fedcogen.simulations.flwr_run`): flwr
+1.41 deprecates ``flwr.simulation.run_simulation`` and has no other in-process simulation API.
+``engine="loopback"`` runs the same apps in this process over a serialising in-memory grid.
 """
 
 from __future__ import annotations
@@ -26,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen.run_config import FLSettings, coerce, load_run_config
+from fedcogen.simulations.flower_app import FAULT_CLIENTAPP, FEDCOGEN_CLIENTAPP, app_dir_for
+from fedcogen.simulations.flwr_run import LocalFederation, run_flwr_app
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +104,15 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     per message with its serialized size), ``checkpoint.npz``, ``loss_vs_round.png`` and
     ``loss_vs_bytes.png``, and per-client state under ``clients/``.
     """
-    from flwr.simulation import run_simulation
-
-    from fedcogen.client.fl_clientapp import app as client_app
+    from fedcogen.client import fault_app
+    from fedcogen.client.fl_clientapp import app as real_app
     from fedcogen.client.fl_clientapp import federation_for
-    from fedcogen.server.fl_serverapp import make_server_app
 
     settings = cfg.settings()
-    from fedcogen.client import fault_app
-
-    if fault_app.needs_fault_app(settings):  # failure hooks live only in the test-only ClientApp
-        client_app = fault_app.app
+    # the simulation engine runs in other processes (other working directories): absolute paths only
+    settings = settings.replace(**{k: str(Path(getattr(settings, k)).resolve())
+                                   for k in ("out_dir", "data_dir", "client_state_dir") if getattr(settings, k)})
+    fault = fault_app.needs_fault_app(settings)  # failure hooks live only in the test-only ClientApp
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not settings.resume:
@@ -127,25 +125,16 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     if cfg.engine == "loopback":
         from fedcogen.server.fl_serverapp import FederatedServer
 
+        client_app = fault_app.app if fault else real_app
         grid = _loopback_grid_class()(client_app, settings.num_clients, seed=settings.seed)
         return FederatedServer(grid, settings).run()
-    server_app = make_server_app(settings.to_config())
-    cpus = os.cpu_count() or 2
-    backend_config = {
-        "client_resources": {"num_cpus": cfg.num_cpus_per_client, "num_gpus": 0.0},
-        # worker output (model loading bars, library warnings) reaches the terminal only with -v;
-        # client errors still come back in the replies and are logged by the server
-        "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
-                      "log_to_driver": logging.getLogger().isEnabledFor(logging.DEBUG)},
-    }
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     log.info("simulation: %d clients (%d per round), %d rounds, model %s, density %g, out %s",
              settings.num_clients, settings.clients_per_round, settings.rounds, settings.model, settings.density, out)
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=settings.num_clients,
-        backend_config=backend_config,
-    )
+    app_dir = app_dir_for(FAULT_CLIENTAPP if fault else FEDCOGEN_CLIENTAPP, out)
+    federation = LocalFederation(num_supernodes=settings.num_clients, num_cpus_per_client=cfg.num_cpus_per_client,
+                                 log_to_driver=verbose)
+    run_flwr_app(app_dir, settings.to_config(), federation, work_dir=out, echo=verbose)
     metrics_path = out / "metrics.json"
     if not metrics_path.is_file():
         raise RuntimeError(f"simulation ended without writing {metrics_path}; see the log above")
