@@ -126,7 +126,7 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", densities: t
     started = time.perf_counter()
     dense_cfg = SimulationConfig.from_dict({**base, "density": 1.0, "quant": "fp32", "down_density": 1.0,
                                     "down_quant": "fp32", "out_dir": str(out / "dense")})
-    print(f"[bench comm] dense fp32 FedAvg: {dense_cfg.rounds} rounds, model {dense_cfg.model}", flush=True)
+    print(f"[bench comm] dense fp32 FedAvg: {dense_cfg.run.rounds} rounds, model {dense_cfg.run.model}", flush=True)
     dense = run_federation(dense_cfg)
     runs = [("dense fp32", dense)]
     rows = []
