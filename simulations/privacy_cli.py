@@ -116,8 +116,6 @@ def _run(args: argparse.Namespace) -> int:
         n_users=args.n_users, dp_mode=args.dp_mode, noise_multiplier=args.noise_multiplier, sweep=sweep,
         dp_clip=args.dp_clip, delta=args.delta, target_epsilon=args.target_epsilon, seed=args.seed, out_dir=args.out,
     )
-    if args.n_users is not None and cfg.clients_per_round > cfg.n_users:
-        cfg.clients_per_round = cfg.n_users
     result = run_privacy(cfg)
     _write(args.json, result)
     print(f"report: {Path(cfg.out_dir) / 'privacy.md'}")
