@@ -50,10 +50,14 @@ from typing import Any
 import numpy as np
 
 from fedcogen.protocols.dp import DPConfig, client_noise_std, clip_dense
+from fedcogen.run_config import FLSettings
 
 log = logging.getLogger(__name__)
 
 MODES = ("sparse", "dense", "plain")
+
+
+SECAGG_RUN = FLSettings(num_clients=4, clients_per_round=4, rounds=2, density=0.05, local_steps=2, lr=5e-3)
 
 
 @dataclass
@@ -66,48 +70,42 @@ class SecAggRunConfig:
     """
 
     mode: str = "sparse"
-    num_clients: int = 4
-    rounds: int = 2
-    density: float = 0.05
+    # clients (all of them every round), rounds, density, seed, model/data/local training and DP of the run
+    run: FLSettings = field(default_factory=lambda: SECAGG_RUN)
     dim: int = 4096
-    seed: int = 0
     update: str = "synthetic"
-    model: str = "tiny"
-    data_dir: str = ""
-    local_steps: int = 2
-    lr: float = 5e-3
-    batch_size: int = 4
     num_shares: float = 1.0
     reconstruction_threshold: float = 0.6
     clipping_range: float = 4.0
     quantization_range: int = 2**22
     modulus_range: int = 2**32
-    dp_mode: str = "none"
-    dp_clip: float = 1.0
-    dp_noise_multiplier: float = 0.0
     num_cpus: int = 2
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"secagg mode must be one of {MODES}, got {self.mode!r}")
-        if self.num_clients < 2 and self.mode != "plain":
+        if self.run.num_clients < 2 and self.mode != "plain":
             raise ValueError("SecAgg+ needs at least 2 clients per round")
-        if not 0 < self.density <= 1:
-            raise ValueError(f"density must be in (0, 1], got {self.density}")
         if self.update not in ("synthetic", "lora"):
             raise ValueError(f"update must be 'synthetic' or 'lora', got {self.update!r}")
-        if self.dp_mode not in ("none", "client"):
+        if self.run.dp_mode not in ("none", "client"):
             raise ValueError("with secure aggregation only dp_mode 'none' or 'client' (distributed noise) apply")
-        if self.update == "lora" and not self.data_dir:
+        if self.update == "lora" and not self.run.data_dir:
             raise ValueError("update='lora' needs data_dir (a generated federation)")
 
     @property
     def k(self) -> int:
-        return max(1, int(round(self.density * self.dim)))
+        return max(1, int(round(self.run.density * self.dim)))
 
     def dp(self) -> DPConfig:
-        return DPConfig(mode=self.dp_mode, clip_norm=self.dp_clip, noise_multiplier=self.dp_noise_multiplier,
-                        clients_per_round=self.num_clients)
+        return DPConfig(mode=self.run.dp_mode, clip_norm=self.run.dp_clip_norm,
+                        noise_multiplier=self.run.dp_noise_multiplier, clients_per_round=self.run.num_clients)
+
+    def with_run(self, **changes: Any) -> SecAggRunConfig:
+        """A copy with some run settings changed (``rounds=1``, ``density=0.1`` ...)."""
+        from dataclasses import replace
+
+        return replace(self, run=self.run.replace(**changes))
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -246,7 +244,7 @@ def _lora_update(cfg: SecAggRunConfig, partition: int, server_round: int, global
     from fedcogen.client.lora import encode_examples, get_adapter, lora_model, set_adapter, train_local
     from fedcogen.simulations.data import client_examples, load_federation, user_ids
 
-    lm = lora_model(cfg.model, cfg.seed)
+    lm = lora_model(cfg.run.model, cfg.run.seed)
     names = sorted(lm.params)
     shapes = lm.shapes()
     adapter, off = {}, 0
@@ -255,11 +253,11 @@ def _lora_update(cfg: SecAggRunConfig, partition: int, server_round: int, global
         adapter[n] = global_flat[off : off + size].reshape(shapes[n])
         off += size
     set_adapter(lm, adapter)
-    fed = load_federation(cfg.data_dir)
+    fed = load_federation(cfg.run.data_dir)
     uid = user_ids(fed)[partition % len(user_ids(fed))]
     data = encode_examples(lm.tokenizer, client_examples(fed, uid, "train"))
-    train_local(lm, data, steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                seed=cfg.seed * 1000 + server_round * 31 + partition)
+    train_local(lm, data, steps=cfg.run.local_steps, batch_size=cfg.run.batch_size, lr=cfg.run.lr,
+                seed=cfg.run.seed * 1000 + server_round * 31 + partition)
     new = get_adapter(lm)
     return np.concatenate([(new[n] - adapter[n]).ravel() for n in names]).astype(np.float32)
 
@@ -294,11 +292,11 @@ def make_client_app(cfg: SecAggRunConfig) -> Any:
             global_flat = np.asarray(parameters[0], np.float32)
             dim = global_flat.size
             if cfg.update == "synthetic":
-                update = synthetic_update(cfg.seed, self.partition, rnd, dim)
+                update = synthetic_update(cfg.run.seed, self.partition, rnd, dim)
             else:
                 update = _lora_update(cfg, self.partition, rnd, global_flat)
             dp = cfg.dp()
-            rng = np.random.default_rng([cfg.seed, 7, self.partition, rnd])
+            rng = np.random.default_rng([cfg.run.seed, 7, self.partition, rnd])
             if cfg.mode == "sparse":
                 corrected = update + self._residual(dim)
                 support = shared_support(int(config["support_seed"]), dim, int(config["k"]))
@@ -311,7 +309,7 @@ def make_client_app(cfg: SecAggRunConfig) -> Any:
             # plain: top-k sparse codec blob, no secure aggregation (the non-secure baseline)
             from fedcogen.protocols.sparse_codec import CodecConfig, compress
 
-            blob, _, new_res = compress({"flat": update}, CodecConfig(density=cfg.density, quant="fp32"),
+            blob, _, new_res = compress({"flat": update}, CodecConfig(density=cfg.run.density, quant="fp32"),
                                         {"flat": self._residual(dim)})
             self.context.state.array_records["secagg_residual"] = ArrayRecord({"r": _arr(new_res["flat"])})
             return [np.frombuffer(blob, dtype=np.uint8).copy()], 1, {"partition": self.partition}
@@ -341,14 +339,14 @@ def make_server_app(cfg: SecAggRunConfig, recorder: Recorder, initial: np.ndarra
 
     class _Strategy(FedAvg):
         def __init__(self) -> None:
-            super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=cfg.num_clients,
-                             min_available_clients=cfg.num_clients,
+            super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=cfg.run.num_clients,
+                             min_available_clients=cfg.run.num_clients,
                              initial_parameters=ndarrays_to_parameters([initial]))
             self.global_flat = initial.astype(np.float32).copy()
 
         def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list:
             pairs = super().configure_fit(server_round, parameters, client_manager)
-            conf = {"round": server_round, "support_seed": round_seed(cfg.seed, server_round), "k": cfg.k}
+            conf = {"round": server_round, "support_seed": round_seed(cfg.run.seed, server_round), "k": cfg.k}
             return [(proxy, FitIns(ins.parameters, dict(conf))) for proxy, ins in pairs]
 
         def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple:
@@ -371,7 +369,7 @@ def make_server_app(cfg: SecAggRunConfig, recorder: Recorder, initial: np.ndarra
                 # After unmasking every FitRes carries the same (weighted-mean) vector.
                 agg_vals = parameters_to_ndarrays(results[0][1].parameters)[0].astype(np.float32)
                 if cfg.mode == "sparse":
-                    support = shared_support(round_seed(cfg.seed, server_round), dim, cfg.k)
+                    support = shared_support(round_seed(cfg.run.seed, server_round), dim, cfg.k)
                 else:
                     support = np.arange(dim)
                 self.global_flat[support] += agg_vals
@@ -395,7 +393,7 @@ def make_server_app(cfg: SecAggRunConfig, recorder: Recorder, initial: np.ndarra
 
     @app.main()
     def main(grid: Any, context: Any) -> None:
-        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds), strategy=_Strategy())
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.run.rounds), strategy=_Strategy())
         if cfg.mode == "plain":
             from flwr.server.workflow.default_workflows import default_fit_workflow
 
@@ -420,7 +418,7 @@ def run_secagg(cfg: SecAggRunConfig, recorder: Recorder | None = None) -> dict[s
     from flwr.simulation import run_simulation
 
     recorder = recorder or Recorder()
-    initial = adapter_flat(cfg.model, cfg.seed) if cfg.update == "lora" else np.zeros(cfg.dim, np.float32)
+    initial = adapter_flat(cfg.run.model, cfg.run.seed) if cfg.update == "lora" else np.zeros(cfg.dim, np.float32)
     if cfg.update == "lora":
         cfg.dim = int(initial.size)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -428,7 +426,7 @@ def run_secagg(cfg: SecAggRunConfig, recorder: Recorder | None = None) -> dict[s
     run_simulation(
         server_app=make_server_app(cfg, recorder, initial),
         client_app=make_client_app(cfg),
-        num_supernodes=cfg.num_clients,
+        num_supernodes=cfg.run.num_clients,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
             "init_args": {"num_cpus": cfg.num_cpus, "num_gpus": 0, "include_dashboard": False},
@@ -436,10 +434,10 @@ def run_secagg(cfg: SecAggRunConfig, recorder: Recorder | None = None) -> dict[s
     )
     wall = time.perf_counter() - started
     final = getattr(recorder, "final", None)
-    if final is None or len(recorder.aggregates) != cfg.rounds:
+    if final is None or len(recorder.aggregates) != cfg.run.rounds:
         raise RuntimeError(
             f"secure aggregation run ({cfg.mode}) did not complete: {len(recorder.aggregates)} of "
-            f"{cfg.rounds} rounds aggregated (see the Flower log above)"
+            f"{cfg.run.rounds} rounds aggregated (see the Flower log above)"
         )
     out = {
         "config": asdict(cfg),
@@ -447,9 +445,9 @@ def run_secagg(cfg: SecAggRunConfig, recorder: Recorder | None = None) -> dict[s
         "wall_seconds": wall,
         **recorder.summary(),
     }
-    rounds = max(1, cfg.rounds)
-    out["bytes_up_per_client_round"] = out["total_bytes_up"] / (rounds * cfg.num_clients)
-    out["bytes_down_per_client_round"] = out["total_bytes_down"] / (rounds * cfg.num_clients)
+    rounds = max(1, cfg.run.rounds)
+    out["bytes_up_per_client_round"] = out["total_bytes_up"] / (rounds * cfg.run.num_clients)
+    out["bytes_down_per_client_round"] = out["total_bytes_down"] / (rounds * cfg.run.num_clients)
     out["mean_round_seconds"] = float(np.mean(recorder.round_seconds)) if recorder.round_seconds else math.nan
     # Round 1 includes starting the Ray actors and loading models: report later rounds separately.
     steady = recorder.round_seconds[1:] or recorder.round_seconds
@@ -480,7 +478,8 @@ def compare_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Sparse SecAgg+ vs dense SecAgg+ vs plain sparse",
         "",
-        f"{cfg['num_clients']} clients, {cfg['rounds']} rounds, dim {cfg['dim']}, density {cfg['density']}, "
+        f"{cfg['run']['num_clients']} clients, {cfg['run']['rounds']} rounds, dim {cfg['dim']}, "
+        f"density {cfg['run']['density']}, "
         f"update {cfg['update']}.",
         "",
         "| mode | values sent | up bytes / client / round | down bytes / client / round | round s (after 1st) "

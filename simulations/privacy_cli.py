@@ -190,7 +190,8 @@ def _secagg(args: argparse.Namespace) -> int:
     from fedcogen.server.secagg_sparse import SecAggRunConfig, adapter_flat, compare_modes
 
     dim = args.dim or int(adapter_flat(args.model).size)
-    res = compare_modes(SecAggRunConfig(num_clients=args.clients, rounds=args.rounds, dim=dim, density=args.density),
+    res = compare_modes(SecAggRunConfig(dim=dim).with_run(num_clients=args.clients, clients_per_round=args.clients,
+                                                        rounds=args.rounds, density=args.density),
                         args.out)
     print((Path(args.out) / "secagg_compare.md").read_text())
     _write(args.json, res)
