@@ -252,7 +252,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     loc.add_argument("--min-fit-clients", type=int, default=0, help="replies a round needs (0 = all nodes)")
     loc.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     loc.add_argument("--app", default=None,
-                     help="'fedcogen' (default: the installed fedcogen ServerApp/ClientApp via a thin app folder), "
+                     help="'fedcogen' (default: the project's own app, the project folder as FAB), "
                      "'probe' (model-free plumbing check) or a Flower app folder")
     loc.add_argument("--run-config", action="append", metavar="KEY=VALUE", help="extra run config (repeatable)")
     loc.add_argument("--with-cloud", action="store_true", help="also start `fedcogen cloud serve` (TLS + token)")
