@@ -62,3 +62,19 @@ def test_flwr_run_dot_finishes_rounds_and_writes_results(tmp_path: Path) -> None
     # the local SuperLink Flower started (and everything below it) is gone
     assert seen, "flwr run started no helper process"
     assert not [p for p in set(seen) if supervisor.alive(p)], "processes left behind"
+
+
+def test_sibling_subpackages_only_for_a_source_tree(tmp_path: Path) -> None:
+    from fedcogen import SUBPACKAGE_FOLDERS, source_root
+
+    wheel = tmp_path / "site-packages" / "fedcogen"  # a wheel: subpackages inside, no pyproject beside
+    wheel.mkdir(parents=True)
+    assert source_root(wheel) is None
+    fab = tmp_path / "fab"
+    (fab / "fedcogen").mkdir(parents=True)
+    (fab / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    assert source_root(fab / "fedcogen") is None  # a pyproject alone is not enough
+    for name in SUBPACKAGE_FOLDERS:
+        (fab / name).mkdir()
+        (fab / name / "__init__.py").write_text("")
+    assert source_root(fab / "fedcogen") == fab
