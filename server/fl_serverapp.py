@@ -613,9 +613,9 @@ def _progress(rounds: range, done: int, total: int) -> Iterable[int]:
 def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
     """A ServerApp whose settings are ``context.run_config`` updated with ``overrides``.
 
-    ``flwr run .`` uses the module-level :data:`app` (pyproject ``[tool.flwr.app.config]``); the
-    in-process simulation driver passes its :class:`SimulationConfig` as overrides because the
-    legacy ``run_simulation`` API starts runs with an empty run config.
+    ``flwr run`` (``flwr run .``, ``fedcogen simulate``, deployments) uses the module-level :data:`app`:
+    pyproject ``[tool.flwr.app.config]`` plus ``--run-config`` overrides, validated by the one loader
+    :func:`fedcogen.run_config.load_run_config`; ``overrides`` serve in-process callers.
     """
     server_app = ServerApp()
     extra = dict(overrides or {})
