@@ -423,6 +423,9 @@ def run_secagg(cfg: SecAggRunConfig, recorder: Recorder | None = None) -> dict[s
         cfg.dim = int(initial.size)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     started = time.perf_counter()
+    # Still flwr's deprecated in-process run_simulation (unlike `fedcogen simulate`, which drives
+    # `flwr run`): the apps here are closures over this process's Recorder (every masked vector and
+    # aggregate the tests inspect), which cannot cross into the processes `flwr run` starts.
     run_simulation(
         server_app=make_server_app(cfg, recorder, initial),
         client_app=make_client_app(cfg),
