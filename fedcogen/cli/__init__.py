@@ -82,7 +82,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedcogen {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return int(rc or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
