@@ -125,7 +125,7 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", densities: t
     densities = densities or ((0.01, 0.05, 0.1) if quick else (0.1, 0.3))
     started = time.perf_counter()
     dense_cfg = SimulationConfig.from_dict({**base, "density": 1.0, "quant": "fp32", "down_density": 1.0,
-                                    "down_quant": "fp32", "out_dir": str(out / "dense")})
+                                            "down_quant": "fp32", "out_dir": str(out / "dense")})
     print(f"[bench comm] dense fp32 FedAvg: {dense_cfg.run.rounds} rounds, model {dense_cfg.run.model}", flush=True)
     dense = run_federation(dense_cfg)
     runs = [("dense fp32", dense)]
@@ -136,7 +136,7 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", densities: t
     for d in densities:
         print(f"[bench comm] sparse density {d} {quant}", flush=True)
         res = run_federation(SimulationConfig.from_dict({**base, "density": d, "quant": quant,
-                                                 "out_dir": str(out / f"sparse_{d:g}")}))
+                                                         "out_dir": str(out / f"sparse_{d:g}")}))
         runs.append((f"density {d:g} {quant}", res))
         sb = _train_round_bytes(res)
         match = matched_loss(dense, res)
