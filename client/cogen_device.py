@@ -358,7 +358,7 @@ class CogenDevice:
         """Sketch-aware training data: (device prompt WITH a cloud sketch, target) per task.
 
         ``tasks`` are dicts with ``instruction``, ``private_context`` and ``target`` (e.g. built from
-        ``simulations.data`` records). Only the instruction is sent to the cloud (``Sketch``); the
+        ``fedcogen.dataset`` records). Only the instruction is sent to the cloud (``Sketch``); the
         returned prompts are formatted by ``fedcogen.prompts.device_prompt`` so the federated trainer
         can fine-tune the device model to use outlines the way it will see them at inference.
         """

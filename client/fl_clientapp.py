@@ -38,6 +38,7 @@ from fedcogen.lora_adapter import adapter_digest, adapter_sub, get_adapter, lora
 from fedcogen.protocols import dp
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
+from fedcogen.run_config import FLSettings
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,13 @@ class ClientState:
         return state
 
 
-def _state_file(settings: fm.FLSettings, client_id: str) -> Path | None:
+def _state_file(settings: FLSettings, client_id: str) -> Path | None:
     if not settings.client_state_dir:
         return None
     return Path(settings.client_state_dir) / client_id / "client_state.npz"
 
 
-def load_state(context: Context, settings: fm.FLSettings, client_id: str) -> ClientState:
+def load_state(context: Context, settings: FLSettings, client_id: str) -> ClientState:
     """Context state first (same process), else the client's own folder (restart), else empty."""
     rec = context.state.config_records.get(STATE_KEY) if STATE_KEY in context.state else None
     if rec is not None and rec.get("client_id") == client_id:
@@ -105,7 +106,7 @@ def load_state(context: Context, settings: fm.FLSettings, client_id: str) -> Cli
     return ClientState()
 
 
-def save_state(context: Context, settings: fm.FLSettings, client_id: str, state: ClientState) -> None:
+def save_state(context: Context, settings: FLSettings, client_id: str, state: ClientState) -> None:
     state.prune()
     data = state.to_bytes()
     context.state[STATE_KEY] = ConfigRecord({"client_id": client_id, "npz": data})
@@ -121,7 +122,7 @@ def save_state(context: Context, settings: fm.FLSettings, client_id: str, state:
 # --------------------------------------------------------------------------- data and seeds
 
 
-def federation_for(settings: fm.FLSettings) -> Any:
+def federation_for(settings: FLSettings) -> Any:
     """Load the synthetic federation from ``data_dir``, generating it (deterministically) if missing.
 
     Generation writes to a temporary sibling folder that is renamed into place, so concurrent
@@ -164,7 +165,7 @@ def _load_federation(folder: str) -> Any:
     return _FED_CACHE[folder]
 
 
-def client_id_for(settings: fm.FLSettings, partition_id: int) -> str:
+def client_id_for(settings: FLSettings, partition_id: int) -> str:
     """Partition id -> user id of the federation (sorted user list, so every process agrees)."""
 
     users = sd.user_ids(federation_for(settings))
@@ -173,7 +174,7 @@ def client_id_for(settings: fm.FLSettings, partition_id: int) -> str:
     return users[partition_id]
 
 
-def encoded_split(settings: fm.FLSettings, client_id: str, split: str, tokenizer: Any) -> list[Any]:
+def encoded_split(settings: FLSettings, client_id: str, split: str, tokenizer: Any) -> list[Any]:
     """Tokenised (prompt, target) pairs of one client's split, cached per process."""
 
     key = (settings.data_dir, settings.model, client_id, split, settings.max_seq_len, settings.history_examples,
@@ -196,7 +197,7 @@ NODE_LOCAL_KEYS: dict[str, str] = {"data-dir": "data_dir", "state-dir": "client_
 _NODE_LOCAL_DATA: set[str] = set()  # data folders named by a node config (never generated)
 
 
-def _settings_from(msg: Message, context: Context) -> tuple[fm.FLSettings, dict[str, Any]]:
+def _settings_from(msg: Message, context: Context) -> tuple[FLSettings, dict[str, Any]]:
     """Settings = dataclass defaults + what the server sent, except the node-local keys.
 
     The server is the source of truth for training hyper-parameters (so client and server never
@@ -206,7 +207,7 @@ def _settings_from(msg: Message, context: Context) -> tuple[fm.FLSettings, dict[
     which the server forwards, are used.
     """
     cfg = fm.config_of(msg.content)
-    settings = fm.FLSettings.from_mapping(cfg)
+    settings = FLSettings.from_client_config(cfg)
     node = context.node_config
     local = {field: str(node[key]) for key, field in NODE_LOCAL_KEYS.items() if key in node and str(node[key])}
     if local:
@@ -249,7 +250,7 @@ def _rebuild_broadcast(lm: Any, state: ClientState, patch: fm.Patch) -> dict[str
 def compress_update(
     update: Mapping[str, np.ndarray],
     residual: Mapping[str, np.ndarray] | None,
-    settings: fm.FLSettings,
+    settings: FLSettings,
     rng: np.random.Generator,
 ) -> tuple[bytes, dict[str, np.ndarray]]:
     """Error-feedback top-k (+ DP clip/noise) + encode; returns (blob, new residual).
@@ -284,7 +285,7 @@ def compress_update(
     return blob, new_residual
 
 
-def run_train(settings: fm.FLSettings, patch: fm.Patch, server_round: int, partition_id: int,
+def run_train(settings: FLSettings, patch: fm.Patch, server_round: int, partition_id: int,
               client_id: str, state: ClientState) -> tuple[bytes, dict[str, float], ClientState]:
     """One round of client work, independent of Flower (the ClientApp and benchmarks call it)."""
     lm = lora_model(settings.model, settings.seed, lora_spec(settings))

@@ -45,7 +45,7 @@ def make_client_app(cfg: SecAggRunConfig, update_fn: UpdateFn) -> Any:
             dim = global_flat.size
             update = update_fn(self.partition, rnd, global_flat)
             dp = cfg.dp()
-            rng = np.random.default_rng([cfg.seed, 7, self.partition, rnd])
+            rng = np.random.default_rng([cfg.run.seed, 7, self.partition, rnd])
             if cfg.mode == "sparse":
                 corrected = update + self._residual(dim)
                 support = shared_support(int(config["support_seed"]), dim, int(config["k"]))
@@ -56,7 +56,7 @@ def make_client_app(cfg: SecAggRunConfig, update_fn: UpdateFn) -> Any:
                 out, _ = secure_values(update, np.arange(dim), dp, rng)
                 return [out], 1, {"partition": self.partition}
             # plain: top-k sparse codec blob, no secure aggregation (the non-secure baseline)
-            blob, _, new_res = compress({"flat": update}, CodecConfig(density=cfg.density, quant="fp32"),
+            blob, _, new_res = compress({"flat": update}, CodecConfig(density=cfg.run.density, quant="fp32"),
                                         {"flat": self._residual(dim)})
             self.context.state.array_records["secagg_residual"] = ArrayRecord({"r": _arr(new_res["flat"])})
             return [np.frombuffer(blob, dtype=np.uint8).copy()], 1, {"partition": self.partition}

@@ -8,6 +8,7 @@ Subpackages (mapped from the repository's top-level folders, see pyproject):
 """
 
 import os
+from pathlib import Path
 
 # Nothing in fedcogen ever fetches from a model hub: models come from the embedded wheel,
 # a local directory, or are built from a config in code.
@@ -16,3 +17,26 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 __version__ = "0.1.0"
+
+SUBPACKAGE_FOLDERS = ("client", "server", "protocols", "simulations")
+
+
+def source_root(package_dir: Path = Path(__file__).resolve().parent) -> Path | None:
+    """The source tree / Flower app (FAB) folder this package sits in, else None (a wheel install).
+
+    Why: ``flwr run .`` ships the project folder as a FAB and puts it first on ``sys.path``, so the
+    FAB's ``fedcogen/`` (core only) shadows the installed package, and ``fedcogen.client`` must be
+    found in the sibling ``client/`` folder, exactly as pyproject's ``package-dir`` maps it. A wheel
+    has the subpackages inside ``fedcogen/`` and no ``pyproject.toml`` beside it, so it is untouched.
+    """
+    root = package_dir.parent
+    if not (root / "pyproject.toml").is_file():
+        return None
+    if all((root / name / "__init__.py").is_file() for name in SUBPACKAGE_FOLDERS):
+        return root
+    return None
+
+
+_root = source_root()
+if _root is not None and not (Path(__file__).resolve().parent / "client").is_dir():
+    __path__.append(str(_root))  # noqa: F821 - the package's own search path

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from fedcogen.models import shared_model
-from fedcogen.protocols.fl_messages import FLSettings
+from fedcogen.run_config import FLSettings
 
 _PEFT_PREFIX = "base_model.model."
 _ADAPTER_NAME = "default"

@@ -38,67 +38,64 @@ the masked vectors the server receives are kept for inspection (tests check they
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from fedcogen.protocols.dp import DPConfig, client_noise_std, clip_dense
+from fedcogen.run_config import FLSettings
 
 MODES = ("sparse", "dense", "plain")
+
+
+SECAGG_RUN = FLSettings(num_clients=4, clients_per_round=4, rounds=2, density=0.05, local_steps=2, lr=5e-3)
 
 
 @dataclass
 class SecAggRunConfig:
     """One secure-aggregation simulation.
 
-    ``density`` = k / dim. ``update="synthetic"`` draws deterministic pseudo-random client updates
+    ``run.density`` = k / dim. ``update="synthetic"`` draws deterministic pseudo-random client updates
     of length ``dim`` (protocol tests and byte/time benchmarks); ``update="lora"`` trains the real
-    LoRA adapter of ``model`` on each user's data from ``data_dir`` for ``local_steps`` steps.
+    LoRA adapter of ``run.model`` on each user's data from ``run.data_dir`` for ``run.local_steps`` steps.
     """
 
     mode: str = "sparse"
-    num_clients: int = 4
-    rounds: int = 2
-    density: float = 0.05
+    # clients (all of them every round), rounds, density, seed, model/data/local training and DP of the run
+    run: FLSettings = field(default_factory=lambda: SECAGG_RUN)
     dim: int = 4096
-    seed: int = 0
     update: str = "synthetic"
-    model: str = "tiny"
-    data_dir: str = ""
-    local_steps: int = 2
-    lr: float = 5e-3
-    batch_size: int = 4
     num_shares: float = 1.0
     reconstruction_threshold: float = 0.6
     clipping_range: float = 4.0
     quantization_range: int = 2**22
     modulus_range: int = 2**32
-    dp_mode: str = "none"
-    dp_clip: float = 1.0
-    dp_noise_multiplier: float = 0.0
     num_cpus: int = 2
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"secagg mode must be one of {MODES}, got {self.mode!r}")
-        if self.num_clients < 2 and self.mode != "plain":
+        if self.run.num_clients < 2 and self.mode != "plain":
             raise ValueError("SecAgg+ needs at least 2 clients per round")
-        if not 0 < self.density <= 1:
-            raise ValueError(f"density must be in (0, 1], got {self.density}")
         if self.update not in ("synthetic", "lora"):
             raise ValueError(f"update must be 'synthetic' or 'lora', got {self.update!r}")
-        if self.dp_mode not in ("none", "client"):
+        if self.run.dp_mode not in ("none", "client"):
             raise ValueError("with secure aggregation only dp_mode 'none' or 'client' (distributed noise) apply")
-        if self.update == "lora" and not self.data_dir:
+        if self.update == "lora" and not self.run.data_dir:
             raise ValueError("update='lora' needs data_dir (a generated federation)")
 
     @property
     def k(self) -> int:
-        return max(1, int(round(self.density * self.dim)))
+        return max(1, int(round(self.run.density * self.dim)))
 
     def dp(self) -> DPConfig:
-        return DPConfig(mode=self.dp_mode, clip_norm=self.dp_clip, noise_multiplier=self.dp_noise_multiplier,
-                        clients_per_round=self.num_clients)
+        return DPConfig(mode=self.run.dp_mode, clip_norm=self.run.dp_clip_norm,
+                        noise_multiplier=self.run.dp_noise_multiplier, clients_per_round=self.run.num_clients)
+
+    def with_run(self, **changes: Any) -> SecAggRunConfig:
+        """A copy with some run settings changed (``rounds=1``, ``density=0.1`` ...)."""
+        return replace(self, run=self.run.replace(**changes))
 
 
 def shared_support(seed: int, dim: int, k: int) -> np.ndarray:

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from fedcogen.lora_adapter import adapter_digest
-from fedcogen.protocols import fl_messages as fm
+from fedcogen.run_config import FLSettings
 from fedcogen.server.fl_state import ServerState
 
 
-def write_outputs(out: Path, state: ServerState, settings: fm.FLSettings, n_params: int, stopped_reason: str,
+def write_outputs(out: Path, state: ServerState, settings: FLSettings, n_params: int, stopped_reason: str,
                   accountant: Any = None) -> dict[str, Any]:
     """Write ``metrics.json``, ``ledger.json`` and ``metrics.md`` into ``out`` and return the result dict.
 

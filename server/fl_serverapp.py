@@ -38,6 +38,7 @@ from fedcogen.lora_adapter import adapter_norm, adapter_sub, lora_model, lora_sp
 from fedcogen.protocols import dp
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
+from fedcogen.run_config import FLSettings, load_run_config
 from fedcogen.server.aggregation import RoundAggregator, ServerOptConfig, ServerOptimizer, ValidationLimits
 from fedcogen.server.checkpoint import has_checkpoint
 from fedcogen.server.fl_outputs import ppl, write_outputs
@@ -51,7 +52,7 @@ log = logging.getLogger("fedcogen.server")
 class FederatedServer:
     """The round loop, independent of how the ServerApp was started (simulation or deployment)."""
 
-    def __init__(self, grid: Grid, settings: fm.FLSettings) -> None:
+    def __init__(self, grid: Grid, settings: FLSettings) -> None:
         self.grid = grid
         self.s = settings
         self.out = Path(settings.out_dir)
@@ -371,16 +372,16 @@ def _progress(rounds: range, done: int, total: int) -> Iterable[int]:
 def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
     """A ServerApp whose settings are ``context.run_config`` updated with ``overrides``.
 
-    ``flwr run .`` uses the module-level :data:`app` (pyproject ``[tool.flwr.app.config]``); the
-    in-process simulation driver passes its :class:`SimulationConfig` as overrides because the
-    legacy ``run_simulation`` API starts runs with an empty run config.
+    ``flwr run`` (``flwr run .``, ``fedcogen simulate``, deployments) uses the module-level :data:`app`:
+    pyproject ``[tool.flwr.app.config]`` plus ``--run-config`` overrides, validated by the one loader
+    :func:`fedcogen.run_config.load_run_config`; ``overrides`` serve in-process callers.
     """
     server_app = ServerApp()
     extra = dict(overrides or {})
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        settings = fm.FLSettings.from_mapping({**dict(context.run_config), **extra})
+        settings = load_run_config(context.run_config, extra)
         FederatedServer(grid, settings).run()
 
     return server_app

@@ -18,6 +18,7 @@ import numpy as np
 from fedcogen.lora_adapter import adapter_digest
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
+from fedcogen.run_config import FLSettings
 from fedcogen.server.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 UNKNOWN = -1
@@ -48,13 +49,13 @@ class ServerState:
 # --------------------------------------------------------------------------- checkpoint mapping
 
 
-def _fingerprint(s: fm.FLSettings) -> dict[str, Any]:
+def _fingerprint(s: FLSettings) -> dict[str, Any]:
     """Settings that must match for a resume to be meaningful."""
     keys = ("model", "seed", "lora_r", "lora_alpha", "lora_targets", "num_clients", "server_opt")
     return {k: getattr(s, k) for k in keys}
 
 
-def save_state(folder: Path, state: ServerState, settings: fm.FLSettings) -> None:
+def save_state(folder: Path, state: ServerState, settings: FLSettings) -> None:
     arrays: dict[str, np.ndarray] = {}
     arrays.update({f"global/{k}": v for k, v in state.global_adapter.items()})
     arrays.update({f"broadcast/{k}": v for k, v in state.broadcast.items()})
@@ -80,7 +81,7 @@ def save_state(folder: Path, state: ServerState, settings: fm.FLSettings) -> Non
     save_checkpoint(folder, arrays, meta)
 
 
-def load_state(folder: Path, settings: fm.FLSettings) -> ServerState:
+def load_state(folder: Path, settings: FLSettings) -> ServerState:
     arrays, meta = load_checkpoint(folder)
     if meta.get("fingerprint") != _fingerprint(settings):
         raise CheckpointError(

@@ -113,14 +113,14 @@ def make_server_app(cfg: SecAggRunConfig, recorder: Recorder, initial: np.ndarra
 
     class _Strategy(FedAvg):
         def __init__(self) -> None:
-            super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=cfg.num_clients,
-                             min_available_clients=cfg.num_clients,
+            super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=cfg.run.num_clients,
+                             min_available_clients=cfg.run.num_clients,
                              initial_parameters=ndarrays_to_parameters([initial]))
             self.global_flat = initial.astype(np.float32).copy()
 
         def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list:
             pairs = super().configure_fit(server_round, parameters, client_manager)
-            conf = {"round": server_round, "support_seed": round_seed(cfg.seed, server_round), "k": cfg.k}
+            conf = {"round": server_round, "support_seed": round_seed(cfg.run.seed, server_round), "k": cfg.k}
             return [(proxy, FitIns(ins.parameters, dict(conf))) for proxy, ins in pairs]
 
         def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple:
@@ -141,7 +141,7 @@ def make_server_app(cfg: SecAggRunConfig, recorder: Recorder, initial: np.ndarra
                 # After unmasking every FitRes carries the same (weighted-mean) vector.
                 agg_vals = parameters_to_ndarrays(results[0][1].parameters)[0].astype(np.float32)
                 if cfg.mode == "sparse":
-                    support = shared_support(round_seed(cfg.seed, server_round), dim, cfg.k)
+                    support = shared_support(round_seed(cfg.run.seed, server_round), dim, cfg.k)
                 else:
                     support = np.arange(dim)
                 self.global_flat[support] += agg_vals
@@ -165,7 +165,7 @@ def make_server_app(cfg: SecAggRunConfig, recorder: Recorder, initial: np.ndarra
 
     @app.main()
     def main(grid: Any, context: Any) -> None:
-        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds), strategy=_Strategy())
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.run.rounds), strategy=_Strategy())
         if cfg.mode == "plain":
             from flwr.server.workflow.default_workflows import default_fit_workflow
 

@@ -95,7 +95,7 @@ def _bits_ratio(result: dict[str, Any]) -> float:
 
 def measure_throughput(base: dict[str, Any], repeats: int = 5, steps: int = 6) -> dict[str, Any]:
     """Tokens/s of ``train_local`` vs a plain PEFT loop on the same batches, interleaved, same process."""
-    cfg = SimulationConfig(**{**base, "out_dir": str(Path(base["data_dir"]).parent / "throughput")})
+    cfg = SimulationConfig.from_dict({**base, "out_dir": str(Path(base["data_dir"]).parent / "throughput")})
     s = cfg.settings()
     lm = lora_model(s.model, s.seed, lora_spec(s))
     data = encoded_split(s, client_id_for(s, 0), "train", lm.tokenizer)
@@ -123,9 +123,9 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", densities: t
     base = _base_config(quick, out, engine)
     densities = densities or ((0.01, 0.05, 0.1) if quick else (0.1, 0.3))
     started = time.perf_counter()
-    dense_cfg = SimulationConfig(**{**base, "density": 1.0, "quant": "fp32", "down_density": 1.0,
-                                    "down_quant": "fp32", "out_dir": str(out / "dense")})
-    print(f"[bench comm] dense fp32 FedAvg: {dense_cfg.rounds} rounds, model {dense_cfg.model}", flush=True)
+    dense_cfg = SimulationConfig.from_dict({**base, "density": 1.0, "quant": "fp32", "down_density": 1.0,
+                                            "down_quant": "fp32", "out_dir": str(out / "dense")})
+    print(f"[bench comm] dense fp32 FedAvg: {dense_cfg.run.rounds} rounds, model {dense_cfg.run.model}", flush=True)
     dense = run_federation(dense_cfg)
     runs = [("dense fp32", dense)]
     rows = []
@@ -134,8 +134,8 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", densities: t
     init_loss = dense["rounds"][0]["eval_loss"]
     for d in densities:
         print(f"[bench comm] sparse density {d} {quant}", flush=True)
-        res = run_federation(SimulationConfig(**{**base, "density": d, "quant": quant,
-                                                 "out_dir": str(out / f"sparse_{d:g}")}))
+        res = run_federation(SimulationConfig.from_dict({**base, "density": d, "quant": quant,
+                                                         "out_dir": str(out / f"sparse_{d:g}")}))
         runs.append((f"density {d:g} {quant}", res))
         sb = _train_round_bytes(res)
         match = matched_loss(dense, res)

@@ -21,7 +21,7 @@ import json
 import secrets
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from fedcogen.dataset import (
 from fedcogen.models import load_tokenizer
 from fedcogen.protocols.dp import epsilon_for
 from fedcogen.protocols.tls import ensure_dev_certs
+from fedcogen.run_config import FLSettings
 from fedcogen.simulations import evaluate as evaluation
 from fedcogen.simulations.attacks import canary_exposure, membership_inference
 from fedcogen.simulations.audit import wire_audit
@@ -54,6 +55,19 @@ from fedcogen.variants import REPORT_ORDER
 ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 
+# The demo's federated run: a personalised device model (all linear layers, rank 16), few clients per
+# round, and counterfactual fact swaps so the adapter learns to copy private facts from the context.
+DEMO_RUN = FLSettings(
+    model="smollm2-27l", num_clients=8, clients_per_round=2, rounds=6, local_steps=7, batch_size=4, lr=4e-3,
+    server_lr=1.5,  # FedAvg step on the mean update; > 1 makes up for averaging diverse clients
+    fact_swaps=3,  # counterfactual copies per training task (teaches copying, not memorising)
+    lora_r=16, lora_alpha=32, lora_dropout=0.0, lora_targets=ALL_LINEAR, max_seq_len=320, density=0.3,
+    min_fit_clients=1, eval_on="round",
+)
+# the demo's flags and config files keep their own names for two run settings
+RUN_ALIASES = {"users": "num_clients", "device_model": "model"}
+
+
 @dataclass
 class DemoConfig:
     """Demo settings; every field can be overridden by a flag of the same name (``--local-steps`` ...)."""
@@ -61,27 +75,15 @@ class DemoConfig:
     name: str = "demo"
     out: str = "runs"
     quick: bool = False
-    users: int = 8  # devices that take part in federated training
+    # the federated run: its devices (num_clients) are the training users, its model the device model
+    run: FLSettings = field(default_factory=lambda: DEMO_RUN)
     heldout_users: int = 4  # devices that never train: evaluated to show generalisation
-    clients_per_round: int = 2
-    rounds: int = 6
-    local_steps: int = 7
-    batch_size: int = 4
-    lr: float = 4e-3
-    server_lr: float = 1.5  # FedAvg step on the mean update; > 1 makes up for averaging diverse clients
-    fact_swaps: int = 3  # counterfactual copies per training task (teaches copying, not memorising)
-    lora_r: int = 16
-    lora_targets: str = ALL_LINEAR
-    max_seq_len: int = 320
-    density: float = 0.3
     seen_tasks: int = 2  # held-out test tasks per training user
     unseen_tasks: int = 4  # test tasks per held-out user
     max_new_tokens: int = 96  # references average ~70 tokens; the personalised device stops at EOS
     sketch_max_new_tokens: int = 48  # an outline of 3-5 short points
     gate_call_share: float = 0.25  # the gated variant asks the cloud for about this share of tokens
     eval_batch: int = 32  # answers decoded in lockstep (the cloud batches as many sessions)
-    seed: int = 0
-    device_model: str = "smollm2-27l"
     cloud_model: str = "smollm2"
     # canary exposure needs the canary-bearing past texts in training (history_examples); the demo trains
     # on tasks only, so exposure is off (0) by default; `fedcogen privacy run` measures it
@@ -89,23 +91,23 @@ class DemoConfig:
     mia_examples: int = 24
 
     def __post_init__(self) -> None:
+        r = self.run
         if self.quick:
-            self.device_model, self.cloud_model = "tiny", "tiny-large"
+            self.cloud_model = "tiny-large"
             self.max_new_tokens = min(self.max_new_tokens, 12)
-            self.users, self.heldout_users = min(self.users, 3), min(self.heldout_users, 1)
-            self.clients_per_round = min(self.clients_per_round, 2)
-            self.rounds, self.local_steps = min(self.rounds, 2), min(self.local_steps, 2)
+            self.heldout_users = min(self.heldout_users, 1)
+            self.run = r = r.replace(model="tiny", num_clients=min(r.num_clients, 3),
+                                     clients_per_round=min(r.clients_per_round, 2), rounds=min(r.rounds, 2),
+                                     local_steps=min(r.local_steps, 2), lora_r=4, lora_alpha=8,
+                                     lora_targets="q_proj,v_proj", max_seq_len=128)
             self.seen_tasks, self.unseen_tasks = min(self.seen_tasks, 1), min(self.unseen_tasks, 2)
-            self.lora_r, self.lora_targets, self.max_seq_len = 4, "q_proj,v_proj", 128
             self.mia_examples = min(self.mia_examples, 8)
-        if self.users < 2:
+        if r.num_clients < 2:
             raise ValueError("demo needs at least 2 training users")
         if self.heldout_users < 1:
             raise ValueError("demo needs at least 1 held-out user (generalisation is part of the result)")
-        if not 1 <= self.clients_per_round <= self.users:
-            raise ValueError(f"clients_per_round must be in [1, users={self.users}]")
-        if not 0 < self.density <= 1:
-            raise ValueError(f"density must be in (0, 1] (got {self.density})")
+        if r.clients_per_round > r.num_clients:
+            raise ValueError(f"clients_per_round must be in [1, users={r.num_clients}]")
         if not 0 < self.gate_call_share < 1:
             raise ValueError(f"gate_call_share must be in (0, 1) (got {self.gate_call_share})")
 
@@ -137,17 +139,12 @@ class _RecordingGenerator:
 
 
 def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
-    sim = SimulationConfig(
-        model=cfg.device_model, data_dir=str(data_dir), num_clients=cfg.users,
-        clients_per_round=cfg.clients_per_round, rounds=cfg.rounds, local_steps=cfg.local_steps,
-        batch_size=cfg.batch_size, lr=cfg.lr, server_lr=cfg.server_lr, fact_swaps=cfg.fact_swaps, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0,
-        lora_targets=cfg.lora_targets, max_seq_len=cfg.max_seq_len, density=cfg.density, seed=cfg.seed,
-        out_dir=str(cfg.run_dir / "federation"), engine="flower", min_fit_clients=1,
-        eval_every=max(1, cfg.rounds // 2), eval_on="round", num_cpus_per_client=1.0,
-    )
+    run = cfg.run.replace(data_dir=str(data_dir), out_dir=str(cfg.run_dir / "federation"),
+                          eval_every=max(1, cfg.run.rounds // 2))
+    sim = SimulationConfig(run=run, engine="flower", num_cpus_per_client=1.0)
     result = run_federation(sim)
-    result["adapter_dir"] = str(export_adapter(sim.out_dir))
-    ledger = json.loads((Path(sim.out_dir) / "ledger.json").read_text())["summary"]
+    result["adapter_dir"] = str(export_adapter(sim.run.out_dir))
+    ledger = json.loads((Path(sim.run.out_dir) / "ledger.json").read_text())["summary"]
     result["ledger_summary"] = {k: ledger[k] for k in ("totals", "messages", "dense_fp32_adapter_bytes")}
     for r in result["rounds"]:
         loss = f"{r['eval_loss']:.4f}" if "eval_loss" in r else "-"
@@ -162,8 +159,8 @@ def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
 def _eval_tasks(cfg: DemoConfig, fed: Any) -> dict[str, list[Any]]:
     """Seen users' unseen test tasks and every test task of the users that never trained."""
     ids = user_ids(fed)
-    seen = [t for u in ids[: cfg.users] for t in fed.tasks_of(u, "test")[: cfg.seen_tasks]]
-    unseen = [t for u in ids[cfg.users:] for t in fed.tasks_of(u, "test")[: cfg.unseen_tasks]]
+    seen = [t for u in ids[: cfg.run.num_clients] for t in fed.tasks_of(u, "test")[: cfg.seen_tasks]]
+    unseen = [t for u in ids[cfg.run.num_clients:] for t in fed.tasks_of(u, "test")[: cfg.unseen_tasks]]
     return {"seen_users": seen, "unseen_users": unseen}
 
 
@@ -178,14 +175,14 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
     with spawned_cloud(cfg.cloud_model, log_path=log_path, wait=False,
                        tls_dir=tls_dir, token=token, timeout_s=600, serve_args=serve) as cloud:
         print(f"  cloud process pid {cloud.process.pid} on {cloud.address} (TLS + bearer token), log {log_path}")
-        out["writer_strength"] = writer_strength(cfg.device_model, cfg.cloud_model,
-                                                 groups["seen_users"] + groups["unseen_users"], cfg.max_seq_len)
+        out["writer_strength"] = writer_strength(cfg.run.model, cfg.cloud_model,
+                                                 groups["seen_users"] + groups["unseen_users"], cfg.run.max_seq_len)
         ws = out["writer_strength"]
         print(f"  loss on the reference answers from the instruction alone: cloud {ws['cloud_loss']:.3f}, "
               f"device {ws['device_loss']:.3f} ({'cloud is the stronger writer' if ws['cloud_stronger'] else 'CLOUD IS NOT STRONGER'})")
-        gen = CogenGenerator.create(device_model=cfg.device_model, cloud_address=cloud.address, adapter=adapter_dir,
+        gen = CogenGenerator.create(device_model=cfg.run.model, cloud_address=cloud.address, adapter=adapter_dir,
                                     tls_dir=str(tls_dir), token=token, max_new_tokens=cfg.max_new_tokens,
-                                    sketch_max_new_tokens=cfg.sketch_max_new_tokens, seed=cfg.seed,
+                                    sketch_max_new_tokens=cfg.sketch_max_new_tokens, seed=cfg.run.seed,
                                     personalised=True)
         val = [t for u in sorted({t.user_id for t in groups["seen_users"]}) for t in fed.tasks_of(u, "val")[:2]]
         threshold = calibrate_gate_threshold(gen.personalised, [(t.instruction, t.private_context) for t in val],
@@ -203,7 +200,7 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
               f"training users, {len(groups['unseen_users'])} of held-out users) x {len(REPORT_ORDER)} variants",
               flush=True)
         try:
-            ecfg = EvalConfig(seed=cfg.seed, batch_size=cfg.eval_batch)
+            ecfg = EvalConfig(seed=cfg.run.seed, batch_size=cfg.eval_batch)
             # through the module, so that a test can replace the evaluator
             result = evaluation.evaluate(tasks, recorder, list(REPORT_ORDER), profiles=profiles,
                                          config=ecfg).to_dict()
@@ -223,24 +220,24 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
 
 
 def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dict[str, Any]:
-    tok = load_tokenizer(cfg.device_model)
+    tok = load_tokenizer(cfg.run.model)
     audit = {v: wire_audit(by_user, fed.profiles, fed.canaries, tokenizer=tok) for v, by_user in received.items()}
     for v, a in audit.items():
         print(f"  wire audit {v:<20} {'PASS' if a['pass'] else 'FAIL'}")
     lm, _ = load_run_adapter(Path(fed_result["adapter_dir"]).parent)
-    train_users = set(user_ids(fed)[: cfg.users])
+    train_users = set(user_ids(fed)[: cfg.run.num_clients])
     exposure = None
     if cfg.canary_alternatives > 0:
         canaries = [c for c in canary_records(fed) if c["owner"] in train_users]
-        exposure = canary_exposure(lm.model, lm.tokenizer, canaries, cfg.canary_alternatives, cfg.seed,
+        exposure = canary_exposure(lm.model, lm.tokenizer, canaries, cfg.canary_alternatives, cfg.run.seed,
                                    alternatives_fn=random_canary_like, progress=True)
-    members, non = mia_pairs(fed, cfg.mia_examples, cfg.seed, users=sorted(train_users))
+    members, non = mia_pairs(fed, cfg.mia_examples, cfg.run.seed, users=sorted(train_users))
     mia = membership_inference(lm.model, lm.tokenizer, members, non)
     if exposure is not None:
         print(f"  canary exposure {exposure['mean']:.2f} bits (chance {exposure['chance']:.2f})")
     print(f"  membership inference on training tasks: AUC {mia['auc']:.3f}, TPR@1%FPR {mia['tpr_at_1pct_fpr']:.3f}")
     # This demo trains without DP; say what the same schedule would cost with client-level DP (sigma = 1).
-    eps = epsilon_for(1.0, cfg.clients_per_round / cfg.users, cfg.rounds, 1e-5)
+    eps = epsilon_for(1.0, cfg.run.clients_per_round / cfg.run.num_clients, cfg.run.rounds, 1e-5)
     return {
         "wire_audit": {v: {"pass": a["pass"], "n_failed": a["n_failed"]} for v, a in audit.items()},
         "wire_audit_pass_private_variants": all(a["pass"] for v, a in audit.items() if v != "cloud_with_context"),
@@ -259,10 +256,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     metrics: dict[str, Any] = {"config": asdict(cfg), "stage_seconds": {}}
     secs = metrics["stage_seconds"]
 
-    n_users = cfg.users + cfg.heldout_users
-    t = _stage(1, f"private federation: {cfg.users} training users + {cfg.heldout_users} held-out users "
-                  f"(seed {cfg.seed})")
-    fed = generate_federation(FederationConfig(n_users=n_users, seed=cfg.seed), progress=True)
+    n_users = cfg.run.num_clients + cfg.heldout_users
+    t = _stage(1, f"private federation: {cfg.run.num_clients} training users + {cfg.heldout_users} held-out users "
+                  f"(seed {cfg.run.seed})")
+    fed = generate_federation(FederationConfig(n_users=n_users, seed=cfg.run.seed), progress=True)
     data_dir = run_dir / "data"
     if data_dir.exists():
         shutil.rmtree(data_dir)
@@ -270,8 +267,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     print(f"  written to {data_dir}: {sum(len(v) for v in fed.tasks.values())} tasks, {len(fed.history)} private texts")
     secs["data"] = round(time.perf_counter() - t, 1)
 
-    t = _stage(2, f"federated sparse LoRA on {cfg.device_model}: {cfg.rounds} rounds x {cfg.clients_per_round} "
-                  f"of {cfg.users} clients x {cfg.local_steps} steps (density {cfg.density})")
+    t = _stage(2, f"federated sparse LoRA on {cfg.run.model}: {cfg.run.rounds} rounds x {cfg.run.clients_per_round} "
+                  f"of {cfg.run.num_clients} clients x {cfg.run.local_steps} steps (density {cfg.run.density})")
     metrics["federation"] = _federate(cfg, data_dir)
     secs["federation"] = round(time.perf_counter() - t, 1)
 

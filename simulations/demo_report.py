@@ -107,9 +107,9 @@ def write_report(cfg: Any, metrics: dict[str, Any], plots: list[str]) -> str:
     lines = [
         f"# fedcogen demo: `{cfg.name}`",
         "",
-        f"{cfg.users} simulated devices fine-tuned a LoRA adapter (r={cfg.lora_r} on {cfg.lora_targets}) of "
-        f"`{cfg.device_model}` in {fed['completed_rounds']} federated rounds of the Flower simulation engine, "
-        f"sending sparse updates (density {cfg.density}); validation loss {first_loss:.3f} -> "
+        f"{cfg.run.num_clients} simulated devices fine-tuned a LoRA adapter (r={cfg.run.lora_r} on {cfg.run.lora_targets}) of "
+        f"`{cfg.run.model}` in {fed['completed_rounds']} federated rounds of the Flower simulation engine, "
+        f"sending sparse updates (density {cfg.run.density}); validation loss {first_loss:.3f} -> "
         f"{fed['final_eval_loss']:.3f}. Every message both ways came to **{ledger['totals']['all']:,} B** "
         f"({ledger['messages']} messages). {cfg.heldout_users} more users never trained. On users who never "
         f"trained the personalised device recalls **{overall_mean(unseen, 'device_personalised', 'fact_recall'):.2f}** "

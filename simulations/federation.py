@@ -3,14 +3,12 @@
 Why a driver on top of ``flwr run``: experiments and benchmarks need to launch many runs from
 Python with a typed config, then read the results back. The apps are exactly the ones a
 deployment uses (``fedcogen.server.fl_serverapp`` / ``fedcogen.client.fl_clientapp``); only the
-transport differs (Ray actors instead of SuperNodes). Every setting is passed to the ServerApp,
-which forwards the client-side ones inside its messages, so the engine's (empty) run config does
-not matter.
+transport differs (Ray actors instead of SuperNodes).
 
-``flwr.simulation.run_simulation`` is deprecated in flwr 1.41 in favour of ``flwr run`` (which
-needs a SuperLink and installs the app as a FAB); it is still the supported in-process entry point
-and is what we use here. ``flwr run .`` works too with the ``[tool.flwr.app]`` section of
-pyproject.toml.
+``engine="flower"`` runs ``flwr run`` on the project folder (the same FAB as ``flwr run .``) with
+the whole run config as ``--run-config`` overrides (:mod:`fedcogen.simulations.flwr_run`): flwr
+1.41 deprecates ``flwr.simulation.run_simulation`` and has no other in-process simulation API.
+``engine="loopback"`` runs the same apps in this process over a serialising in-memory grid.
 """
 
 from __future__ import annotations
@@ -20,11 +18,14 @@ import functools
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedcogen.protocols.fl_messages import FLSettings
+from fedcogen.run_config import FLSettings, coerce, load_run_config
+from fedcogen.simulations.flower_app import FAULT_CLIENTAPP, FEDCOGEN_CLIENTAPP, app_dir_for
+from fedcogen.simulations.flwr_run import LocalFederation, run_flwr_app
 from fedcogen.simulations.plots import plot_federation
 
 log = logging.getLogger(__name__)
@@ -32,100 +33,52 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SimulationConfig:
-    """A federated sparse-LoRA simulation (all fields overridable from ``fedcogen simulate``).
+    """A federated sparse-LoRA simulation: the run configuration plus how to host it in one machine.
 
-    Communication: ``density`` is the top-k fraction of each client update (``scope`` per tensor or
-    global), ``quant`` its value precision, ``index_coding`` the index code; the broadcast uses
-    ``down_density`` (0 = ``density * clients_per_round``) and ``down_quant`` ("" = ``quant``).
-    ``density=1, quant="fp32"`` is plain dense FedAvg.
+    ``run`` is the same :class:`FLSettings` that ``flwr run .`` reads from pyproject, so every run
+    setting has one default, one validation and one help text; the fields here only choose the
+    engine that hosts the Flower apps.
     """
 
-    model: str = "tiny"
-    data_dir: str = ""  # "" = <out_dir>/data (generated deterministically from seed and num_clients)
-    num_clients: int = 3
-    clients_per_round: int = 3
-    rounds: int = 2
-    local_steps: int = 4
-    batch_size: int = 4
-    lr: float = 5e-4
-    max_seq_len: int = 256
-    history_examples: bool = False
-    fact_swaps: int = 0
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_targets: str = "q_proj,v_proj"
-    density: float = 0.01
-    scope: str = "per_tensor"
-    quant: str = "int8"
-    index_coding: str = "auto"
-    down_density: float = 0.0
-    down_quant: str = ""
-    server_opt: str = "fedavg"
-    server_lr: float = 1.0
-    min_fit_clients: int = 1
-    round_timeout: float = 600.0
-    eval_every: int = 1
-    eval_on: str = "all"
-    max_update_norm: float = 1e4
-    max_update_bytes: int = 64 * 1024 * 1024
-    seed: int = 0
-    out_dir: str = "runs/federation"
-    resume: bool = False
-    stop_after: int = 0
-    dp_mode: str = "none"
-    dp_clip_norm: float = 1.0
-    dp_noise_multiplier: float = 0.0
-    dp_delta: float = 1e-5
-    dp_target_epsilon: float = 0.0
-    fail_prob: float = 0.0
-    fail_nodes: str = ""
-    num_cpus_per_client: float = 0.5
-    engine: str = "flower"  # "flower" (Ray simulation engine) | "loopback" (same apps, one process)
-    persist_client_state: bool = True  # clients keep their state under <out_dir>/clients (resume needs it)
+    run: FLSettings = field(default_factory=FLSettings)
+    num_cpus_per_client: float = field(default=0.5, metadata={"help": "Ray CPU share per simulated client"})
+    engine: str = field(default="flower", metadata={
+        "help": "flower (Flower simulation engine) or loopback (same apps, in one process)"})
+    persist_client_state: bool = field(default=True, metadata={
+        "help": "clients persist their state under out_dir/clients (needed for resume)"})
 
     def __post_init__(self) -> None:
-        if self.num_clients < 1:
-            raise ValueError(f"num_clients must be >= 1 (got {self.num_clients})")
-        if not 1 <= self.clients_per_round <= self.num_clients:
-            raise ValueError(f"clients_per_round must be in [1, num_clients={self.num_clients}] "
-                             f"(got {self.clients_per_round})")
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be >= 1 (got {self.rounds})")
-        if self.min_fit_clients > self.clients_per_round:
-            raise ValueError(f"min_fit_clients={self.min_fit_clients} > clients_per_round={self.clients_per_round}:"
-                             " every round would abort")
-        if not 0 < self.density <= 1:
-            raise ValueError(f"density must be in (0, 1] (got {self.density})")
-        if self.server_opt not in ("fedavg", "fedadam", "fedyogi"):
-            raise ValueError(f"server_opt must be fedavg, fedadam or fedyogi (got {self.server_opt!r})")
-        if self.quant not in ("fp32", "fp16", "int8"):
-            raise ValueError(f"quant must be fp32, fp16 or int8 (got {self.quant!r})")
-        if self.dp_mode not in ("none", "client", "server"):
-            raise ValueError(f"dp_mode must be none, client or server (got {self.dp_mode!r})")
-        if self.eval_on not in ("all", "round"):
-            raise ValueError(f"eval_on must be 'all' or 'round' (got {self.eval_on!r})")
-        if self.engine not in ("flower", "loopback"):
-            raise ValueError(f"engine must be 'flower' or 'loopback' (got {self.engine!r})")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)} (got {self.engine!r})")
         if not 0 < self.num_cpus_per_client:
             raise ValueError("num_cpus_per_client must be > 0")
+        if self.run.clients_per_round > self.run.num_clients:
+            raise ValueError(f"clients_per_round must be in [1, num_clients={self.run.num_clients}] "
+                             f"(got {self.run.clients_per_round})")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SimulationConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown simulation setting(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-        return cls(**values)
+    def from_dict(cls, values: Mapping[str, Any]) -> SimulationConfig:
+        """Flat settings (run-config keys and this class's own fields, or a nested ``run`` table)."""
+        own = {f.name for f in dataclasses.fields(cls)} - {"run"}
+        flat = dict(values)
+        run_values = dict(flat.pop("run", None) or {})
+        run_values.update({k: v for k, v in flat.items() if k not in own})
+        kwargs = {k: coerce(k, getattr(cls, k), v) for k, v in flat.items() if k in own}
+        return cls(run=FLSettings.from_mapping(run_values), **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat view (what ``--print-config`` shows and ``from_dict`` reads back)."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "run"}
+        return {**self.run.to_config(), **own}
 
     def settings(self) -> FLSettings:
-        """The run config the ServerApp receives."""
-        values = dataclasses.asdict(self)
-        values.pop("engine")
-        out = Path(self.out_dir)
-        values["data_dir"] = self.data_dir or str(out / "data")
-        values["client_state_dir"] = str(out / "clients") if self.persist_client_state else ""
-        return FLSettings.from_mapping(values)
+        """The run config the ServerApp receives (data and client-state folders resolved under out_dir)."""
+        state = self.run.client_state_dir or str(Path(self.run.out_dir) / "clients")
+        return load_run_config(self.run.to_config(),
+                               {"client_state_dir": state if self.persist_client_state else ""})
+
+
+ENGINES = ("flower", "loopback")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -152,20 +105,18 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     per message with its serialized size), ``checkpoint.npz``, ``loss_vs_round.png`` and
     ``loss_vs_bytes.png``, and per-client state under ``clients/``.
     """
-    from flwr.simulation import run_simulation
-
-    from fedcogen.client.fl_clientapp import app as client_app
+    from fedcogen.client import fault_app
+    from fedcogen.client.fl_clientapp import app as real_app
     from fedcogen.client.fl_clientapp import federation_for
-    from fedcogen.server.fl_serverapp import make_server_app
 
     settings = cfg.settings()
-    from fedcogen.client import fault_app
-
-    if fault_app.needs_fault_app(settings):  # failure hooks live only in the test-only ClientApp
-        client_app = fault_app.app
-    out = Path(cfg.out_dir)
+    # the simulation engine runs in other processes (other working directories): absolute paths only
+    settings = settings.replace(**{k: str(Path(getattr(settings, k)).resolve())
+                                   for k in ("out_dir", "data_dir", "client_state_dir") if getattr(settings, k)})
+    fault = fault_app.needs_fault_app(settings)  # failure hooks live only in the test-only ClientApp
+    out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
+    if not settings.resume:
         for name in ("checkpoint.npz", "metrics.json", "ledger.json"):
             (out / name).unlink(missing_ok=True)
         import shutil
@@ -175,25 +126,16 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     if cfg.engine == "loopback":
         from fedcogen.server.fl_serverapp import FederatedServer
 
-        grid = _loopback_grid_class()(client_app, cfg.num_clients, seed=cfg.seed)
+        client_app = fault_app.app if fault else real_app
+        grid = _loopback_grid_class()(client_app, settings.num_clients, seed=settings.seed)
         return _with_plots(FederatedServer(grid, settings).run(), out)
-    server_app = make_server_app(settings.to_config())
-    cpus = os.cpu_count() or 2
-    backend_config = {
-        "client_resources": {"num_cpus": cfg.num_cpus_per_client, "num_gpus": 0.0},
-        # worker output (model loading bars, library warnings) reaches the terminal only with -v;
-        # client errors still come back in the replies and are logged by the server
-        "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
-                      "log_to_driver": logging.getLogger().isEnabledFor(logging.DEBUG)},
-    }
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     log.info("simulation: %d clients (%d per round), %d rounds, model %s, density %g, out %s",
-             cfg.num_clients, cfg.clients_per_round, cfg.rounds, cfg.model, cfg.density, out)
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=cfg.num_clients,
-        backend_config=backend_config,
-    )
+             settings.num_clients, settings.clients_per_round, settings.rounds, settings.model, settings.density, out)
+    app_dir = app_dir_for(FAULT_CLIENTAPP if fault else FEDCOGEN_CLIENTAPP, out)
+    federation = LocalFederation(num_supernodes=settings.num_clients, num_cpus_per_client=cfg.num_cpus_per_client,
+                                 log_to_driver=verbose)
+    run_flwr_app(app_dir, settings.to_config(), federation, work_dir=out, echo=verbose)
     metrics_path = out / "metrics.json"
     if not metrics_path.is_file():
         raise RuntimeError(f"simulation ended without writing {metrics_path}; see the log above")

@@ -86,9 +86,9 @@ def attack_run(run_dir: str | Path, fed: Any, cfg: PrivacyRunConfig, progress: b
     """Canary exposure + membership inference on the final global adapter of one run."""
 
     lm, _ = load_run_adapter(run_dir)
-    exposure = canary_exposure(lm.model, lm.tokenizer, d.canary_records(fed), cfg.n_alternatives, cfg.seed,
+    exposure = canary_exposure(lm.model, lm.tokenizer, d.canary_records(fed), cfg.n_alternatives, cfg.run.seed,
                                alternatives_fn=d.random_canary_like, progress=progress)
-    members, non = mia_pairs(fed, cfg.mia_max_examples, cfg.seed)
+    members, non = mia_pairs(fed, cfg.mia_max_examples, cfg.run.seed)
     mia = membership_inference(lm.model, lm.tokenizer, members, non)
     return {"canary_exposure": exposure, "mia": mia}
 
@@ -105,17 +105,17 @@ def single_update_mia(run_dir: str | Path, fed: Any, cfg: PrivacyRunConfig, sigm
     uid = d.user_ids(fed)[0]
     start = get_adapter(lm)
     data = encode_examples(lm.tokenizer, d.client_examples(fed, uid, "train"))
-    train_local(lm, data, steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed + 99)
+    train_local(lm, data, steps=cfg.run.local_steps, batch_size=cfg.run.batch_size, lr=cfg.run.lr, seed=cfg.run.seed + 99)
     update = {k: v - start[k] for k, v in get_adapter(lm).items()}
     if sigma > 0:
-        update, _ = dp.clip_dense(update, cfg.dp_clip)
-        if cfg.dp_mode == "client":
-            dpc = dp.DPConfig(mode="client", clip_norm=cfg.dp_clip, noise_multiplier=sigma,
-                              clients_per_round=cfg.clients_per_round)
-            noise = dp.gaussian_noise_like(update, dp.client_noise_std(dpc), np.random.default_rng(cfg.seed))
+        update, _ = dp.clip_dense(update, cfg.run.dp_clip_norm)
+        if cfg.run.dp_mode == "client":
+            dpc = dp.DPConfig(mode="client", clip_norm=cfg.run.dp_clip_norm, noise_multiplier=sigma,
+                              clients_per_round=cfg.run.clients_per_round)
+            noise = dp.gaussian_noise_like(update, dp.client_noise_std(dpc), np.random.default_rng(cfg.run.seed))
             update = {k: update[k] + noise[k] for k in update}
     set_adapter(lm, {k: start[k] + update[k] for k in start})
-    members, non = mia_pairs(fed, cfg.mia_max_examples, cfg.seed, users=[uid])
+    members, non = mia_pairs(fed, cfg.mia_max_examples, cfg.run.seed, users=[uid])
     try:
         return {"user_id": uid, **membership_inference(lm.model, lm.tokenizer, members, non)}
     finally:
@@ -130,7 +130,7 @@ def cogen_captures(cfg: PrivacyRunConfig, fed: Any, device_run: str | Path) -> d
 
     lm, s = load_run_adapter(device_run)
     device_lm = LoadedModel(model=lm.model, tokenizer=lm.tokenizer, name=f"{s['model']}+federated", source=str(device_run))
-    cloud_lm = shared_model(cfg.cloud_model, cfg.seed)
+    cloud_lm = shared_model(cfg.cloud_model, cfg.run.seed)
     cloud = start_cloud_server(CloudConfig(model=cfg.cloud_model, insecure=True, allow_eval_only_context=True,
                                            sketch_max_new_tokens=cfg.max_new_tokens,
                                            eval_max_new_tokens=cfg.max_new_tokens), lm=cloud_lm)
@@ -142,7 +142,7 @@ def cogen_captures(cfg: PrivacyRunConfig, fed: Any, device_run: str | Path) -> d
         jobs = [(v, u) for v in cfg.variants for u in users]
         for variant, uid in tqdm(jobs, desc="CoGenesis captures", unit="user"):
             cap = WireCapture()
-            dev = CogenDevice(DeviceConfig(device_model=s["model"], seed=cfg.seed, cloud=cloud.address, insecure=True,
+            dev = CogenDevice(DeviceConfig(device_model=s["model"], seed=cfg.run.seed, cloud=cloud.address, insecure=True,
                                            max_new_tokens=cfg.max_new_tokens, sketch_max_new_tokens=cfg.max_new_tokens),
                               device_lm=device_lm, capture=cap)
             try:
@@ -160,7 +160,7 @@ def leakage_and_audit(cfg: PrivacyRunConfig, fed: Any, captures: dict[str, dict[
                       flower: dict[str, list[bytes]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Context-leakage attacker and wire audit per variant (Flower bytes are audited with every variant)."""
 
-    attacker = shared_model(cfg.cloud_model, cfg.seed)
+    attacker = shared_model(cfg.cloud_model, cfg.run.seed)
     leakage, audits = {}, {}
     for variant, caps in captures.items():
         views = {uid: cloud_view_text(cap, attacker.tokenizer) for uid, cap in caps.items()}

@@ -35,6 +35,7 @@ import numpy as np
 
 from fedcogen import dataset as d
 from fedcogen.protocols import dp
+from fedcogen.run_config import FLSettings
 from fedcogen.simulations.federation import SimulationConfig, run_federation
 from fedcogen.simulations.plots import privacy_plots
 from fedcogen.simulations.privacy_attacks import (
@@ -50,6 +51,18 @@ from fedcogen.variants import VARIANTS
 log = logging.getLogger(__name__)
 
 
+# The privacy evaluation's federated run: a mid-size device model, every user every round, history
+# texts trained on (the canaries live there), server-side DP for the runs with noise.
+PRIVACY_RUN = FLSettings(
+    model="smollm2-24l", num_clients=8, clients_per_round=8, rounds=4, local_steps=8, batch_size=4, lr=2e-3,
+    lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_targets="q_proj,v_proj", density=0.1, quant="fp16",
+    dp_mode="server", dp_clip_norm=0.5, dp_delta=1e-5, history_examples=True,
+)
+# flags and config files keep the privacy tools' own names for these run settings
+RUN_ALIASES = {"n_users": "num_clients", "dp_clip": "dp_clip_norm", "delta": "dp_delta",
+               "target_epsilon": "dp_target_epsilon"}
+
+
 @dataclass
 class PrivacyRunConfig:
     """Settings of a privacy evaluation (all overridable from a JSON/TOML ``--config`` file).
@@ -58,27 +71,13 @@ class PrivacyRunConfig:
     noise multipliers for the privacy-utility curve (0 = no DP is always included as baseline).
     """
 
-    model: str = "smollm2-24l"
+    # the federated runs (one per noise multiplier): dp_mode/dp_clip_norm apply to the runs with noise
+    run: FLSettings = field(default_factory=lambda: PRIVACY_RUN)
     cloud_model: str = "smollm2"
-    n_users: int = 8
-    clients_per_round: int = 8
-    rounds: int = 4
-    local_steps: int = 8
-    batch_size: int = 4
-    lr: float = 2e-3
-    lora_r: int = 8
-    lora_targets: str = "q_proj,v_proj"
-    density: float = 0.1
-    quant: str = "fp16"
-    seed: int = 0
     canaries_per_user: int = 2
     canary_repeats: int = 2
-    dp_mode: str = "server"
-    dp_clip: float = 0.5
-    delta: float = 1e-5
     noise_multiplier: float = 1.0
     sweep: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
-    target_epsilon: float | None = None
     n_alternatives: int = 255
     mia_max_examples: int = 64
     variants: list[str] = field(default_factory=lambda: ["sketch", "logit", "gated", "cloud_with_context"])
@@ -91,19 +90,50 @@ class PrivacyRunConfig:
     out_dir: str = "runs/privacy"
 
     def __post_init__(self) -> None:
-        if self.dp_mode not in ("client", "server"):
-            raise ValueError(f"privacy run dp_mode must be 'client' or 'server' (got {self.dp_mode!r})")
+        if self.run.dp_mode not in ("client", "server"):
+            raise ValueError(f"privacy run dp_mode must be 'client' or 'server' (got {self.run.dp_mode!r})")
         if self.noise_multiplier < 0 or any(s < 0 for s in self.sweep):
             raise ValueError("noise multipliers must be >= 0")
-        if not 1 <= self.clients_per_round <= self.n_users:
-            raise ValueError(f"clients_per_round must be in [1, n_users={self.n_users}]")
+        if self.run.clients_per_round > self.run.num_clients:
+            raise ValueError(f"clients_per_round must be in [1, n_users={self.run.num_clients}]")
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
             raise ValueError(f"unknown CoGenesis variant(s) {bad}; choose from {list(VARIANTS)}")
 
+    @classmethod
+    def from_flat(cls, values: dict[str, Any], base: PrivacyRunConfig | None = None) -> PrivacyRunConfig:
+        """Flat settings (run-config keys, their privacy aliases, this class's own fields) over ``base``."""
+        own = {f.name for f in dataclasses.fields(cls)} - {"run"}
+        run_keys = {f.name for f in dataclasses.fields(FLSettings)} | set(RUN_ALIASES)
+        unknown = sorted(set(values) - own - run_keys)
+        if unknown:
+            raise ValueError(f"unknown privacy setting(s): {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(own | run_keys))})")
+        base = base or cls()
+        run = {RUN_ALIASES.get(k, k): (0.0 if k == "target_epsilon" and v is None else v)
+               for k, v in values.items() if k in run_keys}
+        if "num_clients" in run and "clients_per_round" not in run:  # fewer users: all of them every round
+            run["clients_per_round"] = min(base.run.clients_per_round, int(run["num_clients"]))
+        return dataclasses.replace(base, run=FLSettings.from_mapping({**base.run.to_config(), **run}),
+                                   **{k: v for k, v in values.items() if k in own})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat view under the privacy tools' names (what the report and ``privacy.json`` show)."""
+        flat = {k: v for k, v in asdict(self).items() if k != "run"}
+        run = self.run.to_config()
+        flat.update({k: run[k] for k in ("model", "clients_per_round", "rounds", "local_steps", "batch_size", "lr",
+                                         "lora_r", "lora_targets", "density", "quant", "seed", "dp_mode")})
+        flat.update({alias: run[key] for alias, key in RUN_ALIASES.items()})
+        flat["target_epsilon"] = self.target_epsilon
+        return flat
+
+    @property
+    def target_epsilon(self) -> float | None:
+        return self.run.dp_target_epsilon or None
+
     @property
     def sample_rate(self) -> float:
-        return self.clients_per_round / self.n_users
+        return self.run.clients_per_round / self.run.num_clients
 
     def sigmas(self) -> list[float]:
         return sorted({0.0, float(self.noise_multiplier), *[float(s) for s in self.sweep]})
@@ -113,13 +143,13 @@ def quick_config(**overrides: Any) -> PrivacyRunConfig:
     """``--quick``: tiny models, few users/rounds, settings that let the no-DP run memorise canaries."""
     values: dict[str, Any] = dict(
         model="tiny", cloud_model="tiny", n_users=3, clients_per_round=3, rounds=2, local_steps=6,
-        batch_size=8, lr=1e-2, lora_r=8, lora_targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        batch_size=8, lr=1e-2, lora_r=8, lora_alpha=16, lora_targets="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
         density=0.25, quant="fp32", canary_repeats=4, noise_multiplier=1.0, sweep=[0.0, 1.0],
         dp_clip=0.5, n_alternatives=63, mia_max_examples=24, cogen_users=2, cogen_tasks_per_user=1,
         max_new_tokens=16, out_dir="runs/privacy-quick",
     )
     values.update(overrides)
-    return PrivacyRunConfig(**values)
+    return PrivacyRunConfig.from_flat(values)
 
 
 def load_config(path: str | Path | None, quick: bool, **overrides: Any) -> PrivacyRunConfig:
@@ -137,28 +167,18 @@ def load_config(path: str | Path | None, quick: bool, **overrides: Any) -> Priva
             values = tomllib.loads(p.read_text())
         if isinstance(values.get("privacy"), dict):
             values = values["privacy"]
-        known = {f.name for f in dataclasses.fields(PrivacyRunConfig)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown privacy setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return quick_config(**values) if quick else PrivacyRunConfig(**values)
+    return quick_config(**values) if quick else PrivacyRunConfig.from_flat(values)
 
 
 # --------------------------------------------------------------------------- federation runs
 
 
 def _simulation_config(cfg: PrivacyRunConfig, sigma: float, data_dir: Path, out: Path) -> Any:
-
-    return SimulationConfig(
-        model=cfg.model, data_dir=str(data_dir), num_clients=cfg.n_users, clients_per_round=cfg.clients_per_round,
-        rounds=cfg.rounds, local_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr, lora_r=cfg.lora_r,
-        lora_alpha=2 * cfg.lora_r, lora_dropout=0.0, lora_targets=cfg.lora_targets, density=cfg.density,
-        quant=cfg.quant, seed=cfg.seed, out_dir=str(out), eval_every=cfg.rounds,
-        dp_mode="none" if sigma == 0 else cfg.dp_mode, dp_clip_norm=cfg.dp_clip, dp_noise_multiplier=sigma,
-        dp_delta=cfg.delta, dp_target_epsilon=cfg.target_epsilon or 0.0, engine=cfg.engine,
-        persist_client_state=False, history_examples=True,  # canaries live in the history texts
-    )
+    run = cfg.run.replace(data_dir=str(data_dir), out_dir=str(out), eval_every=cfg.run.rounds,
+                          lora_alpha=2 * cfg.run.lora_r, history_examples=True,  # canaries live in the history texts
+                          dp_mode="none" if sigma == 0 else cfg.run.dp_mode, dp_noise_multiplier=sigma)
+    return SimulationConfig(run=run, engine=cfg.engine, persist_client_state=False)
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -178,10 +198,10 @@ def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
     if cfg.target_epsilon is not None:  # refuse up front, before any work
         for s in sigmas:
             if s > 0:
-                dp.check_budget(dp.DPConfig(mode=cfg.dp_mode, clip_norm=cfg.dp_clip, noise_multiplier=s,
-                                            delta=cfg.delta, target_epsilon=cfg.target_epsilon),
-                                cfg.sample_rate, cfg.rounds)
-    fed = d.generate_federation(d.FederationConfig(n_users=cfg.n_users, seed=cfg.seed,
+                dp.check_budget(dp.DPConfig(mode=cfg.run.dp_mode, clip_norm=cfg.run.dp_clip_norm, noise_multiplier=s,
+                                            delta=cfg.run.dp_delta, target_epsilon=cfg.target_epsilon),
+                                cfg.sample_rate, cfg.run.rounds)
+    fed = d.generate_federation(d.FederationConfig(n_users=cfg.run.num_clients, seed=cfg.run.seed,
                                                    canaries_per_user=cfg.canaries_per_user,
                                                    canary_repeats=cfg.canary_repeats))
     data_dir = d.write_federation(fed, out / "data")
@@ -204,12 +224,12 @@ def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
         fed_seconds = time.perf_counter() - t0
         attacks = attack_run(run_dir, fed, cfg)
         eps = (metrics.get("dp") or {}).get("epsilon") if sigma > 0 else None
-        planned = dp.epsilon_for(sigma, cfg.sample_rate, metrics.get("completed_rounds", cfg.rounds), cfg.delta)
+        planned = dp.epsilon_for(sigma, cfg.sample_rate, metrics.get("completed_rounds", cfg.run.rounds), cfg.run.dp_delta)
         sweep.append({
             "noise_multiplier": sigma,
-            "dp_mode": "none" if sigma == 0 else cfg.dp_mode,
+            "dp_mode": "none" if sigma == 0 else cfg.run.dp_mode,
             "epsilon": _finite(eps if eps is not None else planned),
-            "delta": cfg.delta,
+            "delta": cfg.run.dp_delta,
             "completed_rounds": metrics.get("completed_rounds"),
             "utility_eval_loss": metrics.get("final_eval_loss"),
             "initial_eval_loss": next((r.get("eval_loss") for r in metrics.get("rounds", []) if r.get("round") == 0),
@@ -231,11 +251,11 @@ def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
     if chosen["utility_eval_loss"] and base["utility_eval_loss"]:
         rel = chosen["utility_eval_loss"] / base["utility_eval_loss"] - 1.0
     result = {
-        "config": asdict(cfg),
+        "config": cfg.to_dict(),
         "epsilon": chosen["epsilon"],
-        "delta": cfg.delta,
+        "delta": cfg.run.dp_delta,
         "noise_multiplier": cfg.noise_multiplier,
-        "dp_mode": cfg.dp_mode,
+        "dp_mode": cfg.run.dp_mode,
         "utility_eval_loss": chosen["utility_eval_loss"],
         "baseline_eval_loss": base["utility_eval_loss"],
         "relative_eval_loss_increase": rel,

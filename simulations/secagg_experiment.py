@@ -35,7 +35,7 @@ def synthetic_update(seed: int, partition: int, server_round: int, dim: int) -> 
 def lora_update(cfg: SecAggRunConfig, partition: int, server_round: int, global_flat: np.ndarray) -> np.ndarray:
     from fedcogen.lora_adapter import lora_model
 
-    lm = lora_model(cfg.model, cfg.seed)
+    lm = lora_model(cfg.run.model, cfg.run.seed)
     names = sorted(lm.params)
     shapes = lm.shapes()
     adapter, off = {}, 0
@@ -44,11 +44,11 @@ def lora_update(cfg: SecAggRunConfig, partition: int, server_round: int, global_
         adapter[n] = global_flat[off : off + size].reshape(shapes[n])
         off += size
     set_adapter(lm, adapter)
-    fed = load_federation(cfg.data_dir)
+    fed = load_federation(cfg.run.data_dir)
     uid = user_ids(fed)[partition % len(user_ids(fed))]
     data = encode_examples(lm.tokenizer, client_examples(fed, uid, "train"))
-    train_local(lm, data, steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                seed=cfg.seed * 1000 + server_round * 31 + partition)
+    train_local(lm, data, steps=cfg.run.local_steps, batch_size=cfg.run.batch_size, lr=cfg.run.lr,
+                seed=cfg.run.seed * 1000 + server_round * 31 + partition)
     new = get_adapter(lm)
     return np.concatenate([(new[n] - adapter[n]).ravel() for n in names]).astype(np.float32)
 
@@ -67,10 +67,10 @@ def run_secagg(cfg: SecAggRunConfig, recorder: Recorder | None = None) -> dict[s
 
     def update_fn(partition: int, server_round: int, global_flat: np.ndarray) -> np.ndarray:
         if cfg.update == "synthetic":
-            return synthetic_update(cfg.seed, partition, server_round, global_flat.size)
+            return synthetic_update(cfg.run.seed, partition, server_round, global_flat.size)
         return lora_update(cfg, partition, server_round, global_flat)
 
-    initial = adapter_flat(cfg.model, cfg.seed) if cfg.update == "lora" else np.zeros(cfg.dim, np.float32)
+    initial = adapter_flat(cfg.run.model, cfg.run.seed) if cfg.update == "lora" else np.zeros(cfg.dim, np.float32)
     if cfg.update == "lora":
         cfg.dim = int(initial.size)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -78,7 +78,7 @@ def run_secagg(cfg: SecAggRunConfig, recorder: Recorder | None = None) -> dict[s
     run_simulation(
         server_app=make_server_app(cfg, recorder, initial),
         client_app=make_client_app(cfg, update_fn),
-        num_supernodes=cfg.num_clients,
+        num_supernodes=cfg.run.num_clients,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
             "init_args": {"num_cpus": cfg.num_cpus, "num_gpus": 0, "include_dashboard": False},
@@ -86,10 +86,10 @@ def run_secagg(cfg: SecAggRunConfig, recorder: Recorder | None = None) -> dict[s
     )
     wall = time.perf_counter() - started
     final = recorder.final
-    if final is None or len(recorder.aggregates) != cfg.rounds:
+    if final is None or len(recorder.aggregates) != cfg.run.rounds:
         raise RuntimeError(
             f"secure aggregation run ({cfg.mode}) did not complete: {len(recorder.aggregates)} of "
-            f"{cfg.rounds} rounds aggregated (see the Flower log above)"
+            f"{cfg.run.rounds} rounds aggregated (see the Flower log above)"
         )
     out = {
         "config": asdict(cfg),
@@ -97,9 +97,9 @@ def run_secagg(cfg: SecAggRunConfig, recorder: Recorder | None = None) -> dict[s
         "wall_seconds": wall,
         **recorder.summary(),
     }
-    rounds = max(1, cfg.rounds)
-    out["bytes_up_per_client_round"] = out["total_bytes_up"] / (rounds * cfg.num_clients)
-    out["bytes_down_per_client_round"] = out["total_bytes_down"] / (rounds * cfg.num_clients)
+    rounds = max(1, cfg.run.rounds)
+    out["bytes_up_per_client_round"] = out["total_bytes_up"] / (rounds * cfg.run.num_clients)
+    out["bytes_down_per_client_round"] = out["total_bytes_down"] / (rounds * cfg.run.num_clients)
     out["mean_round_seconds"] = float(np.mean(recorder.round_seconds)) if recorder.round_seconds else math.nan
     # Round 1 includes starting the Ray actors and loading models: report later rounds separately.
     steady = recorder.round_seconds[1:] or recorder.round_seconds
@@ -128,7 +128,7 @@ def compare_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Sparse SecAgg+ vs dense SecAgg+ vs plain sparse",
         "",
-        f"{cfg['num_clients']} clients, {cfg['rounds']} rounds, dim {cfg['dim']}, density {cfg['density']}, "
+        f"{cfg['run']['num_clients']} clients, {cfg['run']['rounds']} rounds, dim {cfg['dim']}, density {cfg['run']['density']}, "
         f"update {cfg['update']}.",
         "",
         "| mode | values sent | up bytes / client / round | down bytes / client / round | round s (after 1st) "

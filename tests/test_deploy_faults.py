@@ -46,7 +46,7 @@ def test_supernode_killed_mid_round_round_completes_and_node_rejoins(tmp_path: P
         victim = dep.supernodes[2]
         tree = victim.track()
         victim.kill()
-        assert not victim.running and not [p for p, s in tree.items() if dp._alive(p, s)]
+        assert not victim.running and not [p for p, s in tree.items() if dp.alive(p, s)]
 
         while not result.exists():  # round 1 finishes without the victim
             assert time.monotonic() < deadline + 120, dep.run_log(run_id)[-2000:]
@@ -66,7 +66,7 @@ def test_supernode_killed_mid_round_round_completes_and_node_rejoins(tmp_path: P
         assert dep.supernodes[2].starts == 2
         assert f"SuperNode ID: {node_id_before}" in dep.supernodes[2].read_log()  # same identity
         pids = _pids(dep)
-    assert not [p for p in pids if dp._alive(p)]
+    assert not [p for p in pids if dp.alive(p)]
 
 
 INSTRUCTION = "Write a reminder about the dentist appointment."
@@ -153,4 +153,4 @@ def test_cloud_service_restarted_mid_generation_device_recovers(tmp_path: Path) 
         finally:
             dev3.close()
         pids = _pids(dep)
-    assert not [p for p in pids if dp._alive(p)]
+    assert not [p for p in pids if dp.alive(p)]

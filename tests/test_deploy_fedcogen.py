@@ -58,7 +58,7 @@ def _checkpoint_round(folder: Path) -> int:
 
 
 def test_fedcogen_deployment_rejects_malformed_and_resumes_after_superlink_kill(tmp_path: Path) -> None:
-    app = dp.write_fedcogen_app(tmp_path / "app", clientapp=dp.FAULT_CLIENTAPP)
+    app = dp.write_app(tmp_path / "app", clientapp=dp.FAULT_CLIENTAPP)
     # node 2 is a broken device: its ClientApp trains, then sends garbage instead of the update
     cfg = dp.DeploymentConfig(out_dir=tmp_path / "dep", nodes=3, app_dir=app, per_node_config={2: {"fault": "malformed"}})
     with dp.Deployment(cfg) as dep:
@@ -89,7 +89,7 @@ def test_fedcogen_deployment_rejects_malformed_and_resumes_after_superlink_kill(
             time.sleep(0.5)
         server_tree = dep.superlink.track()
         dep.superlink.kill()  # SIGKILL: SuperLink, its SuperExec and the running ServerApp
-        assert not [p for p, s in server_tree.items() if dp._alive(p, s)]
+        assert not [p for p, s in server_tree.items() if dp.alive(p, s)]
         assert _checkpoint_round(ckpt) == 1  # crash happened mid-run, before round 2 was committed
 
         dep.restart_superlink()
@@ -111,4 +111,4 @@ def test_fedcogen_deployment_rejects_malformed_and_resumes_after_superlink_kill(
         # float summation order
         assert b["final_eval_loss"] == pytest.approx(a["final_eval_loss"], rel=1e-5)
         all_pids += [p.pid for p in dep.all_processes()]
-    assert not [p for p in all_pids if p and dp._alive(p)], "processes left behind"
+    assert not [p for p in all_pids if p and dp.alive(p)], "processes left behind"

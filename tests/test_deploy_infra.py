@@ -126,10 +126,10 @@ def test_managed_process_stops_whole_tree_including_other_sessions(tmp_path: Pat
                              ready_port=port, ready_pattern="ready")
     proc.start().wait_ready(30)
     child = _child_pid(proc)
-    assert dp._alive(child)
+    assert dp.alive(child)
     assert child in proc.track()
     proc.stop(timeout=5)
-    assert not proc.running and not dp._alive(child)
+    assert not proc.running and not dp.alive(child)
     assert not dp.port_open("127.0.0.1", port)
     # restart gives a fresh process on the same command; the log keeps both starts
     proc.start().wait_ready(30)
@@ -147,7 +147,7 @@ def test_managed_process_sigkills_after_timeout_when_sigterm_ignored(tmp_path: P
     proc.stop(timeout=1.0)
     assert time.monotonic() - started < 20
     assert proc.returncode == -9  # it ignored SIGTERM, so it was SIGKILLed
-    assert not dp._alive(child)
+    assert not dp.alive(child)
 
 
 def test_wait_ready_fails_fast_with_log_tail(tmp_path: Path) -> None:
@@ -164,7 +164,7 @@ def test_stop_all_cleans_up_forgotten_processes(tmp_path: Path) -> None:
     proc.start().wait_ready(30)
     child = _child_pid(proc)
     dp.stop_all(timeout=5)  # what atexit / the SIGTERM handler run
-    assert not proc.running and not dp._alive(child)
+    assert not proc.running and not dp.alive(child)
 
 
 def test_format_run_config_quotes_and_rejects_spaces() -> None:
@@ -247,7 +247,7 @@ def test_tls_node_auth_deployment_refuses_intruders(tmp_path: Path) -> None:
         for k in range(2):
             assert "SuperNode ID" in dep.supernodes[k].read_log()
         assert "Uvicorn running on https://" in dep.superlink.read_log()
-    assert pids and not [p for p in pids if dp._alive(p)], "processes left behind"
+    assert pids and not [p for p in pids if dp.alive(p)], "processes left behind"
     assert not dp.port_open("127.0.0.1", dep.superlink_port)
 
 
@@ -275,6 +275,6 @@ def test_deploy_local_cli_probe_writes_report_and_cleans_up(tmp_path: Path) -> N
     procs = report["deployment"]["processes"]
     assert {"superlink", "supernode-0", "supernode-1"} <= set(procs)
     assert all(not p["running"] for p in procs.values())
-    assert not [p["pid"] for p in procs.values() if dp._alive(p["pid"])]
+    assert not [p["pid"] for p in procs.values() if dp.alive(p["pid"])]
     assert (out / "logs" / "superlink.log").is_file() and "status: **finished:completed**" in (
         out / "deploy-report.md").read_text()

@@ -24,11 +24,11 @@ SMALL = dict(model="tiny", num_clients=3, local_steps=2, batch_size=2, max_seq_l
 
 
 def _server(tmp_path, name: str, **kw) -> tuple[FederatedServer, LoopbackGrid]:
-    cfg = SimulationConfig(**{**SMALL, "out_dir": str(tmp_path / name), "data_dir": str(tmp_path / "data"),
+    cfg = SimulationConfig.from_dict({**SMALL, "out_dir": str(tmp_path / name), "data_dir": str(tmp_path / "data"),
                               "engine": "loopback", **kw})
     settings = cfg.settings()  # failure hooks exist only in the test-only ClientApp
     app = fault_app.app if fault_app.needs_fault_app(settings) else fl_clientapp.app
-    grid = LoopbackGrid(app, cfg.num_clients, seed=cfg.seed)
+    grid = LoopbackGrid(app, cfg.run.num_clients, seed=cfg.run.seed)
     return FederatedServer(grid, cfg.settings()), grid
 
 
@@ -118,10 +118,10 @@ def test_digest_mismatch_is_reported_and_recovered(tmp_path) -> None:
 
 
 def test_run_federation_loopback_dense_vs_sparse_bytes(tmp_path) -> None:
-    dense = run_federation(SimulationConfig(**{**SMALL, "rounds": 1, "density": 1.0, "quant": "fp32",
+    dense = run_federation(SimulationConfig.from_dict({**SMALL, "rounds": 1, "density": 1.0, "quant": "fp32",
                                                "down_quant": "fp32", "out_dir": str(tmp_path / "d"),
                                                "data_dir": str(tmp_path / "data"), "engine": "loopback"}))
-    sparse = run_federation(SimulationConfig(**{**SMALL, "rounds": 1, "density": 0.01,
+    sparse = run_federation(SimulationConfig.from_dict({**SMALL, "rounds": 1, "density": 0.01,
                                                 "out_dir": str(tmp_path / "s"),
                                                 "data_dir": str(tmp_path / "data"), "engine": "loopback"}))
     assert dense["bytes"]["train_up"] > 5 * sparse["bytes"]["train_up"]

@@ -11,6 +11,7 @@ from fedcogen import dataset as sd
 from fedcogen.client import fault_app
 from fedcogen.client import fl_clientapp as ca
 from fedcogen.protocols import fl_messages as fm
+from fedcogen.run_config import FLSettings
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +23,7 @@ def _task_identity():
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
 
 
-def _query(settings: fm.FLSettings) -> Message:
+def _query(settings: FLSettings) -> Message:
     return Message(fm.make_recorddict(config=settings.to_config()), dst_node_id=7, message_type=fm.MSG_QUERY,
                    group_id="0")
 
@@ -43,7 +44,7 @@ def test_node_config_data_dir_wins_over_server_sent_path(tmp_path: Path, own_dat
     folder, users = own_data
     server_path = tmp_path / "server-chosen" / "data"  # what a (malicious or misconfigured) server sends
     server_state = tmp_path / "server-state"
-    sent = fm.FLSettings(data_dir=str(server_path), client_state_dir=str(server_state), num_clients=2, model="tiny")
+    sent = FLSettings(data_dir=str(server_path), client_state_dir=str(server_state), num_clients=2, model="tiny")
     node = {"partition-id": 1, "data-dir": str(folder), "state-dir": str(tmp_path / "mine"), "model": "tiny-large"}
 
     settings, _ = ca._settings_from(_query(sent), _context(node))
@@ -57,23 +58,23 @@ def test_node_config_data_dir_wins_over_server_sent_path(tmp_path: Path, own_dat
 
 
 def test_without_node_keys_the_run_config_values_are_used(tmp_path: Path) -> None:
-    sent = fm.FLSettings(data_dir=str(tmp_path / "sim-data"), client_state_dir="", num_clients=2, model="tiny")
+    sent = FLSettings(data_dir=str(tmp_path / "sim-data"), client_state_dir="", num_clients=2, model="tiny")
     settings, _ = ca._settings_from(_query(sent), _context({"partition-id": 0, "num-partitions": 2}))
     assert settings.data_dir == str(tmp_path / "sim-data") and settings.model == "tiny"
 
 
 def test_missing_node_data_dir_is_an_error_not_a_generated_federation(tmp_path: Path) -> None:
     mine = tmp_path / "not-there"
-    sent = fm.FLSettings(data_dir=str(tmp_path / "server"), num_clients=2)
+    sent = FLSettings(data_dir=str(tmp_path / "server"), num_clients=2)
     with pytest.raises(FileNotFoundError, match="node config"):
         ca.query(_query(sent), _context({"partition-id": 0, "data-dir": str(mine)}))
     assert not mine.exists()
 
 
 def test_fault_hooks_live_only_in_the_test_app() -> None:
-    settings = fm.FLSettings(fail_nodes="1@2")
+    settings = FLSettings(fail_nodes="1@2")
     assert fault_app.injected_failure(settings, 2, 1) and fault_app.injected_failure(settings, 3, 1) is None
-    assert fault_app.needs_fault_app(settings) and not fault_app.needs_fault_app(fm.FLSettings())
+    assert fault_app.needs_fault_app(settings) and not fault_app.needs_fault_app(FLSettings())
     import inspect
 
     assert "fail" not in inspect.getsource(ca.train)  # the production handler has no failure hook

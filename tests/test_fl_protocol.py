@@ -15,6 +15,7 @@ from fedcogen.client.fl_clientapp import ClientState, compress_update
 from fedcogen.lora_adapter import adapter_digest
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
+from fedcogen.run_config import FLSettings
 from fedcogen.simulations.federation import SimulationConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,24 +31,37 @@ def test_pyproject_flower_config_matches_settings() -> None:
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert cfg["components"] == {"serverapp": "fedcogen.server.fl_serverapp:app",
                                  "clientapp": "fedcogen.client.fl_clientapp:app"}
-    fields = {f.name for f in dataclasses.fields(fm.FLSettings)}
+    fields = {f.name for f in dataclasses.fields(FLSettings)}
     assert set(cfg["config"]) == fields
-    settings = fm.FLSettings.from_mapping(cfg["config"])
+    settings = FLSettings.from_mapping(cfg["config"])
     assert settings.lora_r == 8 and settings.lora_alpha == 16 and settings.lora_targets == "q_proj,v_proj"
-    # every SimulationConfig field that is a run setting maps onto FLSettings
+    # the pyproject table is the dataclass defaults, key for key and value for value
+    assert settings == FLSettings() and cfg["config"] == FLSettings().to_config()
+    # SimulationConfig holds the run config instead of copying its fields
     sim_only = {"num_cpus_per_client", "engine", "persist_client_state"}
-    assert {f.name for f in dataclasses.fields(SimulationConfig)} - sim_only <= fields
+    assert {f.name for f in dataclasses.fields(SimulationConfig)} - sim_only == {"run"}
 
 
 def test_settings_parse_types_and_fail_hook() -> None:
-    s = fm.FLSettings.from_mapping({"rounds": "5", "lr": 1, "resume": "true", "fail_nodes": "1@2, 3", "x": 1})
+    s = FLSettings.from_mapping({"rounds": "5", "lr": 1, "resume": "true", "fail_nodes": "1@2, 3"})
     assert s.rounds == 5 and s.lr == 1.0 and s.resume is True
     assert s.fails(1, 2) and not s.fails(1, 3) and s.fails(3, 7) and not s.fails(0, 2)
     with pytest.raises(fm.SchemaError, match="rounds"):
-        fm.FLSettings.from_mapping({"rounds": "many"})
-    assert fm.FLSettings(density=0.01, clients_per_round=4).effective_down_density() == pytest.approx(0.04)
+        FLSettings.from_mapping({"rounds": "many"})
+    with pytest.raises(fm.SchemaError, match="'x'"):
+        FLSettings.from_mapping({"rounds": 2, "x": 1})  # unknown keys are errors, not ignored
+    with pytest.raises(fm.SchemaError, match="resume"):
+        FLSettings.from_mapping({"resume": "maybe"})  # bools: true/false/1/0/yes/no only
+    assert FLSettings.from_mapping({"resume": "No", "history-examples": 1}).history_examples is True
+    with pytest.raises(fm.SchemaError, match="density"):
+        FLSettings(density=0.0)
+    with pytest.raises(fm.SchemaError, match="quant"):
+        FLSettings.from_mapping({"quant": "int4"})
+    with pytest.raises(fm.SchemaError, match="fail_nodes"):
+        FLSettings(fail_nodes="a@b")
+    assert FLSettings(density=0.01, clients_per_round=4).effective_down_density() == pytest.approx(0.04)
     assert set(s.client_config()) == {"fail_nodes", "lr"}  # only non-default client keys travel
-    assert set(fm.FLSettings(model="smollm2", seed=3).client_config()) == {"model", "seed"}
+    assert set(FLSettings(model="smollm2", seed=3).client_config()) == {"model", "seed"}
 
 
 def test_delta_and_overwrite_patches_rebuild_exactly() -> None:
@@ -73,7 +87,7 @@ def test_delta_and_overwrite_patches_rebuild_exactly() -> None:
 
 
 def test_error_feedback_residual_accounts_for_everything_sent() -> None:
-    settings = fm.FLSettings(density=0.05, quant="int8")
+    settings = FLSettings(density=0.05, quant="int8")
     upd, res = _adapter(2), {k: v * 0.1 for k, v in _adapter(3).items()}
     blob, new_res = compress_update(upd, res, settings, np.random.default_rng(0))
     sent = codec.densify(codec.decode_sparse(blob, expected_shapes=SHAPES))
@@ -84,7 +98,7 @@ def test_error_feedback_residual_accounts_for_everything_sent() -> None:
 
 def test_client_dp_clips_what_is_sent_and_residual_keeps_the_rest() -> None:
     pytest.importorskip("fedcogen.protocols.dp")
-    settings = fm.FLSettings(density=0.2, quant="fp32", dp_mode="client", dp_clip_norm=0.5,
+    settings = FLSettings(density=0.2, quant="fp32", dp_mode="client", dp_clip_norm=0.5,
                              dp_noise_multiplier=0.0)
     upd = _adapter(4)
     blob, new_res = compress_update(upd, None, settings, np.random.default_rng(0))
@@ -99,9 +113,9 @@ def test_client_dp_noise_never_enters_the_residual() -> None:
     """With client-mode noise, residual = corrected - clipped selection: identical to the noiseless run."""
     base = dict(density=0.2, quant="fp32", dp_mode="client", dp_clip_norm=0.5, clients_per_round=1)
     upd = _adapter(4)
-    noisy_blob, noisy_res = compress_update(upd, None, fm.FLSettings(**base, dp_noise_multiplier=2.0),
+    noisy_blob, noisy_res = compress_update(upd, None, FLSettings(**base, dp_noise_multiplier=2.0),
                                             np.random.default_rng(0))
-    clean_blob, clean_res = compress_update(upd, None, fm.FLSettings(**base, dp_noise_multiplier=0.0),
+    clean_blob, clean_res = compress_update(upd, None, FLSettings(**base, dp_noise_multiplier=0.0),
                                             np.random.default_rng(0))
     assert noisy_blob != clean_blob  # noise really was added to what is sent
     for k in SHAPES:
@@ -122,7 +136,7 @@ def test_client_state_roundtrip_and_pruning() -> None:
 
 
 def test_simulate_cli_config_file_and_flags(tmp_path) -> None:
-    from fedcogen.simulations import simulate_cli
+    from fedcogen.cli import simulate as simulate_cli
 
     cfg_file = tmp_path / "run.toml"
     cfg_file.write_text('[simulation]\nrounds = 7\ndensity = 0.02\nmodel = "tiny"\n')
@@ -130,10 +144,10 @@ def test_simulate_cli_config_file_and_flags(tmp_path) -> None:
     simulate_cli.register(parser.add_subparsers())
     args = parser.parse_args(["simulate", "--config", str(cfg_file), "--density", "0.05", "--resume"])
     cfg = simulate_cli.build_config(args)
-    assert cfg.rounds == 7 and cfg.density == 0.05 and cfg.resume is True and cfg.model == "tiny"
+    assert cfg.run.rounds == 7 and cfg.run.density == 0.05 and cfg.run.resume is True and cfg.run.model == "tiny"
     (tmp_path / "bad.json").write_text(json.dumps({"roundz": 3}))
     args = parser.parse_args(["simulate", "--config", str(tmp_path / "bad.json")])
     with pytest.raises(ValueError, match="roundz"):
         simulate_cli.build_config(args)
     with pytest.raises(ValueError, match="clients_per_round"):
-        SimulationConfig(num_clients=2, clients_per_round=3)
+        SimulationConfig.from_dict({"num_clients": 2, "clients_per_round": 3})

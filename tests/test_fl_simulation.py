@@ -13,11 +13,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def test_flower_simulation_three_clients_one_failing(tmp_path) -> None:
-    cfg = SimulationConfig(
+    cfg = SimulationConfig.from_dict(dict(
         model="tiny", num_clients=3, clients_per_round=3, rounds=2, local_steps=2, batch_size=2,
         max_seq_len=64, lr=5e-3, density=0.05, fail_nodes="1@2", min_fit_clients=2,
         out_dir=str(tmp_path / "run"), num_cpus_per_client=1.0,
-    )
+    ))
     result = run_federation(cfg)
     assert result["completed_rounds"] == 2
     rounds = {m["round"]: m for m in result["rounds"]}

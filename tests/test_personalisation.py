@@ -42,19 +42,19 @@ def fact_token_recall(lm, tasks, contexts) -> float:
 
 
 def test_federated_lora_learns_to_copy_private_facts_from_the_context(tmp_path):
-    cfg = SimulationConfig(
+    cfg = SimulationConfig.from_dict(dict(
         model=MODEL, num_clients=3, clients_per_round=2, rounds=3, local_steps=5, batch_size=4, lr=3e-3,
         lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_targets="q_proj,k_proj,v_proj,o_proj",
         max_seq_len=320, density=0.2, eval_every=3, eval_on="round", seed=0, engine="loopback",
         out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"),
-    )
+    ))
     run_federation(cfg)
-    fed = load_federation(cfg.data_dir)
+    fed = load_federation(cfg.run.data_dir)
     tasks = [t for u in user_ids(fed) for t in fed.tasks_of(u, "test")[:3]]
     swapped = [tasks[(i + 3) % len(tasks)].private_context for i in range(len(tasks))]  # another user's
     own = [t.private_context for t in tasks]
 
-    lm, _ = load_run_adapter(cfg.out_dir)
+    lm, _ = load_run_adapter(cfg.run.out_dir)
     after_own, after_swapped = fact_token_recall(lm, tasks, own), fact_token_recall(lm, tasks, swapped)
     with lm.model.disable_adapter():
         before_own = fact_token_recall(lm, tasks, own)

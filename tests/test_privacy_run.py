@@ -46,7 +46,7 @@ def test_config_file_and_validation(tmp_path):
     f = tmp_path / "p.json"
     f.write_text(json.dumps({"rounds": 5, "sweep": [0, 2.0]}))
     cfg = pr.load_config(f, quick=True)
-    assert cfg.rounds == 5 and cfg.model == "tiny" and cfg.sigmas() == [0.0, 1.0, 2.0]
+    assert cfg.run.rounds == 5 and cfg.run.model == "tiny" and cfg.sigmas() == [0.0, 1.0, 2.0]
     f.write_text(json.dumps({"roundz": 5}))
     with pytest.raises(ValueError, match="roundz"):
         pr.load_config(f, quick=True)
@@ -83,7 +83,7 @@ def test_markdown_report_renders():
                   canary_exposure={"mean": 1.2, "max": 2.0, "chance": 1.44},
                   mia={"loss": {"auc": 0.51}, "reference": {"auc": 0.5}, "tpr_at_1pct_fpr": 0.0})
     result = {
-        "config": pr.quick_config().__dict__, "sweep": [row, dp_row], "context_leakage": {
+        "config": pr.quick_config().to_dict(), "sweep": [row, dp_row], "context_leakage": {
             "sketch": {"verbatim_rate": 0.0, "substring_top1": 0.0, "model_top1": 0.1, "chance": 0.05}},
         "wire_audit": {"sketch": {"pass": True, "n_failed": 0, "n_devices": 2}}, "relative_eval_loss_increase": 0.025,
         "noise_multiplier": 1.0, "epsilon": 7.1, "delta": 1e-5, "utility_eval_loss": 2.05, "baseline_eval_loss": 2.0,

@@ -18,18 +18,19 @@ from fedcogen.simulations.secagg_experiment import run_secagg, synthetic_update
 
 pytestmark = pytest.mark.slow
 
-BASE = SecAggRunConfig(mode="sparse", num_clients=3, rounds=2, dim=3000, density=0.05, seed=3)
+BASE = SecAggRunConfig(mode="sparse", dim=3000).with_run(num_clients=3, clients_per_round=3, rounds=2, density=0.05,
+                                                           seed=3)
 
 
 def _expected_sparse(cfg: SecAggRunConfig) -> list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]:
     """Replay the clients locally: per round (support, plain mean of sent values, each client's values)."""
-    residual = {p: np.zeros(cfg.dim, np.float32) for p in range(cfg.num_clients)}
+    residual = {p: np.zeros(cfg.dim, np.float32) for p in range(cfg.run.num_clients)}
     out = []
-    for rnd in range(1, cfg.rounds + 1):
-        support = shared_support(round_seed(cfg.seed, rnd), cfg.dim, cfg.k)
+    for rnd in range(1, cfg.run.rounds + 1):
+        support = shared_support(round_seed(cfg.run.seed, rnd), cfg.dim, cfg.k)
         sent = []
-        for p in range(cfg.num_clients):
-            corrected = synthetic_update(cfg.seed, p, rnd, cfg.dim) + residual[p]
+        for p in range(cfg.run.num_clients):
+            corrected = synthetic_update(cfg.run.seed, p, rnd, cfg.dim) + residual[p]
             vals, residual[p] = secure_values(corrected, support, DPConfig(mode="none"), np.random.default_rng(0))
             sent.append(vals)
         out.append((support, np.mean(sent, axis=0), sent))
@@ -58,11 +59,11 @@ def test_sparse_secagg_equals_plain_sum_and_hides_inputs():
     rec = Recorder()
     res = run_secagg(BASE, rec)
     expected = _expected_sparse(BASE)
-    assert len(rec.aggregates) == BASE.rounds
+    assert len(rec.aggregates) == BASE.run.rounds
     quant_step = 2 * BASE.clipping_range / BASE.quantization_range
     for agg, (support, mean, sent) in zip(rec.aggregates, expected, strict=True):
         np.testing.assert_array_equal(agg["support"], support)
-        assert agg["n"] == BASE.num_clients
+        assert agg["n"] == BASE.run.num_clients
         np.testing.assert_allclose(agg["mean"], mean, atol=3 * quant_step)
         assert not np.allclose(agg["mean"], sent[0], atol=1e-3)  # the mean, not one client's values
     # final model = sum of the aggregated means at each round's support
@@ -72,7 +73,7 @@ def test_sparse_secagg_equals_plain_sum_and_hides_inputs():
     np.testing.assert_allclose(rec.final, final, atol=1e-4)
 
     # The server-side view: masked vectors, one per client per round, look uniform and unrelated.
-    assert len(rec.masked_vectors) == BASE.num_clients * BASE.rounds
+    assert len(rec.masked_vectors) == BASE.run.num_clients * BASE.run.rounds
     quantizer = BASE.quantization_range / (2 * BASE.clipping_range)
     for mv in rec.masked_vectors:
         masked = mv["vectors"][-1].astype(np.float64)
@@ -90,13 +91,13 @@ def test_sparse_secagg_equals_plain_sum_and_hides_inputs():
 
 
 def test_dense_and_plain_modes_and_bytes():
-    dense = run_secagg(replace(BASE, mode="dense", rounds=1), rec_d := Recorder())
-    plain = run_secagg(replace(BASE, mode="plain", rounds=1), rec_p := Recorder())
-    sparse = run_secagg(replace(BASE, rounds=1), Recorder(keep_masked=False))
-    updates = [synthetic_update(BASE.seed, p, 1, BASE.dim) for p in range(BASE.num_clients)]
+    dense = run_secagg(replace(BASE.with_run(rounds=1), mode="dense"), rec_d := Recorder())
+    plain = run_secagg(replace(BASE.with_run(rounds=1), mode="plain"), rec_p := Recorder())
+    sparse = run_secagg(BASE.with_run(rounds=1), Recorder(keep_masked=False))
+    updates = [synthetic_update(BASE.run.seed, p, 1, BASE.dim) for p in range(BASE.run.num_clients)]
     np.testing.assert_allclose(rec_d.final, np.mean(updates, axis=0), atol=1e-5)
     assert rec_p.masked_vectors == []  # no SecAgg in the plain baseline
-    assert np.count_nonzero(rec_p.final) <= BASE.k * BASE.num_clients
+    assert np.count_nonzero(rec_p.final) <= BASE.k * BASE.run.num_clients
     # the masked upload of the sparse scheme is ~k values, the dense one ~dim values
     up_s = sparse["bytes_up"]["collect_masked_vectors"]
     up_d = dense["bytes_up"]["collect_masked_vectors"]
@@ -105,15 +106,15 @@ def test_dense_and_plain_modes_and_bytes():
 
 
 def test_distributed_dp_noise_on_the_sum():
-    cfg = replace(BASE, rounds=1, dim=20000, density=0.1, dp_mode="client", dp_clip=0.5, dp_noise_multiplier=2.0)
+    cfg = replace(BASE.with_run(rounds=1, density=0.1, dp_mode="client", dp_clip_norm=0.5, dp_noise_multiplier=2.0), dim=20000)
     rec = Recorder(keep_masked=False)
     run_secagg(cfg, rec)
-    support = shared_support(round_seed(cfg.seed, 1), cfg.dim, cfg.k)
+    support = shared_support(round_seed(cfg.run.seed, 1), cfg.dim, cfg.k)
     clipped = []
-    for p in range(cfg.num_clients):
-        vals, _ = secure_values(synthetic_update(cfg.seed, p, 1, cfg.dim), support,
-                                   DPConfig(mode="server", clip_norm=cfg.dp_clip), np.random.default_rng(0))
+    for p in range(cfg.run.num_clients):
+        vals, _ = secure_values(synthetic_update(cfg.run.seed, p, 1, cfg.dim), support,
+                                   DPConfig(mode="server", clip_norm=cfg.run.dp_clip_norm), np.random.default_rng(0))
         clipped.append(vals)
     noise_on_mean = rec.aggregates[0]["mean"] - np.mean(clipped, axis=0)
     # sum carries sigma*C, so the mean carries sigma*C/n
-    assert np.std(noise_on_mean) == pytest.approx(2.0 * 0.5 / cfg.num_clients, rel=0.05)
+    assert np.std(noise_on_mean) == pytest.approx(2.0 * 0.5 / cfg.run.num_clients, rel=0.05)

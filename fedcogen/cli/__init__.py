@@ -19,11 +19,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedcogen.cli.cloud",
     "fedcogen.cli.generate",
     "fedcogen.cli.certs",
-    "fedcogen.simulations.deploy_cli",  # helper A moves it to fedcogen.cli.deploy
+    "fedcogen.cli.deploy",
     "fedcogen.cli.eval",
     "fedcogen.cli.demo",
     "fedcogen.cli.privacy",
-    "fedcogen.simulations.simulate_cli",  # helper A moves it to fedcogen.cli.simulate
+    "fedcogen.cli.simulate",
     "fedcogen.cli.bench",
     "fedcogen.cli.stubs",
 )

@@ -52,8 +52,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """DemoConfig from defaults, then the --config file, then the flags that were given."""
-    from fedcogen.simulations.demo import DemoConfig
+    """DemoConfig from defaults, then the --config file, then the flags that were given.
+
+    Keys are DemoConfig's own fields or run settings (FLSettings fields, plus the demo's aliases such
+    as ``users``); anything else is an error naming the key.
+    """
+    from fedcogen.run_config import FLSettings
+    from fedcogen.simulations.demo import DEMO_RUN, RUN_ALIASES, DemoConfig
 
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -62,14 +67,17 @@ def config_from_args(args: argparse.Namespace) -> Any:
             raise FileNotFoundError(f"demo config {path} not found")
         text = path.read_text()
         values.update(tomllib.loads(text) if path.suffix == ".toml" else json.loads(text))
-    known = {f.name for f in fields(DemoConfig)}
-    unknown = set(values) - known
+    own = {f.name for f in fields(DemoConfig)} - {"run"}
+    run_keys = {f.name for f in fields(FLSettings)} | set(RUN_ALIASES)
+    unknown = set(values) - own - run_keys
     if unknown:
-        raise ValueError(f"unknown demo config keys: {sorted(unknown)} (known: {sorted(known)})")
-    for name in known:
+        raise ValueError(f"unknown demo config keys: {sorted(unknown)} (known: {sorted(own | run_keys)})")
+    for name in own | run_keys:
         v = getattr(args, name, None)
         if v is not None and v is not False:
             values[name] = v
+    run = {RUN_ALIASES.get(k, k): v for k, v in values.items() if k in run_keys}
+    values = {k: v for k, v in values.items() if k in own}
     if "name" not in values:
         values["name"] = "demo-quick" if values.get("quick") else "demo"
-    return DemoConfig(**values)
+    return DemoConfig(run=FLSettings.from_mapping({**DEMO_RUN.to_config(), **run}), **values)

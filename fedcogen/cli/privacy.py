@@ -105,8 +105,6 @@ def _run(args: argparse.Namespace) -> int:
         n_users=args.n_users, dp_mode=args.dp_mode, noise_multiplier=args.noise_multiplier, sweep=sweep,
         dp_clip=args.dp_clip, delta=args.delta, target_epsilon=args.target_epsilon, seed=args.seed, out_dir=args.out,
     )
-    if args.n_users is not None and cfg.clients_per_round > cfg.n_users:
-        cfg.clients_per_round = cfg.n_users
     result = run_privacy(cfg)
     _write(args.json, result)
     print(f"report: {Path(cfg.out_dir) / 'privacy.md'}")
@@ -182,7 +180,8 @@ def _secagg(args: argparse.Namespace) -> int:
     from fedcogen.simulations.secagg_experiment import adapter_flat, compare_modes
 
     dim = args.dim or int(adapter_flat(args.model).size)
-    res = compare_modes(SecAggRunConfig(num_clients=args.num_clients, rounds=args.rounds, dim=dim, density=args.density),
+    res = compare_modes(SecAggRunConfig(dim=dim).with_run(num_clients=args.num_clients, clients_per_round=args.num_clients,
+                                                        rounds=args.rounds, density=args.density),
                         args.out)
     print((Path(args.out) / "secagg_compare.md").read_text())
     _write(args.json, res)

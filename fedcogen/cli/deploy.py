@@ -21,6 +21,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from fedcogen.simulations.deploy import (
+    FEDCOGEN_CLIENTAPP,
+    Deployment,
+    DeploymentConfig,
+    app_dir_for,
+    write_probe_app,
+)
+
 DEFAULT_OUT = Path("runs/deploy")
 
 
@@ -82,7 +90,6 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 def run_local(args: argparse.Namespace) -> dict[str, Any]:
     """Start the deployment, run the app once, write the report, stop everything (also on errors)."""
-    from fedcogen.simulations.deploy import Deployment, DeploymentConfig, write_fedcogen_app, write_probe_app
 
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +97,7 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     if probe:
         app_dir = write_probe_app(out / "probe-app")
     elif args.app in (None, "fedcogen"):
-        app_dir = write_fedcogen_app(out / "app")
+        app_dir = app_dir_for(FEDCOGEN_CLIENTAPP, out)  # the project folder is the FAB
     else:
         app_dir = Path(args.app).expanduser().resolve()
     min_fit = args.min_fit_clients or args.nodes
@@ -245,7 +252,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     loc.add_argument("--min-fit-clients", type=int, default=0, help="replies a round needs (0 = all nodes)")
     loc.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     loc.add_argument("--app", default=None,
-                     help="'fedcogen' (default: the installed fedcogen ServerApp/ClientApp via a thin app folder), "
+                     help="'fedcogen' (default: the project's own app, the project folder as FAB), "
                      "'probe' (model-free plumbing check) or a Flower app folder")
     loc.add_argument("--run-config", action="append", metavar="KEY=VALUE", help="extra run config (repeatable)")
     loc.add_argument("--with-cloud", action="store_true", help="also start `fedcogen cloud serve` (TLS + token)")

@@ -1,0 +1,38 @@
+"""Command-line flags built from a config dataclass: one flag per field, help from the field metadata.
+
+Why: the run configuration's defaults, types and help text live once, in
+:class:`fedcogen.run_config.FLSettings`; a command that exposes a config gets its flags from the
+dataclass instead of a hand-kept copy that would drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from fedcogen.run_config import field_help
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser | Any, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """``--field-name`` for every scalar field of ``cls`` (bools get ``--x/--no-x``); defaults stay None.
+
+    Flags default to None so that only what the user typed overrides a config file.
+    """
+    helps = field_help(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.default is dataclasses.MISSING:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{helps[f.name]} (default {f.default})")
+        else:
+            parser.add_argument(flag, dest=f.name, type=type(f.default), default=None,
+                                help=f"{helps[f.name]} (default {f.default!r})")
+
+
+def flag_values(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of ``cls`` the user set on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if f.name not in skip and getattr(args, f.name, None) is not None}
