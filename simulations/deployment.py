@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen.protocols.secrets_io import CLOUD_TOKEN_ENV
+from fedcogen.simulations.certs import create_cert_bundle, load_bundle
 from fedcogen.simulations.flower_app import format_run_config, project_app_dir
 from fedcogen.simulations.supervisor import (
     DeploymentError,
@@ -151,8 +152,6 @@ class Deployment:
 
     def prepare(self) -> None:
         """Create folders and certificates, pick the SuperLink port."""
-        from fedcogen.simulations.certs import create_cert_bundle, load_bundle
-
         self.out.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)

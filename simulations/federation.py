@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcogen.client import fault_app
+from fedcogen.client.fl_clientapp import app as real_app
+from fedcogen.client.fl_clientapp import federation_for
+from fedcogen.lora_adapter import LoraSpec, lora_model, set_adapter
 from fedcogen.run_config import FLSettings, coerce, load_run_config
+from fedcogen.server.checkpoint import load_checkpoint
+from fedcogen.server.fl_serverapp import FederatedServer
 from fedcogen.simulations.flower_app import FAULT_CLIENTAPP, FEDCOGEN_CLIENTAPP, app_dir_for
 from fedcogen.simulations.flwr_run import LocalFederation, run_flwr_app
 from fedcogen.simulations.plots import plot_federation
@@ -105,9 +111,6 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     per message with its serialized size), ``checkpoint.npz``, ``loss_vs_round.png`` and
     ``loss_vs_bytes.png``, and per-client state under ``clients/``.
     """
-    from fedcogen.client import fault_app
-    from fedcogen.client.fl_clientapp import app as real_app
-    from fedcogen.client.fl_clientapp import federation_for
 
     settings = cfg.settings()
     # the simulation engine runs in other processes (other working directories): absolute paths only
@@ -124,8 +127,6 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
         shutil.rmtree(out / "clients", ignore_errors=True)
     federation_for(settings)  # generate data before any worker starts
     if cfg.engine == "loopback":
-        from fedcogen.server.fl_serverapp import FederatedServer
-
         client_app = fault_app.app if fault else real_app
         grid = _loopback_grid_class()(client_app, settings.num_clients, seed=settings.seed)
         return _with_plots(FederatedServer(grid, settings).run(), out)
@@ -255,8 +256,6 @@ def load_run_adapter(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
 
     Returns ``(LoraModel, settings dict)``; the model is the per-process cached PEFT copy.
     """
-    from fedcogen.lora_adapter import LoraSpec, lora_model, set_adapter
-    from fedcogen.server.checkpoint import load_checkpoint
 
     arrays, meta = load_checkpoint(run_dir)
     s = meta.get("settings", {})

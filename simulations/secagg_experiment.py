@@ -33,8 +33,6 @@ def synthetic_update(seed: int, partition: int, server_round: int, dim: int) -> 
 
 
 def lora_update(cfg: SecAggRunConfig, partition: int, server_round: int, global_flat: np.ndarray) -> np.ndarray:
-    from fedcogen.lora_adapter import lora_model
-
     lm = lora_model(cfg.run.model, cfg.run.seed)
     names = sorted(lm.params)
     shapes = lm.shapes()

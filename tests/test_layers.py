@@ -16,13 +16,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RANK = {"protocols": 0, "fedcogen": 1, "client": 2, "server": 2, "simulations": 3}
 
-# Known until the lead merges helper C's move of the user-data reading into core.
-PENDING = {
-    "client/fl_clientapp.py -> fedcogen.simulations",
-    "simulations -> CLI",
-}
-
-
 def _is_cli(path: Path) -> bool:
     rel = path.relative_to(ROOT)
     return "cli" in rel.parts[:-1] or rel.name.endswith("_cli.py") or rel.name == "cli.py"
@@ -72,13 +65,8 @@ def backward_imports() -> list[tuple[str, str]]:
 
 
 def test_no_import_runs_against_the_layers():
-    bad = [line for kind, line in backward_imports() if kind not in PENDING]
+    bad = [line for _, line in backward_imports()]
     assert bad == [], "imports against the layers:\n" + "\n".join(bad)
-
-
-@pytest.mark.xfail(strict=False, reason="lead removes at merge (helper C moves data reading to core, CLI package)")
-def test_no_pending_backward_imports_are_left():
-    assert [line for kind, line in backward_imports() if kind in PENDING] == []
 
 
 def _function_imports(path: Path) -> list[str]:
@@ -92,18 +80,22 @@ def _function_imports(path: Path) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("top", [
-    "protocols", "fedcogen", "client", "server",
-    pytest.param("simulations", marks=pytest.mark.xfail(strict=False, reason="lead removes at merge")),
-])
+@pytest.mark.parametrize("top", ["protocols", "fedcogen", "client", "server", "simulations"])
 def test_project_imports_are_at_the_top_of_files(top):
     lazy = [hit for path in _modules(top) if not _is_cli(path) for hit in _function_imports(path)]
-    if top == "client":  # helper C moves the user-data reading out of the ClientApp (lead removes at merge)
-        lazy = [hit for hit in lazy if not hit.startswith("client/fl_clientapp.py:")
-                or "fedcogen.simulations" not in _line(hit)]
     assert lazy == [], "project imports inside functions:\n" + "\n".join(lazy)
 
 
-def _line(hit: str) -> str:
-    rel, lineno = hit.rsplit(":", 1)
-    return (ROOT / rel).read_text().splitlines()[int(lineno) - 1]
+def test_argparse_lives_only_in_the_cli_package():
+    """One CLI package: library modules have no ``main`` and never build a parser."""
+    offenders = []
+    for top in RANK:
+        for path in _modules(top):
+            if _is_cli(path):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if "argparse" in _imported(node):
+                    offenders.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno} imports argparse")
+                if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                    offenders.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno} has a __main__ block")
+    assert offenders == [], "\n".join(offenders)
