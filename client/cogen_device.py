@@ -37,6 +37,7 @@ from fedcogen.client.cloud_client import (
 )
 from fedcogen.client.decoding import RepetitionControl, choose
 from fedcogen.client.fusion import FusionGate, entropy, fuse_logprobs, top2_margin
+from fedcogen.client.private_spans import PrivateSpanGuard
 from fedcogen.client.prompts import DEVICE_SYSTEM, cloud_prompt, device_prompt, fit_context
 from fedcogen.client.wire_capture import WireCapture
 from fedcogen.models import LoadedModel, ModelError, chat_input_ids, load_model
@@ -71,6 +72,7 @@ class DeviceConfig:
     step_timeout_s: float = 20.0
     sketch_timeout_s: float = 120.0
     sketch_max_new_tokens: int = 96
+    protect_private_spans: bool = True  # logit/gated: private tokens never go on the wire (client/private_spans.py)
 
     def validate(self) -> None:
         if not 0.0 <= self.weight <= 1.0:
@@ -99,6 +101,7 @@ class GenerationResult:
     token_ids: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     sketch: str | None = None
+    private_tokens: int = 0  # committed tokens kept off the wire by private-span protection
     wire_records: list[Any] = field(default_factory=list, repr=False)  # what this answer put on the wire
 
     def to_dict(self) -> dict[str, Any]:
@@ -294,6 +297,8 @@ class CogenDevice:
             else:
                 for row in rows:
                     row.prompt = self.device_ids(row.instruction, row.context)
+                    if variant in ("logit", "gated") and self.config.protect_private_spans:
+                        row.guard = PrivateSpanGuard.for_context(self.tokenizer, row.context)
                 self._decode(rows, variant)
             return [self._result(row, variant, started) for row in rows]
         finally:
@@ -324,6 +329,7 @@ class CogenDevice:
             token_ids=list(ids),
             warnings=run.warnings,
             sketch=run.sketch,
+            private_tokens=row.guard.private_tokens if row.guard is not None else 0,
             wire_records=records,
         )
 
@@ -396,7 +402,7 @@ class CogenDevice:
                     row.run.warnings.append(msg)
                     row.client.connect()
                     row.session = self._open(row.cloud_text, client=row.client)
-                    row.pending = list(row.generated)
+                    row.pending = list(row.generated if row.guard is None else row.guard.sent)
                     continue
                 row.run.fall_back(f"cloud unavailable ({exc}); continuing device-only for the rest")
                 return None
@@ -421,6 +427,7 @@ class CogenDevice:
                 if not active:
                     break
                 asks = [i for i in active if use_cloud and not rows[i].run.fell_back
+                        and (rows[i].guard is None or rows[i].guard.synced)  # behind a private span: device alone
                         and (variant != "gated" or self._uncertain(lp_small[i]))]
                 for i in asks:  # catch-up steps of every asking row go out before any reply is awaited
                     row = rows[i]
@@ -445,10 +452,11 @@ class CogenDevice:
                     row.generated.append(tok)
                     step_tokens[i] = tok
                     if use_cloud and not row.run.fell_back:
+                        out = [tok] if row.guard is None else row.guard.commit(tok)  # private tokens stay here
                         if variant == "gated":
-                            row.pending.append(tok)
-                        else:
-                            row.session.send_step([tok])  # the cloud works while the device computes below
+                            row.pending.extend(out)
+                        elif out:
+                            row.session.send_step(out)  # the cloud works while the device computes below
                 if use_device and any(not row.done for row in rows):
                     lp_small = dev.step(step_tokens)
         finally:
@@ -513,6 +521,7 @@ class _Row:
     generated: list[int] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)  # committed but not yet sent (gated catch-up)
     reconnected: bool = False
+    guard: PrivateSpanGuard | None = None  # private-span protection (logit/gated)
     done: bool = False
     device_tail: bool = False
     finished_at: float = 0.0
