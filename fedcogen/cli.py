@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedcogen.simulations.eval_cli",
     "fedcogen.simulations.demo_cli",
     "fedcogen.simulations.privacy_cli",
+    "fedcogen.simulations.gate_cli",
     "fedcogen.simulations.simulate_cli",
     "fedcogen.simulations.bench_cli",
 )

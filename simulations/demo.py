@@ -65,6 +65,7 @@ class DemoConfig:
     # on tasks only, so exposure is off (0) by default; `fedcogen privacy run` measures it
     canary_alternatives: int = 0
     mia_examples: int = 24
+    span_audit_tasks: int = 2  # test tasks per held-out user in the private-span audit (0 = skip it)
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -268,6 +269,24 @@ def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dic
     }
 
 
+def _span_audit(cfg: DemoConfig, fed: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Protection off vs on for logit and gated on held-out users' tasks (the audit that can fail)."""
+    from fedcogen.client.gate_training import gate_path
+    from fedcogen.simulations.data import user_ids
+    from fedcogen.simulations.span_audit import audit_adapter, heldout_tasks
+
+    adapter = metrics["federation"]["adapter_dir"]
+    gate = gate_path(adapter)
+    result = audit_adapter(fed, heldout_tasks(fed, user_ids(fed)[cfg.users:], cfg.span_audit_tasks),
+                           device_model=cfg.device_model, cloud_model=cfg.cloud_model, adapter=adapter,
+                           gate_file=str(gate) if gate.is_file() else None, max_new_tokens=cfg.max_new_tokens,
+                           gated_threshold=metrics["evaluation"]["gate"]["threshold"], seed=cfg.seed)
+    for key, r in result["settings"].items():
+        print(f"  private spans {key:<24} wire audit {'PASS' if r['audit_pass'] else 'FAIL'}, "
+              f"{r['facts_seen']} private facts seen by the cloud")
+    return result
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, str]:
     from fedcogen.protocols.tls import ensure_dev_certs
     from fedcogen.simulations.data import FederationConfig, generate_federation, write_federation
@@ -304,6 +323,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
 
     t = _stage(4, "wire audit and quick privacy figures")
     metrics["privacy"] = _privacy(cfg, fed, received, metrics["federation"])
+    if cfg.span_audit_tasks > 0:
+        metrics["privacy"]["span_audit"] = _span_audit(cfg, fed, metrics)
     secs["privacy"] = round(time.perf_counter() - t, 1)
 
     _stage(5, "report and plots")

@@ -74,6 +74,8 @@ class PrivacyRunConfig:
     cogen_users: int = 4
     cogen_tasks_per_user: int = 2
     max_new_tokens: int = 32
+    protect_private_spans: bool = True  # logit/gated keep private spans off the wire (client/private_spans.py)
+    span_audit: bool = True  # also audit protection off vs on (simulations/span_audit.py)
     attacker_fields: list[str] = field(default_factory=lambda: ["first_name", "city", "role", "manager",
                                                                   "condition", "money_item"])
     engine: str = "loopback"
@@ -314,7 +316,8 @@ def cogen_captures(cfg: PrivacyRunConfig, fed: Any, device_run: str | Path) -> d
         for variant, uid in tqdm(jobs, desc="CoGenesis captures", unit="user"):
             cap = WireCapture()
             dev = CogenDevice(DeviceConfig(device_model=s["model"], seed=cfg.seed, cloud=cloud.address, insecure=True,
-                                           max_new_tokens=cfg.max_new_tokens, sketch_max_new_tokens=cfg.max_new_tokens),
+                                           max_new_tokens=cfg.max_new_tokens, sketch_max_new_tokens=cfg.max_new_tokens,
+                                           protect_private_spans=cfg.protect_private_spans),
                               device_lm=device_lm, capture=cap)
             try:
                 for t in fed.tasks_of(uid, "test")[: cfg.cogen_tasks_per_user]:
@@ -343,6 +346,21 @@ def leakage_and_audit(cfg: PrivacyRunConfig, fed: Any, captures: dict[str, dict[
         combined = {uid: [cap, *flower.get(uid, [])] for uid, cap in caps.items()}
         audits[variant] = wire_audit(combined, fed.profiles, fed.canaries, tokenizer=attacker.tokenizer)
     return leakage, audits
+
+
+def private_span_audit(cfg: PrivacyRunConfig, fed: Any, device_run: str | Path) -> dict[str, Any]:
+    """Protection off vs on for the streaming variants, on the same users and tasks as the captures."""
+    from fedcogen.models import LoadedModel
+    from fedcogen.simulations import data as d
+    from fedcogen.simulations.span_audit import SpanAuditConfig, audit_adapter, heldout_tasks
+
+    lm, s = load_run_adapter(device_run)
+    device_lm = LoadedModel(model=lm.model, tokenizer=lm.tokenizer, name=f"{s['model']}+federated", source=str(device_run))
+    tasks = heldout_tasks(fed, d.user_ids(fed)[: cfg.cogen_users], cfg.cogen_tasks_per_user)
+    variants = tuple(v for v in cfg.variants if v in ("sketch", "logit", "gated"))
+    return audit_adapter(fed, tasks, device_model=s["model"], cloud_model=cfg.cloud_model, device_lm=device_lm,
+                         config=SpanAuditConfig(variants=variants, attacker_fields=tuple(cfg.attacker_fields)),
+                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -412,6 +430,7 @@ def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
 
     captures = cogen_captures(cfg, fed, out / "sigma_0")
     leakage, audits = leakage_and_audit(cfg, fed, captures, flower_bytes)
+    spans = private_span_audit(cfg, fed, out / "sigma_0") if cfg.span_audit else None
     chosen = next(r for r in sweep if r["noise_multiplier"] == cfg.noise_multiplier)
     base = next(r for r in sweep if r["noise_multiplier"] == 0)
     rel = None
@@ -438,6 +457,7 @@ def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
             "hits": {dev: r["hits"][:5] for dev, r in a["devices"].items() if r["hits"]}} for v, a in audits.items()},
         "wire_audit_pass": bool(audits.get("sketch", {}).get("pass", False)),
         "flower_bytes_audited": int(sum(len(b) for bl in flower_bytes.values() for b in bl)),
+        "private_span_audit": spans,
         "sweep": sweep,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -530,6 +550,11 @@ def markdown_report(result: dict[str, Any], plots: Sequence[str] = ()) -> str:
             f"{_f(lk['chance'])} | {'PASS' if wa.get('pass') else 'FAIL'} ({wa.get('n_failed', '?')} of "
             f"{wa.get('n_devices', '?')} devices leak) |"
         )
+    if result.get("private_span_audit"):
+        from fedcogen.simulations.span_audit import span_audit_markdown
+
+        lines += ["", "## Private-span protection: the audit with protection off and on", "",
+                  *span_audit_markdown(result["private_span_audit"])]
     rel = result["relative_eval_loss_increase"]
     lines += [
         "",

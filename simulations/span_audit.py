@@ -237,3 +237,40 @@ def span_audit_markdown(result: Mapping[str, Any]) -> list[str]:
                if result["unprotected_fails"] and result["protected_passes"] else
                f"unprotected fails: {result['unprotected_fails']}, protected passes: {result['protected_passes']}")
     return lines + ["", f"Verdict: {verdict}."]
+
+
+# --------------------------------------------------------------------------- on a saved adapter
+
+
+def heldout_tasks(fed: Any, users: Sequence[str], tasks_per_user: int) -> list[Any]:
+    """The first ``tasks_per_user`` test tasks of each user (held-out tasks)."""
+    return [t for u in users for t in fed.tasks_of(u, "test")[:tasks_per_user]]
+
+
+def audit_adapter(fed: Any, tasks: Sequence[Any], *, device_model: str, cloud_model: str, adapter: str | None = None,
+                  device_lm: Any = None, config: SpanAuditConfig | None = None, gate_file: str | None = None, attacker_lm: bool = False,
+                  max_new_tokens: int = 64, gated_threshold: float = 2.5, seed: int = 0) -> dict[str, Any]:
+    """:func:`run_span_audit` with a personalised device and an in-process cloud on loopback.
+
+    ``device_lm``: an already loaded (personalised) device model instead of ``adapter``.
+    ``gate_file``: a learned gate (``fedcogen gate train``) to compare with fixed-weight fusion.
+    ``attacker_lm``: also run the cloud model as the context-leakage attacker (slower).
+    """
+    from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
+    from fedcogen.client.fusion import FusionGate
+    from fedcogen.models import shared_model
+    from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
+
+    cloud_lm = shared_model(cloud_model, seed)
+    cloud = start_cloud_server(CloudConfig(model=cloud_model, insecure=True, max_batch=max(16, len(tasks)),
+                                           sketch_max_new_tokens=max_new_tokens), lm=cloud_lm)
+    device = CogenDevice(DeviceConfig(device_model=device_model, adapter=adapter, seed=seed, cloud=cloud.address,
+                                      insecure=True, max_new_tokens=max_new_tokens,
+                                      sketch_max_new_tokens=max_new_tokens, gated_threshold=gated_threshold),
+                         device_lm=device_lm)
+    try:
+        gate = FusionGate.load(gate_file) if gate_file else None
+        return run_span_audit(device, tasks, fed, config, attacker=cloud_lm if attacker_lm else None, gate=gate)
+    finally:
+        device.close()
+        cloud.stop(grace=1.0)
