@@ -348,21 +348,6 @@ def leakage_and_audit(cfg: PrivacyRunConfig, fed: Any, captures: dict[str, dict[
     return leakage, audits
 
 
-def private_span_audit(cfg: PrivacyRunConfig, fed: Any, device_run: str | Path) -> dict[str, Any]:
-    """Protection off vs on for the streaming variants, on the same users and tasks as the captures."""
-    from fedcogen.models import LoadedModel
-    from fedcogen.simulations import data as d
-    from fedcogen.simulations.span_audit import SpanAuditConfig, audit_adapter, heldout_tasks
-
-    lm, s = load_run_adapter(device_run)
-    device_lm = LoadedModel(model=lm.model, tokenizer=lm.tokenizer, name=f"{s['model']}+federated", source=str(device_run))
-    tasks = heldout_tasks(fed, d.user_ids(fed)[: cfg.cogen_users], cfg.cogen_tasks_per_user)
-    variants = tuple(v for v in cfg.variants if v in ("sketch", "logit", "gated"))
-    return audit_adapter(fed, tasks, device_model=s["model"], cloud_model=cfg.cloud_model, device_lm=device_lm,
-                         config=SpanAuditConfig(variants=variants, attacker_fields=tuple(cfg.attacker_fields)),
-                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-
-
 # --------------------------------------------------------------------------- the whole run
 
 
@@ -430,7 +415,13 @@ def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
 
     captures = cogen_captures(cfg, fed, out / "sigma_0")
     leakage, audits = leakage_and_audit(cfg, fed, captures, flower_bytes)
-    spans = private_span_audit(cfg, fed, out / "sigma_0") if cfg.span_audit else None
+    spans = None
+    if cfg.span_audit:  # protection off vs on, same users and tasks as the captures
+        from fedcogen.simulations.span_audit import audit_run_dir
+
+        spans = audit_run_dir(out / "sigma_0", fed, users=d.user_ids(fed)[: cfg.cogen_users],
+                              tasks_per_user=cfg.cogen_tasks_per_user, variants=cfg.variants,
+                              cloud_model=cfg.cloud_model, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     chosen = next(r for r in sweep if r["noise_multiplier"] == cfg.noise_multiplier)
     base = next(r for r in sweep if r["noise_multiplier"] == 0)
     rel = None

@@ -274,3 +274,17 @@ def audit_adapter(fed: Any, tasks: Sequence[Any], *, device_model: str, cloud_mo
     finally:
         device.close()
         cloud.stop(grace=1.0)
+
+
+def audit_run_dir(run_dir: Any, fed: Any, *, users: Sequence[str], tasks_per_user: int, variants: Sequence[str],
+                  cloud_model: str, max_new_tokens: int, seed: int = 0) -> dict[str, Any]:
+    """:func:`audit_adapter` on a federation run's final global adapter (``fedcogen privacy run``)."""
+    from fedcogen.models import LoadedModel
+    from fedcogen.simulations.federation import load_run_adapter
+
+    lm, s = load_run_adapter(run_dir)
+    device_lm = LoadedModel(model=lm.model, tokenizer=lm.tokenizer, name=f"{s['model']}+federated", source=str(run_dir))
+    keep = tuple(v for v in variants if v in ("sketch", *PROTECTED))
+    return audit_adapter(fed, heldout_tasks(fed, users, tasks_per_user), device_model=s["model"],
+                         cloud_model=cloud_model, device_lm=device_lm, config=SpanAuditConfig(variants=keep),
+                         max_new_tokens=max_new_tokens, seed=seed)
