@@ -261,13 +261,16 @@ class CogenDevice:
         """Generate one answer with the chosen variant (see module docstring)."""
         return self.generate_batch([(instruction, private_context)], variant)[0]
 
-    def generate_batch(self, items: Sequence[tuple[str, str]], variant: str = "logit") -> list[GenerationResult]:
+    def generate_batch(self, items: Sequence[tuple[str, str]], variant: str = "logit",
+                       private_values: Sequence[Sequence[str]] | None = None) -> list[GenerationResult]:
         """Answer several (instruction, private context) pairs in lockstep: one batched device forward
         per step, every row's cloud step in flight at once (the cloud batches them).
 
         A batch of one uses this device's own cloud client and capture; larger batches give each row
         its own channel and :class:`WireCapture`, so bytes and the wire view stay exact per answer.
         Each row's latency runs from the batch start to the moment that row finished.
+        ``private_values``: per item, private values the device holds beyond the context (its user's
+        stored profile); private-span protection keeps them off the wire too.
         """
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant '{variant}' (choose from {', '.join(VARIANTS)})")
@@ -295,10 +298,11 @@ class CogenDevice:
                 self._sketch(rows)
                 self._decode(rows, "device")
             else:
-                for row in rows:
+                for i, row in enumerate(rows):
                     row.prompt = self.device_ids(row.instruction, row.context)
                     if variant in ("logit", "gated") and self.config.protect_private_spans:
-                        row.guard = PrivateSpanGuard.for_context(self.tokenizer, row.context)
+                        extra = private_values[i] if private_values else ()
+                        row.guard = PrivateSpanGuard.for_context(self.tokenizer, row.context, extra)
                 self._decode(rows, variant)
             return [self._result(row, variant, started) for row in rows]
         finally:

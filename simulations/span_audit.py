@@ -136,7 +136,8 @@ def _quality(tasks: Sequence[Any], results: Sequence[Any]) -> dict[str, dict[str
 def audit_setting(device: Any, tasks: Sequence[Any], fed: Any, variant: str, *, attacker: Any = None,
                   fields: Sequence[str] = ()) -> dict[str, Any]:
     """One variant with the device's current settings: wire audit, facts seen, attacker, quality."""
-    results = device.generate_batch([(t.instruction, t.private_context) for t in tasks], variant)
+    results = device.generate_batch([(t.instruction, t.private_context) for t in tasks], variant,
+                                    private_values=[_user_secrets(fed, t.user_id) for t in tasks])
     device.capture.clear()
     received: dict[str, list[Any]] = {}
     for task, res in zip(tasks, results, strict=True):
