@@ -100,9 +100,17 @@ class PrivateSpanGuard:
     placeholders: int = 0
     _ends: list[int] = field(default_factory=list)  # char end of each token in the decoded text
     _norm_values: list[str] = field(default_factory=list)
+    _value_runs: list[tuple[int, ...]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._norm_values = sorted({v for v in (norm_text(x).strip() for x in self.values) if v}, key=len)
+        runs = set()  # each value's token ids, with and without a leading space (as the wire audit searches)
+        for v in self.values:
+            for text in (v, " " + v):
+                ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if v.strip() else ()
+                if ids:
+                    runs.add(ids)
+        self._value_runs = sorted(runs)
 
     @classmethod
     def for_context(cls, tokenizer: Any, context: str, extra_values: Iterable[str] = (),
@@ -143,7 +151,7 @@ class PrivateSpanGuard:
         if n > 0 and len(self.generated) >= n and tuple(self.generated[-n:]) in self.context_ngrams:
             for i in range(len(self.generated) - n, len(self.generated)):
                 self.private[i] = True
-        held = len(self.generated)
+        held = self._mark_runs()
         if not self._norm_values:
             return held
         norm, where = _normalise_with_map(text)
@@ -157,6 +165,22 @@ class PrivateSpanGuard:
                         self.private[t] = True
                 elif len(tail) <= len(v) and v.startswith(tail):  # could still become v (or a longer word): hold
                     held = min(held, self._token_at(where[s]))
+        return held
+
+    def _mark_runs(self) -> int:
+        """Token level: a value's token run inside any word ("Lior" in "Liordi") is private too, and a
+        suffix that starts such a run is held. Returns the first held token index."""
+        gen, held = self.generated, len(self.generated)
+        for run in self._value_runs:
+            n = len(run)
+            if len(gen) >= n and tuple(gen[-n:]) == run:
+                for i in range(len(gen) - n, len(gen)):
+                    self.private[i] = True
+                continue
+            for k in range(min(n - 1, len(gen)), 0, -1):
+                if tuple(gen[-k:]) == run[:k]:
+                    held = min(held, len(gen) - k)
+                    break
         return held
 
     def _release(self, held_from: int) -> list[int]:

@@ -58,8 +58,8 @@ def test_every_prefix_of_the_released_stream_is_clean(tok):
 
 def test_held_prefix_is_released_when_it_diverges(tok):
     guard = PrivateSpanGuard.for_context(tok, CONTEXT)
-    sent = tok.decode(_run(tok, guard, "We met Bjornsson today."))
-    assert "Bjornsson" in sent  # "Bjorn" + more letters is another word: released
+    sent = tok.decode(_run(tok, guard, "We met Bjarne today."))
+    assert "Bjarne" in sent  # began like "Bjorn", then diverged: released
     assert guard.synced or not sent.endswith("today.")
 
 
@@ -95,3 +95,13 @@ def test_synced_only_when_the_cloud_has_every_committed_token(tok):
         states.append(guard.synced)
     assert states[0] and not all(states) and states[-1]  # device alone inside the span, fusing after
     assert tok.decode(guard.sent) == " I live in ... now"
+
+
+def test_value_token_run_inside_another_word_is_withheld(tok):
+    """The wire audit also searches token-id runs: "Lior" inside "Liordi" must not go out either."""
+    guard = PrivateSpanGuard.for_context(tok, "me: Ana Silva", extra_values=["Lior"])
+    sent_ids = _run(tok, guard, "Hi Liordi, how are you?")
+    for text in ("Lior", " Lior"):
+        run = tok(text, add_special_tokens=False)["input_ids"]
+        assert not any(sent_ids[i:i + len(run)] == run for i in range(len(sent_ids))), tok.decode(sent_ids)
+    assert "how are you" in tok.decode(sent_ids)
