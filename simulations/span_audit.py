@@ -206,6 +206,10 @@ def _ci(c: Mapping[str, Any] | None) -> str:
     return fmt_ci(c, 3)
 
 
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def _diff(c: Mapping[str, Any]) -> str:
     return f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" if c.get("n") else "n/a"
 
@@ -223,8 +227,8 @@ def span_audit_markdown(result: Mapping[str, Any]) -> list[str]:
         attacker = r["attacker_model_top1"] if r["attacker_model_top1"] is not None else r["attacker_substring_top1"]
         lines.append(
             f"| {key} | {'PASS' if r['audit_pass'] else 'FAIL'} ({r['devices_failed']}/{r['n_devices']} users leak) | "
-            f"{r['facts_seen']} of {r['facts_written']} ({r['share_seen']:.0%}) | {attacker:.3f} "
-            f"({r['attacker_chance']:.3f}) | {_ci(r['rouge_l'])} | {_ci(r['fact_recall'])} | "
+            f"{r['facts_seen']} of {r['facts_written']} ({r['share_seen']:.0%}) | {_num(attacker)} "
+            f"({_num(r['attacker_chance'])}) | {_ci(r['rouge_l'])} | {_ci(r['fact_recall'])} | "
             f"{r['private_tokens_withheld']} | {r['cloud_call_fraction']:.2f} |")
     lines += ["", "Quality cost of protection (protected - unprotected, paired per user, 95% CI):", "",
               "| variant | ROUGE-L | fact recall |", "|---|---|---|"]
