@@ -39,6 +39,7 @@ from fedcogen.client.device_answer import DeviceAnswer
 from fedcogen.client.device_config import DeviceConfig
 from fedcogen.client.fusion import FusionGate, entropy, fuse_logprobs, top2_margin
 from fedcogen.client.lockstep_rows import Row, RunStats, in_parallel
+from fedcogen.client.private_spans import PrivateSpanGuard
 from fedcogen.client.wire_capture import WireCapture
 from fedcogen.models import LoadedModel, ModelError, chat_input_ids, load_model, stop_token_ids
 from fedcogen.prompts import DEVICE_SYSTEM, cloud_prompt, device_prompt, fit_context
@@ -130,13 +131,16 @@ class CogenDevice:
         """Generate one answer with the chosen variant (see module docstring)."""
         return self.generate_batch([(instruction, private_context)], variant)[0]
 
-    def generate_batch(self, items: Sequence[tuple[str, str]], variant: str = "logit") -> list[DeviceAnswer]:
+    def generate_batch(self, items: Sequence[tuple[str, str]], variant: str = "logit",
+                       private_values: Sequence[Sequence[str]] | None = None) -> list[DeviceAnswer]:
         """Answer several (instruction, private context) pairs in lockstep: one batched device forward
         per step, every row's cloud step in flight at once (the cloud batches them).
 
         A batch of one uses this device's own cloud client and capture; larger batches give each row
         its own channel and :class:`WireCapture`, so bytes and the wire view stay exact per answer.
         Each row's latency runs from the batch start to the moment that row finished.
+        ``private_values``: per item, private values the device holds beyond the context (its user's
+        stored profile); private-span protection keeps them off the wire too.
         """
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant '{variant}' (choose from {', '.join(VARIANTS)})")
@@ -164,8 +168,11 @@ class CogenDevice:
                 self._sketch(rows)
                 self._decode(rows, "device")
             else:
-                for row in rows:
+                for i, row in enumerate(rows):
                     row.prompt = self.device_ids(row.instruction, row.context)
+                    if variant in ("logit", "gated") and self.config.protect_private_spans:
+                        extra = private_values[i] if private_values else ()
+                        row.guard = PrivateSpanGuard.for_context(self.tokenizer, row.context, extra)
                 self._decode(rows, variant)
             return [self._result(row, variant, started) for row in rows]
         finally:
@@ -196,6 +203,7 @@ class CogenDevice:
             token_ids=list(ids),
             warnings=run.warnings,
             sketch=run.sketch,
+            private_tokens=row.guard.private_tokens if row.guard is not None else 0,
             wire_records=records,
         )
 
@@ -268,7 +276,7 @@ class CogenDevice:
                     row.run.warnings.append(msg)
                     row.client.connect()
                     row.session = self._open(row.cloud_text, client=row.client)
-                    row.pending = list(row.generated)
+                    row.pending = list(row.generated if row.guard is None else row.guard.sent)
                     continue
                 row.run.fall_back(f"cloud unavailable ({exc}); continuing device-only for the rest")
                 return None
@@ -293,6 +301,7 @@ class CogenDevice:
                 if not active:
                     break
                 asks = [i for i in active if use_cloud and not rows[i].run.fell_back
+                        and (rows[i].guard is None or rows[i].guard.synced)  # behind a private span: device alone
                         and (variant != "gated" or self._uncertain(lp_small[i]))]
                 for i in asks:  # catch-up steps of every asking row go out before any reply is awaited
                     row = rows[i]
@@ -317,10 +326,11 @@ class CogenDevice:
                     row.generated.append(tok)
                     step_tokens[i] = tok
                     if use_cloud and not row.run.fell_back:
+                        out = [tok] if row.guard is None else row.guard.commit(tok)  # private tokens stay here
                         if variant == "gated":
-                            row.pending.append(tok)
-                        else:
-                            row.session.send_step([tok])  # the cloud works while the device computes below
+                            row.pending.extend(out)
+                        elif out:
+                            row.session.send_step(out)  # the cloud works while the device computes below
                 if use_device and any(not row.done for row in rows):
                     lp_small = dev.step(step_tokens)
         finally:

@@ -34,6 +34,7 @@ class DeviceConfig:
     step_timeout_s: float = 20.0
     sketch_timeout_s: float = 120.0
     sketch_max_new_tokens: int = 96
+    protect_private_spans: bool = True  # logit/gated: private tokens never go on the wire (client/private_spans.py)
 
     def validate(self) -> None:
         if not 0.0 <= self.weight <= 1.0:

@@ -18,11 +18,13 @@ def train_gate(
     lr: float = 0.02,
     max_target_tokens: int = 48,
 ) -> tuple[FusionGate, dict[str, float]]:
-    """Train the learned fusion gate on the device's own data.
+    """Train the learned fusion gate on PUBLIC examples (the cloud sees each instruction and target).
 
     ``examples``: dicts with ``instruction``, ``private_context``, ``target``. The device computes its
     own distributions (with context) teacher-forced on the target; the cloud returns its distributions
     for the same prefixes over ``Decode`` (it sees instruction + answer prefix, never the context).
+    Never pass a user's own tasks: their targets are private. ``client.public_gate.train_public_gate``
+    (``fedcogen gate train``) screens fake users' tasks on the device and then calls this.
     """
     dev = IncrementalLM(device.lm.model)
     small, large, targets = [], [], []

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fedcogen.client.cloud_client import CloudClient, DecodeSession
+from fedcogen.client.private_spans import PrivateSpanGuard
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class Row:
     generated: list[int] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)  # committed but not yet sent (gated catch-up)
     reconnected: bool = False
+    guard: PrivateSpanGuard | None = None  # private-span protection (logit/gated)
     done: bool = False
     device_tail: bool = False
     finished_at: float = 0.0

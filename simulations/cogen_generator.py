@@ -60,6 +60,7 @@ class CogenGenerator:
     def __init__(self, device: Any, personalised: Any = None) -> None:
         self.device = device
         self.personalised = personalised
+        self.private_values: dict[str, list[str]] = {}  # user id -> the device's stored private values
 
     @classmethod
     def create(
@@ -98,7 +99,8 @@ class CogenGenerator:
 
     def generate_batch(self, tasks: Sequence[Any], variant: str) -> list[EvalAnswer]:
         device, real_variant = self._device_for(variant)
-        results = device.generate_batch([(t.instruction, t.private_context) for t in tasks], real_variant)
+        values = [self.private_values.get(getattr(t, "user_id", ""), []) for t in tasks]
+        results = device.generate_batch([(t.instruction, t.private_context) for t in tasks], real_variant, values)
         device.capture.clear()  # a batch of one records into the device's own capture
         return [
             EvalAnswer(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen.client.gate_training import calibrate_gate_threshold
+from fedcogen.client.public_gate import gate_path
 from fedcogen.dataset import (
     FederationConfig,
     canary_records,
@@ -49,6 +50,7 @@ from fedcogen.simulations.metrics import StyleMarkers
 from fedcogen.simulations.plots import demo_plots
 from fedcogen.simulations.privacy_attacks import mia_pairs
 from fedcogen.simulations.processes import spawned_cloud
+from fedcogen.simulations.span_audit import audit_adapter, heldout_tasks
 from fedcogen.simulations.writer_strength import writer_strength
 from fedcogen.variants import REPORT_ORDER
 
@@ -89,6 +91,7 @@ class DemoConfig:
     # on tasks only, so exposure is off (0) by default; `fedcogen privacy run` measures it
     canary_alternatives: int = 0
     mia_examples: int = 24
+    span_audit_tasks: int = 2  # test tasks per held-out user in the private-span audit (0 = skip it)
 
     def __post_init__(self) -> None:
         r = self.run
@@ -194,6 +197,7 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
         print(f"  gate: ask the cloud when the device's entropy exceeds {threshold:.3f} nats "
               f"(calibrated on {len(val)} validation tasks for {cfg.gate_call_share:.0%} of tokens)")
         cloud.wait_ready()
+        gen.private_values = {p.user_id: list(p.private_values) for p in fed.profiles}  # each device's own profile
         recorder = _RecordingGenerator(gen)
         tasks = groups["seen_users"] + groups["unseen_users"]
         print(f"  {len(tasks)} tasks of {len({t.user_id for t in tasks})} users ({len(groups['seen_users'])} of "
@@ -250,6 +254,20 @@ def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dic
     }
 
 
+def _span_audit(cfg: DemoConfig, fed: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Protection off vs on for logit and gated on held-out users' tasks (the audit that can fail)."""
+    adapter = metrics["federation"]["adapter_dir"]
+    gate = gate_path(adapter)
+    result = audit_adapter(fed, heldout_tasks(fed, user_ids(fed)[cfg.run.num_clients:], cfg.span_audit_tasks),
+                           device_model=cfg.run.model, cloud_model=cfg.cloud_model, adapter=adapter,
+                           gate_file=str(gate) if gate.is_file() else None, max_new_tokens=cfg.max_new_tokens,
+                           gated_threshold=metrics["evaluation"]["gate"]["threshold"], seed=cfg.run.seed)
+    for key, r in result["settings"].items():
+        print(f"  private spans {key:<24} wire audit {'PASS' if r['audit_pass'] else 'FAIL'}, "
+              f"{r['facts_seen']} private facts seen by the cloud")
+    return result
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, str]:
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -283,6 +301,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
 
     t = _stage(4, "wire audit and quick privacy figures")
     metrics["privacy"] = _privacy(cfg, fed, received, metrics["federation"])
+    if cfg.span_audit_tasks > 0:
+        metrics["privacy"]["span_audit"] = _span_audit(cfg, fed, metrics)
     secs["privacy"] = round(time.perf_counter() - t, 1)
 
     _stage(5, "report and plots")

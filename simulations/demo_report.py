@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from fedcogen.simulations.metrics import overall_mean
-from fedcogen.simulations.report import fmt_ci
+from fedcogen.simulations.report import fmt_ci, span_audit_markdown
 from fedcogen.variants import REPORT_ORDER
 
 LABELS = {
@@ -95,7 +95,7 @@ def _audit_sentence(pv: dict[str, Any]) -> str:
     text = f"The wire audit passed for {', '.join(passed) or 'no variant'}"
     if failed:
         text += (f" and FAILED for {', '.join(failed)}: these variants send the tokens the device writes, and a "
-                 "personalised device writes the user's private facts (private-span protection is not built yet)")
+                 "personalised device writes the user's private facts (was private-span protection turned off?)")
     return text + "; as it must, it flagged the privacy-violating upper bound."
 
 
@@ -161,6 +161,11 @@ def write_report(cfg: Any, metrics: dict[str, Any], plots: list[str]) -> str:
         f"| membership inference AUC (training tasks vs held-out tasks) | {pv['mia_auc']:.3f} (TPR at 1% FPR {pv['mia_tpr_at_1pct_fpr']:.3f}) |",
         f"| DP | not used in this run; sigma=1 on this schedule would give epsilon {pv['dp']['epsilon_if_sigma_1']:.2f} "
         "at delta 1e-5 |",
+    ]
+    if pv.get("span_audit"):
+        lines += ["", "### Private-span protection: the wire audit with protection off and on", "",
+                  *span_audit_markdown(pv["span_audit"])]
+    lines += [
         "", "## Sample answers (a user who never trained)", "",
         *_samples([r for r in ev["all_users"]["rows"] if r["user_id"] in groups["unseen_users"]["users"]]),
         "", "## Plots", "", *[f"![{p}]({p})" for p in plots],

@@ -143,11 +143,12 @@ def cogen_captures(cfg: PrivacyRunConfig, fed: Any, device_run: str | Path) -> d
         for variant, uid in tqdm(jobs, desc="CoGenesis captures", unit="user"):
             cap = WireCapture()
             dev = CogenDevice(DeviceConfig(device_model=s["model"], seed=cfg.run.seed, cloud=cloud.address, insecure=True,
-                                           max_new_tokens=cfg.max_new_tokens, sketch_max_new_tokens=cfg.max_new_tokens),
+                                           max_new_tokens=cfg.max_new_tokens, sketch_max_new_tokens=cfg.max_new_tokens,
+                                           protect_private_spans=cfg.protect_private_spans),
                               device_lm=device_lm, capture=cap)
             try:
                 for t in fed.tasks_of(uid, "test")[: cfg.cogen_tasks_per_user]:
-                    dev.generate(t.instruction, t.private_context, variant)
+                    dev.generate_batch([(t.instruction, t.private_context)], variant, [fed.profile(uid).private_values])
             finally:
                 dev.close()
             out.setdefault(variant, {})[uid] = cap

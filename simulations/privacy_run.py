@@ -46,6 +46,7 @@ from fedcogen.simulations.privacy_attacks import (
     single_update_mia,
 )
 from fedcogen.simulations.report import privacy_report
+from fedcogen.simulations.span_audit import audit_run_dir
 from fedcogen.variants import VARIANTS
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class PrivacyRunConfig:
     cogen_users: int = 4
     cogen_tasks_per_user: int = 2
     max_new_tokens: int = 32
+    protect_private_spans: bool = True  # logit/gated keep private spans off the wire (client/private_spans.py)
+    span_audit: bool = True  # also audit protection off vs on (simulations/span_audit.py)
     attacker_fields: list[str] = field(default_factory=lambda: ["first_name", "city", "role", "manager",
                                                                   "condition", "money_item"])
     engine: str = "loopback"
@@ -245,6 +248,11 @@ def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
 
     captures = cogen_captures(cfg, fed, out / "sigma_0")
     leakage, audits = leakage_and_audit(cfg, fed, captures, flower_bytes)
+    spans = None
+    if cfg.span_audit:  # protection off vs on, same users and tasks as the captures
+        spans = audit_run_dir(out / "sigma_0", fed, users=d.user_ids(fed)[: cfg.cogen_users],
+                              tasks_per_user=cfg.cogen_tasks_per_user, variants=cfg.variants,
+                              cloud_model=cfg.cloud_model, max_new_tokens=cfg.max_new_tokens, seed=cfg.run.seed)
     chosen = next(r for r in sweep if r["noise_multiplier"] == cfg.noise_multiplier)
     base = next(r for r in sweep if r["noise_multiplier"] == 0)
     rel = None
@@ -271,6 +279,7 @@ def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
             "hits": {dev: r["hits"][:5] for dev, r in a["devices"].items() if r["hits"]}} for v, a in audits.items()},
         "wire_audit_pass": bool(audits.get("sketch", {}).get("pass", False)),
         "flower_bytes_audited": int(sum(len(b) for bl in flower_bytes.values() for b in bl)),
+        "private_span_audit": spans,
         "sweep": sweep,
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedcogen.cli.eval",
     "fedcogen.cli.demo",
     "fedcogen.cli.privacy",
+    "fedcogen.cli.gate",
     "fedcogen.cli.simulate",
     "fedcogen.cli.bench",
     "fedcogen.cli.stubs",

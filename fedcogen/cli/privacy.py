@@ -7,6 +7,7 @@ Subcommands:
 * ``exposure`` canary exposure of a finished federation run (its checkpoint + data folder).
 * ``mia``      membership inference on a finished run.
 * ``epsilon``  epsilon of a planned run from the RDP accountant (and the rounds/noise that fit a target).
+* ``spans``    private-span audit of a personalised adapter: protection off (must fail) vs on.
 * ``secagg``   sparse SecAgg+ vs dense SecAgg+ vs plain sparse: bytes and time in the Flower simulation.
 """
 
@@ -51,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--target-epsilon", type=float, default=None,
                    help="refuse the run up front if a planned setting exceeds this epsilon; stop early in a run")
     r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--no-protect", dest="protect_private_spans", action="store_false", default=None,
+                   help="CoGenesis captures without private-span protection (the span audit runs both anyway)")
 
     e = add_command(ps, "exposure", "canary exposure of a finished federation run", func=_exposure,
                     description="Canary exposure (secret sharer) of the final global adapter of RUN_DIR.")
@@ -75,6 +78,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--rounds", type=int, required=True)
     a.add_argument("--delta", type=float, default=1e-5)
     a.add_argument("--target-epsilon", type=float, default=None)
+
+    sp = add_command(ps, "spans", "private-span audit: protection off vs on on a personalised adapter", func=_spans,
+                     description="Run sketch, logit and gated on held-out tasks with private-span protection "
+                     "off (the unprotected baseline must FAIL the wire audit) and on (must pass); "
+                     "facts seen by the cloud, attacker recovery, quality cost with paired CIs, "
+                     "and fixed-weight vs learned-gate fusion when the adapter has a gate.")
+    sp.add_argument("--adapter", required=True, help="personalised adapter folder (fusion_gate.pt inside is used)")
+    sp.add_argument("--data", required=True, help="federation folder")
+    sp.add_argument("--device-model", default="smollm2-27l")
+    sp.add_argument("--cloud-model", default="smollm2")
+    sp.add_argument("--users", help="comma-separated user ids (default: the last --last-users users)")
+    sp.add_argument("--last-users", type=int, default=4, help="audit the last N users (the held-out ones)")
+    sp.add_argument("--tasks", type=int, default=4, help="test tasks per user")
+    sp.add_argument("--max-new-tokens", type=int, default=64)
+    sp.add_argument("--gated-threshold", type=float, default=2.5, help="entropy (nats) above which gated asks")
+    sp.add_argument("--attacker-lm", action="store_true", help="also run the cloud model as the attacker (slower)")
+    sp.add_argument("--json", default=None)
+    sp.add_argument("--report", default=None, help="markdown table here")
 
     s = add_command(ps, "secagg", "sparse SecAgg+ vs dense SecAgg+ vs plain sparse (bytes, time)", func=_secagg,
                     description="Runs Flower's SecAggPlusWorkflow + secaggplus_mod in the simulation engine with "
@@ -104,6 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         args.config, args.quick, model=args.model, cloud_model=args.cloud_model, rounds=args.rounds,
         n_users=args.n_users, dp_mode=args.dp_mode, noise_multiplier=args.noise_multiplier, sweep=sweep,
         dp_clip=args.dp_clip, delta=args.delta, target_epsilon=args.target_epsilon, seed=args.seed, out_dir=args.out,
+        protect_private_spans=args.protect_private_spans,
     )
     result = run_privacy(cfg)
     _write(args.json, result)
@@ -173,6 +195,27 @@ def _epsilon(args: argparse.Namespace) -> int:
         print(f"target {args.target_epsilon}: at most {out['max_rounds']} rounds at this noise, or noise multiplier "
               f">= {out['noise_for_target']:.3f} for {args.rounds} rounds")
     return 0
+
+
+def _spans(args: argparse.Namespace) -> int:
+    from fedcogen.client.public_gate import gate_path
+    from fedcogen.dataset import load_federation, user_ids
+    from fedcogen.simulations.report import span_audit_markdown
+    from fedcogen.simulations.span_audit import audit_adapter, heldout_tasks
+
+    fed = load_federation(args.data)
+    users = args.users.split(",") if args.users else user_ids(fed)[-args.last_users:]
+    gate = gate_path(args.adapter)
+    res = audit_adapter(fed, heldout_tasks(fed, users, args.tasks), device_model=args.device_model,
+                        cloud_model=args.cloud_model, adapter=args.adapter, attacker_lm=args.attacker_lm,
+                        gate_file=str(gate) if gate.is_file() else None, max_new_tokens=args.max_new_tokens,
+                        gated_threshold=args.gated_threshold)
+    table = "\n".join(span_audit_markdown(res)) + "\n"
+    print(table)
+    if args.report:
+        Path(args.report).write_text("# Private-span audit\n\n" + table)
+    _write(args.json, res)
+    return 0 if res["protected_passes"] else 1
 
 
 def _secagg(args: argparse.Namespace) -> int:
