@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedcogen import dataset as d
 from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.client.public_gate import train_public_gate
 from fedcogen.client.wire_capture import WireCapture
 from fedcogen.models import LoadedModel, load_model
 from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
-from fedcogen.simulations import data as d
 from fedcogen.simulations.audit import cloud_view_text, sent_payloads, wire_audit
 from fedcogen.simulations.span_audit import SpanAuditConfig, run_span_audit
 from fedcogen.text_match import normalise as norm_text

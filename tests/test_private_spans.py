@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from fedcogen import dataset as d
 from fedcogen.client.private_spans import PLACEHOLDER, PrivateSpanGuard, SpanDetector, context_values
 from fedcogen.protocols import cogen_pb2 as pb
-from fedcogen.simulations import data as d
 
 CONTEXT = ("me: Bjorn Oyelaran\nstyle: formal\nhome city: Malmo\nemployer: Saffron Biotech\nhealth: eczema\n"
            "a recent email of mine: \"Hi Eskil, the boiler repair bill of €2,623 is paid.\"")
