@@ -369,6 +369,21 @@ def _progress(rounds: range, done: int, total: int) -> Iterable[int]:
 # --------------------------------------------------------------------------- the apps
 
 
+def _show_progress_lines() -> None:
+    """Let the per-round lines reach the run's log when Flower runs this app in its own process.
+
+    Flower configures only its ``flwr`` logger there, so fedcogen's INFO lines would be dropped;
+    nothing is added when the embedding process already logs (``fedcogen simulate``, tests).
+    """
+    ours = logging.getLogger("fedcogen")
+    if ours.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+
+
 def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
     """A ServerApp whose settings are ``context.run_config`` updated with ``overrides``.
 
@@ -382,6 +397,7 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         settings = load_run_config(context.run_config, extra)
+        _show_progress_lines()
         FederatedServer(grid, settings).run()
 
     return server_app

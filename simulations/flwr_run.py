@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -69,6 +70,10 @@ def flwr_run_argv(app_dir: Path, run_config_file: Path, federation: LocalFederat
     return [*argv, "--stream"]
 
 
+# fedcogen's own log lines inside the run's log (after any progress-bar residue on the same line)
+OWN_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?:INFO|WARNING|ERROR) fedcogen\.\S+: .*")
+
+
 def run_flwr_app(app_dir: Path | str, run_config: Mapping[str, Any], federation: LocalFederation,
                  work_dir: Path | str, timeout: float = 1800.0, echo: bool = False) -> str:
     """Run ``flwr run`` on ``app_dir`` with ``run_config`` overrides; returns its log text.
@@ -104,14 +109,12 @@ def run_flwr_app(app_dir: Path | str, run_config: Mapping[str, Any], federation:
         shown = 0
         while proc.running:
             proc.track()  # the detached local SuperLink and its helpers, to stop them afterwards
-            if echo:
-                shown = _echo(proc.read_log(), shown)
+            shown = _echo(proc.read_log(), shown, everything=echo)
             if time.monotonic() > deadline:
                 raise DeploymentError(f"flwr run exceeded {timeout:.0f} s; log tail:\n{proc.log_tail()}")
             time.sleep(0.5)
         text = proc.read_log()
-        if echo:
-            _echo(text, shown)
+        _echo(text + "\n", shown, everything=echo)
         if proc.returncode != 0:
             raise DeploymentError(f"flwr run exited with code {proc.returncode}; log {proc.log_path}:\n"
                                   f"{proc.log_tail(40)}")
@@ -121,7 +124,16 @@ def run_flwr_app(app_dir: Path | str, run_config: Mapping[str, Any], federation:
         Path(name).unlink(missing_ok=True)
 
 
-def _echo(text: str, shown: int) -> int:
-    sys.stdout.write(text[shown:])
-    sys.stdout.flush()
-    return len(text)
+def _echo(text: str, shown: int, everything: bool) -> int:
+    """Copy the new part of the run's log to stdout: all of it (``-v``), or only fedcogen's own lines
+    (the per-round summaries) by default; returns how far the log has been read."""
+    if everything:
+        sys.stdout.write(text[shown:])
+        sys.stdout.flush()
+        return len(text)
+    end = text.rfind("\n") + 1  # whole lines only: a line still being written is read next time
+    for line in text[shown:end].splitlines():
+        m = OWN_LINE.search(line)
+        if m:
+            print(m.group(0), flush=True)
+    return max(shown, end)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,14 +19,9 @@ from pathlib import Path
 
 from fedcogen.protocols.secrets_io import CLOUD_TOKEN_ENV
 from fedcogen.protocols.tls import channel_credentials
+from fedcogen.simulations.supervisor import free_port
 
 log = logging.getLogger(__name__)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_health(address: str, proc: subprocess.Popen | None, timeout_s: float,
