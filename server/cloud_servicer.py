@@ -296,7 +296,7 @@ class CloudLMService:
                     self.total_bytes_out += session.bytes_out
                     self.sessions_served += 1
                 session.release()
-                log.info(
+                log.debug(
                     "session %s ended: prompt=%d generated=%d steps=%d bytes in=%d out=%d",
                     session.session_id, session.prompt_tokens, session.generated, session.steps,
                     session.bytes_in, session.bytes_out,

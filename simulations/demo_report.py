@@ -128,7 +128,9 @@ def write_report(cfg: Any, metrics: dict[str, Any], plots: list[str]) -> str:
         *cogenesis_rows(ev["all_users"]["paired"]), "",
         f"The gated variant asks the cloud when the device's next-token entropy exceeds "
         f"{ev['gate']['threshold']:.3f} nats ({ev['gate']['calibrated_on']}, target {ev['gate']['target_call_share']:.0%} "
-        "of tokens). In logit and gated fusion the tokens the device writes are sent to the cloud.",
+        "of tokens). In logit and gated fusion the tokens the device writes are sent to the cloud, except private "
+        "spans (values of the user's profile and copies from the private context), which stay on the device "
+        "(see the private-span audit below).",
         "",
         f"Is the cloud the stronger writer? Loss on the reference answers from the instruction alone: cloud "
         f"`{ws['cloud_model']}` {ws['cloud_loss']:.3f}, device `{ws['device_model']}` {ws['device_loss']:.3f} "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # Modules that add subcommands, in the order they appear in --help.
@@ -65,6 +66,9 @@ def configure_logging(verbose: bool) -> None:
             handler.addFilter(_QuietLibraries())
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="transformers|peft|torch")
+        # transformers' per-load "Loading weights" bars (read at its import, inherited by child processes);
+        # fedcogen's own progress bars use tqdm directly and stay
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: list[str] | None = None) -> int:
