@@ -38,8 +38,8 @@ from fedcogen.dataset.scenarios import SCENARIOS_BY_KIND, Scenario
 from fedcogen.dataset.schema import (
     CANARY_PREFIXES,
     FORMAT_VERSION,
-    GENERATOR,
     KIND_LABELS,
+    SEED_NAMESPACE,
     SPLITS,
     TASK_KINDS,
     Federation,
@@ -54,7 +54,7 @@ from fedcogen.dataset.schema import (
 # --------------------------------------------------------------------------- generation
 def _rng(seed: int, user_id: str, purpose: str) -> random.Random:
     """An independent generator per user and purpose (string seeds are hashed with SHA-512)."""
-    return random.Random(f"{GENERATOR}:{FORMAT_VERSION}:{seed}:{user_id}:{purpose}")
+    return random.Random(f"{SEED_NAMESPACE}:{FORMAT_VERSION}:{seed}:{user_id}:{purpose}")
 
 
 def article(word: str) -> str:

@@ -12,6 +12,9 @@ from typing import Any
 
 FORMAT_VERSION = 1
 GENERATOR = "fedcogen.dataset"
+# Hashed into every per-user random stream: the generator's first home, kept when it moved so that a seed
+# still gives exactly the federation it gave before (figures stay comparable across versions).
+SEED_NAMESPACE = "fedcogen.simulations.data"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TASK_KINDS: tuple[str, ...] = ("email", "message", "social_post", "article")
 #: How a kind is named inside prompts ("Write a social media post in my usual style.").
