@@ -32,6 +32,11 @@ TARGETS = {"fact_recall": 0.6, "rouge_l": 0.35, "repeat_4gram": 0.10}
 GROUP_TITLES = {"seen_users": "users who trained (their unseen tasks)", "unseen_users": "users who never trained"}
 
 
+
+def _loss(value: float | None) -> str:
+    """A loss cell: '-' where the round has none (no training in round 0, no evaluation that round)."""
+    return "-" if value is None or value != value else f"{value:.4f}"
+
 def variant_table(overall: dict[str, Any]) -> list[str]:
     lines = ["| variant | what it is | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
@@ -140,7 +145,7 @@ def write_report(cfg: Any, metrics: dict[str, Any], plots: list[str]) -> str:
         "| round | train loss | validation loss | bytes up | bytes down |", "|---|---|---|---|---|",
     ]
     for r in fed["rounds"]:
-        lines.append(f"| {r['round']} | {r.get('train_loss', float('nan')):.4f} | {r.get('eval_loss', float('nan')):.4f} "
+        lines.append(f"| {r['round']} | {_loss(r.get('train_loss'))} | {_loss(r.get('eval_loss'))} "
                      f"| {r.get('bytes_up', 0):,} | {r.get('bytes_down', 0):,} |")
     t = ledger["totals"]
     lines += [
