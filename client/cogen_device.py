@@ -40,6 +40,7 @@ from fedcogen.client.device_config import DeviceConfig
 from fedcogen.client.fusion import FusionGate, entropy, fuse_logprobs, top2_margin
 from fedcogen.client.lockstep_rows import Row, RunStats, in_parallel
 from fedcogen.client.private_spans import PrivateSpanGuard
+from fedcogen.client.speculative import SpeculativeDecoder
 from fedcogen.client.wire_capture import WireCapture
 from fedcogen.models import LoadedModel, ModelError, chat_input_ids, load_model, stop_token_ids
 from fedcogen.prompts import DEVICE_SYSTEM, cloud_prompt, device_prompt, fit_context
@@ -195,6 +196,7 @@ class CogenDevice:
             tokens=len(ids),
             tokens_per_s=len(ids) / latency if latency > 0 else 0.0,
             cloud_calls=run.calls,
+            cloud_round_trips=run.round_trips,
             cloud_call_fraction=(run.calls / run.positions) if run.positions and variant in ("logit", "gated", "cloud", "cloud_with_context") else 0.0,
             bytes_sent=sent,
             bytes_received=received,
@@ -266,6 +268,7 @@ class CogenDevice:
                 packet = row.session.latest()
                 self._check_fingerprint(row.session)
                 row.run.calls += 1
+                row.run.round_trips += 1
                 return logit_codec.decode(packet, self.lm.vocab_size)
             except CloudUnavailable as exc:
                 row.session.cancel()
@@ -285,6 +288,9 @@ class CogenDevice:
     def _decode(self, rows: list[Row], variant: str) -> None:
         """Lockstep decoding of every row: ``device`` alone, ``cloud`` alone, ``logit`` or ``gated`` fusion."""
         cfg = self.config
+        if variant == "logit" and cfg.draft_tokens > 0 and not cfg.sample and cfg.encoding != "full" and cfg.k <= 1024:
+            SpeculativeDecoder(self, rows, cfg.draft_tokens).run()
+            return
         use_cloud = variant in ("cloud", "logit", "gated")
         use_device = variant != "cloud"
         if use_cloud:

@@ -22,6 +22,10 @@ class DeviceConfig:
     k: int = 64
     encoding: str = "fp16"
     weight: float = 0.5
+    # logit variant: > 0 = speculative rounds (device drafts up to this many tokens, the cloud scores them in
+    # one forward; same tokens as per-token fusion under greedy decoding); 0 = one round trip per token.
+    # Sampling, the full-vocabulary baseline and k > 1024 always run per token.
+    draft_tokens: int = 8
     gate_path: str | None = None
     max_new_tokens: int = 160  # fits ~150-token references; trained devices stop at EOS well before
     max_prompt_tokens: int = 3072  # longer private contexts are shrunk (fit_context); SmolLM2 reads 8192
@@ -42,5 +46,7 @@ class DeviceConfig:
         if self.gated_metric not in ("entropy", "margin"):
             raise ValueError(f"gated metric must be 'entropy' or 'margin', got {self.gated_metric}")
         logit_codec.CodecConfig(self.k, self.encoding).encoding_value()
+        if self.draft_tokens < 0:
+            raise ValueError(f"--draft-tokens must be >= 0 (0 = per-token fusion), got {self.draft_tokens}")
         if self.k < 1:
             raise ValueError(f"--k must be >= 1, got {self.k}")

@@ -26,7 +26,7 @@ import torch
 
 from fedcogen.protocols import cogen_pb2 as pb
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # v2: speculative steps (rewind, score, silent), LogitBlock, PACKED8
 # Largest vocabulary a packet may claim. decode() allocates a vocabulary-long vector, so an
 # unchecked uint32 vocab_size would let one 10-byte packet ask for 16 GB.
 MAX_VOCAB = 1 << 21
@@ -167,6 +167,31 @@ def decode(packet: pb.LogitPacket, vocab_size: int | None = None) -> torch.Tenso
         out = torch.empty(vocab, dtype=torch.float32)
     out[ids] = vals
     return _normalise(out)
+
+
+def encode_block(logits: torch.Tensor, k: int, encoding: int | str = "fp16", position: int = 0) -> pb.LogitBlock:
+    """Encode several next-token distributions ([n, V]) as one block (a scored speculative draft).
+
+    Fields every packet shares (vocabulary, encoding, position) are stated once in the block.
+    """
+    rows = [encode(row, k, encoding) for row in logits]
+    for p in rows:
+        p.ClearField("vocab_size")
+        p.ClearField("encoding")
+        p.ClearField("position")
+    enc = CodecConfig(k, encoding).encoding_value() if isinstance(encoding, str) else (encoding or pb.FP16)
+    return pb.LogitBlock(packets=rows, vocab_size=int(logits.shape[-1]), encoding=enc, position=position)
+
+
+def decode_block(block: pb.LogitBlock, vocab_size: int | None = None) -> list[torch.Tensor]:
+    """Rebuild every distribution of a block (see :func:`decode`)."""
+    out = []
+    for p in block.packets:
+        full = pb.LogitPacket()
+        full.CopyFrom(p)
+        full.vocab_size, full.encoding = block.vocab_size, block.encoding or pb.FP16
+        out.append(decode(full, vocab_size))
+    return out
 
 
 _FINGERPRINTS: dict[int, str] = {}

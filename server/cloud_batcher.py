@@ -115,6 +115,8 @@ class _Work:
     session: Session
     ids: list[int]
     context: Any
+    rewind: int = 0  # tokens to drop from the end of the session's sequence first (rejected draft)
+    score: int = 1  # distributions wanted: after each of the last ``score`` ids (logits is [score, V] if > 1)
     done: threading.Event = field(default_factory=threading.Event)
     logits: torch.Tensor | None = None
     error: BaseException | None = None
@@ -231,7 +233,7 @@ class DynamicBatcher:
         live = self._claim(pending)
         with self._lock:
             self._running = live
-        singles = [w for w in live if len(w.ids) == 1 and w.session.has_kv()]
+        singles = [w for w in live if len(w.ids) == 1 and w.session.has_kv() and w.rewind == 0 and w.score == 1]
         others = [w for w in live if w not in singles]
         try:
             with torch.inference_mode():
@@ -259,13 +261,20 @@ class DynamicBatcher:
 
         s = w.session
         kv = s.take_kv()
+        if w.rewind:  # drop the rejected draft tokens (views: no copy)
+            if kv is None or w.rewind > s.length:
+                raise ValueError(f"cannot rewind {w.rewind} tokens of a {s.length}-token sequence")
+            s.length -= w.rewind
+            kv = [(k[:, :, :s.length], v[:, :, :s.length]) for k, v in kv]
         cache = DynamicCache(ddp_cache_data=kv) if kv is not None else DynamicCache()
         ids = torch.tensor([w.ids], dtype=torch.long)
         pos = torch.arange(s.length, s.length + len(w.ids)).unsqueeze(0)
-        out = self.model(input_ids=ids, past_key_values=cache, position_ids=pos, use_cache=True)
+        out = self.model(input_ids=ids, past_key_values=cache, position_ids=pos, use_cache=True,
+                         logits_to_keep=w.score)
         s.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         s.length += len(w.ids)
-        w.logits = out.logits[0, -1].float().clone()
+        logits = out.logits[0, -w.score:].float()
+        w.logits = (logits[0] if w.score == 1 else logits).clone()
         w.done.set()
 
     def _forward_batch(self, items: list[_Work]) -> None:

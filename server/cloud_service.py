@@ -105,7 +105,7 @@ def start_cloud_server(config: CloudConfig, lm: LoadedModel | None = None) -> Cl
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         # the largest reply is a k = V packet: a 4-byte value and a varint id (<= 5 bytes) per token
-        ("grpc.max_send_message_length", max(config.max_message_bytes, lm.vocab_size * 9 + 1024)),
+        ("grpc.max_send_message_length", service.reply_limit),
         ("grpc.so_reuseport", 0),
     ]
     # Daemon workers: a handler stuck for any reason must not keep the interpreter alive at exit.

@@ -99,6 +99,16 @@ class CloudLMService:
         self._ids = itertools.count(1)
 
     # ----------------------------------------------------------------- helpers
+    @property
+    def reply_limit(self) -> int:
+        """The largest reply the server sends (``start_cloud_server`` sets the same gRPC option)."""
+        return max(self.config.max_message_bytes, self.vocab * 9 + 1024)
+
+    def _packet_bound(self, session: Session) -> int:
+        if session.encoding == pb.FULL_FP32:
+            return 4 * self.vocab + 16
+        return 9 * min(session.k, self.vocab) + 32  # varint id + value, plus fixed fields
+
     def _check_version(self, version: int, context: grpc.ServicerContext) -> None:
         if version != logit_codec.PROTOCOL_VERSION:
             context.abort(
@@ -253,6 +263,7 @@ class CloudLMService:
                     session.last_active = time.monotonic()
                     session.bytes_in += request.ByteSize()
                 kind = request.WhichOneof("kind")
+                rewind, score, silent = 0, 1, False
                 if kind == "open":
                     if session is not None:
                         context.abort(grpc.StatusCode.FAILED_PRECONDITION, "session already open on this stream")
@@ -261,9 +272,22 @@ class CloudLMService:
                 elif kind == "step":
                     if session is None:
                         context.abort(grpc.StatusCode.FAILED_PRECONDITION, "first message must open the session")
-                    ids = self._check_ids(request.step.token_ids, context, "step")
+                    step = request.step
+                    ids = self._check_ids(step.token_ids, context, "step")
                     if not ids:
                         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "step carries no token ids")
+                    if step.rewind > session.generated:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"step rewinds {step.rewind} tokens, the session has {session.generated}")
+                    if step.score > len(ids):
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"step scores {step.score} positions but carries {len(ids)} tokens")
+                    rewind, score, silent = step.rewind, max(1, step.score), step.silent
+                    if score > 1 and score * self._packet_bound(session) > self.reply_limit:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"a block of {score} distributions would exceed the {self.reply_limit}-byte "
+                                      "reply limit; score fewer positions (or use a smaller k)")
+                    session.generated -= rewind
                     if session.generated + len(ids) > session.max_tokens:
                         context.abort(
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -279,10 +303,18 @@ class CloudLMService:
                     return
                 else:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty DecodeRequest (no open/step/close)")
-                logits = self._wait(_Work(session, ids, context), context)
+                logits = self._wait(_Work(session, ids, context, rewind, score), context)
                 session.steps += 1
-                packet = logit_codec.encode(logits, session.k, session.encoding, position=session.generated)
-                reply = pb.DecodeReply(logits=packet, session_id=session.session_id)
+                if silent:
+                    session.last_active = time.monotonic()
+                    continue
+                if score > 1:
+                    block = logit_codec.encode_block(logits, session.k, session.encoding,
+                                                     position=session.generated - score + 1)
+                    reply = pb.DecodeReply(block=block, session_id=session.session_id)
+                else:
+                    packet = logit_codec.encode(logits, session.k, session.encoding, position=session.generated)
+                    reply = pb.DecodeReply(logits=packet, session_id=session.session_id)
                 if kind == "open":
                     reply.tokenizer_fingerprint = self.fingerprint
                 session.bytes_out += reply.ByteSize()
