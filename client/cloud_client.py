@@ -239,6 +239,12 @@ class DecodeSession:
             reply = self._recv_one()
         return reply.logits
 
+    def next_reply(self) -> pb.DecodeReply:
+        """Receive the oldest owed reply (replies come in the order of the steps that asked for them)."""
+        if self.owed == 0:
+            raise RuntimeError("no reply owed: send a step first")
+        return self._recv_one()
+
     def latest_reply(self) -> pb.DecodeReply:
         """Receive every owed reply and return the newest one (a ``logits`` packet or a ``block``)."""
         if self.owed == 0:

@@ -289,7 +289,7 @@ class CogenDevice:
         """Lockstep decoding of every row: ``device`` alone, ``cloud`` alone, ``logit`` or ``gated`` fusion."""
         cfg = self.config
         if variant == "logit" and cfg.draft_tokens > 0 and not cfg.sample and cfg.encoding != "full" and cfg.k <= 1024:
-            SpeculativeDecoder(self, rows, cfg.draft_tokens).run()
+            SpeculativeDecoder(self, rows, cfg.draft_tokens, cfg.draft_min_p).run()
             return
         use_cloud = variant in ("cloud", "logit", "gated")
         use_device = variant != "cloud"

@@ -26,6 +26,7 @@ class DeviceConfig:
     # one forward; same tokens as per-token fusion under greedy decoding); 0 = one round trip per token.
     # Sampling, the full-vocabulary baseline and k > 1024 always run per token.
     draft_tokens: int = 8
+    draft_min_p: float = 0.5  # draft only tokens the device gives at least this probability (speculative.py)
     gate_path: str | None = None
     max_new_tokens: int = 160  # fits ~150-token references; trained devices stop at EOS well before
     max_prompt_tokens: int = 3072  # longer private contexts are shrunk (fit_context); SmolLM2 reads 8192
@@ -48,5 +49,7 @@ class DeviceConfig:
         logit_codec.CodecConfig(self.k, self.encoding).encoding_value()
         if self.draft_tokens < 0:
             raise ValueError(f"--draft-tokens must be >= 0 (0 = per-token fusion), got {self.draft_tokens}")
+        if not 0.0 <= self.draft_min_p <= 1.0:
+            raise ValueError(f"--draft-min-p must be in [0, 1], got {self.draft_min_p}")
         if self.k < 1:
             raise ValueError(f"--k must be >= 1, got {self.k}")

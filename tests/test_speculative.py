@@ -52,7 +52,7 @@ def test_speculative_equals_per_token_fusion_token_for_token(server, device_lm, 
     items = list(zip(INSTRUCTIONS, CONTEXTS, strict=True))
     per_token = [_run(device_lm, server.address, [it], draft_tokens=0, weight=weight)[0] for it in items]
     for n in (1, 4, 8):
-        spec = [_run(device_lm, server.address, [it], draft_tokens=n, weight=weight)[0] for it in items]
+        spec = [_run(device_lm, server.address, [it], draft_tokens=n, draft_min_p=0.0, weight=weight)[0] for it in items]
         for a, b in zip(per_token, spec, strict=True):
             assert b.token_ids == a.token_ids, (n, weight)
             assert b.cloud_calls == a.cloud_calls  # every position was fused with the cloud
@@ -60,7 +60,7 @@ def test_speculative_equals_per_token_fusion_token_for_token(server, device_lm, 
         if n > 1:  # fewer round trips than tokens (drafts were accepted somewhere)
             assert sum(b.cloud_round_trips for b in spec) < sum(a.cloud_round_trips for a in per_token)
     # lockstep batch: rows accept different numbers of draft tokens; each row still equals its alone run
-    batch = _run(device_lm, server.address, items, draft_tokens=4, weight=weight)
+    batch = _run(device_lm, server.address, items, draft_tokens=4, draft_min_p=0.0, weight=weight)
     assert [b.token_ids for b in batch] == [a.token_ids for a in per_token]
     for b in batch:  # exact per-row byte accounting: every row has its own channel and capture
         assert b.bytes_received == sum(r.size for r in b.wire_records if r.direction == "received")
