@@ -28,6 +28,7 @@ class CloudConfig:
     step_timeout_s: float = 120.0
     batch_window_ms: float = 2.0
     max_batch: int = 16
+    prefill_chunk: int = 64  # a long prompt is run in chunks of this many tokens between other sessions' steps
     sketch_max_new_tokens: int = 96
     eval_max_new_tokens: int = 256
     allow_eval_only_context: bool = False
@@ -43,8 +44,8 @@ class CloudConfig:
             )
         if not self.step_timeout_s > 0:
             raise ValueError(f"step_timeout_s must be > 0, got {self.step_timeout_s}")
-        if self.max_sessions < 1 or self.max_tokens_per_session < 1 or self.max_batch < 1:
-            raise ValueError("max_sessions, max_tokens_per_session and max_batch must be >= 1")
+        if self.max_sessions < 1 or self.max_tokens_per_session < 1 or self.max_batch < 1 or self.prefill_chunk < 1:
+            raise ValueError("max_sessions, max_tokens_per_session, max_batch and prefill_chunk must be >= 1")
         if self.workers < self.max_sessions + 4:
             # Each open Decode stream occupies one gRPC worker thread for its lifetime.
             self.workers = self.max_sessions + 4

@@ -56,25 +56,6 @@ def serialize(msg: Any) -> bytes:
     return msg.SerializeToString()
 
 
-def greedy_generate(model: Any, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
-    """Plain greedy decoding with a KV cache (used by Sketch and EvalOnlyGenerate)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    out_ids: list[int] = []
-    ids = torch.tensor([prompt_ids], dtype=torch.long)
-    with torch.inference_mode():
-        for _ in range(max_new_tokens):
-            out = model(input_ids=ids, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            nxt = int(out.logits[0, -1].argmax())
-            if nxt in stop_ids:
-                break
-            out_ids.append(nxt)
-            ids = torch.tensor([[nxt]], dtype=torch.long)
-    return out_ids
-
-
 class CloudLMService:
     """The servicer: Sketch, Decode (bidirectional stream) and the guarded EvalOnlyGenerate."""
 
@@ -86,7 +67,8 @@ class CloudLMService:
         self.fingerprint = logit_codec.tokenizer_fingerprint(lm.tokenizer)
         self.sessions: dict[str, Session] = {}
         self.batcher = DynamicBatcher(
-            lm.model, config.batch_window_ms, config.max_batch, expected=lambda: len(self.sessions)
+            lm.model, config.batch_window_ms, config.max_batch, expected=lambda: len(self.sessions),
+            prefill_chunk=config.prefill_chunk,
         )
         self._lock = threading.Lock()
         self._accepting = True
@@ -130,7 +112,18 @@ class CloudLMService:
             )
         return ids
 
-    def _wait(self, work: _Work, context: grpc.ServicerContext) -> torch.Tensor:
+    def _generate(self, ids: list[int], max_new_tokens: int, context: grpc.ServicerContext) -> list[int]:
+        """Greedy generation through the scheduler (shares forwards with the Decode sessions)."""
+        session = Session(f"gen-{next(self._ids)}", k=1, encoding=pb.FP16, max_tokens=max_new_tokens)
+        work = _Work(session, ids, context, generate=(max_new_tokens, frozenset(self.stop_ids)))
+        try:
+            if max_new_tokens > 0:
+                self._wait(work, context)
+        finally:
+            session.release()
+        return list(work.tokens)
+
+    def _wait(self, work: _Work, context: grpc.ServicerContext) -> torch.Tensor | None:
         """Run one step through the batcher; every outcome, including none in time, is a gRPC status."""
         self.batcher.submit(work)
         remaining = context.time_remaining()
@@ -153,7 +146,7 @@ class CloudLMService:
             if isinstance(work.error, TimeoutError):
                 context.abort(grpc.StatusCode.CANCELLED, str(work.error))
             context.abort(grpc.StatusCode.INTERNAL, f"model forward failed: {work.error}")
-        assert work.logits is not None
+        assert work.logits is not None or work.generate is not None
         return work.logits
 
     def _reap_loop(self) -> None:
@@ -189,7 +182,7 @@ class CloudLMService:
             )
         limit = self.config.sketch_max_new_tokens
         n = min(request.max_new_tokens or limit, limit)
-        out = greedy_generate(self.lm.model, ids, n, self.stop_ids)
+        out = self._generate(ids, n, context)
         text = self.lm.tokenizer.decode(out, skip_special_tokens=True).strip()
         self.total_bytes_in += request.ByteSize()
         reply = pb.SketchReply(sketch=text, prompt_tokens=len(ids), generated_tokens=len(out))
@@ -209,7 +202,7 @@ class CloudLMService:
         if len(ids) > self.config.max_prompt_tokens:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"prompt is {len(ids)} tokens, limit {self.config.max_prompt_tokens}")
         limit = self.config.eval_max_new_tokens
-        out = greedy_generate(self.lm.model, ids, min(request.max_new_tokens or limit, limit), self.stop_ids)
+        out = self._generate(ids, min(request.max_new_tokens or limit, limit), context)
         return pb.EvalOnlyGenerateReply(text=self.lm.tokenizer.decode(out, skip_special_tokens=True), token_ids=out)
 
     def _open(self, msg: Any, context: grpc.ServicerContext) -> tuple[Session, list[int]]:
@@ -232,6 +225,9 @@ class CloudLMService:
             logit_codec.encoding_name(encoding)
         except logit_codec.CodecError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if encoding == pb.PACKED8 and self.vocab > logit_codec.PACKED_MAX_VOCAB:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"packed8 needs a vocabulary of at most {logit_codec.PACKED_MAX_VOCAB}; this cloud has {self.vocab}")
         max_k = self.config.max_k or self.vocab
         if encoding != pb.FULL_FP32 and not 1 <= msg.k <= max_k:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in [1, {max_k}], got {msg.k}")
