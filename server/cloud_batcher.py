@@ -61,6 +61,7 @@ class Session:
     bytes_in: int = 0
     bytes_out: int = 0
     kv: SessionKV | None = None
+    seq: list[int] = field(default_factory=list)  # token sequence (kept by the engine backend only)
     last_active: float = field(default_factory=time.monotonic)
     context: Any = None
     expired: bool = False

@@ -26,6 +26,7 @@ from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.protocols import logit_codec
 from fedcogen.server.cloud_batcher import BatcherStopped, DynamicBatcher, Session, SessionClosed, _Work
 from fedcogen.server.cloud_config import CloudConfig
+from fedcogen.server.engine_backend import EngineBackend, EngineClient, EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,16 @@ class CloudLMService:
         self.stop_ids = stop_token_ids(lm.tokenizer)
         self.fingerprint = logit_codec.tokenizer_fingerprint(lm.tokenizer)
         self.sessions: dict[str, Session] = {}
-        self.batcher = DynamicBatcher(
-            lm.model, config.batch_window_ms, config.max_batch, expected=lambda: len(self.sessions),
-            prefill_chunk=config.prefill_chunk,
-        )
+        self.batcher: DynamicBatcher | EngineBackend
+        if config.engine_url:
+            engine = EngineConfig(config.engine_url, config.engine_model, config.engine_api_key,
+                                  config.engine_timeout_s, config.engine_max_logprobs, config.workers)
+            self.batcher = EngineBackend(EngineClient(engine, lm.tokenizer, self.vocab), config.workers)
+        else:
+            self.batcher = DynamicBatcher(
+                lm.model, config.batch_window_ms, config.max_batch, expected=lambda: len(self.sessions),
+                prefill_chunk=config.prefill_chunk,
+            )
         self._lock = threading.Lock()
         self._accepting = True
         self._reaper_stop = threading.Event()
