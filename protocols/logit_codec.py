@@ -173,14 +173,12 @@ def _normalise(vec: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(vec.double(), dim=-1).float()
 
 
-def decode(packet: pb.LogitPacket, vocab_size: int | None = None, prior: torch.Tensor | None = None) -> torch.Tensor:
+def decode(packet: pb.LogitPacket, vocab_size: int | None = None) -> torch.Tensor:
     """Rebuild a full, normalised log-prob vector (float32, vocabulary long) from a packet.
 
-    ``prior`` (the device's own log-probs for the same position) shapes the tail: the missing mass is
-    shared among the tail tokens in proportion to the device's probabilities, capped at the smallest
-    value sent (a tail token cannot beat a top-k one). Without it the tail is uniform. Why: a weak device
-    puts its favourites outside the cloud's top-k, and a uniform tail scores them ~7 nats too low, so the
-    fused argmax flips (docs/cogenesis-speed.md measures both).
+    The tail tokens share the missing mass uniformly. (A tail shaped by the device's own distribution
+    was measured and is worse: it lifts the device's favourites above their true cloud values;
+    docs/cogenesis-speed.md.)
     """
     vocab = int(packet.vocab_size or vocab_size or 0)
     if vocab_size is not None and packet.vocab_size and packet.vocab_size != vocab_size:
@@ -213,23 +211,11 @@ def decode(packet: pb.LogitPacket, vocab_size: int | None = None, prior: torch.T
         if not math.isfinite(tail):
             # The top-k carried (numerically) all the mass: tail tokens get a tiny, finite share.
             tail = float(torch.logsumexp(vals, 0)) - 40.0
-        out = _tail(prior, ids, tail, float(vals.min()), vocab)
+        out = torch.full((vocab,), tail - math.log(vocab - k), dtype=torch.float32)
     else:
         out = torch.empty(vocab, dtype=torch.float32)
     out[ids] = vals
     return _normalise(out)
-
-
-def _tail(prior: torch.Tensor | None, ids: torch.Tensor, tail: float, floor: float, vocab: int) -> torch.Tensor:
-    """Log-probs of the tokens outside the top-k (see :func:`decode`)."""
-    if prior is None:
-        return torch.full((vocab,), tail - math.log(vocab - len(ids)), dtype=torch.float32)
-    if prior.numel() != vocab:
-        raise CodecError(f"tail prior has {prior.numel()} entries for a vocabulary of {vocab}")
-    p = prior.detach().float().reshape(-1).clone()
-    p[ids] = -math.inf
-    p = p - torch.logsumexp(p, 0) + tail
-    return torch.clamp(torch.nan_to_num(p, nan=tail - math.log(vocab)), max=floor)
 
 
 def encode_block(logits: torch.Tensor, k: int, encoding: int | str = "fp16", position: int = 0) -> pb.LogitBlock:
@@ -246,17 +232,14 @@ def encode_block(logits: torch.Tensor, k: int, encoding: int | str = "fp16", pos
     return pb.LogitBlock(packets=rows, vocab_size=int(logits.shape[-1]), encoding=enc, position=position)
 
 
-def decode_block(block: pb.LogitBlock, vocab_size: int | None = None,
-                 priors: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """Rebuild every distribution of a block (see :func:`decode`; ``priors[i]`` shapes packet i's tail)."""
-    if priors is not None and len(priors) != len(block.packets):
-        raise CodecError(f"{len(priors)} tail priors for a block of {len(block.packets)} packets")
+def decode_block(block: pb.LogitBlock, vocab_size: int | None = None) -> list[torch.Tensor]:
+    """Rebuild every distribution of a block (see :func:`decode`)."""
     out = []
-    for i, p in enumerate(block.packets):
+    for p in block.packets:
         full = pb.LogitPacket()
         full.CopyFrom(p)
         full.vocab_size, full.encoding = block.vocab_size, block.encoding or pb.FP16
-        out.append(decode(full, vocab_size, priors[i] if priors is not None else None))
+        out.append(decode(full, vocab_size))
     return out
 
 
