@@ -134,6 +134,9 @@ class GatedDecoder:
                     self._commit(row, tok)
                     if tok != guess:
                         refeed[i] = tok
+                        if row.pending and not row.run.fell_back:  # the cloud reads it while the device refeeds
+                            row.session.send_step(row.pending)
+                            row.pending = []
         finally:
             for row in self.rows:
                 if row.session is not None:

@@ -109,3 +109,81 @@ def test_batch_lm_retract_forgets_rejected_tokens(device_lm):
     b.step([7, 8])
     want = b.step([11, 11])
     assert torch.allclose(got, want, atol=1e-4)
+
+
+class _Sharpened(torch.nn.Module):
+    """The tiny model with its logits scaled up: a random tiny model is near-uniform (every entropy within
+    1e-4 of log V, below float noise), a sharpened one has entropies that differ by nats."""
+
+    def __init__(self, inner: torch.nn.Module, scale: float = 6.0) -> None:
+        super().__init__()
+        self.inner, self.scale, self.config = inner, scale, inner.config
+
+    def forward(self, **kw):  # noqa: ANN003, ANN201
+        out = self.inner(**kw)
+        out.logits = out.logits * self.scale
+        return out
+
+
+def test_gated_with_guesses_and_silent_catch_up_equals_the_plain_gated_rule(server, device_lm):
+    """At a threshold that asks at some positions only, the overlapped gated loop (silent catch-up,
+    guessed forwards, retractions) gives exactly the tokens of the plain rule computed in-process:
+    fused where the device's entropy is above the threshold, device alone elsewhere."""
+    from fedcogen.client.decoding import RepetitionControl, choose
+    from fedcogen.client.fusion import entropy, fuse_logprobs
+    from fedcogen.client.incremental_lm import IncrementalLM
+    from fedcogen.models import LoadedModel, chat_input_ids
+    from fedcogen.prompts import CLOUD_SYSTEM, cloud_prompt
+
+    cloud_lm = load_model("tiny-large")
+    sharp = LoadedModel(_Sharpened(device_lm.model), device_lm.tokenizer, "tiny-sharp", "test")
+    probe = CogenDevice(DeviceConfig(device_model="tiny", max_new_tokens=N_TOKENS), device_lm=sharp)
+    prompt = probe.device_ids(INSTRUCTIONS[0], CONTEXTS[0])
+    ctl = RepetitionControl()
+    small = IncrementalLM(sharp.model)
+    lp, ents, gen = small.prefill(prompt), [], []
+    for _ in range(N_TOKENS):  # the device-only path's entropies: a threshold between them splits positions
+        ents.append(float(entropy(lp)))
+        gen.append(choose(lp, gen, ctl))
+        lp = small.step([gen[-1]])
+    ents.sort()
+    threshold = (ents[len(ents) // 2 - 1] + ents[len(ents) // 2]) / 2
+    small, large = IncrementalLM(sharp.model), IncrementalLM(cloud_lm.model)
+    lp_s = small.prefill(prompt)
+    lp_l = large.prefill(chat_input_ids(cloud_lm.tokenizer, cloud_prompt(INSTRUCTIONS[0]), system=CLOUD_SYSTEM))
+    cfg = DeviceConfig()
+    expected, asked, closest = [], 0, float("inf")
+    for _ in range(N_TOKENS):
+        e = float(entropy(lp_s))
+        closest = min(closest, abs(e - threshold))
+        if e > threshold:
+            asked += 1
+            wire = logit_codec.decode(logit_codec.encode(lp_l, cfg.k, cfg.encoding), cloud_lm.vocab_size)
+            tok = choose(fuse_logprobs(lp_s, wire, cfg.weight), expected, ctl)
+        else:
+            tok = choose(lp_s, expected, ctl)
+        expected.append(tok)
+        lp_s, lp_l = small.step([tok]), large.step([tok])
+    assert 0 < asked < N_TOKENS and closest > 2e-4  # a clear split, far above float noise (~1e-6)
+    # span protection off: the plain rule above does not model it (a held token makes the device decode alone)
+    dev = CogenDevice(DeviceConfig(device_model="tiny", cloud=server.address, insecure=True, max_new_tokens=N_TOKENS,
+                                   gated_threshold=threshold, protect_private_spans=False), device_lm=sharp)
+    try:
+        got = dev.generate(INSTRUCTIONS[0], CONTEXTS[0], "gated")
+    finally:
+        dev.close()
+    assert got.token_ids == expected
+    assert got.cloud_calls == asked and not got.fell_back
+
+
+def test_generate_cli_defaults_mirror_device_config():
+    import argparse
+
+    from fedcogen.cli import generate as gen_cli
+
+    parser = argparse.ArgumentParser()
+    gen_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["generate", "--data", "x", "--user", "u"])
+    cfg = DeviceConfig()
+    for flag in ("k", "encoding", "draft_tokens", "draft_min_p", "gated_metric", "gated_threshold"):
+        assert getattr(args, flag) == getattr(cfg, flag), flag
