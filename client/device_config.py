@@ -37,7 +37,9 @@ class DeviceConfig:
     sample: bool = False
     temperature: float = 1.0
     gated_metric: str = "entropy"  # or "margin"
-    gated_threshold: float = 2.5  # entropy (nats) above / margin below this -> ask the cloud
+    # entropy (nats) above / margin below this -> ask the cloud. 5.0 = the cloud for ~20% of tokens with the
+    # default device smollm2-24l (`fedcogen gate calibrate`, docs/cogenesis-speed.md)
+    gated_threshold: float = 5.0
     step_timeout_s: float = 20.0
     sketch_timeout_s: float = 120.0
     sketch_max_new_tokens: int = 96

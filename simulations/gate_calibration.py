@@ -103,7 +103,7 @@ def sweep(stats: dict[str, torch.Tensor], metric: str, fractions: list[float]) -
 def calibrate(cfg: CalibrationConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
     tasks = validation_tasks(cfg)
     stats = position_stats(cfg, tasks)
-    fractions = [0.0, 0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0]
+    fractions = [0.0, 0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.195, 0.25, 0.3, 0.4, 0.5, 0.7, 0.9, 1.0]
     curve = sweep(stats, "entropy", fractions) + sweep(stats, "margin", fractions)
     ok = [g for g in curve if g["call_fraction"] <= cfg.max_call_fraction + 1e-9
           and g["quality_loss"] <= cfg.max_quality_loss]

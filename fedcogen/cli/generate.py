@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gate", help="learned fusion gate state dict (FusionGate.save)")
     p.add_argument("--gated-metric", choices=("entropy", "margin"), default="entropy",
                    help="gated: the device's uncertainty measure")
-    p.add_argument("--gated-threshold", type=float, default=2.5,
+    p.add_argument("--gated-threshold", type=float, default=5.0,
                    help="gated: entropy (nats) above which / top-2 margin below which the device asks the cloud "
                    "(calibrate with `fedcogen gate calibrate`)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
