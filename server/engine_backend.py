@@ -70,6 +70,7 @@ class EngineClient:
         self.http = httpx.Client(base_url=cfg.url.rstrip("/"), headers=headers, timeout=cfg.timeout_s,
                                  limits=httpx.Limits(max_connections=cfg.workers))
         self._vocab_map: dict[str, int] | None = None
+        self.echo_ok = True  # the engine returns prompt log-probs with echo (vLLM, SGLang)
 
     def close(self) -> None:
         self.http.close()
@@ -102,13 +103,18 @@ class EngineClient:
 
     def score(self, seq: list[int], n: int, k: int) -> torch.Tensor:
         """Distributions after each of the last ``n`` tokens of ``seq`` ([n, V] log-probs)."""
-        lp = self._post({"prompt": seq, "max_tokens": 1, "logprobs": k, "echo": n > 1})
-        top = lp.get("top_logprobs") or []
-        if len(top) < n:
-            raise EngineError(f"engine returned {len(top)} positions of log-probs, {n} were needed")
-        rows = top[-n:]  # echo: one per prompt token (the first is None), then the generated token's
-        if any(not row for row in rows):
-            raise EngineError("engine returned no log-probs for a needed position")
+        rows: list[Any] = []
+        if n == 1 or self.echo_ok:
+            lp = self._post({"prompt": seq, "max_tokens": 1, "logprobs": k, "echo": n > 1})
+            rows = (lp.get("top_logprobs") or [])[-n:]  # echo: one per prompt token (the first None), then the new one
+        if n > 1 and (len(rows) < n or any(not row for row in rows)):
+            if self.echo_ok:
+                log.warning("engine returns no prompt log-probs (echo); scoring drafts one position per request")
+            self.echo_ok = False  # e.g. llama.cpp server: one request per draft position
+            rows = [(self._post({"prompt": seq[: len(seq) - n + 1 + i], "max_tokens": 1, "logprobs": k})
+                     .get("top_logprobs") or [None])[0] for i in range(n)]
+        if len(rows) < n or any(not row for row in rows):
+            raise EngineError(f"engine returned log-probs for {len(rows)} of {n} needed positions")
         return torch.stack([dense_logprobs({self.token_id(t): float(v) for t, v in row.items()}, self.vocab)
                             for row in rows])
 

@@ -93,3 +93,20 @@ def test_cloud_on_the_engine_backend_keeps_the_contract_and_the_tokens(engine, c
     finally:
         native.stop(grace=1)
         backed.stop(grace=1)
+
+
+def test_an_engine_without_prompt_logprobs_scores_drafts_per_position(engine, cloud_lm, monkeypatch):
+    """llama.cpp's server returns no prompt log-probs for echo: the backend falls back to one request per
+    draft position and gets the same distributions."""
+    client = EngineClient(EngineConfig(engine.url, "tiny-large", api_key="engine-key"), cloud_lm.tokenizer,
+                          cloud_lm.vocab_size)
+    seq = [1, 500, 900, 1300, 77]
+    try:
+        with_echo = client.score(seq, 3, 8)
+        real = engine.complete
+        monkeypatch.setattr(engine, "complete", lambda body: real({**body, "echo": False}))
+        without = client.score(seq, 3, 8)
+        assert not client.echo_ok
+    finally:
+        client.close()
+    assert torch.allclose(with_echo, without, atol=1e-5)
