@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcogen.client.cloud_client import CloudClient
 from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.dataset import FederationConfig, generate_federation
 from fedcogen.models import shared_model
@@ -79,7 +80,7 @@ class CogenBenchConfig:
     session_tokens: int = 24
     long_tasks: int = 1
     long_tokens: int = 32
-    long_history: int = 24
+    long_chars: int = 7000
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -98,17 +99,22 @@ class CogenBenchConfig:
         )
 
 
-def _tasks(n: int, history: int = 4) -> list[dict[str, str]]:
-    """Reference tasks: the synthetic federation's test split when available, else built-in ones
-    (``history`` past texts per user: 4 = short contexts, 24 = ~1,500-2,000-token contexts)."""
+def _tasks(n: int, long_chars: int = 0) -> list[dict[str, str]]:
+    """Reference tasks: the synthetic federation's test split when available, else built-in ones.
+    ``long_chars`` > 0: the user's past texts are appended to the private context up to about that many
+    characters (~7,000 = a 1,500-2,000-token device prompt, as in ``fedcogen eval`` with history)."""
     try:
-        fed = generate_federation(FederationConfig(n_users=4, seed=0, history_per_user=history,
+        fed = generate_federation(FederationConfig(n_users=4, seed=0, history_per_user=24 if long_chars else 4,
                                                    train_tasks_per_user=0, val_tasks_per_user=0,
                                                    test_tasks_per_user=4))
-        tasks = [
-            {"instruction": t.instruction, "private_context": t.private_context, "reference": t.reference}
-            for t in fed.tasks["test"]
-        ]
+        tasks = []
+        for t in fed.tasks["test"]:
+            ctx = t.private_context
+            for h in fed.history_of(t.user_id) if long_chars else []:
+                if len(ctx) + len(h.text) > long_chars:
+                    break
+                ctx += "\n\n" + h.text
+            tasks.append({"instruction": t.instruction, "private_context": ctx, "reference": t.reference})
     except Exception as exc:  # noqa: BLE001 - the generator is optional for this benchmark
         log.info("synthetic data unavailable (%s); using built-in reference tasks", exc)
         tasks = []
@@ -119,6 +125,7 @@ def _tasks(n: int, history: int = 4) -> list[dict[str, str]]:
 #: (name, variant, DeviceConfig overrides) of the side-by-side speed runs
 SPEED_VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("device", "device", {}),
+    ("device_cloud_busy", "device", {}),  # the ceiling on one machine: device alone while the cloud computes
     ("logit_per_token", "logit", {"draft_tokens": 0}),
     ("logit_speculative", "logit", {}),
     ("gated", "gated", {}),
@@ -141,7 +148,8 @@ def _side_by_side(address: str, device_name: str, tasks: list[dict[str, str]], m
         names = list(devices)
         for i, t in enumerate(tasks):
             for name in names[i % len(names):] + names[: i % len(names)]:
-                a = devices[name].generate(t["instruction"], t["private_context"], variant_of[name])
+                with _cloud_busy(address, device_name, t) if name == "device_cloud_busy" else contextlib.nullcontext():
+                    a = devices[name].generate(t["instruction"], t["private_context"], variant_of[name])
                 acc = sums[name]
                 acc["tokens"] += a.tokens
                 acc["latency"] += a.latency_s
@@ -174,6 +182,34 @@ def _side_by_side(address: str, device_name: str, tasks: list[dict[str, str]], m
     fuse_q = out["logit_speculative"]["rouge_l"]
     out["gated"]["quality_loss_vs_always_fuse"] = (fuse_q - out["gated"]["rouge_l"]) / fuse_q if fuse_q else 0.0
     return out
+
+
+@contextlib.contextmanager
+def _cloud_busy(address: str, device_name: str, task: dict[str, str]) -> Any:
+    """Keep the cloud computing (one cloud-only session after another) while the body runs: how fast the
+    device is when it shares the machine with a working cloud, the ceiling of every collaborative variant
+    measured on one machine."""
+    stop = threading.Event()
+    client = CloudClient(address, insecure=True)
+
+    def loop() -> None:  # raw steps: the cloud works, this process only parses replies
+        while not stop.is_set():
+            session = client.open_session(task["instruction"], k=32, encoding="packed8", max_tokens=400)
+            for i in range(399):
+                if stop.is_set():
+                    break
+                session.send_step([1000 + i])
+                session.latest()
+            session.close()
+
+    th = threading.Thread(target=loop, name="bench-cloud-busy", daemon=True)
+    th.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        th.join(timeout=120)
+        client.close()
 
 
 def _aggregate(address: str, device_name: str, n: int, tokens: int, tasks) -> dict[str, float]:
@@ -254,7 +290,7 @@ def run_cogen_bench(
         result["aggregate_tokens_per_s"] = {n: a["tokens_per_s"] for n, a in agg.items()}
         result["aggregate_detail"] = agg
         bar.set_postfix_str("long context")
-        long_tasks = _tasks(cfg.long_tasks, history=cfg.long_history)
+        long_tasks = _tasks(cfg.long_tasks, long_chars=cfg.long_chars)
         result["long_context"] = _side_by_side(cloud.address, cfg.device_models[0], long_tasks, cfg.long_tokens,
                                                cfg.weight)
         result["long_context_prompt_tokens"] = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-SPEED_COLUMNS = ("device", "logit_per_token", "logit_speculative", "gated")
+SPEED_COLUMNS = ("device", "device_cloud_busy", "logit_per_token", "logit_speculative", "gated")
 
 
 def _speed_table(speed: dict[str, Any]) -> list[str]:
