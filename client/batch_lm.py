@@ -50,14 +50,35 @@ class BatchLM:
         return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
     @torch.inference_mode()
-    def step(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Append one token to every row (finished rows may pass any token; their output is ignored)."""
+    def step(self, tokens: Sequence[int], live: Sequence[bool] | None = None) -> torch.Tensor:
+        """Append one token to every row (finished rows may pass any token; their output is ignored).
+
+        ``live``: rows marked False take no part (their column is masked, their position stays), so
+        rows can advance by different numbers of tokens (speculative drafts of different lengths).
+        """
         if self.mask is None or self.positions is None:
             raise RuntimeError("prefill first")
         x = torch.tensor([[int(t)] for t in tokens], dtype=torch.long)
-        self.mask = torch.cat([self.mask, torch.ones((len(tokens), 1), dtype=torch.long)], dim=-1)
+        col = torch.ones((len(tokens), 1), dtype=torch.long)
+        if live is not None:
+            col[:, 0] = torch.tensor([bool(v) for v in live], dtype=torch.long)
+        self.mask = torch.cat([self.mask, col], dim=-1)
         out = self.model(input_ids=x, attention_mask=self.mask, position_ids=self.positions.unsqueeze(-1),
                          past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
-        self.positions = self.positions + 1
+        self.positions = self.positions + col[:, 0]
         return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+    @torch.inference_mode()
+    def retract(self, row: int, n: int) -> None:
+        """Forget the last ``n`` tokens of ``row`` (rejected draft tokens): their columns are masked out
+        and the row's next position moves back, so the row continues as if they never ran."""
+        if n <= 0:
+            return
+        if self.mask is None or self.positions is None:
+            raise RuntimeError("prefill first")
+        cols = self.mask[row].nonzero().flatten()[-n:]
+        if cols.numel() != n:
+            raise ValueError(f"row {row} has fewer than {n} tokens to retract")
+        self.mask[row, cols] = 0
+        self.positions[row] -= n

@@ -201,8 +201,13 @@ class DecodeSession:
         self._requests.put(msg)
         self.owed += 1
 
-    def send_step(self, token_ids: Sequence[int]) -> None:
-        self._send(pb.DecodeRequest(step=pb.TokenStep(token_ids=list(token_ids))))
+    def send_step(self, token_ids: Sequence[int], *, rewind: int = 0, score: int = 0, silent: bool = False) -> None:
+        """Append ``token_ids`` after dropping ``rewind`` draft tokens; a reply follows unless ``silent``
+        (one distribution after the last token, or a block for the last ``score`` > 1 tokens)."""
+        step = pb.TokenStep(token_ids=list(token_ids), rewind=rewind, score=score if score > 1 else 0, silent=silent)
+        self._requests.put(pb.DecodeRequest(step=step))
+        if not silent:
+            self.owed += 1
 
     def _recv_one(self) -> pb.DecodeReply:
         try:
@@ -233,6 +238,21 @@ class DecodeSession:
         while self.owed > 0:
             reply = self._recv_one()
         return reply.logits
+
+    def next_reply(self) -> pb.DecodeReply:
+        """Receive the oldest owed reply (replies come in the order of the steps that asked for them)."""
+        if self.owed == 0:
+            raise RuntimeError("no reply owed: send a step first")
+        return self._recv_one()
+
+    def latest_reply(self) -> pb.DecodeReply:
+        """Receive every owed reply and return the newest one (a ``logits`` packet or a ``block``)."""
+        if self.owed == 0:
+            raise RuntimeError("no distribution owed: send a step first")
+        reply = None
+        while self.owed > 0:
+            reply = self._recv_one()
+        return reply
 
     def close(self) -> pb.SessionStats | None:
         """Explicit close: drain owed replies, ask the cloud for its counters, end the stream."""

@@ -7,9 +7,12 @@ Variants (``CogenDevice.generate(..., variant=...)``):
 * ``sketch``  - the cloud writes an outline from the bare instruction (``Sketch``); the device writes
   the answer from ``device_prompt(instruction, private_context, sketch)``.
 * ``logit``   - every step fuses the device's distribution (with context) and the cloud's (instruction +
-  the tokens generated so far, never the context). The generated prefix DOES reach the cloud.
+  the tokens generated so far, never the context). The generated prefix DOES reach the cloud. By
+  default in speculative rounds (``client/speculative.py``: the cloud scores a device draft in one
+  forward; identical tokens); ``draft_tokens=0`` gives one round trip per token.
 * ``gated``   - like ``logit`` but the device asks the cloud only when it is uncertain (entropy or
-  top-2 margin past a threshold); tokens committed meanwhile are sent in one catch-up step.
+  top-2 margin past a calibrated threshold); committed tokens go ahead in silent chunks and the device
+  runs a guessed forward while the cloud answers (``client/gated.py``).
 * ``cloud_with_context`` - EVALUATION ONLY privacy-violating upper bound: the cloud decodes like ``cloud``
   but its prompt carries the private context (the wire audit must flag it).
 
@@ -38,8 +41,10 @@ from fedcogen.client.decoding import RepetitionControl, choose
 from fedcogen.client.device_answer import DeviceAnswer
 from fedcogen.client.device_config import DeviceConfig
 from fedcogen.client.fusion import FusionGate, entropy, fuse_logprobs, top2_margin
+from fedcogen.client.gated import GatedDecoder
 from fedcogen.client.lockstep_rows import Row, RunStats, in_parallel
 from fedcogen.client.private_spans import PrivateSpanGuard
+from fedcogen.client.speculative import SpeculativeDecoder
 from fedcogen.client.wire_capture import WireCapture
 from fedcogen.models import LoadedModel, ModelError, chat_input_ids, load_model, stop_token_ids
 from fedcogen.prompts import DEVICE_SYSTEM, cloud_prompt, device_prompt, fit_context
@@ -195,6 +200,7 @@ class CogenDevice:
             tokens=len(ids),
             tokens_per_s=len(ids) / latency if latency > 0 else 0.0,
             cloud_calls=run.calls,
+            cloud_round_trips=run.round_trips,
             cloud_call_fraction=(run.calls / run.positions) if run.positions and variant in ("logit", "gated", "cloud", "cloud_with_context") else 0.0,
             bytes_sent=sent,
             bytes_received=received,
@@ -266,6 +272,7 @@ class CogenDevice:
                 packet = row.session.latest()
                 self._check_fingerprint(row.session)
                 row.run.calls += 1
+                row.run.round_trips += 1
                 return logit_codec.decode(packet, self.lm.vocab_size)
             except CloudUnavailable as exc:
                 row.session.cancel()
@@ -283,9 +290,16 @@ class CogenDevice:
         return None
 
     def _decode(self, rows: list[Row], variant: str) -> None:
-        """Lockstep decoding of every row: ``device`` alone, ``cloud`` alone, ``logit`` or ``gated`` fusion."""
+        """Lockstep decoding of every row: ``device`` alone, ``cloud`` alone, per-token ``logit`` fusion
+        (speculative ``logit`` and ``gated`` run in their own modules)."""
         cfg = self.config
-        use_cloud = variant in ("cloud", "logit", "gated")
+        if variant == "logit" and cfg.draft_tokens > 0 and not cfg.sample and cfg.encoding != "full" and cfg.k <= 1024:
+            SpeculativeDecoder(self, rows, cfg.draft_tokens, cfg.draft_min_p).run()
+            return
+        if variant == "gated":
+            GatedDecoder(self, rows).run()
+            return
+        use_cloud = variant in ("cloud", "logit")
         use_device = variant != "cloud"
         if use_cloud:
             for row in rows:  # only queues each stream's open message
@@ -301,8 +315,7 @@ class CogenDevice:
                 if not active:
                     break
                 asks = [i for i in active if use_cloud and not rows[i].run.fell_back
-                        and (rows[i].guard is None or rows[i].guard.synced)  # behind a private span: device alone
-                        and (variant != "gated" or self._uncertain(lp_small[i]))]
+                        and (rows[i].guard is None or rows[i].guard.synced)]  # behind a private span: device alone
                 for i in asks:  # catch-up steps of every asking row go out before any reply is awaited
                     row = rows[i]
                     if row.pending:
@@ -327,9 +340,7 @@ class CogenDevice:
                     step_tokens[i] = tok
                     if use_cloud and not row.run.fell_back:
                         out = [tok] if row.guard is None else row.guard.commit(tok)  # private tokens stay here
-                        if variant == "gated":
-                            row.pending.extend(out)
-                        elif out:
+                        if out:
                             row.session.send_step(out)  # the cloud works while the device computes below
                 if use_device and any(not row.done for row in rows):
                     lp_small = dev.step(step_tokens)

@@ -23,6 +23,7 @@ class DeviceAnswer:
     token_ids: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     sketch: str | None = None
+    cloud_round_trips: int = 0  # times the device waited for cloud distributions (per-token: one per call; speculative: one per round)
     private_tokens: int = 0  # committed tokens kept off the wire by private-span protection
     wire_records: list[Any] = field(default_factory=list, repr=False)  # what this answer put on the wire
 

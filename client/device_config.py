@@ -19,9 +19,16 @@ class DeviceConfig:
     tls_dir: str | None = None
     token: str | None = None
     insecure: bool = False
-    k: int = 64
-    encoding: str = "fp16"
+    # packed8 (uint16 ids + uint8 codes, k adapting to the cloud's spread) at k <= 32: ~110 B/token with
+    # >= 99.5% top-1 agreement with full-vocabulary fusion for smollm2-24l/27l (docs/cogenesis-speed.md)
+    k: int = 32
+    encoding: str = "packed8"
     weight: float = 0.5
+    # logit variant: > 0 = speculative rounds (device drafts up to this many tokens, the cloud scores them in
+    # one forward; same tokens as per-token fusion under greedy decoding); 0 = one round trip per token.
+    # Sampling, the full-vocabulary baseline and k > 1024 always run per token.
+    draft_tokens: int = 8
+    draft_min_p: float = 0.5  # draft only tokens the device gives at least this probability (speculative.py)
     gate_path: str | None = None
     max_new_tokens: int = 160  # fits ~150-token references; trained devices stop at EOS well before
     max_prompt_tokens: int = 3072  # longer private contexts are shrunk (fit_context); SmolLM2 reads 8192
@@ -30,7 +37,9 @@ class DeviceConfig:
     sample: bool = False
     temperature: float = 1.0
     gated_metric: str = "entropy"  # or "margin"
-    gated_threshold: float = 2.5  # entropy (nats) above / margin below this -> ask the cloud
+    # entropy (nats) above / margin below this -> ask the cloud. 5.0 = the cloud for ~20% of tokens with the
+    # default device smollm2-24l (`fedcogen gate calibrate`, docs/cogenesis-speed.md)
+    gated_threshold: float = 5.0
     step_timeout_s: float = 20.0
     sketch_timeout_s: float = 120.0
     sketch_max_new_tokens: int = 96
@@ -42,5 +51,9 @@ class DeviceConfig:
         if self.gated_metric not in ("entropy", "margin"):
             raise ValueError(f"gated metric must be 'entropy' or 'margin', got {self.gated_metric}")
         logit_codec.CodecConfig(self.k, self.encoding).encoding_value()
+        if self.draft_tokens < 0:
+            raise ValueError(f"--draft-tokens must be >= 0 (0 = per-token fusion), got {self.draft_tokens}")
+        if not 0.0 <= self.draft_min_p <= 1.0:
+            raise ValueError(f"--draft-min-p must be in [0, 1], got {self.draft_min_p}")
         if self.k < 1:
             raise ValueError(f"--k must be >= 1, got {self.k}")

@@ -53,8 +53,9 @@ class RunStats:
     """What one answer cost so far (cloud calls, decoded positions) and whether it fell back to device-only."""
 
     variant: str
-    calls: int = 0
+    calls: int = 0  # positions whose token used the cloud's distribution
     positions: int = 0
+    round_trips: int = 0  # requests that waited for a cloud answer (speculative: one per round)
     fell_back: bool = False
     warnings: list[str] = field(default_factory=list)
     sketch: str | None = None

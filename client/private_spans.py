@@ -31,6 +31,7 @@ are held or a span is open the cloud's view is behind the device's: the device t
 
 from __future__ import annotations
 
+import copy
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -125,6 +126,14 @@ class PrivateSpanGuard:
     def synced(self) -> bool:
         """True when the cloud's prefix covers every committed token (fusion is meaningful)."""
         return self.released == len(self.generated) and not self.in_span
+
+    def fork(self) -> PrivateSpanGuard:
+        """A copy to try tokens on (speculative drafts) without touching this guard; shares the
+        read-only detector tables, copies the per-answer state."""
+        twin = copy.copy(self)
+        for name in ("generated", "private", "sent", "_ends"):
+            setattr(twin, name, list(getattr(self, name)))
+        return twin
 
     def commit(self, token: int) -> list[int]:
         """Record the device's committed token; return the token ids that may be sent now."""

@@ -86,9 +86,11 @@ class WireCapture(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInter
         """True if ``token_ids`` occur consecutively in the token-id fields of any sent message.
 
         Text search misses context that travels as token ids; this checks the ``instruction_ids`` of
-        session opens and the committed ids of steps (concatenated across the session).
+        session opens and the ids of steps (concatenated across the session, both as sent and as the
+        cloud's sequence after speculative rewinds).
         """
         stream: list[int] = []
+        view: list[int] = []  # the cloud's sequence: rejected draft tokens rewound
         with self._lock:
             for r in self.records:
                 if r.direction != "sent" or r.message is None:
@@ -100,10 +102,13 @@ class WireCapture(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInter
                     continue
                 if kind == "open":
                     stream.extend(msg.open.instruction_ids)
+                    view.extend(msg.open.instruction_ids)
                 elif kind == "step":
                     stream.extend(msg.step.token_ids)
-        n = len(token_ids)
-        return n > 0 and any(stream[i : i + n] == list(token_ids) for i in range(len(stream) - n + 1))
+                    del view[len(view) - min(msg.step.rewind, len(view)):]
+                    view.extend(msg.step.token_ids)
+        n, want = len(token_ids), list(token_ids)
+        return n > 0 and any(s[i : i + n] == want for s in (stream, view) for i in range(len(s) - n + 1))
 
     def clear(self) -> None:
         with self._lock:

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x63ogen.proto\x12\x11\x66\x65\x64\x63ogen.cogen.v1\"\xb9\x01\n\x0bLogitPacket\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x01(\x0c\x12\r\n\x05scale\x18\x03 \x01(\x02\x12\x0e\n\x06offset\x18\x04 \x01(\x02\x12\x14\n\x0ctail_logmass\x18\x05 \x01(\x02\x12\x32\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32 .fedcogen.cogen.v1.ValueEncoding\x12\x12\n\nvocab_size\x18\x07 \x01(\r\x12\x10\n\x08position\x18\x08 \x01(\r\"V\n\rSketchRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\"N\n\x0bSketchReply\x12\x0e\n\x06sketch\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x18\n\x10generated_tokens\x18\x03 \x01(\r\"\xa8\x01\n\x0bSessionOpen\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x17\n\x0finstruction_ids\x18\x03 \x03(\r\x12\t\n\x01k\x18\x04 \x01(\r\x12\x32\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32 .fedcogen.cogen.v1.ValueEncoding\x12\x12\n\nmax_tokens\x18\x06 \x01(\r\"\x1e\n\tTokenStep\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"\x1e\n\x0cSessionClose\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xa7\x01\n\rDecodeRequest\x12.\n\x04open\x18\x01 \x01(\x0b\x32\x1e.fedcogen.cogen.v1.SessionOpenH\x00\x12,\n\x04step\x18\x02 \x01(\x0b\x32\x1c.fedcogen.cogen.v1.TokenStepH\x00\x12\x30\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x1f.fedcogen.cogen.v1.SessionCloseH\x00\x42\x06\n\x04kind\"\x8e\x01\n\x0cSessionStats\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x18\n\x10generated_tokens\x18\x03 \x01(\r\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x04\x12\x12\n\nbytes_sent\x18\x05 \x01(\x04\x12\r\n\x05steps\x18\x06 \x01(\r\"\xad\x01\n\x0b\x44\x65\x63odeReply\x12\x30\n\x06logits\x18\x01 \x01(\x0b\x32\x1e.fedcogen.cogen.v1.LogitPacketH\x00\x12\x31\n\x06\x63losed\x18\x02 \x01(\x0b\x32\x1f.fedcogen.cogen.v1.SessionStatsH\x00\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x1d\n\x15tokenizer_fingerprint\x18\x04 \x01(\tB\x06\n\x04kind\"`\n\x17\x45valOnlyGenerateRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0b\x66ull_prompt\x18\x02 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\"8\n\x15\x45valOnlyGenerateReply\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r*\\\n\rValueEncoding\x12\x1e\n\x1aVALUE_ENCODING_UNSPECIFIED\x10\x00\x12\x08\n\x04\x46P16\x10\x01\x12\x08\n\x04INT8\x10\x02\x12\x08\n\x04\x46P32\x10\x03\x12\r\n\tFULL_FP32\x10\x04\x32\x8f\x02\n\x07\x43loudLM\x12J\n\x06Sketch\x12 .fedcogen.cogen.v1.SketchRequest\x1a\x1e.fedcogen.cogen.v1.SketchReply\x12N\n\x06\x44\x65\x63ode\x12 .fedcogen.cogen.v1.DecodeRequest\x1a\x1e.fedcogen.cogen.v1.DecodeReply(\x01\x30\x01\x12h\n\x10\x45valOnlyGenerate\x12*.fedcogen.cogen.v1.EvalOnlyGenerateRequest\x1a(.fedcogen.cogen.v1.EvalOnlyGenerateReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x63ogen.proto\x12\x11\x66\x65\x64\x63ogen.cogen.v1\"\xb9\x01\n\x0bLogitPacket\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x01(\x0c\x12\r\n\x05scale\x18\x03 \x01(\x02\x12\x0e\n\x06offset\x18\x04 \x01(\x02\x12\x14\n\x0ctail_logmass\x18\x05 \x01(\x02\x12\x32\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32 .fedcogen.cogen.v1.ValueEncoding\x12\x12\n\nvocab_size\x18\x07 \x01(\r\x12\x10\n\x08position\x18\x08 \x01(\r\"V\n\rSketchRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\"N\n\x0bSketchReply\x12\x0e\n\x06sketch\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x18\n\x10generated_tokens\x18\x03 \x01(\r\"\xa8\x01\n\x0bSessionOpen\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x17\n\x0finstruction_ids\x18\x03 \x03(\r\x12\t\n\x01k\x18\x04 \x01(\r\x12\x32\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32 .fedcogen.cogen.v1.ValueEncoding\x12\x12\n\nmax_tokens\x18\x06 \x01(\r\"M\n\tTokenStep\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0e\n\x06rewind\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\r\x12\x0e\n\x06silent\x18\x04 \x01(\x08\"\x1e\n\x0cSessionClose\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xa7\x01\n\rDecodeRequest\x12.\n\x04open\x18\x01 \x01(\x0b\x32\x1e.fedcogen.cogen.v1.SessionOpenH\x00\x12,\n\x04step\x18\x02 \x01(\x0b\x32\x1c.fedcogen.cogen.v1.TokenStepH\x00\x12\x30\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x1f.fedcogen.cogen.v1.SessionCloseH\x00\x42\x06\n\x04kind\"\x8e\x01\n\x0cSessionStats\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x18\n\x10generated_tokens\x18\x03 \x01(\r\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x04\x12\x12\n\nbytes_sent\x18\x05 \x01(\x04\x12\r\n\x05steps\x18\x06 \x01(\r\"\x97\x01\n\nLogitBlock\x12/\n\x07packets\x18\x01 \x03(\x0b\x32\x1e.fedcogen.cogen.v1.LogitPacket\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x32\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32 .fedcogen.cogen.v1.ValueEncoding\x12\x10\n\x08position\x18\x04 \x01(\r\"\xdd\x01\n\x0b\x44\x65\x63odeReply\x12\x30\n\x06logits\x18\x01 \x01(\x0b\x32\x1e.fedcogen.cogen.v1.LogitPacketH\x00\x12\x31\n\x06\x63losed\x18\x02 \x01(\x0b\x32\x1f.fedcogen.cogen.v1.SessionStatsH\x00\x12.\n\x05\x62lock\x18\x05 \x01(\x0b\x32\x1d.fedcogen.cogen.v1.LogitBlockH\x00\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x1d\n\x15tokenizer_fingerprint\x18\x04 \x01(\tB\x06\n\x04kind\"`\n\x17\x45valOnlyGenerateRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0b\x66ull_prompt\x18\x02 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\r\"8\n\x15\x45valOnlyGenerateReply\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r*i\n\rValueEncoding\x12\x1e\n\x1aVALUE_ENCODING_UNSPECIFIED\x10\x00\x12\x08\n\x04\x46P16\x10\x01\x12\x08\n\x04INT8\x10\x02\x12\x08\n\x04\x46P32\x10\x03\x12\r\n\tFULL_FP32\x10\x04\x12\x0b\n\x07PACKED8\x10\x05\x32\x8f\x02\n\x07\x43loudLM\x12J\n\x06Sketch\x12 .fedcogen.cogen.v1.SketchRequest\x1a\x1e.fedcogen.cogen.v1.SketchReply\x12N\n\x06\x44\x65\x63ode\x12 .fedcogen.cogen.v1.DecodeRequest\x1a\x1e.fedcogen.cogen.v1.DecodeReply(\x01\x30\x01\x12h\n\x10\x45valOnlyGenerate\x12*.fedcogen.cogen.v1.EvalOnlyGenerateRequest\x1a(.fedcogen.cogen.v1.EvalOnlyGenerateReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cogen_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VALUEENCODING']._serialized_start=1272
-  _globals['_VALUEENCODING']._serialized_end=1364
+  _globals['_VALUEENCODING']._serialized_start=1521
+  _globals['_VALUEENCODING']._serialized_end=1626
   _globals['_LOGITPACKET']._serialized_start=35
   _globals['_LOGITPACKET']._serialized_end=220
   _globals['_SKETCHREQUEST']._serialized_start=222
@@ -42,19 +42,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONOPEN']._serialized_start=391
   _globals['_SESSIONOPEN']._serialized_end=559
   _globals['_TOKENSTEP']._serialized_start=561
-  _globals['_TOKENSTEP']._serialized_end=591
-  _globals['_SESSIONCLOSE']._serialized_start=593
-  _globals['_SESSIONCLOSE']._serialized_end=623
-  _globals['_DECODEREQUEST']._serialized_start=626
-  _globals['_DECODEREQUEST']._serialized_end=793
-  _globals['_SESSIONSTATS']._serialized_start=796
-  _globals['_SESSIONSTATS']._serialized_end=938
-  _globals['_DECODEREPLY']._serialized_start=941
-  _globals['_DECODEREPLY']._serialized_end=1114
-  _globals['_EVALONLYGENERATEREQUEST']._serialized_start=1116
-  _globals['_EVALONLYGENERATEREQUEST']._serialized_end=1212
-  _globals['_EVALONLYGENERATEREPLY']._serialized_start=1214
-  _globals['_EVALONLYGENERATEREPLY']._serialized_end=1270
-  _globals['_CLOUDLM']._serialized_start=1367
-  _globals['_CLOUDLM']._serialized_end=1638
+  _globals['_TOKENSTEP']._serialized_end=638
+  _globals['_SESSIONCLOSE']._serialized_start=640
+  _globals['_SESSIONCLOSE']._serialized_end=670
+  _globals['_DECODEREQUEST']._serialized_start=673
+  _globals['_DECODEREQUEST']._serialized_end=840
+  _globals['_SESSIONSTATS']._serialized_start=843
+  _globals['_SESSIONSTATS']._serialized_end=985
+  _globals['_LOGITBLOCK']._serialized_start=988
+  _globals['_LOGITBLOCK']._serialized_end=1139
+  _globals['_DECODEREPLY']._serialized_start=1142
+  _globals['_DECODEREPLY']._serialized_end=1363
+  _globals['_EVALONLYGENERATEREQUEST']._serialized_start=1365
+  _globals['_EVALONLYGENERATEREQUEST']._serialized_end=1461
+  _globals['_EVALONLYGENERATEREPLY']._serialized_start=1463
+  _globals['_EVALONLYGENERATEREPLY']._serialized_end=1519
+  _globals['_CLOUDLM']._serialized_start=1629
+  _globals['_CLOUDLM']._serialized_end=1900
 # @@protoc_insertion_point(module_scope)

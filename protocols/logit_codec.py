@@ -26,11 +26,19 @@ import torch
 
 from fedcogen.protocols import cogen_pb2 as pb
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # v2: speculative steps (rewind, score, silent), LogitBlock, PACKED8
 # Largest vocabulary a packet may claim. decode() allocates a vocabulary-long vector, so an
 # unchecked uint32 vocab_size would let one 10-byte packet ask for 16 GB.
 MAX_VOCAB = 1 << 21
-ENCODINGS: dict[str, int] = {"fp16": pb.FP16, "int8": pb.INT8, "fp32": pb.FP32, "full": pb.FULL_FP32}
+ENCODINGS: dict[str, int] = {"fp16": pb.FP16, "int8": pb.INT8, "fp32": pb.FP32, "full": pb.FULL_FP32,
+                             "packed8": pb.PACKED8}
+#: PACKED8: log-prob step of the uint8 codes (nats) and the adaptive size rule: the smallest k' with
+#: top-k' mass >= 1 - PACKED_EPS, at least PACKED_KMIN and at most the session's k (chosen by
+#: measurement: ``fedcogen bench cogen`` reports bytes/token vs agreement, docs/cogenesis-speed.md).
+PACKED_STEP = 1.0 / 16.0
+PACKED_EPS = 0.01
+PACKED_KMIN = 8
+PACKED_MAX_VOCAB = 1 << 16
 
 
 class CodecError(ValueError):
@@ -77,6 +85,8 @@ def encode(logits: torch.Tensor, k: int, encoding: int | str = "fp16", position:
         )
     if not 1 <= k <= vocab:
         raise CodecError(f"k must be in [1, {vocab}], got {k}")
+    if encoding == pb.PACKED8:
+        return _encode_packed(logp, k, position)
     values, ids = torch.topk(logp, k)
     if k == vocab:
         tail = -math.inf
@@ -104,9 +114,41 @@ def encode(logits: torch.Tensor, k: int, encoding: int | str = "fp16", position:
     return packet
 
 
+def _encode_packed(logp: torch.Tensor, k: int, position: int) -> pb.LogitPacket:
+    """uint16 ids + uint8 codes below the top value; k adapts to the distribution's own spread."""
+    vocab = int(logp.numel())
+    if vocab > PACKED_MAX_VOCAB:
+        raise CodecError(f"packed8 needs a vocabulary of at most {PACKED_MAX_VOCAB} (uint16 ids), this one has {vocab}")
+    values, ids = torch.topk(logp, k)
+    cum = values.double().exp().cumsum(0)
+    kk = max(min(PACKED_KMIN, k), min(k, int((cum < 1.0 - PACKED_EPS).sum()) + 1))
+    values, ids = values[:kk], ids[:kk]
+    mass = float(cum[kk - 1])
+    tail = math.log1p(-mass) if mass < 1.0 - 1e-12 and kk < vocab else -math.inf
+    top = float(values[0])
+    codes = np.clip(np.round((top - values.numpy()) / PACKED_STEP), 0, 255).astype(np.uint8)
+    payload = ids.numpy().astype("<u2").tobytes() + codes.tobytes()
+    return pb.LogitPacket(values=payload, offset=top, tail_logmass=tail, encoding=pb.PACKED8, vocab_size=vocab,
+                          position=position)
+
+
+def _unpack(packet: pb.LogitPacket, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    if packet.ids:
+        raise CodecError("a packed8 packet carries its ids inside values")
+    n = len(packet.values)
+    if n == 0 or n % 3:
+        raise CodecError(f"packed8 packet has {n} value bytes, expected 3 per entry")
+    k = n // 3
+    if not math.isfinite(packet.offset) or packet.offset > 1e-3:
+        raise CodecError(f"packed8 packet has a bad top value {packet.offset}")
+    ids = np.frombuffer(packet.values[: 2 * k], dtype="<u2").astype(np.int64)
+    codes = np.frombuffer(packet.values[2 * k:], dtype=np.uint8).astype(np.float32)
+    return ids, np.float32(packet.offset) - codes * np.float32(PACKED_STEP)
+
+
 def _values(packet: pb.LogitPacket, count: int) -> np.ndarray:
     enc = packet.encoding or pb.FP16
-    width = {pb.FP16: 2, pb.FP32: 4, pb.FULL_FP32: 4, pb.INT8: 1}.get(enc)
+    width = {pb.FP16: 2, pb.FP32: 4, pb.FULL_FP32: 4, pb.INT8: 1}.get(enc)  # (PACKED8: see _unpack)
     if width is None:
         raise CodecError(f"unknown value encoding {enc}")
     if len(packet.values) != count * width:
@@ -132,7 +174,12 @@ def _normalise(vec: torch.Tensor) -> torch.Tensor:
 
 
 def decode(packet: pb.LogitPacket, vocab_size: int | None = None) -> torch.Tensor:
-    """Rebuild a full, normalised log-prob vector (float32, vocabulary long) from a packet."""
+    """Rebuild a full, normalised log-prob vector (float32, vocabulary long) from a packet.
+
+    The tail tokens share the missing mass uniformly. (A tail shaped by the device's own distribution
+    was measured and is worse: it lifts the device's favourites above their true cloud values;
+    docs/cogenesis-speed.md.)
+    """
     vocab = int(packet.vocab_size or vocab_size or 0)
     if vocab_size is not None and packet.vocab_size and packet.vocab_size != vocab_size:
         raise CodecError(f"packet vocabulary {packet.vocab_size} != expected {vocab_size}")
@@ -144,29 +191,56 @@ def decode(packet: pb.LogitPacket, vocab_size: int | None = None) -> torch.Tenso
         if packet.ids:
             raise CodecError("a FULL_FP32 packet carries no ids")
         return _normalise(torch.from_numpy(_values(packet, vocab).copy()))
-    k = len(packet.ids)
+    if packet.encoding == pb.PACKED8:
+        id_array, raw_vals = _unpack(packet, vocab)
+    else:
+        id_array, raw_vals = np.asarray(packet.ids, dtype=np.int64), None
+    k = len(id_array)
     if not 1 <= k <= vocab:
         raise CodecError(f"packet has {k} ids for a vocabulary of {vocab}")
     tail = float(packet.tail_logmass)
     if math.isnan(tail) or tail == math.inf:
         raise CodecError(f"packet tail_logmass is {tail}")
-    id_array = np.asarray(packet.ids, dtype=np.int64)
     if int(id_array.max()) >= vocab:
         raise CodecError(f"packet id {int(id_array.max())} outside vocabulary of {vocab}")
     if np.unique(id_array).size != k:
         raise CodecError("packet repeats a token id")
     ids = torch.from_numpy(id_array)
-    vals = torch.from_numpy(_values(packet, k).copy())
+    vals = torch.from_numpy((raw_vals if raw_vals is not None else _values(packet, k)).copy())
     if k < vocab:
         if not math.isfinite(tail):
             # The top-k carried (numerically) all the mass: tail tokens get a tiny, finite share.
             tail = float(torch.logsumexp(vals, 0)) - 40.0
-        per_token = tail - math.log(vocab - k)
-        out = torch.full((vocab,), per_token, dtype=torch.float32)
+        out = torch.full((vocab,), tail - math.log(vocab - k), dtype=torch.float32)
     else:
         out = torch.empty(vocab, dtype=torch.float32)
     out[ids] = vals
     return _normalise(out)
+
+
+def encode_block(logits: torch.Tensor, k: int, encoding: int | str = "fp16", position: int = 0) -> pb.LogitBlock:
+    """Encode several next-token distributions ([n, V]) as one block (a scored speculative draft).
+
+    Fields every packet shares (vocabulary, encoding, position) are stated once in the block.
+    """
+    rows = [encode(row, k, encoding) for row in logits]
+    for p in rows:
+        p.ClearField("vocab_size")
+        p.ClearField("encoding")
+        p.ClearField("position")
+    enc = CodecConfig(k, encoding).encoding_value() if isinstance(encoding, str) else (encoding or pb.FP16)
+    return pb.LogitBlock(packets=rows, vocab_size=int(logits.shape[-1]), encoding=enc, position=position)
+
+
+def decode_block(block: pb.LogitBlock, vocab_size: int | None = None) -> list[torch.Tensor]:
+    """Rebuild every distribution of a block (see :func:`decode`)."""
+    out = []
+    for p in block.packets:
+        full = pb.LogitPacket()
+        full.CopyFrom(p)
+        full.vocab_size, full.encoding = block.vocab_size, block.encoding or pb.FP16
+        out.append(decode(full, vocab_size))
+    return out
 
 
 _FINGERPRINTS: dict[int, str] = {}

@@ -1,6 +1,6 @@
-"""The cloud's dynamic batcher: one worker thread runs every model forward of the Decode sessions.
+"""The cloud's scheduler: one worker thread runs every model forward (Decode steps, prefills, Sketch).
 
-Why a separate module: the batcher owns two lifecycles that must never race, and keeping them here
+Why a separate module: the scheduler owns two lifecycles that must never race, and keeping them here
 makes the rules easy to audit:
 
 * **Work lifecycle.** Every submitted :class:`_Work` ends with ``done`` set, either with logits or
@@ -8,11 +8,17 @@ makes the rules easy to audit:
   (:class:`BatcherStopped`), and ``stop`` fails every step still queued or in flight. A handler
   thread waiting on ``done`` therefore never waits for a batcher that is gone (an unbounded wait
   there kept a gRPC worker, and with it the interpreter, alive forever).
-* **KV-cache lifecycle.** A session's cache is read and replaced by the batcher while one of its
-  steps is in flight. Whoever ends a session (the idle reaper, the Decode handler) calls
-  :meth:`Session.release`: the cache is freed now if no step of the session is running, otherwise
-  by the batcher right after the forward. Nobody else sets ``kv`` to None, so a batch never sees a
-  cache vanish under it.
+* **KV-cache lifecycle.** A session's cache (:class:`~fedcogen.server.kv_slots.SessionKV`: buffers
+  that grow in place) is written by the scheduler while one of its steps is in a forward. Whoever
+  ends a session (the idle reaper, the Decode handler) calls :meth:`Session.release`: the cache is
+  freed now if no forward of the session is running, otherwise right after it.
+
+Scheduling (continuous batching with chunked prefill): every tick packs the tokens of all ready work
+items into ONE forward (``kv_slots.packed_forward``): every session's decode step or draft in full,
+plus at most ``prefill_chunk`` tokens of long work (a prompt prefill, a long catch-up, a Sketch's
+prompt). A 4,000-token prompt therefore costs other sessions at most one chunk of delay per step
+instead of the whole prefill. A Sketch is a generation work item: it re-enters every tick with the
+token it just chose, sharing forwards with the Decode sessions.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 import torch
 
 from fedcogen.protocols import cogen_pb2 as pb
+from fedcogen.server.kv_slots import SessionKV, install, packed_forward
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +45,6 @@ class BatcherStopped(RuntimeError):
 
 class SessionClosed(RuntimeError):
     """The session was closed (idle reaper, stream ended) before its step could run."""
-
-
-@dataclass
-class _Cohort:
-    """Sessions that stepped together last time, and their batched (left-padded) KV cache.
-
-    Why: in lockstep decoding (every session of a device batch steps at once) the same sessions form
-    every batch. Re-padding, concatenating and cutting every session's cache at every step costs more
-    than the forward itself on a CPU; a cohort that steps again with the same members reuses the
-    batched cache as it is and only appends a mask column.
-    """
-
-    sessions: list[Any]
-    cache: Any  # transformers DynamicCache, [B, heads, cols, dim] per layer
-    mask: torch.Tensor  # [B, cols]: 1 where a row has a real token
 
 
 @dataclass
@@ -68,10 +60,8 @@ class Session:
     steps: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
-    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-    cohort: _Cohort | None = None  # while set, the KV cache is row ``row`` of the cohort's batched cache
-    row: int = 0
-    length: int = 0
+    kv: SessionKV | None = None
+    seq: list[int] = field(default_factory=list)  # token sequence (kept by the engine backend only)
     last_active: float = field(default_factory=time.monotonic)
     context: Any = None
     expired: bool = False
@@ -80,24 +70,15 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def release(self) -> None:
-        """End the session: free its KV cache now, or let the batcher free it after a running step."""
+        """End the session: free its KV cache now, or let the scheduler free it after a running forward."""
         with self.lock:
             self.closed = True
             if not self.in_flight:
-                self.kv, self.cohort = None, None
+                self.kv = None
 
-    def has_kv(self) -> bool:
-        return self.kv is not None or self.cohort is not None
-
-    def take_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """This session's own KV cache, cut out of its cohort's batched cache if it was in one."""
-        c = self.cohort
-        if c is not None:
-            start = c.mask.shape[1] - self.length
-            self.kv = [(layer.keys[self.row:self.row + 1, :, start:].clone(),
-                        layer.values[self.row:self.row + 1, :, start:].clone()) for layer in c.cache.layers]
-            self.cohort = None
-        return self.kv
+    @property
+    def length(self) -> int:
+        return self.kv.length if self.kv is not None else 0
 
     def stats(self) -> pb.SessionStats:
         return pb.SessionStats(
@@ -115,10 +96,15 @@ class _Work:
     session: Session
     ids: list[int]
     context: Any
+    rewind: int = 0  # tokens to drop from the end of the session's sequence first (rejected draft)
+    score: int = 1  # distributions wanted: after each of the last ``score`` ids (logits is [score, V] if > 1)
+    generate: tuple[int, frozenset[int]] | None = None  # Sketch: (max new tokens, stop ids); result in ``tokens``
     done: threading.Event = field(default_factory=threading.Event)
     logits: torch.Tensor | None = None
+    tokens: list[int] = field(default_factory=list)
     error: BaseException | None = None
     abandoned: bool = False  # the waiting handler gave up (timeout); skip it if not started
+    fed: int = 0  # ids already in the cache (a long prefill goes in chunks)
 
     def fail(self, error: BaseException) -> None:
         if not self.done.is_set():
@@ -127,23 +113,30 @@ class _Work:
 
 
 class DynamicBatcher:
-    """Runs every model forward of Decode sessions on one worker thread, batching single-token steps."""
+    """Runs every model forward on one worker thread: all ready steps of a tick share one packed forward."""
 
     def __init__(
-        self, model: Any, window_ms: float = 2.0, max_batch: int = 16, expected: Callable[[], int] | None = None
+        self, model: Any, window_ms: float = 2.0, max_batch: int = 16, expected: Callable[[], int] | None = None,
+        prefill_chunk: int = 64,
     ) -> None:
         self.model = model
+        if hasattr(model, "set_attn_implementation"):
+            install(model)  # per-session in-place KV buffers, one packed forward per tick (kv_slots.py)
         # How many sessions could still join this batch; once they all have, waiting longer is pure latency.
         self.expected = expected or (lambda: max_batch)
         self.window_s = window_ms / 1000.0
         self.max_batch = max_batch
+        self.prefill_chunk = max(1, prefill_chunk)
         self._queue: queue.Queue[_Work | None] = queue.Queue()
         self._lock = threading.Lock()
         self._stopped = False
         self._running: list[_Work] = []
+        self._carry: list[_Work] = []  # works that continue next tick (prefill chunks, Sketch tokens)
         self._thread = threading.Thread(target=self._loop, name="cogen-batcher", daemon=True)
-        self.batches = 0
+        self.batches = 0  # forwards that served more than one session
         self.batched_rows = 0
+        self.ticks = 0
+        self._last_forward_s = 0.0
         self._thread.start()
 
     @property
@@ -169,7 +162,7 @@ class DynamicBatcher:
         error = BatcherStopped("cloud shut down before the step ran")
         self._drain(error)
         with self._lock:
-            running = list(self._running)
+            running = list(self._running) + list(self._carry)
         for w in running:  # only non-empty when the forward outlived ``timeout``
             w.fail(error)
 
@@ -182,16 +175,21 @@ class DynamicBatcher:
             if item is not None:
                 item.fail(error)
 
-    def _loop(self) -> None:
-        while True:
+    def _collect(self) -> list[_Work] | None:
+        """The works of the next tick (None: stop). Waits for the first only when nothing is carried over."""
+        pending = list(self._carry)
+        self._carry = []
+        if not pending:
             first = self._queue.get()
-            if first is None or self._stopped:
-                if first is not None:
-                    first.fail(BatcherStopped("cloud shut down before the step ran"))
-                return
+            if first is None:
+                return None
             pending = [first]
-            deadline = time.monotonic() + self.window_s
-            while len(pending) < min(self.max_batch, max(1, self.expected())):
+            want = min(self.max_batch, max(1, self.expected()))
+            # Other sessions' next steps trail the replies of the last tick by their client-side work; waiting
+            # up to half a forward for them costs less than running them in a forward of their own.
+            window = max(self.window_s, min(0.05, 0.5 * self._last_forward_s)) if want > 1 else self.window_s
+            deadline = time.monotonic() + window
+            while len(pending) < want:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -200,10 +198,22 @@ class DynamicBatcher:
                 except queue.Empty:
                     break
                 if item is None:
-                    break
+                    return None
                 pending.append(item)
-            if self._stopped:
-                for w in pending:
+        while True:  # whatever else is queued joins now
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return pending
+            if item is None:
+                return None
+            pending.append(item)
+
+    def _loop(self) -> None:
+        while True:
+            pending = self._collect()
+            if pending is None or self._stopped:
+                for w in pending or []:
                     w.fail(BatcherStopped("cloud shut down before the step ran"))
                 return
             self._run(pending)
@@ -227,84 +237,87 @@ class DynamicBatcher:
                 live.append(w)
         return live
 
+    def _plan(self, live: list[_Work]) -> tuple[list[tuple[_Work, list[int], int]], list[_Work]]:
+        """This tick's pieces ``(work, tokens, n_logits)`` and the works that wait for the next tick:
+        one piece per session, short works whole, at most ``prefill_chunk`` tokens of long work."""
+        pieces, later, seen, long_budget = [], [], set(), self.prefill_chunk
+        for w in live:
+            if id(w.session) in seen:
+                later.append(w)  # a session's next step waits for its previous one
+                continue
+            left = w.ids[w.fed:]
+            if len(left) > self.prefill_chunk:
+                if long_budget <= 0:
+                    later.append(w)
+                    continue
+                take = min(long_budget, len(left) - max(1, w.score))  # the last piece holds the scored tokens
+                if take <= 0:
+                    take = len(left)
+                long_budget -= take
+            else:
+                take = len(left)
+            seen.add(id(w.session))
+            final = w.fed + take == len(w.ids)
+            pieces.append((w, left[:take], (w.score if w.generate is None else 1) if final else 0))
+        return pieces, later
+
     def _run(self, pending: list[_Work]) -> None:
         live = self._claim(pending)
         with self._lock:
             self._running = live
-        singles = [w for w in live if len(w.ids) == 1 and w.session.has_kv()]
-        others = [w for w in live if w not in singles]
         try:
+            pieces, later = self._plan(live)
             with torch.inference_mode():
-                for w in others:
-                    self._forward_one(w)
-                if len(singles) == 1:
-                    self._forward_one(singles[0])
-                elif singles:
-                    self._forward_batch(singles)
+                for w, _, _ in pieces:
+                    if w.fed == 0 and w.rewind:
+                        if w.session.kv is None or w.rewind > w.session.length:
+                            raise ValueError(f"cannot rewind {w.rewind} tokens of a {w.session.length}-token sequence")
+                        w.session.kv.rewind(w.rewind)
+                        w.rewind = 0
+                    if w.session.kv is None:
+                        w.session.kv = SessionKV.for_model(self.model)
+                t0 = time.monotonic()
+                results = packed_forward(self.model, [(w.session.kv, toks, n) for w, toks, n in pieces]) if pieces else []
+                self._last_forward_s = time.monotonic() - t0
+            self.ticks += 1
+            if len(pieces) > 1:
+                self.batches += 1
+                self.batched_rows += len(pieces)
+            for (w, toks, n), logits in zip(pieces, results, strict=True):
+                w.fed += len(toks)
+                if w.fed < len(w.ids):
+                    later.append(w)  # next chunk next tick
+                elif w.generate is not None:
+                    self._generated(w, logits[-1], later)
+                else:
+                    w.logits = (logits[0] if n == 1 else logits).clone()
+                    w.done.set()
         except Exception as exc:  # surface model errors to the callers, keep the thread alive
             log.exception("batched forward failed")
             for w in live:
                 w.fail(exc)
+            later = []
         finally:
             with self._lock:
                 self._running = []
-            for w in live:  # between batches: free caches of sessions closed meanwhile
+            for w in live:  # between ticks: free caches of sessions closed meanwhile
                 with w.session.lock:
                     w.session.in_flight = False
                     if w.session.closed:
-                        w.session.kv, w.session.cohort = None, None
+                        w.session.kv = None
+        self._carry = [w for w in later if not w.done.is_set()]
 
-    def _forward_one(self, w: _Work) -> None:
-        from transformers import DynamicCache
-
-        s = w.session
-        kv = s.take_kv()
-        cache = DynamicCache(ddp_cache_data=kv) if kv is not None else DynamicCache()
-        ids = torch.tensor([w.ids], dtype=torch.long)
-        pos = torch.arange(s.length, s.length + len(w.ids)).unsqueeze(0)
-        out = self.model(input_ids=ids, past_key_values=cache, position_ids=pos, use_cache=True)
-        s.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        s.length += len(w.ids)
-        w.logits = out.logits[0, -1].float().clone()
-        w.done.set()
-
-    def _forward_batch(self, items: list[_Work]) -> None:
-        from transformers import DynamicCache
-
-        sessions = [w.session for w in items]
-        lengths = [s.length for s in sessions]
-        cohort = sessions[0].cohort
-        if cohort is not None and cohort.sessions == sessions and all(s.cohort is cohort for s in sessions):
-            cache = cohort.cache  # the same sessions stepped together last time: reuse their batched cache
-            mask = torch.cat([cohort.mask, torch.ones(len(items), 1, dtype=torch.long)], dim=1)
-        else:
-            kvs = [s.take_kv() for s in sessions]
-            longest = max(lengths)
-            data = []
-            for li in range(len(kvs[0])):
-                keys, values = [], []
-                for kv, length in zip(kvs, lengths, strict=True):
-                    k, v = kv[li]
-                    pad = longest - length
-                    keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
-                    values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
-                data.append((torch.cat(keys), torch.cat(values)))
-            cache = DynamicCache(ddp_cache_data=data)
-            mask = torch.zeros(len(items), longest + 1, dtype=torch.long)
-            for row, length in enumerate(lengths):
-                mask[row, longest - length:] = 1
-        out = self.model(
-            input_ids=torch.tensor([w.ids for w in items], dtype=torch.long),
-            past_key_values=cache,
-            attention_mask=mask,
-            position_ids=torch.tensor([[length] for length in lengths], dtype=torch.long),
-            use_cache=True,
-        )
-        self.batches += 1
-        self.batched_rows += len(items)
-        new = _Cohort(sessions, out.past_key_values, mask)
-        for row, (w, s) in enumerate(zip(items, sessions, strict=True)):
-            s.kv, s.cohort, s.row = None, new, row
-            s.length += 1
-            w.logits = out.logits[row, -1].float().clone()
+    @staticmethod
+    def _generated(w: _Work, logits: torch.Tensor, later: list[_Work]) -> None:
+        """A Sketch step: greedy token; the work re-enters next tick with it, or ends."""
+        limit, stop = w.generate
+        tok = int(logits.argmax())
+        if tok in stop or len(w.tokens) >= limit:
             w.done.set()
+            return
+        w.tokens.append(tok)
+        if len(w.tokens) >= limit:
+            w.done.set()
+            return
+        w.ids, w.fed = [tok], 0
+        later.append(w)

@@ -28,10 +28,18 @@ class CloudConfig:
     step_timeout_s: float = 120.0
     batch_window_ms: float = 2.0
     max_batch: int = 16
+    prefill_chunk: int = 64  # a long prompt is run in chunks of this many tokens between other sessions' steps
     sketch_max_new_tokens: int = 96
     eval_max_new_tokens: int = 256
     allow_eval_only_context: bool = False
     workers: int = 32
+    # Production serving engine (server/engine_backend.py): the model runs there, this process keeps the
+    # gRPC contract, auth and limits. None = the in-process PyTorch scheduler.
+    engine_url: str | None = None
+    engine_model: str = ""
+    engine_api_key: str | None = None
+    engine_max_logprobs: int = 20
+    engine_timeout_s: float = 60.0
 
     def validate(self) -> None:
         if not self.insecure and not self.tls_dir:
@@ -43,8 +51,12 @@ class CloudConfig:
             )
         if not self.step_timeout_s > 0:
             raise ValueError(f"step_timeout_s must be > 0, got {self.step_timeout_s}")
-        if self.max_sessions < 1 or self.max_tokens_per_session < 1 or self.max_batch < 1:
-            raise ValueError("max_sessions, max_tokens_per_session and max_batch must be >= 1")
+        if self.max_sessions < 1 or self.max_tokens_per_session < 1 or self.max_batch < 1 or self.prefill_chunk < 1:
+            raise ValueError("max_sessions, max_tokens_per_session, max_batch and prefill_chunk must be >= 1")
+        if self.engine_url and not self.engine_model:
+            raise ValueError("--engine-url needs --engine-model (the model name the engine serves)")
+        if self.engine_url and (not self.max_k or self.max_k > self.engine_max_logprobs):
+            self.max_k = self.engine_max_logprobs  # the engine cannot return more top log-probs
         if self.workers < self.max_sessions + 4:
             # Each open Decode stream occupies one gRPC worker thread for its lifetime.
             self.workers = self.max_sessions + 4

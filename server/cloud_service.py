@@ -2,14 +2,16 @@
 
 Why this shape:
 
-* **Per-session KV cache.** A ``Decode`` stream is one generation. The cloud keeps the session's
-  key/value cache so each committed token costs one token of compute, not a re-read of the prefix.
-* **Dynamic batching.** Concurrent sessions each want "one more token" at about the same time. A
-  worker thread collects pending steps for a short window (default 2 ms), left-pads their caches to
-  a common length, masks the padding, gives every row its own ``position_ids`` and runs one forward.
-  Padding keys are masked out exactly, and keys are stored after RoPE, so a batched row computes
-  the same distribution as the session alone (up to float summation order). Multi-token steps
-  (the prompt prefill, a gated catch-up) run alone: they are rare and mixing them buys little.
+* **Per-session KV cache, no copies.** A ``Decode`` stream is one generation. Each session owns KV
+  buffers that grow in place (``kv_slots.SessionKV``); a committed token costs one token of compute
+  and a rejected speculative draft is dropped by moving the length back.
+* **Continuous batching with chunked prefill** (``cloud_batcher.DynamicBatcher``). One scheduler thread
+  packs the tokens of every ready step (single-token steps, scored drafts, a chunk of a long prompt,
+  Sketch generations) into ONE forward; attention runs per session over its own buffer, so sessions
+  of different lengths need no padding. A long prompt is read ``prefill_chunk`` tokens per tick, so it
+  delays other sessions' steps by at most a chunk.
+* **Or a serving engine** (``engine_backend``): the model runs in vLLM / SGLang / llama.cpp server
+  behind the same contract (docs/serving-engine.md).
 * **Privacy by construction.** The API has no field for private context; ``EvalOnlyGenerate``
   (which does take a full prompt) is refused unless the operator passes ``--allow-eval-only-context``.
 * **Hard limits.** Max sessions, max tokens per session, max prompt tokens, max message size, idle
@@ -105,7 +107,7 @@ def start_cloud_server(config: CloudConfig, lm: LoadedModel | None = None) -> Cl
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         # the largest reply is a k = V packet: a 4-byte value and a varint id (<= 5 bytes) per token
-        ("grpc.max_send_message_length", max(config.max_message_bytes, lm.vocab_size * 9 + 1024)),
+        ("grpc.max_send_message_length", service.reply_limit),
         ("grpc.so_reuseport", 0),
     ]
     # Daemon workers: a handler stuck for any reason must not keep the interpreter alive at exit.

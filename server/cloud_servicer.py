@@ -26,6 +26,7 @@ from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.protocols import logit_codec
 from fedcogen.server.cloud_batcher import BatcherStopped, DynamicBatcher, Session, SessionClosed, _Work
 from fedcogen.server.cloud_config import CloudConfig
+from fedcogen.server.engine_backend import EngineBackend, EngineClient, EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +57,6 @@ def serialize(msg: Any) -> bytes:
     return msg.SerializeToString()
 
 
-def greedy_generate(model: Any, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
-    """Plain greedy decoding with a KV cache (used by Sketch and EvalOnlyGenerate)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    out_ids: list[int] = []
-    ids = torch.tensor([prompt_ids], dtype=torch.long)
-    with torch.inference_mode():
-        for _ in range(max_new_tokens):
-            out = model(input_ids=ids, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            nxt = int(out.logits[0, -1].argmax())
-            if nxt in stop_ids:
-                break
-            out_ids.append(nxt)
-            ids = torch.tensor([[nxt]], dtype=torch.long)
-    return out_ids
-
-
 class CloudLMService:
     """The servicer: Sketch, Decode (bidirectional stream) and the guarded EvalOnlyGenerate."""
 
@@ -85,9 +67,16 @@ class CloudLMService:
         self.stop_ids = stop_token_ids(lm.tokenizer)
         self.fingerprint = logit_codec.tokenizer_fingerprint(lm.tokenizer)
         self.sessions: dict[str, Session] = {}
-        self.batcher = DynamicBatcher(
-            lm.model, config.batch_window_ms, config.max_batch, expected=lambda: len(self.sessions)
-        )
+        self.batcher: DynamicBatcher | EngineBackend
+        if config.engine_url:
+            engine = EngineConfig(config.engine_url, config.engine_model, config.engine_api_key,
+                                  config.engine_timeout_s, config.engine_max_logprobs, config.workers)
+            self.batcher = EngineBackend(EngineClient(engine, lm.tokenizer, self.vocab), config.workers)
+        else:
+            self.batcher = DynamicBatcher(
+                lm.model, config.batch_window_ms, config.max_batch, expected=lambda: len(self.sessions),
+                prefill_chunk=config.prefill_chunk,
+            )
         self._lock = threading.Lock()
         self._accepting = True
         self._reaper_stop = threading.Event()
@@ -99,6 +88,16 @@ class CloudLMService:
         self._ids = itertools.count(1)
 
     # ----------------------------------------------------------------- helpers
+    @property
+    def reply_limit(self) -> int:
+        """The largest reply the server sends (``start_cloud_server`` sets the same gRPC option)."""
+        return max(self.config.max_message_bytes, self.vocab * 9 + 1024)
+
+    def _packet_bound(self, session: Session) -> int:
+        if session.encoding == pb.FULL_FP32:
+            return 4 * self.vocab + 16
+        return 9 * min(session.k, self.vocab) + 32  # varint id + value, plus fixed fields
+
     def _check_version(self, version: int, context: grpc.ServicerContext) -> None:
         if version != logit_codec.PROTOCOL_VERSION:
             context.abort(
@@ -120,7 +119,18 @@ class CloudLMService:
             )
         return ids
 
-    def _wait(self, work: _Work, context: grpc.ServicerContext) -> torch.Tensor:
+    def _generate(self, ids: list[int], max_new_tokens: int, context: grpc.ServicerContext) -> list[int]:
+        """Greedy generation through the scheduler (shares forwards with the Decode sessions)."""
+        session = Session(f"gen-{next(self._ids)}", k=1, encoding=pb.FP16, max_tokens=max_new_tokens)
+        work = _Work(session, ids, context, generate=(max_new_tokens, frozenset(self.stop_ids)))
+        try:
+            if max_new_tokens > 0:
+                self._wait(work, context)
+        finally:
+            session.release()
+        return list(work.tokens)
+
+    def _wait(self, work: _Work, context: grpc.ServicerContext) -> torch.Tensor | None:
         """Run one step through the batcher; every outcome, including none in time, is a gRPC status."""
         self.batcher.submit(work)
         remaining = context.time_remaining()
@@ -143,7 +153,7 @@ class CloudLMService:
             if isinstance(work.error, TimeoutError):
                 context.abort(grpc.StatusCode.CANCELLED, str(work.error))
             context.abort(grpc.StatusCode.INTERNAL, f"model forward failed: {work.error}")
-        assert work.logits is not None
+        assert work.logits is not None or work.generate is not None
         return work.logits
 
     def _reap_loop(self) -> None:
@@ -179,7 +189,7 @@ class CloudLMService:
             )
         limit = self.config.sketch_max_new_tokens
         n = min(request.max_new_tokens or limit, limit)
-        out = greedy_generate(self.lm.model, ids, n, self.stop_ids)
+        out = self._generate(ids, n, context)
         text = self.lm.tokenizer.decode(out, skip_special_tokens=True).strip()
         self.total_bytes_in += request.ByteSize()
         reply = pb.SketchReply(sketch=text, prompt_tokens=len(ids), generated_tokens=len(out))
@@ -199,7 +209,7 @@ class CloudLMService:
         if len(ids) > self.config.max_prompt_tokens:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"prompt is {len(ids)} tokens, limit {self.config.max_prompt_tokens}")
         limit = self.config.eval_max_new_tokens
-        out = greedy_generate(self.lm.model, ids, min(request.max_new_tokens or limit, limit), self.stop_ids)
+        out = self._generate(ids, min(request.max_new_tokens or limit, limit), context)
         return pb.EvalOnlyGenerateReply(text=self.lm.tokenizer.decode(out, skip_special_tokens=True), token_ids=out)
 
     def _open(self, msg: Any, context: grpc.ServicerContext) -> tuple[Session, list[int]]:
@@ -222,6 +232,9 @@ class CloudLMService:
             logit_codec.encoding_name(encoding)
         except logit_codec.CodecError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if encoding == pb.PACKED8 and self.vocab > logit_codec.PACKED_MAX_VOCAB:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"packed8 needs a vocabulary of at most {logit_codec.PACKED_MAX_VOCAB}; this cloud has {self.vocab}")
         max_k = self.config.max_k or self.vocab
         if encoding != pb.FULL_FP32 and not 1 <= msg.k <= max_k:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in [1, {max_k}], got {msg.k}")
@@ -253,6 +266,7 @@ class CloudLMService:
                     session.last_active = time.monotonic()
                     session.bytes_in += request.ByteSize()
                 kind = request.WhichOneof("kind")
+                rewind, score, silent = 0, 1, False
                 if kind == "open":
                     if session is not None:
                         context.abort(grpc.StatusCode.FAILED_PRECONDITION, "session already open on this stream")
@@ -261,9 +275,22 @@ class CloudLMService:
                 elif kind == "step":
                     if session is None:
                         context.abort(grpc.StatusCode.FAILED_PRECONDITION, "first message must open the session")
-                    ids = self._check_ids(request.step.token_ids, context, "step")
+                    step = request.step
+                    ids = self._check_ids(step.token_ids, context, "step")
                     if not ids:
                         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "step carries no token ids")
+                    if step.rewind > session.generated:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"step rewinds {step.rewind} tokens, the session has {session.generated}")
+                    if step.score > len(ids):
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"step scores {step.score} positions but carries {len(ids)} tokens")
+                    rewind, score, silent = step.rewind, max(1, step.score), step.silent
+                    if score > 1 and score * self._packet_bound(session) > self.reply_limit:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"a block of {score} distributions would exceed the {self.reply_limit}-byte "
+                                      "reply limit; score fewer positions (or use a smaller k)")
+                    session.generated -= rewind
                     if session.generated + len(ids) > session.max_tokens:
                         context.abort(
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -279,10 +306,18 @@ class CloudLMService:
                     return
                 else:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty DecodeRequest (no open/step/close)")
-                logits = self._wait(_Work(session, ids, context), context)
+                logits = self._wait(_Work(session, ids, context, rewind, score), context)
                 session.steps += 1
-                packet = logit_codec.encode(logits, session.k, session.encoding, position=session.generated)
-                reply = pb.DecodeReply(logits=packet, session_id=session.session_id)
+                if silent:
+                    session.last_active = time.monotonic()
+                    continue
+                if score > 1:
+                    block = logit_codec.encode_block(logits, session.k, session.encoding,
+                                                     position=session.generated - score + 1)
+                    reply = pb.DecodeReply(block=block, session_id=session.session_id)
+                else:
+                    packet = logit_codec.encode(logits, session.k, session.encoding, position=session.generated)
+                    reply = pb.DecodeReply(logits=packet, session_id=session.session_id)
                 if kind == "open":
                     reply.tokenizer_fingerprint = self.fingerprint
                 session.bytes_out += reply.ByteSize()

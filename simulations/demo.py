@@ -169,8 +169,8 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
     profiles = {p.user_id: StyleMarkers.from_profile(asdict(p)) for p in fed.profiles}
     log_path = cfg.run_dir / "cloud.log"
     out: dict[str, Any] = {}
-    # lockstep batches of eval_batch sessions: the cloud batches them all and waits long enough for
-    # every step of a batch to arrive, so the same cohort (and its batched KV cache) steps each time
+    # lockstep batches of eval_batch sessions: the cloud waits long enough for every step of a batch to
+    # arrive, so the whole batch shares one packed forward each time
     serve = ["--max-batch", str(cfg.eval_batch), "--batch-window-ms", "10"]
     with spawned_cloud(cfg.cloud_model, log_path=log_path, wait=False,
                        tls_dir=tls_dir, token=token, timeout_s=600, serve_args=serve) as cloud:

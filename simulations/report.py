@@ -233,36 +233,10 @@ def comm_report(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cogen_report(result: dict[str, Any]) -> str:
-    """``bench_cogen.md``: bytes per token and top-1 agreement per k, speed per variant, cloud batching."""
-    lines = [f"# CoGenesis benchmark ({result['mode']})", "", f"cloud model: `{result['config']['cloud_model']}`", ""]
-    for name, row in result["devices"].items():
-        lines += [f"## device `{name}`", "", "| k | bytes/token (fp16) | top-1 agreement vs full |", "|---|---|---|"]
-        for k, b in row["bytes_per_token_topk"].items():
-            lines.append(f"| {k} | {b:.0f} | {row['agreement']['agreement'].get(f'{k}-fp16', float('nan')):.4f} |")
-        lines += [
-            f"| 64 int8 | {row['bytes_per_token_int8_k64']:.0f} | {row['agreement']['agreement']['64-int8']:.4f} |",
-            f"| full fp32 | {row['bytes_per_token_full']:.0f} | 1 |",
-            "",
-            f"- agreement measured over {row['agreement']['steps']} teacher-forced steps",
-            f"- tokens/s device-only {row['tokens_per_s_device_only']:.1f}, logit {row['tokens_per_s_logit']:.1f} "
-            f"({row['logit_speed_ratio']:.2f}x), gated {row['tokens_per_s_gated']:.1f} "
-            f"(cloud called for {100 * row['cloud_call_fraction_gated']:.0f}% of tokens)",
-            f"- device -> cloud bytes/token in logit: {row['bytes_sent_per_token_logit']:.1f}",
-            "",
-        ]
-    lines += ["## cloud batching", "", "| sessions | aggregate tokens/s |", "|---|---|"]
-    lines += [f"| {n} | {v:.1f} |" for n, v in result["aggregate_tokens_per_s"].items()]
-    lines += ["", "## targets", "", "```", json.dumps(result["targets"], indent=2), "```", ""]
-    return "\n".join(lines)
-
-
 HEADLINES: dict[str, tuple[str, ...]] = {
     "comm": ("dense_bytes_per_round", "sparse_bytes_per_round", "compression_ratio", "dense_eval_loss",
              "sparse_eval_loss", "index_bits_over_bound", "train_throughput_ratio"),
-    "cogen": ("bytes_per_token_full", "bytes_per_token_topk", "top1_agreement_topk_vs_full",
-              "tokens_per_s_device_only", "tokens_per_s_logit", "tokens_per_s_gated", "cloud_call_fraction_gated",
-              "aggregate_tokens_per_s"),
+    "cogen": ("targets", "aggregate_tokens_per_s"),
     "privacy": ("epsilon", "delta", "canary_exposure", "mia_auc", "mia_tpr_at_1pct_fpr", "wire_audit_pass",
                 "utility_eval_loss"),
 }

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -25,6 +26,7 @@ from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.protocols import logit_codec
 from fedcogen.server.cloud_batcher import BatcherStopped, DynamicBatcher, Session, SessionClosed, _Work
 from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
+from fedcogen.server.kv_slots import SessionKV
 
 INSTRUCTION = "Write a short note to my landlord about the broken heater."
 
@@ -38,7 +40,8 @@ class _SlowModel:
     """The real model, each forward delayed by ``delay`` seconds (a congested cloud)."""
 
     def __init__(self, model, delay: float) -> None:
-        self.model, self.delay, self.config = model, delay, model.config
+        self.model, self.delay, self.config, self.dtype = model, delay, model.config, model.dtype
+        self.set_attn_implementation = model.set_attn_implementation
 
     def __call__(self, *args, **kwargs):
         time.sleep(self.delay)
@@ -149,6 +152,10 @@ def _threads_in(function: str) -> list[str]:
 class _BlockingModel:
     """Stands in for the model: blocks in forward until released; calls ``during`` while inside."""
 
+    config = SimpleNamespace(num_hidden_layers=1, num_key_value_heads=1, num_attention_heads=1, hidden_size=2,
+                             head_dim=2)
+    dtype = torch.float32
+
     def __init__(self, during=None) -> None:
         self.entered, self.release, self.during = threading.Event(), threading.Event(), during
 
@@ -157,12 +164,9 @@ class _BlockingModel:
         if self.during is not None:
             self.during()
         self.release.wait(5)
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
         n = input_ids.shape[1]
-        cache.update(torch.zeros(1, 1, n, 2), torch.zeros(1, 1, n, 2), 0)
-        return type("Out", (), {"logits": torch.zeros(1, n, 8), "past_key_values": cache})()
+        past_key_values.update(torch.zeros(1, 1, n, 2), torch.zeros(1, 1, n, 2), 0)
+        return SimpleNamespace(logits=torch.zeros(1, n, 8), past_key_values=past_key_values)
 
 
 def _session(sid: str = "s1") -> Session:
@@ -189,8 +193,8 @@ def test_batcher_refuses_after_stop_and_fails_queued_and_running_steps():
 
 def test_release_during_forward_defers_freeing_the_cache_until_the_batch_ends():
     session = _session()
-    session.kv = [(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2))]
-    session.length = 3
+    session.kv = SessionKV(1, 1, 2, capacity=4)
+    session.kv.length = 3
     seen: list[object] = []
 
     def reaper_fires() -> None:  # the idle reaper ends the session while its step is running
@@ -256,38 +260,76 @@ def test_grpc_worker_pool_does_not_block_interpreter_exit():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_lockstep_cohort_reuses_the_batched_cache_and_matches_single_decoding():
-    """Sessions that step together reuse one batched cache; leaving the cohort cuts a session's own
-    cache back out. Every distribution equals decoding that session alone."""
+def test_packed_forward_of_unequal_sessions_matches_single_decoding_without_copies():
+    """One packed forward serves sessions of different lengths (prefills, steps, drafts, rewinds):
+    every distribution equals decoding that session alone, and a step writes the cache in place."""
     from fedcogen.client.incremental_lm import IncrementalLM
 
     model = load_model("tiny").model
-    batcher = DynamicBatcher(model, window_ms=0.0, max_batch=8)
+    batcher = DynamicBatcher(model, window_ms=0.0, max_batch=8, prefill_chunk=3)
+    ref_model = load_model("tiny").model  # stock SDPA + DynamicCache reference
     try:
-        prompts = {"a": [5, 6, 7, 8], "b": [9, 10], "c": [11, 12, 13]}
+        prompts = {"a": [5, 6, 7, 8, 9, 10, 11], "b": [9, 10], "c": [11, 12, 13]}
         sessions = {k: _session(k) for k in prompts}
-        refs = {k: IncrementalLM(model) for k in prompts}
+        refs = {k: IncrementalLM(ref_model) for k in prompts}
+        works = {k: _Work(sessions[k], p, None) for k, p in prompts.items()}
+        batcher._run(list(works.values()))  # "a" is longer than a chunk: it goes in pieces
+        while batcher._carry:  # the scheduler's next ticks
+            batcher._run(list(batcher._carry))
         for k, p in prompts.items():
-            work = _Work(sessions[k], p, None)
-            batcher._run([work])
-            assert torch.allclose(work.logits.log_softmax(-1), refs[k].prefill(p), atol=1e-4)
+            assert torch.allclose(works[k].logits.log_softmax(-1), refs[k].prefill(p), atol=1e-4)
+        buffers = {k: s.kv.k for k, s in sessions.items()}
 
         def step(keys, token):
-            works = [_Work(sessions[k], [token], None) for k in keys]
-            batcher._run(works)
-            for k, w in zip(keys, works, strict=True):
+            ws = [_Work(sessions[k], [token], None) for k in keys]
+            batcher._run(ws)
+            for k, w in zip(keys, ws, strict=True):
                 assert w.error is None
                 assert torch.allclose(w.logits.log_softmax(-1), refs[k].step([token]), atol=1e-4), (k, token)
 
-        step(["a", "b", "c"], 21)  # builds the cohort
-        cohort = sessions["a"].cohort
-        step(["a", "b", "c"], 22)  # reuses it
-        step(["a", "b", "c"], 23)
-        assert sessions["b"].cohort is not None and sessions["b"].kv is None and cohort is not None
-        step(["a", "b"], 24)  # the cohort changes: caches are cut out and re-batched
-        step(["c"], 25)  # a single step from a cohort member
-        step(["a", "b"], 26)
+        step(["a", "b", "c"], 21)
+        step(["a", "b"], 22)
+        step(["c"], 23)
+        assert all(sessions[k].kv.k is buffers[k] for k in prompts)  # written in place, no new cache
+        draft = _Work(sessions["b"], [30, 31, 32], None, score=3)  # a scored draft next to a plain step
+        plain = _Work(sessions["c"], [24], None)
+        batcher._run([draft, plain])
+        assert draft.logits.shape[0] == 3
+        assert torch.allclose(plain.logits.log_softmax(-1), refs["c"].step([24]), atol=1e-4)
+        refs["b"].step([30])
+        back = _Work(sessions["b"], [40], None, rewind=2)  # keep 30, drop 31 32
+        batcher._run([back])
+        assert torch.allclose(back.logits.log_softmax(-1), refs["b"].step([40]), atol=1e-4)
         sessions["a"].release()
-        assert not sessions["a"].has_kv()
+        assert sessions["a"].kv is None
+    finally:
+        batcher.stop()
+
+
+def test_long_prefill_does_not_stall_another_sessions_step():
+    """A 2,000-token prompt is run in chunks between other sessions' steps: a short session's step
+    submitted mid-prefill is answered within a couple of scheduler ticks, long before the prefill ends."""
+    batcher = DynamicBatcher(load_model("tiny-large").model, window_ms=0.0, max_batch=8, prefill_chunk=32)
+    try:
+        short, long_ = _session("short"), _session("long")
+        first = _Work(short, [5, 6, 7], None)
+        batcher.submit(first)
+        assert first.done.wait(30) and first.error is None
+        prefill = _Work(long_, [100 + i for i in range(2000)], None)
+        t0 = time.monotonic()
+        batcher.submit(prefill)
+        deadline = time.monotonic() + 30
+        while prefill.fed == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert 0 < prefill.fed < 2000  # the prefill is under way
+        step, ticks, ts = _Work(short, [8], None), batcher.ticks, time.monotonic()
+        batcher.submit(step)
+        assert step.done.wait(30) and step.error is None
+        waited, ticks_waited = time.monotonic() - ts, batcher.ticks - ticks
+        assert not prefill.done.is_set()  # answered while the long prompt was still being read
+        assert prefill.done.wait(120) and prefill.error is None
+        whole = time.monotonic() - t0
+        assert ticks_waited <= 3  # the bound: the next tick or so, never the rest of the prefill
+        assert waited < whole / 5
     finally:
         batcher.stop()

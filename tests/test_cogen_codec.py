@@ -77,6 +77,41 @@ def test_sizes_and_bad_packets(logits):
         logit_codec.decode(bad)
 
 
+def test_packed8_is_compact_adapts_k_and_rebuilds_a_proper_distribution(logits):
+    true = torch.log_softmax(logits, -1)
+    flat = logit_codec.encode(logits, 32, "packed8")  # a spread-out distribution: all 32 entries
+    assert len(flat.values) == 3 * 32 and not flat.ids
+    peaked_logits = logits.clone()
+    peaked_logits[7] = 40.0  # one token holds > 99% of the mass: k shrinks to the minimum
+    peaked = logit_codec.encode(peaked_logits, 32, "packed8")
+    assert len(peaked.values) == 3 * logit_codec.PACKED_KMIN
+    assert peaked.ByteSize() < flat.ByteSize() <= 3 * 32 + 24  # ~3 bytes per entry: uint16 id + uint8 code
+    lp = logit_codec.decode(flat, V)
+    assert math.isclose(float(lp.double().exp().sum()), 1.0, rel_tol=1e-6)
+    top = torch.topk(true, 32).indices
+    assert torch.allclose(lp[top], true[top], atol=logit_codec.PACKED_STEP)  # within one code step
+    assert int(logit_codec.decode(peaked, V).argmax()) == 7
+    bad = pb.LogitPacket()
+    bad.CopyFrom(flat)
+    bad.values = bad.values[:-1]
+    with pytest.raises(logit_codec.CodecError, match="3 per entry"):
+        logit_codec.decode(bad)
+    bad.CopyFrom(flat)
+    bad.offset = float("nan")
+    with pytest.raises(logit_codec.CodecError, match="bad top value"):
+        logit_codec.decode(bad)
+    with pytest.raises(logit_codec.CodecError, match="at most 65536"):
+        logit_codec.encode(torch.zeros(70_000), 8, "packed8")
+
+
+def test_a_block_rebuilds_each_position(logits):
+    rows = torch.stack([logits, logits.roll(5), logits * 0.5])
+    block = logit_codec.encode_block(rows, 16, "packed8", position=3)
+    assert block.position == 3 and len(block.packets) == 3 and not block.packets[0].vocab_size
+    for got, row in zip(logit_codec.decode_block(block, V), rows, strict=True):
+        assert torch.equal(got, logit_codec.decode(logit_codec.encode(row, 16, "packed8"), V))
+
+
 def test_fusion_formula_and_endpoints():
     g = torch.Generator().manual_seed(1)
     s = torch.log_softmax(torch.randn(100, generator=g), -1)

@@ -9,6 +9,7 @@ import torch
 
 from fedcogen import dataset as d
 from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
+from fedcogen.client.private_spans import PrivateSpanGuard
 from fedcogen.client.public_gate import train_public_gate
 from fedcogen.client.wire_capture import WireCapture
 from fedcogen.models import LoadedModel, load_model
@@ -119,3 +120,57 @@ def test_gate_trainer_sends_no_private_value_or_context_4gram(cloud, fed):
         w = norm_text(view).split()
         shared = {tuple(w[i:i + 4]) for i in range(len(w) - 3)} & grams
         assert not shared, shared
+
+
+
+class ScriptedModel(torch.nn.Module):
+    """A device model that writes a fixed script whatever its input (a real tiny model underneath keeps
+    the KV cache honest): public words with private values inside them."""
+
+    def __init__(self, inner: torch.nn.Module, script: list[int], eos: int) -> None:
+        super().__init__()
+        self.inner, self.script, self.eos, self.step = inner, script, eos, 0
+        self.config = inner.config
+
+    def forward(self, input_ids=None, **kw):  # noqa: ANN001, ANN003, ANN201
+        out = self.inner(input_ids=input_ids, **kw)
+        self.step = 0 if input_ids.shape[1] > 1 else self.step + 1
+        logits = torch.full_like(out.logits[:, -1:], -1e4)
+        logits[:, 0, self.script[self.step] if self.step < len(self.script) else self.eos] = 0.0
+        out.logits = logits
+        return out
+
+
+def test_speculative_drafts_never_carry_a_private_token(cloud, fed):
+    """The logit default drafts several tokens per round: a draft stops before the first private or
+    held token, so no single step on the wire (draft included) carries a private value's tokens."""
+    uid = d.user_ids(fed)[0]
+    task = fed.tasks_of(uid, "test")[0]
+    values = list(fed.profile(uid).private_values)
+    lm = load_model("tiny")
+    tok = lm.tokenizer
+    script = ("Thanks for the note, it was lovely to hear from you and the whole team. Dear Bjorn Oyelaran, "
+              "the calligraphy class in Malmo starts on Friday at 2:40 pm and I hope that you can join us there. "
+              "With best wishes and many thanks for all of the help you gave us this year.")
+    cfg = DeviceConfig(device_model="tiny", cloud=cloud.address, insecure=True, max_new_tokens=80,
+                       no_repeat_ngram=0, repetition_penalty=1.0)
+    dev = CogenDevice(cfg, device_lm=LoadedModel(ScriptedModel(lm.model, tok(script, add_special_tokens=False)
+                                                               ["input_ids"], tok.eos_token_id), tok, "scripted", "t"))
+    assert dev.config.draft_tokens > 1
+    try:
+        ans = dev.generate_batch([(task.instruction, task.private_context)], "logit", private_values=[values])[0]
+    finally:
+        dev.close()
+    assert ans.text.strip() == script
+    assert ans.private_tokens > 0  # the device did write private tokens ...
+    assert ans.cloud_round_trips < ans.cloud_calls / 2  # ... while drafts of several tokens went out
+    audit = wire_audit({uid: dev.capture}, fed.profiles, fed.canaries, tokenizer=dev.tokenizer)
+    assert audit["pass"], audit["devices"][uid]["hits"]
+    guard = PrivateSpanGuard.for_context(tok, task.private_context, values)
+    steps = [list(r.message.step.token_ids) for r in dev.capture.records
+             if r.direction == "sent" and r.message.WhichOneof("kind") == "step"]
+    assert max(len(s) for s in steps) > 4
+    for ids in steps:  # each message alone, drafts included
+        for run in guard._value_runs:
+            n = len(run)
+            assert not any(tuple(ids[i:i + n]) == run for i in range(len(ids) - n + 1)), tok.decode(run)

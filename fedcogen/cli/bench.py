@@ -87,10 +87,10 @@ def _cogen(args: argparse.Namespace) -> int:
     if args.device_models:
         cfg.device_models = tuple(m.strip() for m in args.device_models.split(",") if m.strip())
     result = run_cogen_bench(quick=args.quick, out_dir=args.out, config=cfg)
-    print(json.dumps({k: result[k] for k in ("bytes_per_token_full", "bytes_per_token_topk",
-                                              "top1_agreement_topk_vs_full", "tokens_per_s_device_only",
-                                              "tokens_per_s_logit", "tokens_per_s_gated", "cloud_call_fraction_gated",
-                                              "aggregate_tokens_per_s", "targets")}, indent=2))
+    speed = {name: {v: {k: round(r[k], 3) for k in ("tokens_per_s", "ratio_to_device", "cloud_call_fraction")}
+                    for v, r in row["speed"].items()} for name, row in result["devices"].items()}
+    print(json.dumps({"speed": speed, "aggregate_tokens_per_s": result["aggregate_tokens_per_s"],
+                      "targets": result["targets"], "machine": result["machine_start"]}, indent=2))
     print(f"report: {Path(args.out) / 'bench_cogen.md'}")
     return 0
 

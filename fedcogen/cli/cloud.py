@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
+from pathlib import Path
 
 from fedcogen.cli.common import add_command, add_group, add_token_args, token_of
 
@@ -45,6 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-window-ms", type=float, default=2.0, help="how long the batcher waits to fill a batch")
     p.add_argument("--max-batch", type=int, default=16, help="largest decode batch")
+    p.add_argument("--prefill-chunk", type=int, default=64,
+                   help="a long prompt is read in chunks of this many tokens between other sessions' steps")
+    p.add_argument("--engine-url", help="serve the model from a serving engine's OpenAI-compatible API instead of "
+                   "in-process (vLLM / SGLang / llama.cpp server), e.g. http://gpu-host:8000/v1; "
+                   "see docs/serving-engine.md")
+    p.add_argument("--engine-model", default="", help="with --engine-url: the model name the engine serves")
+    p.add_argument("--engine-api-key-file", help="with --engine-url: file holding the engine's API key "
+                   "(or $FEDCOGEN_ENGINE_API_KEY)")
+    p.add_argument("--engine-max-logprobs", type=int, default=20,
+                   help="with --engine-url: the engine's top-logprobs limit (vLLM --max-logprobs); caps k")
     p.add_argument("--sketch-max-new-tokens", type=int, default=96, help="sketch length cap")
     p.add_argument(
         "--allow-eval-only-context",
@@ -78,6 +90,11 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         sketch_max_new_tokens=args.sketch_max_new_tokens,
         allow_eval_only_context=args.allow_eval_only_context,
+        prefill_chunk=args.prefill_chunk,
+        engine_url=args.engine_url,
+        engine_model=args.engine_model,
+        engine_api_key=_engine_key(args),
+        engine_max_logprobs=args.engine_max_logprobs,
     )
     config.validate()
     if args.threads:
@@ -102,3 +119,12 @@ def _serve(args: argparse.Namespace) -> int:
         pass
     server.stop(grace=args.grace)
     return 0
+
+
+def _engine_key(args: argparse.Namespace) -> str | None:
+    if args.engine_api_key_file:
+        path = Path(args.engine_api_key_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"engine API key file not found: {path}")
+        return path.read_text().strip() or None
+    return os.environ.get("FEDCOGEN_ENGINE_API_KEY") or None

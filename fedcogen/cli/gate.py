@@ -13,11 +13,12 @@ import argparse
 import json
 from pathlib import Path
 
-from fedcogen.cli.common import add_command, add_group, add_token_args, token_of
+from fedcogen.cli.common import add_command, add_group, add_token_args, module_doc, token_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    _, ps = add_group(sub, "gate", "learned fusion gate: train it on public synthetic tasks", dest="gate_command",
+    _, ps = add_group(sub, "gate", "fusion gates: train the learned gate, calibrate the uncertainty gate",
+                      dest="gate_command",
                       description=__doc__)
     t = add_command(ps, "train", "train the fusion gate on fake users' tasks and store it with the adapter",
                     func=_train)
@@ -35,6 +36,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--public-seed", type=int, default=1_000_003, help="seed of the fake users (not the real data's)")
     t.add_argument("--epochs", type=int, default=60)
     t.add_argument("--out", help="gate file (default: <adapter>/fusion_gate.pt)")
+
+    c = add_command(ps, "calibrate", "choose the gated variant's uncertainty threshold on validation tasks",
+                    func=_calibrate, description=module_doc("fedcogen.simulations.gate_calibration"))
+    c.add_argument("--device-model", default="smollm2-24l")
+    c.add_argument("--cloud-model", default="smollm2")
+    c.add_argument("--users", type=int, default=6, help="synthetic users whose validation tasks are used")
+    c.add_argument("--tasks-per-user", type=int, default=3)
+    c.add_argument("--max-tokens", type=int, default=96, help="reference tokens per task")
+    c.add_argument("--max-call-fraction", type=float, default=0.2, help="most tokens the gate may send to the cloud")
+    c.add_argument("--max-quality-loss", type=float, default=0.01,
+                   help="largest relative NLL increase vs always-fuse on the references")
+    c.add_argument("--out", default="runs/gate-calibration", help="folder for gate_calibration.json")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -69,4 +82,19 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else gate_path(args.adapter)
     gate.save(out)
     print(json.dumps({"gate": str(out), **stats}, indent=2))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.gate_calibration import CalibrationConfig, calibrate
+
+    cfg = CalibrationConfig(device_model=args.device_model, cloud_model=args.cloud_model, users=args.users,
+                            tasks_per_user=args.tasks_per_user, max_tokens=args.max_tokens,
+                            max_call_fraction=args.max_call_fraction, max_quality_loss=args.max_quality_loss)
+    result = calibrate(cfg, args.out)
+    ch = result["chosen"]
+    print(json.dumps({"chosen": ch, "always_fuse": result["always_fuse"], "device_alone": result["device_alone"],
+                      "target_met": result["target_met"], "positions": result["positions"]}, indent=2))
+    print(f"use: --gated-metric {ch['metric']} --gated-threshold {ch['threshold']:.3f}  "
+          f"(report: {Path(args.out) / 'gate_calibration.json'})")
     return 0

@@ -75,11 +75,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", help="personalised LoRA adapter (PEFT folder, or weights file beside adapter_config.json)")
     p.add_argument("--device-model", default="smollm2-24l", help="device model name or local folder")
     add_decoding_args(p)
-    p.add_argument("--k", type=int, default=64, help="top-k size of the cloud's distributions")
-    p.add_argument("--encoding", choices=("fp16", "int8", "fp32", "full"), default="fp16", help="value encoding")
+    # defaults mirror DeviceConfig (tests/test_speculative.py checks they stay equal)
+    p.add_argument("--k", type=int, default=32, help="top-k size of the cloud's distributions (packed8: the most)")
+    p.add_argument("--encoding", choices=("packed8", "fp16", "int8", "fp32", "full"), default="packed8",
+                   help="value encoding (packed8: uint16 ids + uint8 codes, k adapting to the cloud's spread)")
+    p.add_argument("--draft-tokens", type=int, default=8,
+                   help="logit: speculative rounds of up to this many device-drafted tokens (0 = one round trip per token)")
+    p.add_argument("--draft-min-p", type=float, default=0.5,
+                   help="logit: draft only tokens the device gives at least this probability")
     p.add_argument("--weight", default="0.5", help="device weight w in [0,1], or 'learned' (needs --gate)")
     p.add_argument("--gate", help="learned fusion gate state dict (FusionGate.save)")
-    p.add_argument("--gated-threshold", type=float, default=2.5, help="entropy (nats) above which gated asks the cloud")
+    p.add_argument("--gated-metric", choices=("entropy", "margin"), default="entropy",
+                   help="gated: the device's uncertainty measure")
+    p.add_argument("--gated-threshold", type=float, default=5.0,
+                   help="gated: entropy (nats) above which / top-2 margin below which the device asks the cloud "
+                   "(calibrate with `fedcogen gate calibrate`)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--step-timeout", type=float, default=20.0, help="deadline per cloud step (s)")
@@ -119,7 +129,10 @@ def _generate(args: argparse.Namespace) -> int:
         gate_path=args.gate if learned else None,
         **decoding_settings(args),
         sample=args.sample,
+        gated_metric=args.gated_metric,
         gated_threshold=args.gated_threshold,
+        draft_tokens=args.draft_tokens,
+        draft_min_p=args.draft_min_p,
         step_timeout_s=args.step_timeout,
     )
     device = CogenDevice(config)
