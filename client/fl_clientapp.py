@@ -252,6 +252,7 @@ def compress_update(
     residual: Mapping[str, np.ndarray] | None,
     settings: FLSettings,
     rng: np.random.Generator,
+    schema: codec.TensorSchema | None = None,
 ) -> tuple[bytes, dict[str, np.ndarray]]:
     """Error-feedback top-k (+ DP clip/noise) + encode; returns (blob, new residual).
 
@@ -259,8 +260,11 @@ def compress_update(
     so with DP on, no part of the update reaches the server without passing the clip. In client-mode
     DP the added noise is taken back out of that difference (``released - clipped``): the residual
     carries clipping and quantisation leftovers, never the noise, which would otherwise feed back
-    into the next round's update with the opposite sign.
+    into the next round's update with the opposite sign. ``schema`` (default: the update's own
+    tensors) is the adapter schema the server decodes with.
     """
+    if schema is None:
+        schema = codec.TensorSchema.from_shapes({k: np.shape(v) for k, v in update.items()})
     cfg = codec.CodecConfig(
         density=settings.density, scope=settings.scope, quant=settings.quant, index_coding=settings.index_coding
     )
@@ -278,8 +282,8 @@ def compress_update(
         sparse = released
     else:
         noise = {}
-    blob = codec.encode_sparse(sparse, cfg)
-    sent = codec.densify(codec.decode_sparse(blob))
+    blob = codec.encode_sparse(sparse, cfg, schema)
+    sent = codec.densify(codec.decode_sparse(blob, schema))
     new_residual = {k: (corrected[k] - sent.get(k, 0.0) + noise.get(k, 0.0)).astype(np.float32)
                     for k in corrected}
     return blob, new_residual
@@ -297,10 +301,11 @@ def run_train(settings: FLSettings, patch: fm.Patch, server_round: int, partitio
                          lr=settings.lr, seed=seed)
     update = adapter_sub(get_adapter(lm), broadcast)
     rng = np.random.default_rng(seed)
-    blob, new_residual = compress_update(update, state.residual_before(server_round), settings, rng)
+    schema = codec.TensorSchema.from_shapes(lm.shapes())
+    blob, new_residual = compress_update(update, state.residual_before(server_round), settings, rng, schema)
     state.copies[patch.target_version] = broadcast
     state.residuals[server_round] = new_residual
-    stats = codec.blob_stats(blob)
+    stats = codec.blob_stats(blob, schema)
     metrics = {
         fm.NUM_EXAMPLES: len(data),
         "train_loss": result.loss,

@@ -165,7 +165,7 @@ def apply_patch(
     out = {k: np.array(v, dtype=np.float32, copy=True) for k, v in base.items()}
     if kind == PATCH_NONE:
         return out
-    sparse = codec.decode_sparse(bytes(blob), expected_shapes=dict(shapes))
+    sparse = codec.decode_sparse(bytes(blob), shapes)
     for name, st in sparse.items():
         flat = out[name].reshape(-1)
         idx = np.asarray(st.indices, dtype=np.int64)

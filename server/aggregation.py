@@ -78,7 +78,7 @@ def validate_update(
     if len(blob) > limits.max_bytes:
         raise RejectedUpdate("oversize", f"{len(blob)} bytes > cap {limits.max_bytes}")
     # The codec raises only UpdateRejected; a decoder bug arrives as one with ``internal=True``.
-    sparse = codec.decode_sparse(bytes(blob), expected_shapes=dict(shapes), max_bytes=limits.max_bytes)
+    sparse = codec.decode_sparse(bytes(blob), shapes, max_bytes=limits.max_bytes)
     unknown = set(sparse) - set(shapes)
     if unknown:  # the codec already checks this; kept so the invariant holds whatever the codec does
         raise RejectedUpdate("unknown_tensor", f"{sorted(unknown)[:3]}")

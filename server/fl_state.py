@@ -139,7 +139,7 @@ def advance_broadcast(state: ServerState, server_round: int, cfg: codec.CodecCon
     st = state
     gap = {k: st.global_adapter[k] - st.broadcast[k] for k in st.global_adapter}
     sparse = codec.topk_sparsify(gap, cfg)
-    blob = codec.encode_sparse(sparse, cfg)
+    blob = codec.encode_sparse(sparse, cfg, shapes)
     st.broadcast = fm.apply_patch(st.broadcast, fm.PATCH_DELTA, blob, shapes)
     st.changed[server_round] = {k: np.asarray(t.indices, np.int64) for k, t in sparse.items() if t.k}
     st.last_delta = blob

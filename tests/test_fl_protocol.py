@@ -90,7 +90,7 @@ def test_error_feedback_residual_accounts_for_everything_sent() -> None:
     settings = FLSettings(density=0.05, quant="int8")
     upd, res = _adapter(2), {k: v * 0.1 for k, v in _adapter(3).items()}
     blob, new_res = compress_update(upd, res, settings, np.random.default_rng(0))
-    sent = codec.densify(codec.decode_sparse(blob, expected_shapes=SHAPES))
+    sent = codec.densify(codec.decode_sparse(blob, SHAPES))
     for k in SHAPES:
         np.testing.assert_allclose(sent[k] + new_res[k], upd[k] + res[k], rtol=1e-6, atol=1e-6)
         assert np.count_nonzero(sent[k]) == round(0.05 * upd[k].size)
@@ -102,7 +102,7 @@ def test_client_dp_clips_what_is_sent_and_residual_keeps_the_rest() -> None:
                              dp_noise_multiplier=0.0)
     upd = _adapter(4)
     blob, new_res = compress_update(upd, None, settings, np.random.default_rng(0))
-    sent = codec.densify(codec.decode_sparse(blob))
+    sent = codec.densify(codec.decode_sparse(blob, SHAPES))
     norm = float(np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in sent.values())))
     assert norm <= 0.5 + 1e-5
     for k in SHAPES:
