@@ -23,7 +23,8 @@ from typing import Any
 from fedcogen.protocols.fl_messages import SchemaError
 
 SCOPES = ("per_tensor", "global")
-QUANTS = ("fp32", "fp16", "int8")
+QUANTS = ("fp32", "fp16", "int8", "int4")
+LORA_MODES = ("lora", "freeze_a", "core")  # fedcogen.lora_exact (kept equal by a test)
 INDEX_CODINGS = ("auto", "bitmap", "delta_varint", "rice")
 SERVER_OPTS = ("fedavg", "fedadam", "fedyogi")
 DP_MODES = ("none", "client", "server")
@@ -73,9 +74,12 @@ class FLSettings:
     lora_alpha: int = _f(16, "LoRA alpha")
     lora_dropout: float = _f(0.05, "LoRA dropout")
     lora_targets: str = _f("q_proj,v_proj", "comma-separated module names that get LoRA")
+    lora_mode: str = _f("lora", "what is trained and averaged: lora (A and B, averaged apart: inexact), "
+                                "freeze_a (FFA-LoRA: only B, exact), core (Fed-SB: r x r core between frozen "
+                                "factors, exact)")
     density: float = _f(0.01, "fraction of each client update sent (top-k; 1.0 = dense)")
     scope: str = _f("per_tensor", "top-k per_tensor or global")
-    quant: str = _f("int8", "value precision on the wire: fp32, fp16, int8")
+    quant: str = _f("int8", "value precision on the wire: fp32, fp16, int8, int4")
     index_coding: str = _f("auto", "index code: auto, bitmap, delta_varint, rice")
     down_density: float = _f(0.0, "broadcast density (0 = density x clients_per_round)")
     down_quant: str = _f("", "broadcast precision ('' = same as quant)")
@@ -128,6 +132,7 @@ class FLSettings:
         need(self.lora_alpha > 0, "lora_alpha", "must be > 0")
         need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
         need(any(t.strip() for t in self.lora_targets.split(",")), "lora_targets", "must name a module")
+        one_of("lora_mode", LORA_MODES)
         need(0 < self.density <= 1, "density", "must be in (0, 1]")
         one_of("scope", SCOPES)
         one_of("quant", QUANTS)
@@ -212,7 +217,7 @@ class FLSettings:
 
 CLIENT_KEYS = (
     "model", "seed", "data_dir", "num_clients", "clients_per_round", "local_steps", "batch_size", "lr",
-    "max_seq_len", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "density", "scope", "quant",
+    "max_seq_len", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_mode", "density", "scope", "quant",
     "index_coding", "dp_mode", "dp_clip_norm", "dp_noise_multiplier", "dp_delta", "client_state_dir",
     "fail_prob", "fail_nodes", "history_examples", "fact_swaps",
 )

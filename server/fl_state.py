@@ -52,7 +52,9 @@ class ServerState:
 def _fingerprint(s: FLSettings) -> dict[str, Any]:
     """Settings that must match for a resume to be meaningful."""
     keys = ("model", "seed", "lora_r", "lora_alpha", "lora_targets", "num_clients", "server_opt")
-    return {k: getattr(s, k) for k in keys}
+    # the aggregation mode decides what the arrays mean (only named when not the default: old checkpoints resume)
+    mode = {"lora_mode": s.lora_mode} if s.lora_mode != "lora" else {}
+    return {**{k: getattr(s, k) for k in keys}, **mode}
 
 
 def save_state(folder: Path, state: ServerState, settings: FLSettings) -> None:

@@ -56,7 +56,9 @@ def test_settings_parse_types_and_fail_hook() -> None:
     with pytest.raises(fm.SchemaError, match="density"):
         FLSettings(density=0.0)
     with pytest.raises(fm.SchemaError, match="quant"):
-        FLSettings.from_mapping({"quant": "int4"})
+        FLSettings.from_mapping({"quant": "int3"})
+    with pytest.raises(fm.SchemaError, match="lora_mode"):
+        FLSettings.from_mapping({"lora-mode": "freeze_b"})
     with pytest.raises(fm.SchemaError, match="fail_nodes"):
         FLSettings(fail_nodes="a@b")
     assert FLSettings(density=0.01, clients_per_round=4).effective_down_density() == pytest.approx(0.04)
