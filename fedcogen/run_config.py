@@ -101,6 +101,7 @@ class FLSettings:
     dp_target_epsilon: float = _f(0.0, "stop when epsilon would exceed this (0 = no budget)")
     fail_prob: float = _f(0.0, "testing: probability that a client drops in a round")
     fail_nodes: str = _f("", "testing: 'P' (partition P fails every round) or 'P@R' (only in round R), comma separated")
+    target_eval_loss: float = _f(0.0, "stop after the first evaluation whose loss is at or below this (0 = off)")
     stop_after: int = _f(0, "stop cleanly (checkpointed) after this many rounds in total (0 = run all); "
                             "continue later with resume")
 
@@ -155,6 +156,7 @@ class FLSettings:
         need(self.dp_target_epsilon >= 0, "dp_target_epsilon", "must be >= 0 (0 = no budget)")
         need(0 <= self.fail_prob <= 1, "fail_prob", "must be in [0, 1]")
         need(self.stop_after >= 0, "stop_after", "must be >= 0")
+        need(self.target_eval_loss >= 0, "target_eval_loss", "must be >= 0 (0 = off)")
         try:
             self.failing_nodes()
         except ValueError:

@@ -110,3 +110,18 @@ def test_federation_runs_end_to_end_in_each_exact_mode(tmp_path, mode: str, quan
     lm = lora_model("tiny", 7, LoraSpec(r=8, alpha=16, dropout=0.05, mode=mode))
     expected = (lambda n: n.endswith(".lora_B.core")) if mode == "core" else (lambda n: ".lora_B." in n)
     assert all(expected(n) for n in lm.shapes())
+
+
+def test_server_measures_ab_averaging_error_and_stops_at_a_target_loss(tmp_path) -> None:
+    from fedcogen.simulations.federation import SimulationConfig, run_federation
+
+    cfg = SimulationConfig.from_dict(dict(
+        model="tiny", num_clients=3, clients_per_round=3, rounds=3, local_steps=3, batch_size=2, max_seq_len=64,
+        lr=2e-2, seed=7, density=1.0, quant="fp32", down_density=1.0, down_quant="fp32", engine="loopback",
+        target_eval_loss=100.0, out_dir=str(tmp_path / "probe"), data_dir=str(tmp_path / "data")))
+    res = run_federation(cfg)
+    assert res["completed_rounds"] == 1 and "reached target" in res["stopped_reason"]
+    r1 = res["rounds"][1]
+    # three clients moved A and B apart: the product of the means misses part of the mean product
+    assert 1e-4 < r1["ab_avg_error_rel_change"] < 1.0
+    assert 0 < r1["ab_avg_error_rel_weight"] <= r1["ab_avg_error_rel_change"]
