@@ -83,6 +83,7 @@ class FLSettings:
     index_coding: str = _f("auto", "index code: auto, bitmap, delta_varint, rice")
     down_density: float = _f(0.0, "broadcast density (0 = density x clients_per_round)")
     down_quant: str = _f("", "broadcast precision ('' = same as quant)")
+    warmup_rounds: int = _f(0, "first rounds that send every entry (density 1 both ways) before top-k starts")
     server_opt: str = _f("fedavg", "server optimiser: fedavg, fedadam, fedyogi")
     server_lr: float = _f(1.0, "server learning rate (1.0 + fedavg = plain FedAvg)")
     min_fit_clients: int = _f(1, "abort a round (model unchanged) if fewer updates are accepted")
@@ -142,6 +143,7 @@ class FLSettings:
         one_of("down_quant", ("", *QUANTS))
         one_of("server_opt", SERVER_OPTS)
         need(self.server_lr > 0, "server_lr", "must be > 0")
+        need(self.warmup_rounds >= 0, "warmup_rounds", "must be >= 0")
         need(0 <= self.min_fit_clients <= self.clients_per_round, "min_fit_clients",
              f"must be in [0, clients_per_round={self.clients_per_round}] (more would abort every round)")
         need(self.round_timeout > 0, "round_timeout", "must be > 0")
@@ -198,6 +200,12 @@ class FLSettings:
         return cls.from_mapping({k: v for k, v in config.items() if k in CLIENT_KEYS})
 
     # ------------------------------------------------------------------ derived values
+
+    def round_settings(self, server_round: int) -> FLSettings:
+        """The settings of one round: warm-up rounds send every entry both ways (same quantisation)."""
+        if 0 < server_round <= self.warmup_rounds:
+            return self.replace(density=1.0, down_density=1.0)
+        return self
 
     def effective_down_density(self) -> float:
         if self.down_density > 0:

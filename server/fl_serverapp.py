@@ -107,7 +107,7 @@ class FederatedServer:
     # ------------------------------------------------------------------ messaging
 
     def _client_config(self, server_round: int) -> dict[str, Any]:
-        cfg = self.s.client_config()
+        cfg = self.s.round_settings(server_round).client_config()
         cfg["server_round"] = server_round
         return cfg
 
@@ -176,7 +176,8 @@ class FederatedServer:
 
     def new_broadcast_version(self, server_round: int) -> None:
         """Compress ``G - B`` into broadcast version ``server_round`` (see :mod:`fedcogen.server.fl_state`)."""
-        cfg = codec.CodecConfig(density=self.s.effective_down_density(), scope=self.s.scope,
+        s = self.s.round_settings(server_round)
+        cfg = codec.CodecConfig(density=s.effective_down_density(), scope=self.s.scope,
                                 quant=self.s.down_quant or self.s.quant, index_coding=self.s.index_coding)
         advance_broadcast(self.state, server_round, cfg, self.shapes)
 

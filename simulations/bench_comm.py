@@ -52,7 +52,7 @@ def base_config(quick: bool, out: Path, engine: str, rounds: int | None = None,
     """The shared recipe. Data folders are named by their user count, so quick and full runs never clash."""
     if quick:
         base = dict(model="tiny", num_clients=4, clients_per_round=2, rounds=6, local_steps=6, batch_size=4,
-                    max_seq_len=64, lr=3e-3, eval_every=2, seed=0)
+                    max_seq_len=64, lr=2e-2, eval_every=2, seed=0)  # a random model: lr high enough to move
     else:  # the demo's personalisation recipe (simulations/demo.py) on the embedded 30-layer model
         base = dict(model="smollm2", num_clients=4, clients_per_round=2, rounds=6, local_steps=6, batch_size=4,
                     max_seq_len=320, lr=3e-3, lora_r=16, lora_alpha=32, lora_dropout=0.0,

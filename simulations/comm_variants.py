@@ -45,11 +45,14 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             {"lora_mode": "core", "density": 1.0, "quant": "int4", "down_density": 1.0}, lr_scale=5.0),
     Variant("core-top50-int4", "Fed-SB-style core (exact), top-50% + error feedback, int4 values",
             {"lora_mode": "core", "density": 0.5, "quant": "int4", "down_density": 1.0}, lr_scale=5.0),
+    Variant("sparse-int8-warmup", "today's sparse 10% int8 after 2 warm-up rounds that send every entry",
+            {"lora_mode": "lora", "density": 0.1, "quant": "int8", "warmup_rounds": 2}),
     Variant("sparse-int8-adam", "today's sparse 10% int8 with FedAdam on the sparse aggregate (server momentum)",
-            {"lora_mode": "lora", "density": 0.1, "quant": "int8", "server_opt": "fedadam", "server_lr": 0.01}),
+            {"lora_mode": "lora", "density": 0.1, "quant": "int8", "server_opt": "fedadam", "server_lr": 0.003}),
 )}
 
-QUICK_DEFAULT = ("sparse-int8", "sparse-int4", "freeze-a", "core-int4", "core-int8", "sparse-int8-adam")
+QUICK_DEFAULT = ("sparse-int8", "sparse-int4", "sparse-int8-warmup", "sparse-int8-adam", "freeze-a", "core-int8",
+                 "core-int4", "core-top50-int4")
 FULL_DEFAULT = ("sparse-int8", "core-int4")
 
 
