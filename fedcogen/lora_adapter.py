@@ -113,7 +113,7 @@ def lora_model(model_name: str, seed: int = 0, spec: LoraSpec = LoraSpec()) -> L
             pm = get_peft_model(model_copy, cfg)
         except ValueError as exc:
             raise ValueError(f"cannot apply LoRA to {model_name} with targets {spec.targets}: {exc}") from exc
-        apply_mode(pm, spec.mode, seed)  # freeze A, or put a trained r x r core between frozen factors
+        apply_mode(pm, spec.mode, seed, base.tokenizer)  # freeze A, or a trained r x r core between frozen factors
     params = {_short_name(n): p for n, p in pm.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError(f"LoRA targets {spec.targets} matched no module of model {model_name}")

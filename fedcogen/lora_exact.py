@@ -9,13 +9,14 @@ selected by the run config's ``lora_mode``:
 * ``freeze_a`` (FFA-LoRA, Sun et al. 2024): A keeps its seeded initial value on every device and
   the server, only B is trained and sent. ``mean(B_i) @ A = mean(B_i @ A)`` exactly; half the
   tensors never travel.
-* ``core`` (Fed-SB, Singhal et al. 2025, arXiv 2502.15436): A and B are both frozen (A as PEFT
-  initialises it, B a seeded Gaussian with unit-norm columns on average) and a small ``r x r``
-  matrix R between them is trained: the change is ``s * B @ R @ A`` and ``mean(R_i)`` gives exactly
-  ``mean(B @ R_i @ A)``. Only ``r * r`` numbers per module travel (256 at r = 16, against
-  ``r * (in + out)`` for LoRA). Fed-SB initialises B and A from an SVD of a full-model gradient;
-  here they come from the shared seed alone, so no data and no extra message is needed and every
-  device derives them bit-identically (``torch.randn`` on CPU with a seeded generator).
+* ``core`` (Fed-SB, Singhal et al. 2025, arXiv 2502.15436): A and B are both frozen and a small
+  ``r x r`` matrix R between them is trained: the change is ``s * B @ R @ A`` and ``mean(R_i)`` gives
+  exactly ``mean(B @ R_i @ A)``. Only ``r * r`` numbers per module travel (256 at r = 16, against
+  ``r * (in + out)`` for LoRA). As in LoRA-SB, B and A are the top-r singular vectors of the base
+  weight's gradient, here on *public* synthetic examples every party generates itself
+  (:mod:`fedcogen.core_init`), so no data and no extra message is needed.
+* ``core_rand``: the same core between data-free factors (A as PEFT initialises it, B a seeded
+  Gaussian with unit-norm columns on average), derived bit-identically from the seed alone.
 
 In both modes the adapter dict that clients train, send, and the server aggregates holds only the
 trainable tensors (``lora_B`` weights, or ``lora_B.core``), so the codec's tensor schema, the
@@ -30,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
-LORA_MODES = ("lora", "freeze_a", "core")
+from fedcogen.core_init import gradient_factors
+
+LORA_MODES = ("lora", "freeze_a", "core", "core_rand")
 _CORE_SEED_TAG = 23
 
 
@@ -62,25 +65,40 @@ def _core_class() -> type:
     return LoraCore
 
 
-def apply_mode(peft_model: Any, mode: str, seed: int, adapter_name: str = "default") -> None:
-    """Freeze / restructure the LoRA layers of a freshly built PEFT model for ``mode`` (in place)."""
+def apply_mode(peft_model: Any, mode: str, seed: int, tokenizer: Any = None, adapter_name: str = "default") -> None:
+    """Freeze / restructure the LoRA layers of a freshly built PEFT model for ``mode`` (in place);
+    ``core`` needs the tokenizer (its factors come from a gradient on public text)."""
     import torch
 
     if mode not in LORA_MODES:
         raise ValueError(f"lora_mode must be one of {LORA_MODES}, got {mode!r}")
     if mode == "lora":
         return
-    layers = [(name, m) for name, m in peft_model.named_modules()
-              if hasattr(m, "lora_A") and adapter_name in getattr(m, "lora_A", {})]
-    for i, (_name, layer) in enumerate(sorted(layers, key=lambda x: x[0])):
+    layers = sorted(((name, m) for name, m in peft_model.named_modules()
+                     if hasattr(m, "lora_A") and adapter_name in getattr(m, "lora_A", {})), key=lambda x: x[0])
+    grads = {}
+    if mode == "core":
+        if tokenizer is None:
+            raise ValueError("lora_mode 'core' needs the tokenizer to derive its factors")
+        was_training = peft_model.training
+        peft_model.eval()  # no dropout: every party must compute the same gradient
+        grads = gradient_factors(peft_model, layers, tokenizer, seed, layers[0][1].r[adapter_name])
+        peft_model.train(was_training)
+    for i, (name, layer) in enumerate(layers):
         layer.lora_A[adapter_name].weight.requires_grad_(False)
         if mode == "freeze_a":
             continue
         old_b = layer.lora_B[adapter_name]
         out_features, r = old_b.weight.shape
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i, _CORE_SEED_TAG]).generate_state(1)[0]))
-        frozen = torch.randn(out_features, r, generator=gen, dtype=old_b.weight.dtype) / float(np.sqrt(out_features))
-        layer.lora_B[adapter_name] = _core_class()(frozen)
+        if mode == "core":
+            frozen, a = grads[name]
+            with torch.no_grad():
+                layer.lora_A[adapter_name].weight.copy_(a)
+        else:
+            gen = torch.Generator().manual_seed(
+                int(np.random.SeedSequence([seed, i, _CORE_SEED_TAG]).generate_state(1)[0]))
+            frozen = torch.randn(out_features, r, generator=gen) / float(np.sqrt(out_features))
+        layer.lora_B[adapter_name] = _core_class()(frozen.to(old_b.weight.dtype))
 
 
 def fold_cores(peft_model: Any, adapter_name: str = "default") -> None:
@@ -137,7 +155,7 @@ def weight_changes(adapter: Mapping[str, np.ndarray], factors: Mapping[str, Mapp
     frozen factors a mode does not send come from ``factors`` (:func:`frozen_factors`)."""
     out = {}
     for mod, f in factors.items():
-        if mode == "core":
+        if mode.startswith("core"):
             r = np.asarray(adapter[f"{mod}.lora_B.core"], np.float64)
             out[mod] = f["scale"] * (f["B"].astype(np.float64) @ r @ f["A"].astype(np.float64))
             continue

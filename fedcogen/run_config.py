@@ -24,7 +24,7 @@ from fedcogen.protocols.fl_messages import SchemaError
 
 SCOPES = ("per_tensor", "global")
 QUANTS = ("fp32", "fp16", "int8", "int4")
-LORA_MODES = ("lora", "freeze_a", "core")  # fedcogen.lora_exact (kept equal by a test)
+LORA_MODES = ("lora", "freeze_a", "core", "core_rand")  # fedcogen.lora_exact (kept equal by a test)
 INDEX_CODINGS = ("auto", "bitmap", "delta_varint", "rice")
 SERVER_OPTS = ("fedavg", "fedadam", "fedyogi")
 DP_MODES = ("none", "client", "server")
@@ -76,7 +76,7 @@ class FLSettings:
     lora_targets: str = _f("q_proj,v_proj", "comma-separated module names that get LoRA")
     lora_mode: str = _f("lora", "what is trained and averaged: lora (A and B, averaged apart: inexact), "
                                 "freeze_a (FFA-LoRA: only B, exact), core (Fed-SB: r x r core between frozen "
-                                "factors, exact)")
+                                "factors from a public-data gradient, exact), core_rand (core, random factors)")
     density: float = _f(0.01, "fraction of each client update sent (top-k; 1.0 = dense)")
     scope: str = _f("per_tensor", "top-k per_tensor or global")
     quant: str = _f("int8", "value precision on the wire: fp32, fp16, int8, int4")

@@ -202,10 +202,27 @@ def measure_throughput(base: dict[str, Any], repeats: int = 5, steps: int = 6) -
 # --------------------------------------------------------------------------- the benchmark
 
 
+def _run(cfg: dict[str, Any], reuse: bool) -> dict[str, Any]:
+    """Run one federation, or with ``reuse`` read back a finished run of exactly these settings."""
+    sim = SimulationConfig.from_dict(cfg)
+    done = Path(sim.run.out_dir) / "metrics.json"
+    if reuse and done.is_file():
+        old = json.loads(done.read_text())
+        paths = ("out_dir", "data_dir", "client_state_dir")  # resolved to absolute paths by the run
+        want = {k: v for k, v in json.loads(json.dumps(sim.settings().to_config())).items() if k not in paths}
+        if {k: v for k, v in old.get("settings", {}).items() if k not in paths} == want:
+            print(f"[bench comm]   reusing the finished run in {done.parent}", flush=True)
+            return old
+    return run_federation(sim)
+
+
 def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", variants: str | None = None,
               engine: str = "loopback", rounds: int | None = None, max_rounds: int | None = None,
-              local_steps: int | None = None, throughput: bool | None = None) -> dict[str, Any]:
-    """Dense run, then every variant until it reaches dense's loss (+1 %) or the cap; the JSON-able result."""
+              local_steps: int | None = None, throughput: bool | None = None, reuse: bool = False) -> dict[str, Any]:
+    """Dense run, then every variant until it reaches dense's loss (+1 %) or the cap; the JSON-able result.
+
+    ``reuse``: runs whose folder already holds a finished run with identical settings are read back
+    instead of run again (so an interrupted benchmark continues where it stopped)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = base_config(quick, out, engine, rounds, local_steps)
@@ -213,7 +230,7 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", variants: st
     cap = int(max_rounds or 3 * base["rounds"])
     started = time.perf_counter()
     print(f"[bench comm] dense fp32 LoRA FedAvg: {base['rounds']} rounds, model {base['model']}", flush=True)
-    dense = run_federation(SimulationConfig.from_dict({**DENSE.settings(base), "out_dir": str(out / "dense")}))
+    dense = _run({**DENSE.settings(base), "out_dir": str(out / "dense")}, reuse)
     dense_loss = dense["final_eval_loss"]
     target = dense_loss * (1 + TARGETS["eval_loss_rel_gap"])
     dense_hit = first_reaching(dense, target)
@@ -224,7 +241,7 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", variants: st
     for v in chosen:
         print(f"[bench comm] {v.name}: until eval loss <= {target:.4f} or {cap} rounds", flush=True)
         cfg = {**v.settings(base), "rounds": cap, "target_eval_loss": target, "out_dir": str(out / v.name)}
-        res = run_federation(SimulationConfig.from_dict(cfg))
+        res = _run(cfg, reuse)
         runs.append((v.name, res))
         rows.append(summarise(v.name, v, res, target, dense_loss, dense_to_target, dense_round_bytes, cap))
     reached = [r for r in rows[1:] if r["reached_target"]]

@@ -280,7 +280,7 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     lm, _ = load_run_adapter(run_dir)
     target = Path(out_dir) if out_dir else Path(run_dir) / "adapter"
     model = lm.model
-    if lm.spec.mode == "core":  # fold B @ R into a plain lora_B so the export is a standard PEFT adapter
+    if lm.spec.mode.startswith("core"):  # fold B @ R into a plain lora_B so the export is a standard PEFT adapter
         model = copy.deepcopy(lm.model)
         fold_cores(model)
     model.save_pretrained(str(target))

@@ -46,7 +46,7 @@ def _round(mode: str) -> tuple:
     return lm, broadcast, clients, new_global
 
 
-@pytest.mark.parametrize("mode", ["freeze_a", "core"])
+@pytest.mark.parametrize("mode", ["freeze_a", "core", "core_rand"])
 def test_exact_modes_aggregate_to_the_mean_of_the_clients_products(mode: str) -> None:
     lm, broadcast, clients, new_global = _round(mode)
     names = set(lm.shapes())
@@ -55,6 +55,10 @@ def test_exact_modes_aggregate_to_the_mean_of_the_clients_products(mode: str) ->
     else:
         assert all(n.endswith(".lora_B.core") and lm.shapes()[n] == (4, 4) for n in names)
     factors = frozen_factors(lm)
+    if mode == "core":  # LoRA-SB factors: orthonormal singular vectors of the public-data gradient
+        for f in factors.values():
+            np.testing.assert_allclose(f["B"].T @ f["B"], np.eye(4), atol=1e-4)
+            np.testing.assert_allclose(f["A"] @ f["A"].T, np.eye(4), atol=1e-4)
     mean_of_products = {m: np.mean([weight_changes(c, factors, mode)[m] for c in clients], axis=0) for m in factors}
     of_aggregate = weight_changes(new_global, factors, mode)
     scale = max(np.abs(v).max() for v in mean_of_products.values())
@@ -67,7 +71,7 @@ def test_exact_modes_aggregate_to_the_mean_of_the_clients_products(mode: str) ->
     layer = dict(lm.model.named_modules())["base_model.model." + next(iter(factors))]
     peft_delta = layer.get_delta_weight("default").detach().numpy()
     np.testing.assert_allclose(peft_delta, of_aggregate[next(iter(factors))], atol=1e-6 * scale, rtol=1e-4)
-    if mode == "core":  # the exported adapter (cores folded into plain lora_B) changes the model identically
+    if mode.startswith("core"):  # the exported adapter (cores folded into plain lora_B) changes the model identically
         folded = copy.deepcopy(lm.model)
         fold_cores(folded)
         same = dict(folded.named_modules())["base_model.model." + next(iter(factors))]

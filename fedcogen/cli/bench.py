@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also measure training throughput vs a plain PEFT loop (default: only with --quick)")
     p.add_argument("--engine", default="loopback", choices=["loopback", "flower"],
                    help="loopback: same apps in one process (no Ray noise); flower: Ray simulation engine")
+    p.add_argument("--reuse", action="store_true", help="read back runs already finished in --out-dir with "
+                   "identical settings instead of running them again (continue an interrupted benchmark)")
 
     p = add_command(bsub, "cogen", "CoGenesis: wire bytes per token, top-k fidelity, variant speed, cloud batching",
                     description=module_doc("fedcogen.simulations.bench_cogen"), func=_cogen)
@@ -75,7 +77,7 @@ def _comm(args: argparse.Namespace) -> int:
 
     result = run_bench(quick=args.quick, out_dir=args.out_dir, variants=args.variants, engine=args.engine,
                        rounds=args.rounds, max_rounds=args.max_rounds, local_steps=args.local_steps,
-                       throughput=args.throughput)
+                       throughput=args.throughput, reuse=args.reuse)
     print_table(result)
     if args.json_out:
         write_json(args.json_out, result)
