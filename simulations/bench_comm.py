@@ -239,11 +239,12 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", variants: st
     runs = [("dense fp32", dense)]
     rows = [summarise("dense", DENSE, dense, target, dense_loss, dense_to_target, dense_round_bytes, base["rounds"])]
     for v in chosen:
-        print(f"[bench comm] {v.name}: until eval loss <= {target:.4f} or {cap} rounds", flush=True)
-        cfg = {**v.settings(base), "rounds": cap, "target_eval_loss": target, "out_dir": str(out / v.name)}
+        v_cap = v.max_rounds or cap
+        print(f"[bench comm] {v.name}: until eval loss <= {target:.4f} or {v_cap} rounds", flush=True)
+        cfg = {**v.settings(base), "rounds": v_cap, "target_eval_loss": target, "out_dir": str(out / v.name)}
         res = _run(cfg, reuse)
         runs.append((v.name, res))
-        rows.append(summarise(v.name, v, res, target, dense_loss, dense_to_target, dense_round_bytes, cap))
+        rows.append(summarise(v.name, v, res, target, dense_loss, dense_to_target, dense_round_bytes, v_cap))
     reached = [r for r in rows[1:] if r["reached_target"]]
     head = max(reached, key=lambda r: r["ratio"]) if reached else None
     thr = None

@@ -7,6 +7,7 @@ benchmark's shared recipe, so every variant runs the real apps with the same dat
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ class Variant:
     help: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     lr_scale: float = 1.0
+    max_rounds: int = 0  # this variant's own cap (0 = the benchmark's)
 
     def settings(self, base: Mapping[str, Any]) -> dict[str, Any]:
         cfg = {**base, **self.overrides}
@@ -57,12 +59,18 @@ FULL_DEFAULT = ("sparse-int8", "core-int4")
 
 
 def pick(names: str | None, quick: bool) -> list[Variant]:
-    """Variants by comma-separated name (``None`` or empty: the default list for the mode)."""
+    """Variants by comma-separated name, each optionally ``name:N`` with its own round cap N (``None`` or
+    empty: the default list for the mode)."""
     wanted = [n.strip() for n in (names or "").split(",") if n.strip()] or list(QUICK_DEFAULT if quick else FULL_DEFAULT)
-    unknown = [n for n in wanted if n not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown comm variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    return [VARIANTS[n] for n in wanted]
+    out = []
+    for item in wanted:
+        name, _, cap = item.partition(":")
+        if name not in VARIANTS:
+            raise ValueError(f"unknown comm variant {name!r}; known: {', '.join(VARIANTS)}")
+        if cap and not (cap.isdigit() and int(cap) >= 1):
+            raise ValueError(f"variant {item!r}: the round cap after ':' must be a positive integer")
+        out.append(dataclasses.replace(VARIANTS[name], max_rounds=int(cap or 0)))
+    return out
 
 
 def check_registry() -> None:

@@ -15,6 +15,9 @@ def test_every_variant_is_a_valid_run_config() -> None:
     assert pick("", quick=True) and all(v.name in VARIANTS for v in pick(None, quick=False))
     with pytest.raises(ValueError, match="unknown comm variant"):
         pick("core-int2", quick=True)
+    assert [v.max_rounds for v in pick("core-int4,sparse-int8:4", quick=False)] == [0, 4]
+    with pytest.raises(ValueError, match="round cap"):
+        pick("sparse-int8:x", quick=False)
     assert VARIANTS["core-int4"].settings({"lr": 1e-3})["lr"] == pytest.approx(5e-3)
 
 

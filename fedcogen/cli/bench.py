@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="tiny model, 4 clients (minutes)")
     add_json_out(p)
     p.add_argument("--out-dir", default="runs/bench_comm", help="folder for runs, plots, bench_comm.md/.json")
-    p.add_argument("--variants", default="", help="comma-separated variants (default: sparse-int8,core-int4 at "
+    p.add_argument("--variants", default="", help="comma-separated variants, each optionally NAME:N with its own "
+                   "round cap N (default: sparse-int8,core-int4 at "
                    "full size, more with --quick); known: " + ", ".join(VARIANTS))
     p.add_argument("--rounds", type=int, help="dense rounds (default 6)")
     p.add_argument("--max-rounds", type=int, help="cap for the other runs (default 3 x dense rounds)")
