@@ -18,7 +18,7 @@ def test_every_variant_is_a_valid_run_config() -> None:
     assert [v.max_rounds for v in pick("core-int4,sparse-int8:4", quick=False)] == [0, 4]
     with pytest.raises(ValueError, match="round cap"):
         pick("sparse-int8:x", quick=False)
-    assert VARIANTS["core-int4"].settings({"lr": 1e-3})["lr"] == pytest.approx(5e-3)
+    assert VARIANTS["core-int4"].settings({"lr": 1e-3})["lr"] == pytest.approx(2e-3)
 
 
 def test_warmup_rounds_send_every_entry_then_top_k() -> None:
