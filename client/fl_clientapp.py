@@ -2,11 +2,13 @@
 
 What a device does per ``train`` message (see :mod:`fedcogen.protocols.fl_messages` for the schema):
 
-1. rebuild this round's broadcast adapter from the patch the server sent (lossy sparse ``delta`` on
-   the copy it holds, or lossless ``overwrite``/``full`` catch-up) and check the sha256 digest;
+1. rebuild this round's broadcast adapter from the patch the server sent (lossy sparse ``delta`` or
+   ``chain`` of missed deltas on the copy it holds, or lossless ``overwrite``/``full`` catch-up) and
+   check the sha256 digest;
 2. train ``local_steps`` steps of target-token causal-LM loss on its own private partition;
 3. update = trained - broadcast; add its error-feedback residual, keep the top-k, (clip/noise if
-   DP is on), encode with the sparse codec; new residual = corrected - what was actually sent;
+   DP is on), encode with the sparse codec against the adapter's tensor schema; new residual =
+   corrected - what was actually sent (top-k and quantisation leftovers alike);
 4. reply with the blob and metrics.
 
 Per-client state is only: the error-feedback residual, the last two broadcast copies (by version)

@@ -10,8 +10,10 @@ Message types (Flower ``message_type``):
   broadcast version it holds (persisted on its disk, so it survives a restart).
 * ``train``  (server -> client): ``config`` ConfigRecord with the run settings and the broadcast
   patch that brings the client to this round's broadcast adapter (``patch_kind`` = ``delta``: add
-  the lossy sparse delta; ``overwrite``: set the listed coordinates, lossless catch-up; ``full``:
-  overwrite from the seeded initial adapter), plus its sha256 ``digest``.
+  the lossy sparse delta; ``chain``: the deltas of every missed version, in order, for clients a few
+  rounds behind; ``overwrite``: set the listed coordinates, lossless catch-up; ``full``: overwrite from
+  the seeded initial adapter), plus its sha256 ``digest``. Blobs are addressed by the adapter's
+  tensor schema (:mod:`fedcogen.protocols.tensor_schema`), whose digest each blob carries.
   Reply: ``update`` ConfigRecord (``blob`` = codec bytes of the sparse, error-fed-back update) and a
   ``metrics`` MetricRecord (``num-examples``, ``train_loss``, tokens, seconds).
 * ``evaluate`` (server -> client): same patch fields (no training). Reply: ``metrics`` with
