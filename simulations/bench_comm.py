@@ -147,12 +147,13 @@ def _ab_error(result: dict[str, Any]) -> dict[str, float] | None:
     return {"mean": float(np.mean(vals)), "max": float(np.max(vals)), "per_round": vals}
 
 
-def summarise(name: str, variant: Variant, result: dict[str, Any], target: float, dense_loss: float,
+def summarise(name: str, variant: Variant, result: dict[str, Any], target: float, dense: dict[str, Any],
               dense_to_target: int | None, dense_round_bytes: float, cap: int) -> dict[str, Any]:
     entries = _ledger(result)
     hit = first_reaching(result, target)
     round_bytes = _train_round_bytes(entries)
     final = result["final_eval_loss"]
+    dense_loss = dense["final_eval_loss"]
     return {
         "name": name,
         "help": variant.help,
@@ -169,6 +170,8 @@ def summarise(name: str, variant: Variant, result: dict[str, Any], target: float
         "per_round_ratio": dense_round_bytes / round_bytes if round_bytes else float("nan"),
         "final_eval_loss": final,
         "eval_loss_rel_gap": (final - dense_loss) / dense_loss,
+        # context for runs that stopped short: both runs' bytes to the loss both reached (interpolated)
+        "at_common_loss": matched_loss(dense, result),
         "adapter_params": result["adapter_params"],
         "curve": curve(result),
         "overhead": overhead(result, entries),
@@ -237,14 +240,14 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", variants: st
     dense_to_target = dense_hit[1] if dense_hit else None
     dense_round_bytes = _train_round_bytes(_ledger(dense))
     runs = [("dense fp32", dense)]
-    rows = [summarise("dense", DENSE, dense, target, dense_loss, dense_to_target, dense_round_bytes, base["rounds"])]
+    rows = [summarise("dense", DENSE, dense, target, dense, dense_to_target, dense_round_bytes, base["rounds"])]
     for v in chosen:
         v_cap = v.max_rounds or cap
         print(f"[bench comm] {v.name}: until eval loss <= {target:.4f} or {v_cap} rounds", flush=True)
         cfg = {**v.settings(base), "rounds": v_cap, "target_eval_loss": target, "out_dir": str(out / v.name)}
         res = _run(cfg, reuse)
         runs.append((v.name, res))
-        rows.append(summarise(v.name, v, res, target, dense_loss, dense_to_target, dense_round_bytes, v_cap))
+        rows.append(summarise(v.name, v, res, target, dense, dense_to_target, dense_round_bytes, v_cap))
     reached = [r for r in rows[1:] if r["reached_target"]]
     head = max(reached, key=lambda r: r["ratio"]) if reached else None
     thr = None

@@ -211,21 +211,26 @@ def comm_report(r: dict[str, Any]) -> str:
         "",
         "ratio = dense bytes / run bytes to the target (cumulative, every message); runs that did not reach the "
         "target get no ratio. per-round = dense / run bytes of the training messages per round (hides slower "
-        "learning: context only).",
+        "learning: context only). At the loss both reach = dense / run bytes to the worse of the two final losses, "
+        "interpolated between evaluations (context for runs that stopped short of the target).",
         "",
         "| run | what | rounds | reached | bytes to target | ratio | per-round | final loss | gap vs dense "
-        "| fixed overhead | record headers | A/B averaging error |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| at the loss both reach | fixed overhead | record headers | A/B averaging error |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for x in r["runs"]:
         o = x["overhead"] or {}
         ab = x["ab_averaging_error"]
+        c = x.get("at_common_loss") or {}
+        common = (f"{c['ratio']:.1f}x at {c['loss']:.4f}" if c.get("ratio") and math.isfinite(c["ratio"])
+                  and x["name"] != "dense" else "-")
         lines.append(
             f"| {x['name']} | {x['help']} (lr {x['overrides']['lr']:g}) | {x['rounds_run']} | "
             f"{'yes, round ' + str(x['round_reached']) if x['reached_target'] else 'no'} | "
             f"{(x['bytes_to_target'] or nan):,.0f} | "
             f"{(format(x['ratio'], '.1f') + 'x') if x['ratio'] else ('1x' if x['name'] == 'dense' else '-')} | "
             f"{x['per_round_ratio']:.1f}x | {x['final_eval_loss']:.4f} | {100 * x['eval_loss_rel_gap']:+.2f}% | "
+            f"{common} | "
             f"{(o.get('fixed_bytes', nan)):,.0f} B = {100 * o.get('fixed_share', nan):.1f}% of "
             f"{o.get('typical_upload_bytes', nan):,.0f} | {o.get('record_header_bytes', nan):,.0f} B "
             f"({o.get('records', 0)} tensors) | "
