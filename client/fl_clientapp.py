@@ -2,11 +2,13 @@
 
 What a device does per ``train`` message (see :mod:`fedcogen.protocols.fl_messages` for the schema):
 
-1. rebuild this round's broadcast adapter from the patch the server sent (lossy sparse ``delta`` on
-   the copy it holds, or lossless ``overwrite``/``full`` catch-up) and check the sha256 digest;
+1. rebuild this round's broadcast adapter from the patch the server sent (lossy sparse ``delta`` or
+   ``chain`` of missed deltas on the copy it holds, or lossless ``overwrite``/``full`` catch-up) and
+   check the sha256 digest;
 2. train ``local_steps`` steps of target-token causal-LM loss on its own private partition;
 3. update = trained - broadcast; add its error-feedback residual, keep the top-k, (clip/noise if
-   DP is on), encode with the sparse codec; new residual = corrected - what was actually sent;
+   DP is on), encode with the sparse codec against the adapter's tensor schema; new residual =
+   corrected - what was actually sent (top-k and quantisation leftovers alike);
 4. reply with the blob and metrics.
 
 Per-client state is only: the error-feedback residual, the last two broadcast copies (by version)
@@ -252,6 +254,7 @@ def compress_update(
     residual: Mapping[str, np.ndarray] | None,
     settings: FLSettings,
     rng: np.random.Generator,
+    schema: codec.TensorSchema | None = None,
 ) -> tuple[bytes, dict[str, np.ndarray]]:
     """Error-feedback top-k (+ DP clip/noise) + encode; returns (blob, new residual).
 
@@ -259,8 +262,11 @@ def compress_update(
     so with DP on, no part of the update reaches the server without passing the clip. In client-mode
     DP the added noise is taken back out of that difference (``released - clipped``): the residual
     carries clipping and quantisation leftovers, never the noise, which would otherwise feed back
-    into the next round's update with the opposite sign.
+    into the next round's update with the opposite sign. ``schema`` (default: the update's own
+    tensors) is the adapter schema the server decodes with.
     """
+    if schema is None:
+        schema = codec.TensorSchema.from_shapes({k: np.shape(v) for k, v in update.items()})
     cfg = codec.CodecConfig(
         density=settings.density, scope=settings.scope, quant=settings.quant, index_coding=settings.index_coding
     )
@@ -278,8 +284,8 @@ def compress_update(
         sparse = released
     else:
         noise = {}
-    blob = codec.encode_sparse(sparse, cfg)
-    sent = codec.densify(codec.decode_sparse(blob))
+    blob = codec.encode_sparse(sparse, cfg, schema)
+    sent = codec.densify(codec.decode_sparse(blob, schema))
     new_residual = {k: (corrected[k] - sent.get(k, 0.0) + noise.get(k, 0.0)).astype(np.float32)
                     for k in corrected}
     return blob, new_residual
@@ -297,10 +303,11 @@ def run_train(settings: FLSettings, patch: fm.Patch, server_round: int, partitio
                          lr=settings.lr, seed=seed)
     update = adapter_sub(get_adapter(lm), broadcast)
     rng = np.random.default_rng(seed)
-    blob, new_residual = compress_update(update, state.residual_before(server_round), settings, rng)
+    schema = codec.TensorSchema.from_shapes(lm.shapes())
+    blob, new_residual = compress_update(update, state.residual_before(server_round), settings, rng, schema)
     state.copies[patch.target_version] = broadcast
     state.residuals[server_round] = new_residual
-    stats = codec.blob_stats(blob)
+    stats = codec.blob_stats(blob, schema)
     metrics = {
         fm.NUM_EXAMPLES: len(data),
         "train_loss": result.loss,

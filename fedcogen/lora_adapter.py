@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcogen.lora_exact import LORA_MODES, apply_mode
 from fedcogen.models import shared_model
 from fedcogen.run_config import FLSettings
 
@@ -37,12 +38,14 @@ _ADAPTER_NAME = "default"
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """Shape of the LoRA adapter (defaults: r=8, alpha=16, dropout 0.05 on q_proj and v_proj)."""
+    """Shape of the LoRA adapter (defaults: r=8, alpha=16, dropout 0.05 on q_proj and v_proj) and which
+    of its parts are trained (``mode``: see :mod:`fedcogen.lora_exact`)."""
 
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
     targets: tuple[str, ...] = ("q_proj", "v_proj")
+    mode: str = "lora"
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -51,6 +54,8 @@ class LoraSpec:
             raise ValueError(f"LoRA dropout must be in [0, 1) (got {self.dropout})")
         if not self.targets:
             raise ValueError("LoRA needs at least one target module (e.g. q_proj,v_proj)")
+        if self.mode not in LORA_MODES:
+            raise ValueError(f"LoRA mode must be one of {LORA_MODES} (got {self.mode!r})")
 
     @staticmethod
     def parse_targets(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -108,6 +113,7 @@ def lora_model(model_name: str, seed: int = 0, spec: LoraSpec = LoraSpec()) -> L
             pm = get_peft_model(model_copy, cfg)
         except ValueError as exc:
             raise ValueError(f"cannot apply LoRA to {model_name} with targets {spec.targets}: {exc}") from exc
+        apply_mode(pm, spec.mode, seed, base.tokenizer)  # freeze A, or a trained r x r core between frozen factors
     params = {_short_name(n): p for n, p in pm.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError(f"LoRA targets {spec.targets} matched no module of model {model_name}")
@@ -168,4 +174,5 @@ def lora_spec(settings: FLSettings) -> LoraSpec:
         alpha=settings.lora_alpha,
         dropout=settings.lora_dropout,
         targets=LoraSpec.parse_targets(settings.lora_targets),
+        mode=settings.lora_mode,
     )

@@ -23,7 +23,8 @@ from typing import Any
 from fedcogen.protocols.fl_messages import SchemaError
 
 SCOPES = ("per_tensor", "global")
-QUANTS = ("fp32", "fp16", "int8")
+QUANTS = ("fp32", "fp16", "int8", "int4")
+LORA_MODES = ("lora", "freeze_a", "core", "core_rand")  # fedcogen.lora_exact (kept equal by a test)
 INDEX_CODINGS = ("auto", "bitmap", "delta_varint", "rice")
 SERVER_OPTS = ("fedavg", "fedadam", "fedyogi")
 DP_MODES = ("none", "client", "server")
@@ -73,12 +74,16 @@ class FLSettings:
     lora_alpha: int = _f(16, "LoRA alpha")
     lora_dropout: float = _f(0.05, "LoRA dropout")
     lora_targets: str = _f("q_proj,v_proj", "comma-separated module names that get LoRA")
+    lora_mode: str = _f("lora", "what is trained and averaged: lora (A and B, averaged apart: inexact), "
+                                "freeze_a (FFA-LoRA: only B, exact), core (Fed-SB: r x r core between frozen "
+                                "factors from a public-data gradient, exact), core_rand (core, random factors)")
     density: float = _f(0.01, "fraction of each client update sent (top-k; 1.0 = dense)")
     scope: str = _f("per_tensor", "top-k per_tensor or global")
-    quant: str = _f("int8", "value precision on the wire: fp32, fp16, int8")
+    quant: str = _f("int8", "value precision on the wire: fp32, fp16, int8, int4")
     index_coding: str = _f("auto", "index code: auto, bitmap, delta_varint, rice")
     down_density: float = _f(0.0, "broadcast density (0 = density x clients_per_round)")
     down_quant: str = _f("", "broadcast precision ('' = same as quant)")
+    warmup_rounds: int = _f(0, "first rounds that send every entry (density 1 both ways) before top-k starts")
     server_opt: str = _f("fedavg", "server optimiser: fedavg, fedadam, fedyogi")
     server_lr: float = _f(1.0, "server learning rate (1.0 + fedavg = plain FedAvg)")
     min_fit_clients: int = _f(1, "abort a round (model unchanged) if fewer updates are accepted")
@@ -97,6 +102,7 @@ class FLSettings:
     dp_target_epsilon: float = _f(0.0, "stop when epsilon would exceed this (0 = no budget)")
     fail_prob: float = _f(0.0, "testing: probability that a client drops in a round")
     fail_nodes: str = _f("", "testing: 'P' (partition P fails every round) or 'P@R' (only in round R), comma separated")
+    target_eval_loss: float = _f(0.0, "stop after the first evaluation whose loss is at or below this (0 = off)")
     stop_after: int = _f(0, "stop cleanly (checkpointed) after this many rounds in total (0 = run all); "
                             "continue later with resume")
 
@@ -128,6 +134,7 @@ class FLSettings:
         need(self.lora_alpha > 0, "lora_alpha", "must be > 0")
         need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
         need(any(t.strip() for t in self.lora_targets.split(",")), "lora_targets", "must name a module")
+        one_of("lora_mode", LORA_MODES)
         need(0 < self.density <= 1, "density", "must be in (0, 1]")
         one_of("scope", SCOPES)
         one_of("quant", QUANTS)
@@ -136,6 +143,7 @@ class FLSettings:
         one_of("down_quant", ("", *QUANTS))
         one_of("server_opt", SERVER_OPTS)
         need(self.server_lr > 0, "server_lr", "must be > 0")
+        need(self.warmup_rounds >= 0, "warmup_rounds", "must be >= 0")
         need(0 <= self.min_fit_clients <= self.clients_per_round, "min_fit_clients",
              f"must be in [0, clients_per_round={self.clients_per_round}] (more would abort every round)")
         need(self.round_timeout > 0, "round_timeout", "must be > 0")
@@ -150,6 +158,7 @@ class FLSettings:
         need(self.dp_target_epsilon >= 0, "dp_target_epsilon", "must be >= 0 (0 = no budget)")
         need(0 <= self.fail_prob <= 1, "fail_prob", "must be in [0, 1]")
         need(self.stop_after >= 0, "stop_after", "must be >= 0")
+        need(self.target_eval_loss >= 0, "target_eval_loss", "must be >= 0 (0 = off)")
         try:
             self.failing_nodes()
         except ValueError:
@@ -192,6 +201,12 @@ class FLSettings:
 
     # ------------------------------------------------------------------ derived values
 
+    def round_settings(self, server_round: int) -> FLSettings:
+        """The settings of one round: warm-up rounds send every entry both ways (same quantisation)."""
+        if 0 < server_round <= self.warmup_rounds:
+            return self.replace(density=1.0, down_density=1.0)
+        return self
+
     def effective_down_density(self) -> float:
         if self.down_density > 0:
             return min(1.0, self.down_density)
@@ -212,7 +227,7 @@ class FLSettings:
 
 CLIENT_KEYS = (
     "model", "seed", "data_dir", "num_clients", "clients_per_round", "local_steps", "batch_size", "lr",
-    "max_seq_len", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "density", "scope", "quant",
+    "max_seq_len", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_mode", "density", "scope", "quant",
     "index_coding", "dp_mode", "dp_clip_norm", "dp_noise_multiplier", "dp_delta", "client_state_dir",
     "fail_prob", "fail_nodes", "history_examples", "fact_swaps",
 )

@@ -10,8 +10,10 @@ Message types (Flower ``message_type``):
   broadcast version it holds (persisted on its disk, so it survives a restart).
 * ``train``  (server -> client): ``config`` ConfigRecord with the run settings and the broadcast
   patch that brings the client to this round's broadcast adapter (``patch_kind`` = ``delta``: add
-  the lossy sparse delta; ``overwrite``: set the listed coordinates, lossless catch-up; ``full``:
-  overwrite from the seeded initial adapter), plus its sha256 ``digest``.
+  the lossy sparse delta; ``chain``: the deltas of every missed version, in order, for clients a few
+  rounds behind; ``overwrite``: set the listed coordinates, lossless catch-up; ``full``: overwrite from
+  the seeded initial adapter), plus its sha256 ``digest``. Blobs are addressed by the adapter's
+  tensor schema (:mod:`fedcogen.protocols.tensor_schema`), whose digest each blob carries.
   Reply: ``update`` ConfigRecord (``blob`` = codec bytes of the sparse, error-fed-back update) and a
   ``metrics`` MetricRecord (``num-examples``, ``train_loss``, tokens, seconds).
 * ``evaluate`` (server -> client): same patch fields (no training). Reply: ``metrics`` with
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from fedcogen.protocols import sparse_codec as codec
+from fedcogen.protocols.patch_chain import unpack_chain
 
 MSG_QUERY = "query"
 MSG_TRAIN = "train"
@@ -44,7 +47,8 @@ PATCH_NONE = "none"
 PATCH_DELTA = "delta"
 PATCH_OVERWRITE = "overwrite"
 PATCH_FULL = "full"
-PATCH_KINDS = (PATCH_NONE, PATCH_DELTA, PATCH_OVERWRITE, PATCH_FULL)
+PATCH_CHAIN = "chain"  # the missed deltas, in order (protocols/patch_chain.py)
+PATCH_KINDS = (PATCH_NONE, PATCH_DELTA, PATCH_OVERWRITE, PATCH_FULL, PATCH_CHAIN)
 
 NUM_EXAMPLES = "num-examples"
 
@@ -165,7 +169,16 @@ def apply_patch(
     out = {k: np.array(v, dtype=np.float32, copy=True) for k, v in base.items()}
     if kind == PATCH_NONE:
         return out
-    sparse = codec.decode_sparse(bytes(blob), expected_shapes=dict(shapes))
+    if kind == PATCH_CHAIN:  # every link validated before any is applied: a bad chain changes nothing
+        links = [codec.decode_sparse(b, shapes) for b in unpack_chain(blob)]
+        for sparse in links:
+            _apply(out, sparse, PATCH_DELTA)
+        return out
+    _apply(out, codec.decode_sparse(bytes(blob), shapes), kind)
+    return out
+
+
+def _apply(out: dict[str, Any], sparse: Mapping[str, codec.SparseTensor], kind: str) -> None:
     for name, st in sparse.items():
         flat = out[name].reshape(-1)
         idx = np.asarray(st.indices, dtype=np.int64)
@@ -176,4 +189,3 @@ def apply_patch(
             flat[idx] = vals
         else:
             raise SchemaError(f"unknown patch kind {kind!r}")
-    return out

@@ -11,13 +11,21 @@ process and has no wire format, no bounds checking and no defence against hostil
 server decodes bytes sent by devices it does not trust, so the decoder here validates every field
 before it allocates or indexes anything and only ever raises :class:`UpdateRejected`.
 
-Wire format (all integers little-endian; ``varint`` = unsigned LEB128)::
+Wire format, version 2 (all integers little-endian; ``varint`` = unsigned LEB128)::
 
-    blob   := magic "FCSU" | version u8 (=1) | total_len u32 (whole blob, incl. CRC) | varint n_tensors
-              | record * n_tensors | crc32 u32 (zlib.crc32 of everything before it)
-    record := varint name_len | name utf-8 | varint ndim | varint dim * ndim | varint k
-              | coding u8 | quant u8 | [scale f32, only for int8] | varint index_len | varint value_len
-              | index payload (index_len bytes) | value payload (value_len bytes)
+    blob   := magic "FCSU" | version u8 (=2) | total_len u32 (whole blob, incl. CRC)
+              | schema digest (8 bytes) | varint n_records | record * n_records
+              | crc32 u32 (zlib.crc32 of everything before it)
+    record := varint gap (schema position - previous position - 1; the first record: its position)
+              | varint k | mode u8 (coding << 4 | quant) | quant params (f32 each: int8 scale; int4 lo, step)
+              | [varint index_len, only for delta_varint and rice] | index payload | value payload
+
+No names and no shapes travel: a record addresses its tensor by position in the
+:class:`~fedcogen.protocols.tensor_schema.TensorSchema` both sides derive from the run config, whose
+digest every blob carries and every decoder checks first (a mismatch is refused as ``schema``). The
+bitmap's length follows from the tensor size and the value payload's from k and the quantisation,
+so neither is sent. Fixed overhead per blob: 22 bytes for up to 127 records (4 magic, 1 version,
+4 length, 8 digest, 1 count, 4 CRC); per record 3-6 bytes plus 4-8 bytes of quantisation parameters.
 
 Index codings (per tensor, ``auto`` stores whichever is smallest):
 
@@ -29,12 +37,12 @@ Index codings (per tensor, ``auto`` stores whichever is smallest):
   quotients lets the decoder find every quotient with one ``np.flatnonzero`` (fully vectorised).
   With the best b the size is within ~1-4 % of log2 C(n, k) for random supports.
 
-Values: fp32, fp16 (saturated at +-65504) or int8 symmetric with one fp32 scale = max|v| / 127.
+Values (:mod:`fedcogen.protocols.value_quant`): fp32, fp16 (saturated at +-65504), int8 symmetric
+with one f32 scale = max|v| / 127, or int4 (sign + 3-bit magnitude level on the tensor's range).
 """
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 from collections.abc import Mapping
@@ -54,26 +62,24 @@ from fedcogen.protocols.sparse_format import (
     CODING_NAMES,
     CODINGS,
     MAX_ELEMENTS,
-    MAX_NAME_BYTES,
-    MAX_NDIM,
-    QUANT_ITEMSIZE,
     QUANT_NAMES,
     QUANTS,
     REASONS,
     CodecConfig,
     SparseTensor,
     UpdateRejected,
-    check_shape,
     numel,
     to_numpy,
     validate_sparse,
 )
+from fedcogen.protocols.tensor_schema import DIGEST_BYTES, TensorSchema
 from fedcogen.protocols.topk import topk_sparsify
-from fedcogen.protocols.value_quant import dequantise, quantise
+from fedcogen.protocols.value_quant import QUANT_PARAMS, check_params, dequantise, quantise, value_bytes
 
 __all__ = [
     "CodecConfig",
     "SparseTensor",
+    "TensorSchema",
     "UpdateRejected",
     "REASONS",
     "topk_sparsify",
@@ -84,10 +90,16 @@ __all__ = [
     "compress",
     "index_bits_bound",
     "blob_stats",
+    "FIXED_BYTES",
 ]
 
 MAGIC = b"FCSU"
-VERSION = 1
+VERSION = 2
+HEADER_BYTES = len(MAGIC) + 1 + 4 + DIGEST_BYTES  # before the record count
+FIXED_BYTES = HEADER_BYTES + 1 + 4  # + a one-byte record count + CRC: the per-blob overhead
+_SIZED_CODINGS = ("delta_varint", "rice")  # the only codings whose index payload length is sent
+
+SchemaLike = TensorSchema | Mapping[str, tuple[int, ...]]
 
 
 class _Reader:
@@ -128,62 +140,58 @@ class _Reader:
         return int(self.take(1, what, tensor)[0])
 
 
-def encode_sparse(sparse: Mapping[str, SparseTensor], cfg: CodecConfig) -> bytes:
-    """Quantise values and code indices of every tensor into one self-describing, checksummed blob.
+def encode_sparse(sparse: Mapping[str, SparseTensor], cfg: CodecConfig, schema: SchemaLike | None = None) -> bytes:
+    """Quantise values and code indices of every tensor into one checksummed blob addressed by ``schema``.
 
-    The input is validated first (same reasons as decoding), so a device can never emit a blob the
-    server would reject for its structure.
+    ``schema`` defaults to the canonical schema of the tensors given (then the receiver must hold
+    exactly that set). The input is validated first (same reasons as decoding), so a device can
+    never emit a blob the server would reject for its structure.
     """
-    validate_sparse(sparse)
+    sch = TensorSchema.of(schema) if schema is not None else TensorSchema.from_shapes(
+        {n: tuple(st.shape) for n, st in sparse.items()})
+    validate_sparse(sparse, sch.as_shapes())
     body = bytearray()
     write_varint(body, len(sparse))
-    for name, st in sparse.items():
-        shape = tuple(int(s) for s in st.shape)
-        n = numel(shape)
+    prev = -1
+    for pos in sorted(sch.index(name) for name in sparse):
+        st = sparse[sch.names[pos]]
+        n = sch.numel(pos)
         idx = np.asarray(st.indices).astype(np.int64, copy=False)
         coding = choose_coding(idx, n, cfg.index_coding)
-        scale, value_payload = quantise(np.asarray(st.values, dtype=np.float32), cfg.quant)
-        index_payload = coding_payload(coding, idx, n)
-        _append_record(body, name, shape, idx.size, coding, cfg.quant, scale, index_payload, value_payload)
-    return _assemble(bytes(body))
+        params, value_payload = quantise(np.asarray(st.values, dtype=np.float32), cfg.quant)
+        _append_record(body, pos - prev - 1, idx.size, coding, cfg.quant, params,
+                       coding_payload(coding, idx, n), value_payload)
+        prev = pos
+    return _assemble(bytes(body), sch.digest)
 
 
 def _append_record(
     body: bytearray,
-    name: str,
-    shape: tuple[int, ...],
+    gap: int,
     k: int,
     coding: str,
     quant: str,
-    scale: float,
+    params: tuple[float, ...],
     index_payload: bytes,
     value_payload: bytes,
     index_len: int | None = None,
-    value_len: int | None = None,
 ) -> None:
-    """Low-level record writer (no checks; the length overrides let tests forge lying headers)."""
-    raw_name = name.encode("utf-8")
-    write_varint(body, len(raw_name))
-    body += raw_name
-    write_varint(body, len(shape))
-    for s in shape:
-        write_varint(body, int(s))
+    """Low-level record writer (no checks; ``index_len`` lets tests forge a lying header)."""
+    write_varint(body, int(gap))
     write_varint(body, int(k))
-    body.append(CODINGS[coding])
-    body.append(QUANTS[quant])
-    if quant == "int8":
-        body += struct.pack("<f", scale)
-    write_varint(body, len(index_payload) if index_len is None else index_len)
-    write_varint(body, len(value_payload) if value_len is None else value_len)
+    body.append((CODINGS[coding] << 4) | QUANTS[quant])
+    for p in params:
+        body += struct.pack("<f", p)
+    if coding in _SIZED_CODINGS or index_len is not None:
+        write_varint(body, len(index_payload) if index_len is None else index_len)
     body += index_payload
     body += value_payload
 
 
-def _assemble(body: bytes, version: int = VERSION) -> bytes:
+def _assemble(body: bytes, digest: bytes, version: int = VERSION) -> bytes:
     """Header + body + CRC (total length counts the whole blob)."""
-    total = len(MAGIC) + 1 + 4 + len(body) + 4
-    head = MAGIC + bytes([version]) + struct.pack("<I", total)
-    data = head + body
+    total = HEADER_BYTES + len(body) + 4
+    data = MAGIC + bytes([version]) + struct.pack("<I", total) + bytes(digest) + body
     return data + struct.pack("<I", zlib.crc32(data) & 0xFFFFFFFF)
 
 
@@ -194,21 +202,22 @@ class _Record:
     k: int
     coding: str
     quant: str
-    scale: float
+    params: tuple[float, ...]
     header_bytes: int
     index_bytes: int
     value_bytes: int
     tensor: SparseTensor
 
 
-def _parse(blob: bytes, expected_shapes: Mapping[str, tuple[int, ...]] | None, max_bytes: int | None) -> list[_Record]:
+def _parse(blob: bytes, schema: SchemaLike, max_bytes: int | None) -> list[_Record]:
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise UpdateRejected("malformed", f"update must be bytes, got {type(blob).__name__}")
+    sch = TensorSchema.of(schema)
     data = memoryview(bytes(blob))
     size = len(data)
     if max_bytes is not None and size > max_bytes:
         raise UpdateRejected("oversize", f"update is {size} bytes, over the {max_bytes}-byte limit")
-    if size < 13 or bytes(data[:4]) != MAGIC:
+    if size < HEADER_BYTES + 5 or bytes(data[:4]) != MAGIC:
         raise UpdateRejected("malformed", "not a fedcogen sparse update (bad magic or too short)")
     if data[4] != VERSION:
         raise UpdateRejected("version", f"sparse update format version {data[4]} is not supported (want {VERSION})")
@@ -220,65 +229,53 @@ def _parse(blob: bytes, expected_shapes: Mapping[str, tuple[int, ...]] | None, m
     (crc,) = struct.unpack_from("<I", data, size - 4)
     if zlib.crc32(data[: size - 4]) & 0xFFFFFFFF != crc:
         raise UpdateRejected("checksum", "update checksum mismatch (corrupted in transit or tampered)")
-    reader = _Reader(data, 9, size - 4)
-    count = reader.varint("tensor count")
+    digest = bytes(data[9:HEADER_BYTES])
+    if digest != sch.digest:
+        raise UpdateRejected(
+            "schema",
+            f"update was encoded for tensor schema {digest.hex()} but this side's adapter has schema "
+            f"{sch.digest.hex()} ({len(sch)} tensors): sender and receiver run different model / LoRA / "
+            "aggregation settings",
+        )
+    reader = _Reader(data, HEADER_BYTES, size - 4)
+    count = reader.varint("record count")
+    if count > len(sch):
+        raise UpdateRejected("malformed", f"update has {count} records but the schema has {len(sch)} tensors")
     records: list[_Record] = []
-    seen: set[str] = set()
+    pos = -1
     for _ in range(count):
         rec_start = reader.pos
-        name_len = reader.varint("name length")
-        if not 1 <= name_len <= MAX_NAME_BYTES:
-            raise UpdateRejected("malformed", f"tensor name length {name_len} is outside 1..{MAX_NAME_BYTES}")
-        try:
-            name = bytes(reader.take(name_len, "tensor name")).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UpdateRejected("malformed", "tensor name is not valid UTF-8") from exc
-        if name in seen:
-            raise UpdateRejected("duplicate", f"tensor {name!r} appears twice in the update", name)
-        seen.add(name)
-        ndim = reader.varint("ndim", name)
-        if ndim > MAX_NDIM:
-            raise UpdateRejected("shape", f"tensor {name!r} claims {ndim} dimensions (max {MAX_NDIM})", name)
-        shape = tuple(reader.varint("dimension", name) for _ in range(ndim))
-        if any(s > MAX_ELEMENTS for s in shape) or numel(shape) > MAX_ELEMENTS:
+        pos += reader.varint("tensor position") + 1
+        if pos >= len(sch):
+            raise UpdateRejected("unknown_tensor", f"record addresses tensor {pos}; the schema has {len(sch)}")
+        name, shape, n = sch.names[pos], sch.shapes[pos], sch.numel(pos)
+        if n > MAX_ELEMENTS:
             raise UpdateRejected("oversize", f"tensor {name!r} shape {shape} exceeds {MAX_ELEMENTS} entries", name)
-        check_shape(name, shape, expected_shapes)
-        n = numel(shape)
         k = reader.varint("k", name)
         if k > n:
             raise UpdateRejected("index_range", f"tensor {name!r}: k={k} exceeds its {n} entries", name)
-        coding_id = reader.u8("coding", name)
-        quant_id = reader.u8("quant", name)
+        mode = reader.u8("mode", name)
+        coding_id, quant_id = mode >> 4, mode & 0x0F
         if coding_id not in CODING_NAMES:
             raise UpdateRejected("malformed", f"tensor {name!r}: unknown index coding id {coding_id}", name)
         if quant_id not in QUANT_NAMES:
             raise UpdateRejected("malformed", f"tensor {name!r}: unknown value quantisation id {quant_id}", name)
         coding, quant = CODING_NAMES[coding_id], QUANT_NAMES[quant_id]
-        scale = 0.0
-        if quant == "int8":
-            (scale,) = struct.unpack("<f", reader.take(4, "scale", name))
-            if not math.isfinite(scale):
-                raise UpdateRejected("nonfinite", f"tensor {name!r}: int8 scale is NaN or Inf", name)
-            if scale < 0:
-                raise UpdateRejected("malformed", f"tensor {name!r}: int8 scale {scale} is negative", name)
-        index_len = reader.varint("index payload length", name)
-        value_len = reader.varint("value payload length", name)
-        if value_len != k * QUANT_ITEMSIZE[quant]:
-            raise UpdateRejected(
-                "byte_count",
-                f"tensor {name!r}: value payload is {value_len} bytes but k={k} {quant} values need "
-                f"{k * QUANT_ITEMSIZE[quant]}",
-                name,
-            )
+        raw = reader.take(4 * QUANT_PARAMS[quant], "quantisation parameters", name)
+        params = struct.unpack(f"<{QUANT_PARAMS[quant]}f", raw)
+        check_params(quant, params, name)
+        if coding in _SIZED_CODINGS:
+            index_len = reader.varint("index payload length", name)
+        else:
+            index_len = (n + 7) // 8 if coding == "bitmap" else 0
+        value_len = value_bytes(quant, k)
         header_bytes = reader.pos - rec_start
         index_payload = reader.take(index_len, "index payload", name)  # views: no copies
         value_payload = reader.take(value_len, "value payload", name)
         idx = decode_indices(coding, index_payload, n, k, name)
-        vals = dequantise(value_payload, quant, scale, k, name)
-        records.append(
-            _Record(name, shape, k, coding, quant, scale, header_bytes, index_len, value_len,
-                    SparseTensor(idx, vals, shape))
-        )
+        vals = dequantise(value_payload, quant, params, k, name)
+        records.append(_Record(name, shape, k, coding, quant, params, header_bytes, index_len, value_len,
+                               SparseTensor(idx, vals, shape)))
     if reader.pos != reader.end:
         raise UpdateRejected(
             "byte_count", f"{reader.end - reader.pos} unexplained bytes after the last tensor record"
@@ -286,19 +283,15 @@ def _parse(blob: bytes, expected_shapes: Mapping[str, tuple[int, ...]] | None, m
     return records
 
 
-def decode_sparse(
-    blob: bytes,
-    expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
-    max_bytes: int | None = None,
-) -> dict[str, SparseTensor]:
+def decode_sparse(blob: bytes, schema: SchemaLike, max_bytes: int | None = None) -> dict[str, SparseTensor]:
     """Decode and fully validate a blob; raises :class:`UpdateRejected` (and nothing else) on any flaw.
 
-    ``expected_shapes`` (name -> shape) is what a server should always pass: names outside it are
-    ``unknown_tensor``, other shapes are ``shape``. Tensors may be absent (they count as zero).
+    ``schema`` is the receiver's own tensor schema (or a name -> shape mapping, made canonical): a
+    blob encoded for another schema is ``schema``; tensors may be absent (they count as zero).
     ``max_bytes`` rejects oversized blobs before any parsing.
     """
     try:
-        records = _parse(blob, expected_shapes, max_bytes)
+        records = _parse(blob, schema, max_bytes)
     except UpdateRejected:
         raise
     except Exception as exc:  # never leak other exception types to a server loop
@@ -322,13 +315,14 @@ def compress(
     tensors: Mapping[str, Any],
     cfg: CodecConfig,
     residual: Mapping[str, np.ndarray] | None = None,
+    schema: SchemaLike | None = None,
 ) -> tuple[bytes, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Error-feedback compression: what is not sent this round is added back next round.
 
     corrected = tensors + residual; select top-k of corrected; quantise; blob. Returns
     ``(blob, sent_dense, new_residual)`` where ``sent_dense`` is *decoded from the blob* (so it is
     bit-identical to what the receiver reconstructs) and ``new_residual = corrected - sent_dense``.
-    Everything is float32.
+    Everything is float32. ``schema`` defaults to the canonical schema of ``tensors``.
     """
     residual = dict(residual or {})
     unknown = sorted(set(residual) - set(tensors))
@@ -343,40 +337,32 @@ def compress(
                 raise ValueError(f"residual for {name!r} has shape {r.shape}, update has {a.shape}")
             a = a + r
         corrected[name] = a
-    blob = encode_sparse(topk_sparsify(corrected, cfg), cfg)
-    sent = densify(decode_sparse(blob))
-    new_residual = {name: corrected[name] - sent[name] for name in corrected}
+    sch = TensorSchema.of(schema) if schema is not None else TensorSchema.from_shapes(
+        {k: v.shape for k, v in corrected.items()})
+    blob = encode_sparse(topk_sparsify(corrected, cfg), cfg, sch)
+    sent = densify(decode_sparse(blob, sch))
+    new_residual = {name: corrected[name] - sent.get(name, np.zeros_like(corrected[name])) for name in corrected}
     return blob, sent, new_residual
 
 
-def blob_stats(blob: bytes) -> dict:
-    """Size breakdown of a (validated) blob: per tensor and totals, plus index bits vs log2 C(n,k)."""
-    records = _parse(blob, None, None)
+def blob_stats(blob: bytes, schema: SchemaLike) -> dict:
+    """Size breakdown of a (validated) blob: fixed overhead, record headers, index and value bytes,
+    per tensor and in total, plus index bits vs the information bound log2 C(n, k)."""
+    records = _parse(blob, schema, None)
     tensors = []
     idx_bits = bound_bits = 0.0
     for r in records:
         n = numel(r.shape)
         bound = index_bits_bound(n, r.k)
-        tensors.append(
-            {
-                "name": r.name,
-                "shape": list(r.shape),
-                "n": n,
-                "k": r.k,
-                "coding": r.coding,
-                "quant": r.quant,
-                "index_bits": 8 * r.index_bytes,
-                "value_bits": 8 * r.value_bytes,
-                "header_bytes": r.header_bytes,
-                "bound_bits": bound,
-            }
-        )
+        tensors.append({"name": r.name, "shape": list(r.shape), "n": n, "k": r.k, "coding": r.coding,
+                        "quant": r.quant, "index_bits": 8 * r.index_bytes, "value_bits": 8 * r.value_bytes,
+                        "header_bytes": r.header_bytes, "bound_bits": bound})
         if 0 < r.k < n:
             idx_bits += 8 * r.index_bytes
             bound_bits += bound
-    total_n = sum(t["n"] for t in tensors)
+    total_n = sum(numel(s) for s in TensorSchema.of(schema).shapes)
     total_k = sum(t["k"] for t in tensors)
-    file_header = len(MAGIC) + 1 + 4 + 4  # magic, version, length, crc (+ tensor-count varint below)
+    record_headers = sum(t["header_bytes"] for t in tensors)
     return {
         "tensors": tensors,
         "total_bytes": len(blob),
@@ -384,8 +370,9 @@ def blob_stats(blob: bytes) -> dict:
         "k": total_k,
         "index_bits": sum(t["index_bits"] for t in tensors),
         "value_bits": sum(t["value_bits"] for t in tensors),
+        "record_header_bytes": record_headers,
+        "fixed_bytes": len(blob) - record_headers - sum((t["index_bits"] + t["value_bits"]) // 8 for t in tensors),
         "header_bytes": len(blob) - sum((t["index_bits"] + t["value_bits"]) // 8 for t in tensors),
-        "file_header_bytes": file_header,
         "bound_bits": sum(t["bound_bits"] for t in tensors),
         "index_bits_over_bound": (idx_bits / bound_bits) if bound_bits > 0 else float("nan"),
         "bits_per_sent_entry": (8 * len(blob) / total_k) if total_k else float("nan"),

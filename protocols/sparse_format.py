@@ -21,9 +21,8 @@ MAX_NAME_BYTES = 1024
 
 CODINGS: dict[str, int] = {"none": 0, "dense": 1, "bitmap": 2, "delta_varint": 3, "rice": 4}
 CODING_NAMES: dict[int, str] = {v: k for k, v in CODINGS.items()}
-QUANTS: dict[str, int] = {"fp32": 0, "fp16": 1, "int8": 2}
+QUANTS: dict[str, int] = {"fp32": 0, "fp16": 1, "int8": 2, "int4": 3}
 QUANT_NAMES: dict[int, str] = {v: k for k, v in QUANTS.items()}
-QUANT_ITEMSIZE: dict[str, int] = {"fp32": 4, "fp16": 2, "int8": 1}
 SELECTABLE_CODINGS = ("bitmap", "delta_varint", "rice")
 
 REASONS = frozenset(
@@ -39,6 +38,7 @@ REASONS = frozenset(
         "malformed",
         "version",
         "checksum",
+        "schema",
     }
 )
 
@@ -62,11 +62,12 @@ class UpdateRejected(ValueError):
 
 @dataclass(frozen=True)
 class CodecConfig:
-    """How an update is compressed (the decoder needs none of this: blobs are self-describing)."""
+    """How an update is compressed (the decoder needs none of this: each record names its coding and
+    quantisation; only the tensor schema must be shared)."""
 
     density: float = 0.01  # fraction of entries sent; 1.0 = dense
     scope: str = "per_tensor"  # "per_tensor" | "global" top-k selection
-    quant: str = "int8"  # "fp32" | "fp16" | "int8" (symmetric, per-tensor fp32 scale)
+    quant: str = "int8"  # "fp32" | "fp16" | "int8" (symmetric, per-tensor scale) | "int4" (sign + 3-bit level)
     index_coding: str = "auto"  # "auto" | "bitmap" | "delta_varint" | "rice"
 
     def __post_init__(self) -> None:

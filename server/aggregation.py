@@ -78,7 +78,7 @@ def validate_update(
     if len(blob) > limits.max_bytes:
         raise RejectedUpdate("oversize", f"{len(blob)} bytes > cap {limits.max_bytes}")
     # The codec raises only UpdateRejected; a decoder bug arrives as one with ``internal=True``.
-    sparse = codec.decode_sparse(bytes(blob), expected_shapes=dict(shapes), max_bytes=limits.max_bytes)
+    sparse = codec.decode_sparse(bytes(blob), shapes, max_bytes=limits.max_bytes)
     unknown = set(sparse) - set(shapes)
     if unknown:  # the codec already checks this; kept so the invariant holds whatever the codec does
         raise RejectedUpdate("unknown_tensor", f"{sorted(unknown)[:3]}")
@@ -214,12 +214,15 @@ class RoundAggregator:
     update can never leave partial state behind.
     """
 
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]], limits: ValidationLimits = ValidationLimits()):
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], limits: ValidationLimits = ValidationLimits(),
+                 keep: bool = False):
         self.shapes = dict(shapes)
         self.limits = limits
         self.acc = SparseAccumulator(shapes)
         self.accepted: list[str] = []
         self.rejected: Counter = Counter()
+        self.kept: list[tuple[dict[str, Any], float]] = []  # accepted (update, weight), only when ``keep``
+        self.keep = keep
 
     def offer(self, client: str, blob: Any, weight: Any) -> str | None:
         """Validate and accumulate; return ``None`` if accepted, else the rejection reason.
@@ -238,6 +241,8 @@ class RoundAggregator:
                 raise RejectedUpdate("bad_weight", f"{weight!r}")
             sparse = validate_update(blob, self.shapes, self.limits)
             self.acc.add(sparse, w)
+            if self.keep:
+                self.kept.append((sparse, w))
         except codec.UpdateRejected as exc:
             if exc.internal:
                 log.exception("server error while validating the update from %s", client)

@@ -39,10 +39,12 @@ from fedcogen.protocols import dp
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
 from fedcogen.run_config import FLSettings, load_run_config
+from fedcogen.server.agg_probe import ab_averaging_error, keeps_updates
 from fedcogen.server.aggregation import RoundAggregator, ServerOptConfig, ServerOptimizer, ValidationLimits
 from fedcogen.server.checkpoint import has_checkpoint
 from fedcogen.server.fl_outputs import ppl, write_outputs
 from fedcogen.server.fl_state import ServerState, advance_broadcast, load_state, patch_for, save_state
+from fedcogen.server.run_log import error_summary, progress, show_progress_lines
 
 log = logging.getLogger("fedcogen.server")
 
@@ -105,7 +107,7 @@ class FederatedServer:
     # ------------------------------------------------------------------ messaging
 
     def _client_config(self, server_round: int) -> dict[str, Any]:
-        cfg = self.s.client_config()
+        cfg = self.s.round_settings(server_round).client_config()
         cfg["server_round"] = server_round
         return cfg
 
@@ -174,7 +176,8 @@ class FederatedServer:
 
     def new_broadcast_version(self, server_round: int) -> None:
         """Compress ``G - B`` into broadcast version ``server_round`` (see :mod:`fedcogen.server.fl_state`)."""
-        cfg = codec.CodecConfig(density=self.s.effective_down_density(), scope=self.s.scope,
+        s = self.s.round_settings(server_round)
+        cfg = codec.CodecConfig(density=s.effective_down_density(), scope=self.s.scope,
                                 quant=self.s.down_quant or self.s.quant, index_coding=self.s.index_coding)
         advance_broadcast(self.state, server_round, cfg, self.shapes)
 
@@ -198,7 +201,7 @@ class FederatedServer:
             msgs.append(Message(fm.make_recorddict(config=cfg), dst_node_id=n, message_type=fm.MSG_TRAIN,
                                 group_id=str(server_round)))
         replies = self._send(msgs, "train", server_round)
-        agg = RoundAggregator(self.shapes, self.limits)
+        agg = RoundAggregator(self.shapes, self.limits, keep=keeps_updates(self.s.lora_mode, len(nodes)))
         failures: dict[str, str] = {}
         losses: list[tuple[float, float]] = []
         tok_s: list[float] = []
@@ -232,6 +235,7 @@ class FederatedServer:
         aborted = len(res.accepted) < max(1, self.s.min_fit_clients)
         st = self.state
         update_norm = 0.0
+        probe: dict[str, float] = {}
         if not aborted and res.mean is not None:
             mean = res.mean
             if self.s.dp_mode == "server":
@@ -242,6 +246,7 @@ class FederatedServer:
                 st.dp_rounds += 1
 
             update_norm = adapter_norm(mean)
+            probe = ab_averaging_error(self.lm, st.global_adapter, agg.kept) if agg.kept else {}
             st.global_adapter = self.opt.step(st.global_adapter, mean)
             st.opt_m, st.opt_v, st.opt_steps = dict(self.opt.m), dict(self.opt.v), self.opt.steps
         else:
@@ -259,6 +264,7 @@ class FederatedServer:
             "train_loss": train_loss,
             "client_tokens_per_s": float(np.mean(tok_s)) if tok_s else 0.0,
             "update_norm": update_norm,
+            **probe,
             "index_bits_over_bound": bits[0] / bits[1] if bits[1] > 0 else float("nan"),
             "train_seconds": time.perf_counter() - started,
         }
@@ -306,7 +312,7 @@ class FederatedServer:
             log.info("round 0: eval loss %.4f", entry["eval_loss"])
         last = self.s.rounds if not self.s.stop_after else min(self.s.rounds, self.s.stop_after)
         rounds = range(st.round + 1, last + 1)
-        for r in _progress(rounds, st.round, last):
+        for r in progress(rounds, st.round, last):
             if self.s.dp_mode != "none" and self.s.dp_target_epsilon > 0:
                 if self._accountant().would_exceed(self.s.dp_target_epsilon, self._sample_rate()):
                     self.stopped_reason = f"dp budget: round {r} would exceed epsilon {self.s.dp_target_epsilon}"
@@ -324,12 +330,16 @@ class FederatedServer:
             entry.update(self._bytes_of_round(r))
             st.metrics.append(entry)
             save_state(self.out, st, self.s)
+            if 0 < entry.get("eval_loss", math.inf) <= self.s.target_eval_loss:  # NaN never stops a run
+                self.stopped_reason = f"eval loss {entry['eval_loss']:.4f} reached target {self.s.target_eval_loss}"
             log.info(
                 "round %d/%d: train loss %.4f, eval loss %s, accepted %d, rejected %s, failures %d, "
                 "up %d B, down %d B", r, self.s.rounds, entry["train_loss"],
                 f"{entry['eval_loss']:.4f}" if "eval_loss" in entry else "-", entry["accepted"],
                 entry["rejected"] or "{}", len(entry["failures"]), entry["bytes_up"], entry["bytes_down"],
             )
+            if self.stopped_reason:
+                break
         return self.write_outputs()
 
     def _bytes_of_round(self, server_round: int) -> dict[str, int]:
@@ -345,43 +355,7 @@ class FederatedServer:
         return write_outputs(self.out, self.state, self.s, self.n_params, self.stopped_reason, self.accountant)
 
 
-# --------------------------------------------------------------------------- summaries
-
-
-def error_summary(reason: str) -> str:
-    """The useful line of a client error (Ray wraps the exception in a long traceback)."""
-    lines = [ln.strip() for ln in str(reason).splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "Error" in ln or "Exception" in ln or "failure" in ln:
-            return ln[-300:]
-    return (lines[-1] if lines else "unknown error")[-300:]
-
-
-def _progress(rounds: range, done: int, total: int) -> Iterable[int]:
-    try:
-        from tqdm import tqdm
-
-        return tqdm(rounds, desc="federated rounds", initial=done, total=total, unit="round")
-    except ImportError:  # pragma: no cover
-        return rounds
-
-
 # --------------------------------------------------------------------------- the apps
-
-
-def _show_progress_lines() -> None:
-    """Let the per-round lines reach the run's log when Flower runs this app in its own process.
-
-    Flower configures only its ``flwr`` logger there, so fedcogen's INFO lines would be dropped;
-    nothing is added when the embedding process already logs (``fedcogen simulate``, tests).
-    """
-    ours = logging.getLogger("fedcogen")
-    if ours.handlers or logging.getLogger().handlers:
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    ours.addHandler(handler)
-    ours.setLevel(logging.INFO)
 
 
 def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
@@ -397,7 +371,7 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         settings = load_run_config(context.run_config, extra)
-        _show_progress_lines()
+        show_progress_lines()
         FederatedServer(grid, settings).run()
 
     return server_app

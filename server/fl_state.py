@@ -18,7 +18,9 @@ import numpy as np
 from fedcogen.lora_adapter import adapter_digest
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
+from fedcogen.protocols.patch_chain import pack_chain
 from fedcogen.run_config import FLSettings
+from fedcogen.server.catchup import chain_size, keep_delta
 from fedcogen.server.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 UNKNOWN = -1
@@ -38,6 +40,7 @@ class ServerState:
     opt_v: dict[str, np.ndarray] = field(default_factory=dict)
     opt_steps: int = 0
     dp_rounds: int = 0
+    deltas: dict[int, bytes] = field(default_factory=dict)  # version -> its broadcast delta (catch-up chains)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     ledger: list[dict[str, Any]] = field(default_factory=list)
 
@@ -52,7 +55,9 @@ class ServerState:
 def _fingerprint(s: FLSettings) -> dict[str, Any]:
     """Settings that must match for a resume to be meaningful."""
     keys = ("model", "seed", "lora_r", "lora_alpha", "lora_targets", "num_clients", "server_opt")
-    return {k: getattr(s, k) for k in keys}
+    # the aggregation mode decides what the arrays mean (only named when not the default: old checkpoints resume)
+    mode = {"lora_mode": s.lora_mode} if s.lora_mode != "lora" else {}
+    return {**{k: getattr(s, k) for k in keys}, **mode}
 
 
 def save_state(folder: Path, state: ServerState, settings: FLSettings) -> None:
@@ -64,6 +69,7 @@ def save_state(folder: Path, state: ServerState, settings: FLSettings) -> None:
     for ver, tensors in state.changed.items():
         arrays.update({f"changed/{ver}/{k}": v for k, v in tensors.items()})
     arrays["last_delta"] = np.frombuffer(state.last_delta, dtype=np.uint8)
+    arrays.update({f"delta/{ver}": np.frombuffer(b, dtype=np.uint8) for ver, b in state.deltas.items()})
     residual = {k: state.global_adapter[k] - state.broadcast[k] for k in state.global_adapter}
     arrays.update({f"server_residual/{k}": v for k, v in residual.items()})
     meta = {
@@ -106,6 +112,7 @@ def load_state(folder: Path, settings: FLSettings) -> ServerState:
         opt_v=group("opt_v"),
         opt_steps=int(meta["opt_steps"]),
         dp_rounds=int(meta["dp_rounds"]),
+        deltas={int(k): bytes(v.tobytes()) for k, v in group("delta").items()},
         metrics=list(meta["metrics"]),
         ledger=list(meta["ledger"]),
     )
@@ -130,6 +137,10 @@ def patch_for(state: ServerState, client_id: str) -> fm.Patch:
     for ver in range(base + 1, cur + 1):
         for name, ix in st.changed.get(ver, {}).items():
             idx[name] = np.union1d(idx[name], ix) if name in idx else ix
+    chain = chain_size(st.deltas, base, cur)
+    if chain is not None and chain <= 4 * sum(int(ix.size) for ix in idx.values()):  # fp32 values alone
+        return fm.Patch(fm.PATCH_CHAIN, base, cur, pack_chain([st.deltas[v] for v in range(base + 1, cur + 1)]),
+                        digest)
     return fm.Patch(kind, base, cur, fm.overwrite_patch(st.broadcast, idx), digest)
 
 
@@ -139,8 +150,9 @@ def advance_broadcast(state: ServerState, server_round: int, cfg: codec.CodecCon
     st = state
     gap = {k: st.global_adapter[k] - st.broadcast[k] for k in st.global_adapter}
     sparse = codec.topk_sparsify(gap, cfg)
-    blob = codec.encode_sparse(sparse, cfg)
+    blob = codec.encode_sparse(sparse, cfg, shapes)
     st.broadcast = fm.apply_patch(st.broadcast, fm.PATCH_DELTA, blob, shapes)
     st.changed[server_round] = {k: np.asarray(t.indices, np.int64) for k, t in sparse.items() if t.k}
     st.last_delta = blob
+    keep_delta(st.deltas, server_round, blob)
     st.round = server_round

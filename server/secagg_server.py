@@ -132,7 +132,7 @@ def make_server_app(cfg: SecAggRunConfig, recorder: Recorder, initial: np.ndarra
                 total = np.zeros(dim, np.float64)
                 for _, res in results:
                     blob = parameters_to_ndarrays(res.parameters)[0].tobytes()
-                    total += densify(decode_sparse(blob))["flat"].reshape(-1)
+                    total += densify(decode_sparse(blob, {"flat": (dim,)}))["flat"].reshape(-1)
                 mean = (total / n).astype(np.float32)
                 support = np.flatnonzero(mean)
                 self.global_flat += mean

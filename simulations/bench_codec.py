@@ -30,7 +30,7 @@ def run_benchmark(
             t = {"w": rng.standard_normal(n).astype(np.float32)}
             cfg = CodecConfig(density=dens, quant="int8", index_coding="auto")
             sparse = topk_sparsify(t, cfg)
-            st = blob_stats(encode_sparse(sparse, cfg))
+            st = blob_stats(encode_sparse(sparse, cfg), {"w": (n,)})
             payload = coding_sizes(sparse["w"].indices, n)
             rows.append(
                 {"n": n, "density": dens, "k": st["k"], "chosen": st["tensors"][0]["coding"],
@@ -50,9 +50,9 @@ def run_benchmark(
         t0 = time.perf_counter()
         sparse = topk_sparsify(upd, cfg)
         t1 = time.perf_counter()
-        blob = encode_sparse(sparse, cfg)
+        blob = encode_sparse(sparse, cfg, shapes)
         t2 = time.perf_counter()
-        decode_sparse(blob, expected_shapes=shapes)
+        decode_sparse(blob, shapes)
         t3 = time.perf_counter()
         sel, enc, dec = min(sel, t1 - t0), min(enc, t2 - t1), min(dec, t3 - t2)
     return {

@@ -6,7 +6,7 @@ decoder reads bytes from the cloud. Each must answer malformed input with its ow
 reach the aggregate, and never allocate memory in proportion to a *claimed* size. This benchmark
 feeds thousands of malformed, truncated, oversized, NaN and wrong-shape blobs to
 
-* ``sparse_codec.decode_sparse`` (with the expected shapes and a byte cap, as a server calls it),
+* ``sparse_codec.decode_sparse`` (with the adapter's tensor schema and a byte cap, as a server calls it),
 * ``logit_codec.decode`` (from raw packet bytes, as a device receives them),
 * ``RoundAggregator.offer`` (the server's whole update-validation path),
 
@@ -42,11 +42,12 @@ SHAPES: dict[str, tuple[int, ...]] = {
     "layers.0.v_proj.lora_A.weight": (8, 576),
     "layers.0.v_proj.lora_B.weight": (192, 8),
 }
+_DIGEST = codec.TensorSchema.from_shapes(SHAPES).digest
 VOCAB = 49_152  # SmolLM2's vocabulary
 SPARSE_KINDS = (
-    "flip", "flip_crc", "truncate", "extend", "garbage", "nan", "inf", "wrong_shape", "unknown_name",
-    "oversize", "huge_k", "lying_index_len", "lying_value_len", "huge_count", "rice_long", "rice_param",
-    "varint_long", "bitmap_bits", "duplicate", "out_of_range", "huge_shape",
+    "flip", "flip_crc", "truncate", "extend", "garbage", "nan", "inf", "wrong_schema", "unknown_tensor",
+    "oversize", "huge_k", "lying_index_len", "short_values", "huge_count", "rice_long", "rice_param",
+    "varint_long", "bitmap_bits", "duplicate", "out_of_range", "huge_gap", "int4_params", "int4_padding",
 )
 LOGIT_KINDS = (
     "nan", "inf", "int8_scale", "dup_ids", "id_range", "huge_vocab", "value_bytes", "no_ids", "too_many_ids",
@@ -71,21 +72,25 @@ def _fix(blob: bytearray) -> bytes:
     return bytes(blob)
 
 
-def _record(name: str, shape: tuple[int, ...], k: int, coding: str, idx: bytes, vals: bytes, **kw: Any) -> bytes:
+def _record(gap: int, k: int, coding: str, idx: bytes, vals: bytes, **kw: Any) -> bytes:
+    """One forged record at schema position ``gap`` (a valid length and CRC around it)."""
     body = bytearray()
     ic.write_varint(body, kw.pop("count", 1))
-    codec._append_record(body, name, shape, k, coding, kw.pop("quant", "fp32"), 1.0, idx, vals, **kw)
-    return codec._assemble(bytes(body))
+    quant = kw.pop("quant", "fp32")
+    params = kw.pop("params", {"int8": (1.0,), "int4": (0.5, 0.25)}.get(quant, ()))
+    digest = kw.pop("digest", _DIGEST)
+    codec._append_record(body, gap, k, coding, quant, params, idx, vals, **kw)
+    return codec._assemble(bytes(body), digest)
 
 
 def _make_good_blob(rng: np.random.Generator) -> bytes:
     update = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
     cfg = codec.CodecConfig(
         density=float(rng.choice([0.01, 0.1, 0.5])),
-        quant=str(rng.choice(["fp32", "fp16", "int8"])),
+        quant=str(rng.choice(["fp32", "fp16", "int8", "int4"])),
         index_coding=str(rng.choice(["auto", "rice", "delta_varint", "bitmap"])),
     )
-    return codec.encode_sparse(codec.topk_sparsify(update, cfg), cfg)
+    return codec.encode_sparse(codec.topk_sparsify(update, cfg), cfg, SHAPES)
 
 
 _POOLS: dict[str, list[Any]] = {}
@@ -105,7 +110,7 @@ def _good_blob(rng: np.random.Generator) -> bytes:
 
 def malformed_sparse(rng: np.random.Generator, kind: str, max_bytes: int) -> bytes:
     """One malformed sparse-update blob of the given kind (``flip_crc`` may, rarely, stay valid)."""
-    name, (rows, cols) = "layers.0.q_proj.lora_A.weight", SHAPES["layers.0.q_proj.lora_A.weight"]
+    rows, cols = SHAPES["layers.0.q_proj.lora_A.weight"]  # schema position 0
     n = rows * cols
     good = _good_blob(rng)
     f32 = np.ones(4, np.float32).tobytes()
@@ -127,41 +132,45 @@ def malformed_sparse(rng: np.random.Generator, kind: str, max_bytes: int) -> byt
     if kind in ("nan", "inf"):
         vals = np.ones(4, np.float32)
         vals[int(rng.integers(0, 4))] = np.nan if kind == "nan" else np.inf
-        return _record(name, (rows, cols), 4, "delta_varint", bytes([1, 2, 3, 4]), vals.tobytes())
-    if kind == "wrong_shape":
-        return _record(name, (cols, rows + int(rng.integers(1, 9))), 4, "delta_varint", bytes([1, 2, 3, 4]), f32)
-    if kind == "unknown_name":
-        return _record("evil.weight", (rows, cols), 4, "delta_varint", bytes([1, 2, 3, 4]), f32)
+        return _record(0, 4, "delta_varint", bytes([1, 2, 3, 4]), vals.tobytes())
+    if kind == "wrong_schema":  # encoded for another adapter (rank, targets or mode differ)
+        other = codec.TensorSchema.from_shapes({**SHAPES, "layers.0.q_proj.lora_A.weight": (cols, rows + 1)})
+        return _record(0, 4, "delta_varint", bytes([1, 2, 3, 4]), f32, digest=other.digest)
+    if kind == "unknown_tensor":  # a position past the schema's last tensor
+        return _record(len(SHAPES) + int(rng.integers(0, 100)), 4, "delta_varint", bytes([1, 2, 3, 4]), f32)
     if kind == "oversize":
         return good + bytes(max_bytes)
     if kind == "huge_k":  # claims almost every entry but carries 4 values
-        return _record(name, (rows, cols), n - int(rng.integers(0, 8)), "rice", bytes([0, 0xFF]), f32)
+        return _record(0, n - int(rng.integers(0, 8)), "rice", bytes([0, 0xFF]), f32)
     if kind == "lying_index_len":
-        return _record(name, (rows, cols), 4, "delta_varint", bytes([1, 2, 3, 4]), f32,
-                       index_len=int(rng.integers(5, 1 << 40)))
-    if kind == "lying_value_len":
-        return _record(name, (rows, cols), 4, "delta_varint", bytes([1, 2, 3, 4]), f32,
-                       value_len=int(rng.integers(17, 1 << 40)))
+        return _record(0, 4, "delta_varint", bytes([1, 2, 3, 4]), f32, index_len=int(rng.integers(5, 1 << 40)))
+    if kind == "short_values":  # value payload shorter than k values need (its length is implied)
+        return _record(0, 4, "delta_varint", bytes([1, 2, 3, 4]), f32[: int(rng.integers(0, 16))])
     if kind == "huge_count":
-        return _record(name, (rows, cols), 4, "delta_varint", bytes([1, 2, 3, 4]), f32,
-                       count=int(rng.integers(2, 1 << 62)))
+        return _record(0, 4, "delta_varint", bytes([1, 2, 3, 4]), f32, count=int(rng.integers(2, 1 << 62)))
     if kind == "rice_long":  # a near-cap payload of zero bits: unary codes that never end
         size = int(rng.integers(1000, max_bytes // 2))
-        return _record(name, (rows, cols), 4, "rice", bytes([int(rng.integers(0, 4))]) + bytes(size), f32)
+        return _record(0, 4, "rice", bytes([int(rng.integers(0, 4))]) + bytes(size), f32)
     if kind == "rice_param":
-        return _record(name, (rows, cols), 4, "rice", bytes([int(rng.integers(13, 256)), 0xFF, 0xFF]), f32)
+        return _record(0, 4, "rice", bytes([int(rng.integers(13, 256)), 0xFF, 0xFF]), f32)
     if kind == "varint_long":
-        return _record(name, (rows, cols), 4, "delta_varint", b"\x80" * int(rng.integers(6, 5000)) + b"\x01", f32)
+        return _record(0, 4, "delta_varint", b"\x80" * int(rng.integers(6, 5000)) + b"\x01", f32)
     if kind == "bitmap_bits":
         bits = bytearray(rng.bytes((n + 7) // 8))
-        return _record(name, (rows, cols), 4, "bitmap", bytes(bits), f32)
+        return _record(0, 4, "bitmap", bytes(bits), f32)
     if kind == "duplicate":
-        return _record(name, (rows, cols), 4, "delta_varint", bytes([1, 0, 3, 4]), f32)
+        return _record(0, 4, "delta_varint", bytes([1, 0, 3, 4]), f32)
     if kind == "out_of_range":
-        return _record(name, (rows, cols), 1, "delta_varint", ic.encode_varints(np.array([n + 1])), f32[:4])
-    if kind == "huge_shape":  # a shape far beyond the model, and beyond the per-tensor cap
-        dims = (int(rng.integers(1 << 20, 1 << 31)), int(rng.integers(1 << 10, 1 << 31)))
-        return _record(name, dims, 4, "rice", bytes([30, 0xFF]), f32)
+        return _record(0, 1, "delta_varint", ic.encode_varints(np.array([n + 1])), f32[:4])
+    if kind == "huge_gap":  # a tensor position far beyond any schema (up to 63 bits)
+        return _record(int(rng.integers(1 << 20, 1 << 62)), 4, "rice", bytes([30, 0xFF]), f32)
+    if kind == "int4_params":  # NaN, infinite or negative range of the 4-bit levels
+        bad = float(rng.choice([np.nan, np.inf, -1.0]))
+        params = (bad, 1.0) if rng.random() < 0.5 else (1.0, bad)
+        return _record(0, 4, "delta_varint", bytes([1, 2, 3, 4]), b"\x77\x77", quant="int4", params=params)
+    if kind == "int4_padding":  # an odd k leaves a high nibble that must be zero
+        return _record(0, 3, "delta_varint", bytes([1, 2, 3]), bytes([0x11, int(rng.integers(0x10, 0x100))]),
+                       quant="int4")
     raise ValueError(f"unknown sparse fuzz kind {kind!r}")
 
 

@@ -13,6 +13,7 @@ the whole run config as ``--run-config`` overrides (:mod:`fedcogen.simulations.f
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -27,6 +28,7 @@ from fedcogen.client import fault_app
 from fedcogen.client.fl_clientapp import app as real_app
 from fedcogen.client.fl_clientapp import federation_for
 from fedcogen.lora_adapter import LoraSpec, lora_model, set_adapter
+from fedcogen.lora_exact import fold_cores
 from fedcogen.run_config import FLSettings, coerce, load_run_config
 from fedcogen.server.checkpoint import load_checkpoint
 from fedcogen.server.fl_serverapp import FederatedServer
@@ -260,7 +262,7 @@ def load_run_adapter(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     arrays, meta = load_checkpoint(run_dir)
     s = meta.get("settings", {})
     spec = LoraSpec(r=int(s["lora_r"]), alpha=int(s["lora_alpha"]), dropout=float(s["lora_dropout"]),
-                    targets=LoraSpec.parse_targets(s["lora_targets"]))
+                    targets=LoraSpec.parse_targets(s["lora_targets"]), mode=str(s.get("lora_mode", "lora")))
     adapter = {k[len("global/"):]: v for k, v in arrays.items() if k.startswith("global/")}
     if not adapter:
         raise ValueError(f"checkpoint in {run_dir} holds no global adapter")
@@ -277,6 +279,10 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     """
     lm, _ = load_run_adapter(run_dir)
     target = Path(out_dir) if out_dir else Path(run_dir) / "adapter"
-    lm.model.save_pretrained(str(target))
+    model = lm.model
+    if lm.spec.mode.startswith("core"):  # fold B @ R into a plain lora_B so the export is a standard PEFT adapter
+        model = copy.deepcopy(lm.model)
+        fold_cores(model)
+    model.save_pretrained(str(target))
     log.info("exported federated adapter to %s", target)
     return target

@@ -39,8 +39,10 @@ def _series(result: Mapping[str, Any]) -> dict[str, list[float]]:
     }
 
 
-def plot_runs(runs: Sequence[tuple[str, Mapping[str, Any]]], out_dir: str | Path) -> list[Path]:
-    """``loss_vs_round.png`` and ``loss_vs_bytes.png`` for one or several labelled runs."""
+def plot_runs(runs: Sequence[tuple[str, Mapping[str, Any]]], out_dir: str | Path,
+              target_loss: float | None = None) -> list[Path]:
+    """``loss_vs_round.png`` and ``loss_vs_bytes.png`` for one or several labelled runs (with an optional
+    horizontal line at the loss a comparison aims for)."""
     plt = _plt()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,6 +53,8 @@ def plot_runs(runs: Sequence[tuple[str, Mapping[str, Any]]], out_dir: str | Path
         ax.plot(s["round"], s["eval_loss"], marker="o", label=f"{label} (val)")
         if len(runs) == 1 and s["train_loss"]:
             ax.plot(s["train_round"], s["train_loss"], marker="x", linestyle="--", label=f"{label} (train)")
+    if target_loss:
+        ax.axhline(target_loss, color="grey", linestyle=":", linewidth=1, label="target (dense + 1 %)")
     ax.set_xlabel("round")
     ax.set_ylabel("loss (target tokens)")
     ax.set_title("loss per round")
@@ -65,10 +69,12 @@ def plot_runs(runs: Sequence[tuple[str, Mapping[str, Any]]], out_dir: str | Path
     for label, res in runs:
         s = _series(res)
         ax.plot([b / 1e6 for b in s["cum_bytes"]], s["eval_loss"], marker="o", label=label)
-    ax.set_xlabel("cumulative bytes on the wire (MB, measured)")
+    if target_loss:
+        ax.axhline(target_loss, color="grey", linestyle=":", linewidth=1, label="target (dense + 1 %)")
+    ax.set_xlabel("cumulative bytes on the wire, every message (MB, measured)")
     ax.set_ylabel("validation loss")
     ax.set_title("loss vs communication")
-    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedcogen.protocols import sparse_codec as codec
-from fedcogen.simulations.bench_fuzz import SPARSE_KINDS, FuzzConfig, malformed_sparse, run_fuzz
+from fedcogen.simulations.bench_fuzz import SHAPES, SPARSE_KINDS, FuzzConfig, malformed_sparse, run_fuzz
 
 
 def test_thousand_malformed_blobs_no_crash_none_aggregated_bounded_memory() -> None:
@@ -32,7 +32,7 @@ def test_rice_payload_longer_than_the_shape_allows_is_rejected_before_unpacking(
     blob = malformed_sparse(rng, "rice_long", 256 * 1024)
     assert "rice_long" in SPARSE_KINDS
     try:
-        codec.decode_sparse(blob, {"layers.0.q_proj.lora_A.weight": (8, 576)})
+        codec.decode_sparse(blob, SHAPES)
     except codec.UpdateRejected as exc:
         assert exc.reason == "index_range" and "longer than" in str(exc)
     else:

@@ -30,7 +30,7 @@ def _rand_update(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def _blob(update: dict[str, np.ndarray], density: float = 1.0, quant: str = "fp32") -> bytes:
     cfg = codec.CodecConfig(density=density, quant=quant)
-    return codec.encode_sparse(codec.topk_sparsify(update, cfg), cfg)
+    return codec.encode_sparse(codec.topk_sparsify(update, cfg), cfg, SHAPES)
 
 
 def test_density_one_fp32_sparse_path_equals_dense_fedavg() -> None:
@@ -53,24 +53,24 @@ def test_sparse_mean_counts_absent_entries_as_zero() -> None:
     b1, b2 = _blob(u1, 0.25), _blob(u2, 0.25)
     agg.offer("x", b1, 1.0)
     agg.offer("y", b2, 3.0)
-    d1 = codec.densify(codec.decode_sparse(b1))
-    d2 = codec.densify(codec.decode_sparse(b2))
+    d1 = codec.densify(codec.decode_sparse(b1, SHAPES))
+    d2 = codec.densify(codec.decode_sparse(b2, SHAPES))
     for k in SHAPES:
         np.testing.assert_allclose(agg.result().mean[k], (d1[k] + 3 * d2[k]) / 4, rtol=1e-6, atol=1e-7)
         assert np.count_nonzero(d1[k]) <= int(round(0.25 * d1[k].size))
 
 
-def _forge(records: list[tuple], quant: str = "fp32") -> bytes:
-    """A blob with a valid checksum whose content is whatever the records say."""
+def _forge(records: list[tuple], quant: str = "fp32", shapes: dict | None = None) -> bytes:
+    """A blob with a valid checksum whose content is whatever the records say (tensors by schema position)."""
     body = bytearray()
     ic.write_varint(body, len(records))
-    for name, shape, idx, vals in records:
+    for pos, idx, vals in records:
         idx = np.asarray(idx, np.int64)
         d = np.diff(np.concatenate([[-1], idx]))
-        payload = b"".join(ic.encode_varints(np.maximum(d, 0).astype(np.int64)) for _ in [0])
-        codec._append_record(body, name, shape, len(idx), "delta_varint", quant, 0.0, payload,
+        payload = ic.encode_varints(np.maximum(d, 0).astype(np.int64))
+        codec._append_record(body, pos, len(idx), "delta_varint", quant, (), payload,
                              np.asarray(vals, np.float32).tobytes())
-    return codec._assemble(bytes(body))
+    return codec._assemble(bytes(body), codec.TensorSchema.of(shapes or SHAPES).digest)
 
 
 def _fix_crc(blob: bytearray) -> bytes:
@@ -83,7 +83,7 @@ def _malformed_updates(rng: np.random.Generator, n: int) -> list[tuple[object, o
     """(payload, weight, category) triples that must all be rejected."""
     good = _blob(_rand_update(rng), 0.3)
     out: list[tuple[object, object, str]] = []
-    name = "a.lora_A.weight"
+    name = 0  # schema position of a.lora_A.weight
     kinds = ["flip", "flip_crc", "truncate", "extend", "garbage", "nan", "inf", "huge", "dup", "unsorted",
              "range", "unknown", "shape", "oversize", "weight", "type", "empty", "lying_len"]
     for i in range(n):
@@ -107,23 +107,24 @@ def _malformed_updates(rng: np.random.Generator, n: int) -> list[tuple[object, o
         elif kind in ("nan", "inf"):
             vals = rng.normal(size=5).astype(np.float32)
             vals[int(rng.integers(0, 5))] = np.nan if kind == "nan" else -np.inf
-            out.append((_forge([(name, (4, 16), [1, 4, 9, 20, 30], vals)]), 1.0, kind))
+            out.append((_forge([(name, [1, 4, 9, 20, 30], vals)]), 1.0, kind))
         elif kind == "huge":
             vals = np.full(5, 1e6 * (1 + rng.random()), np.float32)
-            out.append((_forge([(name, (4, 16), [1, 4, 9, 20, 30], vals)]), 1.0, kind))
+            out.append((_forge([(name, [1, 4, 9, 20, 30], vals)]), 1.0, kind))
         elif kind == "dup":
-            out.append((_forge([(name, (4, 16), [1, 4, 4, 20], np.ones(4))]), 1.0, kind))
+            out.append((_forge([(name, [1, 4, 4, 20], np.ones(4))]), 1.0, kind))
         elif kind == "unsorted":
-            b = _forge([(name, (4, 16), [5, 9, 12], np.ones(3))])
+            b = _forge([(name, [5, 9, 12], np.ones(3))])
             # rewrite the gaps to go backwards: delta 0 then a huge jump
-            out.append((_forge([(name, (4, 16), [5, 5, 3], np.ones(3))]) if rng.random() < 0.5 else b[:-6] + b[-5:],
+            out.append((_forge([(name, [5, 5, 3], np.ones(3))]) if rng.random() < 0.5 else b[:-6] + b[-5:],
                         1.0, kind))
         elif kind == "range":
-            out.append((_forge([(name, (4, 16), [3, 64 + int(rng.integers(0, 100))], np.ones(2))]), 1.0, kind))
-        elif kind == "unknown":
-            out.append((_forge([("evil.weight", (4, 16), [1], np.ones(1))]), 1.0, kind))
-        elif kind == "shape":
-            out.append((_forge([(name, (16, 4 + int(rng.integers(1, 5))), [1], np.ones(1))]), 1.0, kind))
+            out.append((_forge([(name, [3, 64 + int(rng.integers(0, 100))], np.ones(2))]), 1.0, kind))
+        elif kind == "unknown":  # a schema position past the adapter's last tensor
+            out.append((_forge([(len(SHAPES) + int(rng.integers(0, 50)), [1], np.ones(1))]), 1.0, kind))
+        elif kind == "shape":  # encoded for another adapter: the schema digest differs
+            other = {**SHAPES, "a.lora_A.weight": (16, 4 + int(rng.integers(1, 5)))}
+            out.append((_forge([(name, [1], np.ones(1))], shapes=other), 1.0, kind))
         elif kind == "oversize":
             out.append((good + bytes(70_000), 1.0, kind))
         elif kind == "weight":
@@ -135,9 +136,9 @@ def _malformed_updates(rng: np.random.Generator, n: int) -> list[tuple[object, o
         elif kind == "lying_len":
             body = bytearray()
             ic.write_varint(body, 1)
-            codec._append_record(body, name, (4, 16), 2, "delta_varint", "fp32", 0.0, b"\x02\x03",
-                                 np.ones(2, np.float32).tobytes(), value_len=int(rng.integers(9, 1 << 20)))
-            out.append((codec._assemble(bytes(body)), 1.0, kind))
+            codec._append_record(body, name, 2, "delta_varint", "fp32", (), b"\x02\x03",
+                                 np.ones(2, np.float32).tobytes(), index_len=int(rng.integers(9, 1 << 20)))
+            out.append((codec._assemble(bytes(body), codec.TensorSchema.of(SHAPES).digest), 1.0, kind))
     return out
 
 
@@ -155,7 +156,7 @@ def test_fuzz_thousand_malformed_updates_none_aggregated_all_counted() -> None:
     res = agg.result()
     assert sum(res.rejected.values()) + len(accepted_by_mistake) == len(bad)
     assert len(res.rejected) >= 8  # many distinct reasons, each counted
-    for reason in ("nonfinite", "duplicate", "index_range", "unknown_tensor", "shape", "oversize", "bad_weight"):
+    for reason in ("nonfinite", "duplicate", "index_range", "unknown_tensor", "schema", "oversize", "bad_weight"):
         assert res.rejected[reason] > 0, (reason, dict(res.rejected))
     if not accepted_by_mistake:
         assert res.mean is None and agg.acc.count == 0 and agg.acc.total_weight == 0.0

@@ -146,7 +146,7 @@ def test_fedadam_and_server_dp_runs_checkpoint_optimizer_state(tmp_path) -> None
 
 
 def test_bytes_at_matched_loss_reads_the_measured_curves():
-    from fedcogen.simulations.bench_comm import bytes_to_reach, matched_loss
+    from fedcogen.simulations.bench_comm import bytes_to_reach, first_reaching, matched_loss
 
     def run(points):
         return {"rounds": [{"cum_bytes": b, "eval_loss": lo} for b, lo in points], "final_eval_loss": points[-1][1]}
@@ -158,3 +158,6 @@ def test_bytes_at_matched_loss_reads_the_measured_curves():
     m = matched_loss(dense, sparse)  # matched at the loss both reach: 2.5
     assert m["loss"] == 2.5 and m["dense_bytes"] == 1600 and m["sparse_bytes"] == 110
     assert abs(m["ratio"] - 1600 / 110) < 1e-9
+    # the headline reads the first evaluation at or below the target (what the run really spent)
+    assert first_reaching(dense, 3.0) == (1, 1100) and first_reaching(dense, 2.5) == (2, 2100)
+    assert first_reaching(sparse, 2.0) is None

@@ -56,7 +56,9 @@ def test_settings_parse_types_and_fail_hook() -> None:
     with pytest.raises(fm.SchemaError, match="density"):
         FLSettings(density=0.0)
     with pytest.raises(fm.SchemaError, match="quant"):
-        FLSettings.from_mapping({"quant": "int4"})
+        FLSettings.from_mapping({"quant": "int3"})
+    with pytest.raises(fm.SchemaError, match="lora_mode"):
+        FLSettings.from_mapping({"lora-mode": "freeze_b"})
     with pytest.raises(fm.SchemaError, match="fail_nodes"):
         FLSettings(fail_nodes="a@b")
     assert FLSettings(density=0.01, clients_per_round=4).effective_down_density() == pytest.approx(0.04)
@@ -90,7 +92,7 @@ def test_error_feedback_residual_accounts_for_everything_sent() -> None:
     settings = FLSettings(density=0.05, quant="int8")
     upd, res = _adapter(2), {k: v * 0.1 for k, v in _adapter(3).items()}
     blob, new_res = compress_update(upd, res, settings, np.random.default_rng(0))
-    sent = codec.densify(codec.decode_sparse(blob, expected_shapes=SHAPES))
+    sent = codec.densify(codec.decode_sparse(blob, SHAPES))
     for k in SHAPES:
         np.testing.assert_allclose(sent[k] + new_res[k], upd[k] + res[k], rtol=1e-6, atol=1e-6)
         assert np.count_nonzero(sent[k]) == round(0.05 * upd[k].size)
@@ -102,7 +104,7 @@ def test_client_dp_clips_what_is_sent_and_residual_keeps_the_rest() -> None:
                              dp_noise_multiplier=0.0)
     upd = _adapter(4)
     blob, new_res = compress_update(upd, None, settings, np.random.default_rng(0))
-    sent = codec.densify(codec.decode_sparse(blob))
+    sent = codec.densify(codec.decode_sparse(blob, SHAPES))
     norm = float(np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in sent.values())))
     assert norm <= 0.5 + 1e-5
     for k in SHAPES:

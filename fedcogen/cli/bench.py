@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from fedcogen.cli.common import add_command, add_group, add_json_out, module_doc, write_json
+from fedcogen.simulations.comm_variants import VARIANTS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,16 +17,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="BENCH",
         description="Benchmarks with honest measurements. Each subcommand prints a table and can write JSON.",
     )
-    p = add_command(bsub, "comm", "dense fp32 LoRA FedAvg vs sparse runs: bytes, loss, index bits, training throughput",
+    p = add_command(bsub, "comm", "bytes each compressed run needs to reach dense fp32 LoRA FedAvg's loss (+1 %)",
                     description=module_doc("fedcogen.simulations.bench_comm"), func=_comm)
-    p.add_argument("--quick", action="store_true", help="tiny model, 4 clients, 4 rounds (a few minutes)")
+    p.add_argument("--quick", action="store_true", help="tiny model, 4 clients (minutes)")
     add_json_out(p)
-    p.add_argument("--out-dir", default="runs/bench_comm", help="folder for runs, plots and bench_comm.md")
-    p.add_argument("--densities", default="", help="comma-separated sparse densities "
-                   "(default 0.01,0.05,0.1 with --quick, 0.1,0.3 at full size)")
-    p.add_argument("--quant", default="int8", choices=["fp32", "fp16", "int8"], help="sparse value precision")
+    p.add_argument("--out-dir", default="runs/bench_comm", help="folder for runs, plots, bench_comm.md/.json")
+    p.add_argument("--variants", default="", help="comma-separated variants, each optionally NAME:N with its own "
+                   "round cap N (default: sparse-int8,core-int4 at "
+                   "full size, more with --quick); known: " + ", ".join(VARIANTS))
+    p.add_argument("--rounds", type=int, help="dense rounds (default 6)")
+    p.add_argument("--max-rounds", type=int, help="cap for the other runs (default 3 x dense rounds)")
+    p.add_argument("--local-steps", type=int, help="local steps per round (default 6)")
+    p.add_argument("--throughput", action=argparse.BooleanOptionalAction, default=None,
+                   help="also measure training throughput vs a plain PEFT loop (default: only with --quick)")
     p.add_argument("--engine", default="loopback", choices=["loopback", "flower"],
                    help="loopback: same apps in one process (no Ray noise); flower: Ray simulation engine")
+    p.add_argument("--reuse", action="store_true", help="read back runs already finished in --out-dir with "
+                   "identical settings instead of running them again (continue an interrupted benchmark)")
 
     p = add_command(bsub, "cogen", "CoGenesis: wire bytes per token, top-k fidelity, variant speed, cloud batching",
                     description=module_doc("fedcogen.simulations.bench_cogen"), func=_cogen)
@@ -68,8 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _comm(args: argparse.Namespace) -> int:
     from fedcogen.simulations.bench_comm import print_table, run_bench
 
-    dens = tuple(float(x) for x in args.densities.split(",") if x.strip()) or None
-    result = run_bench(quick=args.quick, out_dir=args.out_dir, densities=dens, engine=args.engine, quant=args.quant)
+    result = run_bench(quick=args.quick, out_dir=args.out_dir, variants=args.variants, engine=args.engine,
+                       rounds=args.rounds, max_rounds=args.max_rounds, local_steps=args.local_steps,
+                       throughput=args.throughput, reuse=args.reuse)
     print_table(result)
     if args.json_out:
         write_json(args.json_out, result)
