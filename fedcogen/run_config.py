@@ -85,6 +85,8 @@ class FLSettings:
     round_timeout: float = _f(600.0, "seconds to wait for replies each round")
     eval_every: int = _f(1, "evaluate on every client's private validation split every N rounds")
     eval_on: str = _f("all", "who evaluates: 'all' clients or only this 'round''s clients (no catch-up broadcasts)")
+    eval_clients: int = _f(0, "evaluate only a fixed seeded cohort of this many clients (0 = every client); "
+                              "cross-device runs: a few dozen out of thousands")
     max_update_norm: float = _f(1e4, "reject client updates with a larger L2 norm")
     max_update_bytes: int = _f(64 * 1024 * 1024, "reject client updates whose serialized blob is larger (bytes)")
     out_dir: str = _f("runs/federation", "output folder (metrics.json, ledger.json, checkpoint, plots)")
@@ -141,6 +143,7 @@ class FLSettings:
         need(self.round_timeout > 0, "round_timeout", "must be > 0")
         need(self.eval_every >= 0, "eval_every", "must be >= 0")
         one_of("eval_on", EVAL_ON)
+        need(self.eval_clients >= 0, "eval_clients", "must be >= 0 (0 = every client)")
         need(self.max_update_norm > 0, "max_update_norm", "must be > 0")
         need(self.max_update_bytes > 0, "max_update_bytes", "must be > 0")
         one_of("dp_mode", DP_MODES)

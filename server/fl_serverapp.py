@@ -34,15 +34,25 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
-from fedcogen.lora_adapter import adapter_norm, adapter_sub, lora_model, lora_spec
+from fedcogen.lora_adapter import adapter_layout, adapter_norm, adapter_sub, lora_spec
 from fedcogen.protocols import dp
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
 from fedcogen.run_config import FLSettings, load_run_config
 from fedcogen.server.aggregation import RoundAggregator, ServerOptConfig, ServerOptimizer, ValidationLimits
 from fedcogen.server.checkpoint import has_checkpoint
+from fedcogen.server.client_sampling import eval_cohort, train_sample
+from fedcogen.server.dp_guard import DPGuard
+from fedcogen.server.fl_console import error_summary, progress, show_progress_lines
 from fedcogen.server.fl_outputs import ppl, write_outputs
-from fedcogen.server.fl_state import ServerState, advance_broadcast, load_state, patch_for, save_state
+from fedcogen.server.fl_state import (
+    ServerState,
+    advance_broadcast,
+    clear_journals,
+    load_state,
+    patch_for,
+    save_state,
+)
 
 log = logging.getLogger("fedcogen.server")
 
@@ -57,10 +67,12 @@ class FederatedServer:
         self.s = settings
         self.out = Path(settings.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.lm = lora_model(settings.model, settings.seed, lora_spec(settings))
-        self.shapes = self.lm.shapes()
-        self.n_params = self.lm.num_adapter_params()
+        # shapes and version 0 from the architecture alone: the server never loads the model's weights
+        self.layout = adapter_layout(settings.model, settings.seed, lora_spec(settings))
+        self.shapes = self.layout.shapes
+        self.n_params = self.layout.num_adapter_params()
         self.limits = ValidationLimits(max_norm=settings.max_update_norm, max_bytes=settings.max_update_bytes)
+        self.guard = DPGuard(settings)
         self.opt = ServerOptimizer(ServerOptConfig(settings.server_opt, settings.server_lr))
         self.nodes: dict[int, str] = {}  # node id -> client id
         self.accountant: Any = None
@@ -80,8 +92,8 @@ class FederatedServer:
             return state
         if self.s.resume:
             log.info("resume requested but no checkpoint in %s: starting fresh", self.out)
-        init = {k: v.copy() for k, v in self.lm.initial.items()}
-        return ServerState(0, init, {k: v.copy() for k, v in init.items()}, {}, b"", {})
+        clear_journals(self.out)
+        return ServerState.fresh(self.layout.initial)
 
     def _dp(self) -> Any:
         if self.s.dp_mode == "none":
@@ -95,8 +107,8 @@ class FederatedServer:
     def _accountant(self) -> Any:
         if self.accountant is None and self.s.dp_mode != "none":
             self.accountant = dp.DPAccountant(self._dp())
-            if self.state.dp_rounds:
-                self.accountant.step(self._sample_rate(), self.state.dp_rounds)
+            for _sigma, rate in self.state.dp_history:  # the rounds as they ran (sigma is fingerprinted)
+                self.accountant.step(rate)
         return self.accountant
 
     def _sample_rate(self) -> float:
@@ -127,13 +139,15 @@ class FederatedServer:
                 if key in msg.content.config_records:
                     rec = msg.content.config_records[key]
                     payload += len(rec.get("patch", b"") or b"") + len(rec.get("blob", b"") or b"")
+        size = fm.wire_bytes(msg)
+        self.state.bytes_total += size
         self.state.ledger.append({
             "round": server_round,
             "phase": phase,
             "node_id": int(node_id),
             "client_id": self.nodes.get(int(node_id), ""),
             "direction": direction,
-            "bytes": fm.wire_bytes(msg),
+            "bytes": size,
             "payload_bytes": payload,
             "error": bool(msg.has_error()),
         })
@@ -181,12 +195,7 @@ class FederatedServer:
     # ------------------------------------------------------------------ phases
 
     def sample(self, server_round: int) -> list[int]:
-        by_client = {c: n for n, c in self.nodes.items()}
-        ids = sorted(by_client)
-        k = min(len(ids), max(1, self.s.clients_per_round))
-        rng = np.random.default_rng(np.random.SeedSequence([self.s.seed, server_round, 3]))
-        chosen = sorted(rng.choice(len(ids), size=k, replace=False).tolist())
-        return [by_client[ids[i]] for i in chosen]
+        return train_sample(self.nodes, self.s.clients_per_round, self.s.seed, server_round)
 
     def train_round(self, server_round: int) -> dict[str, Any]:
         started = time.perf_counter()
@@ -198,7 +207,7 @@ class FederatedServer:
             msgs.append(Message(fm.make_recorddict(config=cfg), dst_node_id=n, message_type=fm.MSG_TRAIN,
                                 group_id=str(server_round)))
         replies = self._send(msgs, "train", server_round)
-        agg = RoundAggregator(self.shapes, self.limits)
+        agg = RoundAggregator(self.shapes, self.limits, check=self.guard.check)
         failures: dict[str, str] = {}
         losses: list[tuple[float, float]] = []
         tok_s: list[float] = []
@@ -218,9 +227,11 @@ class FederatedServer:
             if upd is None or "blob" not in upd:
                 agg.rejected["malformed"] += 1
                 continue
-            reason = agg.offer(cid, upd["blob"], met.get(fm.NUM_EXAMPLES, 0))
+            # under DP every accepted update weighs 1 (a client's claimed example count is ignored)
+            reason = agg.offer(cid, upd["blob"], self.guard.weight(met.get(fm.NUM_EXAMPLES, 0)))
             self.state.client_versions[cid] = version  # it rebuilt the broadcast it trained on
             if reason is None:
+                self.state.participations[cid] = self.state.participations.get(cid, 0) + 1
                 losses.append((met.get("train_loss", float("nan")), met.get(fm.NUM_EXAMPLES, 1.0)))
                 tok_s.append(met.get("tokens_per_s", 0.0))
                 bits[0] += met.get("index_bits", 0.0)
@@ -239,7 +250,7 @@ class FederatedServer:
                 mean = dp.server_noise(mean, self._dp(), len(res.accepted), rng)
             if self.s.dp_mode != "none":
                 self._accountant().step(self._sample_rate())
-                st.dp_rounds += 1
+                st.dp_history.append([self.s.dp_noise_multiplier, self._sample_rate()])
 
             update_norm = adapter_norm(mean)
             st.global_adapter = self.opt.step(st.global_adapter, mean)
@@ -268,6 +279,9 @@ class FederatedServer:
         private validation split."""
         msgs = []
         keep = None if only is None else set(only)
+        cohort = eval_cohort(set(self.nodes.values()), self.s.eval_clients, self.s.seed)
+        if cohort is not None:
+            keep = cohort if keep is None else keep & cohort
         for n in sorted(self.nodes):
             if keep is not None and self.nodes[n] not in keep:
                 continue
@@ -306,12 +320,12 @@ class FederatedServer:
             log.info("round 0: eval loss %.4f", entry["eval_loss"])
         last = self.s.rounds if not self.s.stop_after else min(self.s.rounds, self.s.stop_after)
         rounds = range(st.round + 1, last + 1)
-        for r in _progress(rounds, st.round, last):
-            if self.s.dp_mode != "none" and self.s.dp_target_epsilon > 0:
-                if self._accountant().would_exceed(self.s.dp_target_epsilon, self._sample_rate()):
-                    self.stopped_reason = f"dp budget: round {r} would exceed epsilon {self.s.dp_target_epsilon}"
-                    log.warning("stopping before round %d: %s", r, self.stopped_reason)
-                    break
+        for r in progress(rounds, st.round, last):
+            if self._over_budget():
+                self.stopped_reason = f"dp budget: round {r} would exceed epsilon {self.s.dp_target_epsilon}"
+                log.warning("stopping before round %d: %s", r, self.stopped_reason)
+                break
+            started = time.perf_counter()
             entry = self.train_round(r)
             self.new_broadcast_version(r)
             if r % max(1, self.s.eval_every) == 0 or r == self.s.rounds:
@@ -320,8 +334,10 @@ class FederatedServer:
                 entry.update(self.evaluate(r, entry["sampled"] if self.s.eval_on == "round" else None))
             entry["broadcast_gap_norm"] = adapter_norm(adapter_sub(st.global_adapter, st.broadcast))
             if self.accountant is not None:
-                entry["dp_epsilon"] = float(self.accountant.epsilon())
+                eps = self.accountant.epsilon() if self.guard.central else self.guard.local_epsilon(st.participations)
+                entry["dp_epsilon" if self.guard.central else "dp_local_epsilon"] = float(eps)
             entry.update(self._bytes_of_round(r))
+            entry["round_seconds"] = time.perf_counter() - started  # training, broadcast and evaluation
             st.metrics.append(entry)
             save_state(self.out, st, self.s)
             log.info(
@@ -332,56 +348,32 @@ class FederatedServer:
             )
         return self.write_outputs()
 
+    def _over_budget(self) -> bool:
+        """Whether the next round would exceed ``dp_target_epsilon`` (the guarantee this run reports)."""
+        if self.s.dp_mode == "none" or self.s.dp_target_epsilon <= 0:
+            return False
+        if self.guard.central:
+            return self._accountant().would_exceed(self.s.dp_target_epsilon, self._sample_rate())
+        self._accountant()
+        return self.guard.local_epsilon(self.state.participations, extra=1) > self.s.dp_target_epsilon
+
     def _bytes_of_round(self, server_round: int) -> dict[str, int]:
+        """This round's bytes (its rows are still pending: the journal gets them at the checkpoint)."""
         rows = [e for e in self.state.ledger if e["round"] == server_round]
         up = sum(e["bytes"] for e in rows if e["direction"] == "up")
         down = sum(e["bytes"] for e in rows if e["direction"] == "down")
-        cum = sum(e["bytes"] for e in self.state.ledger if e["round"] <= server_round)
-        return {"bytes_up": up, "bytes_down": down, "cum_bytes": cum}
+        return {"bytes_up": up, "bytes_down": down, "cum_bytes": self.state.bytes_total}
 
     # ------------------------------------------------------------------ outputs
 
     def write_outputs(self) -> dict[str, Any]:
-        return write_outputs(self.out, self.state, self.s, self.n_params, self.stopped_reason, self.accountant)
-
-
-# --------------------------------------------------------------------------- summaries
-
-
-def error_summary(reason: str) -> str:
-    """The useful line of a client error (Ray wraps the exception in a long traceback)."""
-    lines = [ln.strip() for ln in str(reason).splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "Error" in ln or "Exception" in ln or "failure" in ln:
-            return ln[-300:]
-    return (lines[-1] if lines else "unknown error")[-300:]
-
-
-def _progress(rounds: range, done: int, total: int) -> Iterable[int]:
-    try:
-        from tqdm import tqdm
-
-        return tqdm(rounds, desc="federated rounds", initial=done, total=total, unit="round")
-    except ImportError:  # pragma: no cover
-        return rounds
+        if self.s.dp_mode != "none":
+            self._accountant()
+        return write_outputs(self.out, self.state, self.s, self.n_params, self.stopped_reason,
+                             self.guard.report(self.accountant, self.state.participations))
 
 
 # --------------------------------------------------------------------------- the apps
-
-
-def _show_progress_lines() -> None:
-    """Let the per-round lines reach the run's log when Flower runs this app in its own process.
-
-    Flower configures only its ``flwr`` logger there, so fedcogen's INFO lines would be dropped;
-    nothing is added when the embedding process already logs (``fedcogen simulate``, tests).
-    """
-    ours = logging.getLogger("fedcogen")
-    if ours.handlers or logging.getLogger().handlers:
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    ours.addHandler(handler)
-    ours.setLevel(logging.INFO)
 
 
 def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
@@ -397,7 +389,7 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         settings = load_run_config(context.run_config, extra)
-        _show_progress_lines()
+        show_progress_lines()
         FederatedServer(grid, settings).run()
 
     return server_app

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcogen.client.fl_clientapp import ClientState, compress_update
+from fedcogen.client.client_state import ClientState
+from fedcogen.client.fl_clientapp import compress_update
 from fedcogen.lora_adapter import adapter_digest
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
