@@ -9,6 +9,7 @@ Subcommands:
 * ``epsilon``  epsilon of a planned run from the RDP accountant (and the rounds/noise that fit a target).
 * ``spans``    private-span audit of a personalised adapter: protection off (must fail) vs on.
 * ``secagg``   sparse SecAgg+ vs dense SecAgg+ vs plain sparse: bytes and time in the Flower simulation.
+* ``scale``    DP at cross-device scale (1,000 clients): epsilon at 1/N^1.1, loss cost, exposure, MIA.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen.cli.common import add_command, add_group, write_json
+from fedcogen.cli.privacy_scale import add_scale
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -96,6 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--attacker-lm", action="store_true", help="also run the cloud model as the attacker (slower)")
     sp.add_argument("--json", default=None)
     sp.add_argument("--report", default=None, help="markdown table here")
+
+    add_scale(ps)
 
     s = add_command(ps, "secagg", "sparse SecAgg+ vs dense SecAgg+ vs plain sparse (bytes, time)", func=_secagg,
                     description="Runs Flower's SecAggPlusWorkflow + secaggplus_mod in the simulation engine with "
