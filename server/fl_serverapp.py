@@ -178,7 +178,9 @@ class FederatedServer:
         for entry in self.state.ledger:
             if entry["round"] == 0 and entry["phase"] == "query" and not entry["client_id"]:
                 entry["client_id"] = self.nodes.get(entry["node_id"], "")
-        log.info("%d clients connected: %s", len(self.nodes), ", ".join(sorted(self.nodes.values())))
+        names = sorted(self.nodes.values())
+        log.info("%d clients connected: %s", len(names), ", ".join(names) if len(names) <= 20
+                 else f"{', '.join(names[:5])}, ..., {', '.join(names[-2:])}")
 
     # ------------------------------------------------------------------ broadcast
 

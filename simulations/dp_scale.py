@@ -54,8 +54,8 @@ class DPScaleConfig:
     noise_multiplier: float = 1.0
     canaries_per_user: int = 1
     canary_repeats: int = 2
-    attack_canaries: int = 48  # canaries of clients that trained, scored per run
-    n_alternatives: int = 127
+    attack_canaries: int = 32  # canaries of clients that trained, scored per run
+    n_alternatives: int = 63
     mia_max_examples: int = 96
     engine: str = "loopback"
     keep_client_state: bool = False  # per-client residuals/copies on disk (GBs at 1,000 clients)

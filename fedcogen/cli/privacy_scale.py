@@ -44,7 +44,7 @@ def _scale(args: argparse.Namespace) -> int:
         run = run.replace(model="tiny", num_clients=60, clients_per_round=20, rounds=3, max_seq_len=64,
                           eval_clients=8)
     cfg = DPScaleConfig(run=run, noise_multiplier=args.noise_multiplier, engine=args.engine, out_dir=args.out_dir,
-                        attack_canaries=16 if args.quick else 48, n_alternatives=31 if args.quick else 127,
+                        attack_canaries=16 if args.quick else 32, n_alternatives=31 if args.quick else 63,
                         mia_max_examples=24 if args.quick else 96)
     result = run_dp_scale(cfg)
     print(markdown(result))
