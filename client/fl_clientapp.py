@@ -31,6 +31,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedcogen import dataset as sd
+from fedcogen.client import secagg_train
 from fedcogen.client.client_state import ClientState, load_state, save_state
 from fedcogen.client.lora_training import encode_examples, eval_loss, train_local
 from fedcogen.lora_adapter import adapter_digest, adapter_sub, get_adapter, lora_model, lora_spec, set_adapter
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 ENCODED_CACHE_CLIENTS = 64  # tokenised splits kept per process (LRU): memory must not grow with clients
 
-app = ClientApp()
+app = ClientApp(mods=[secagg_train.optional_secaggplus_mod])  # a no-op unless the server runs SecAgg+
 
 
 # --------------------------------------------------------------------------- data and seeds
@@ -137,7 +138,7 @@ def _settings_from(msg: Message, context: Context) -> tuple[FLSettings, dict[str
     server-sent value is ignored. Without them (the simulation engine) the run config's values,
     which the server forwards, are used.
     """
-    cfg = fm.config_of(msg.content)
+    cfg = fm.config_of(msg.content, secagg_train.config_key(msg.content))
     settings = FLSettings.from_client_config(cfg)
     node = context.node_config
     local = {field: str(node[key]) for key, field in NODE_LOCAL_KEYS.items() if key in node and str(node[key])}
@@ -221,8 +222,12 @@ def compress_update(
 
 
 def run_train(settings: FLSettings, patch: fm.Patch, server_round: int, partition_id: int,
-              client_id: str, state: ClientState) -> tuple[bytes, dict[str, float], ClientState]:
-    """One round of client work, independent of Flower (the ClientApp and benchmarks call it)."""
+              client_id: str, state: ClientState) -> tuple[bytes | np.ndarray, dict[str, float], ClientState]:
+    """One round of client work, independent of Flower (the ClientApp and benchmarks call it).
+
+    Returns the codec blob, or under ``secagg = "secaggplus"`` the float values at the round's shared
+    support (SecAgg+ masks and sums them).
+    """
     lm = lora_model(settings.model, settings.seed, lora_spec(settings))
     broadcast = _rebuild_broadcast(lm, state, patch)
     data = encoded_split(settings, client_id, "train", lm.tokenizer)
@@ -232,7 +237,13 @@ def run_train(settings: FLSettings, patch: fm.Patch, server_round: int, partitio
                          lr=settings.lr, seed=seed)
     update = adapter_sub(get_adapter(lm), broadcast)
     rng = np.random.default_rng(seed)
-    blob, new_residual = compress_update(update, state.residual_before(server_round), settings, rng)
+    values = None
+    if settings.secagg == "off":
+        blob, new_residual = compress_update(update, state.residual_before(server_round), settings, rng)
+    else:
+        values, support, new_residual = secagg_train.shared_release(
+            update, state.residual_before(server_round), settings, server_round, rng)
+        blob = secagg_train.plain_blob(values, support, lm.shapes(), settings)
     state.copies[patch.target_version] = broadcast
     state.residuals[server_round] = new_residual
     stats = codec.blob_stats(blob)
@@ -250,6 +261,9 @@ def run_train(settings: FLSettings, patch: fm.Patch, server_round: int, partitio
         "index_bits": sum(t["index_bits"] for t in stats["tensors"] if 0 < t["k"] < t["n"]),
         "bound_bits": sum(t["bound_bits"] for t in stats["tensors"] if 0 < t["k"] < t["n"]),
     }
+    if settings.secagg == "secaggplus":
+        metrics["update_bytes"] = 4 * int(values.size)  # what SecAgg+ masks: k float values, no indices
+        return values, metrics, state
     return blob, metrics, state
 
 
@@ -274,6 +288,8 @@ def train(msg: Message, context: Context) -> Message:
     state = load_state(context, settings, client_id)
     blob, metrics, state = run_train(settings, fm.read_patch(cfg), server_round, pid, client_id, state)
     save_state(context, settings, client_id, state)
+    if isinstance(blob, np.ndarray):  # SecAgg+: the mod masks these values
+        return secagg_train.fitres_reply(msg, blob, {**metrics, "client_id": client_id})
     content = fm.make_recorddict(
         update={"blob": blob, "client_id": client_id, "version": int(cfg["target_version"])}, metrics=metrics
     )

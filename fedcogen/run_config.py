@@ -27,6 +27,7 @@ QUANTS = ("fp32", "fp16", "int8")
 INDEX_CODINGS = ("auto", "bitmap", "delta_varint", "rice")
 SERVER_OPTS = ("fedavg", "fedadam", "fedyogi")
 DP_MODES = ("none", "client", "server")
+SECAGG_MODES = ("off", "plain", "secaggplus")
 EVAL_ON = ("all", "round")
 
 _TRUE = ("true", "1", "yes")
@@ -97,6 +98,10 @@ class FLSettings:
     dp_noise_multiplier: float = _f(0.0, "DP noise multiplier")
     dp_delta: float = _f(1e-5, "DP delta")
     dp_target_epsilon: float = _f(0.0, "stop when epsilon would exceed this (0 = no budget)")
+    secagg: str = _f("off", "off: top-k blobs; secaggplus: the values at a shared random support summed with "
+                            "SecAgg+ (the server sees only the mean); plain: the same values in the clear (baseline)")
+    secagg_range: float = _f(1.0, "SecAgg+ clipping range: values beyond +-range are clipped (the excess stays "
+                                  "in the client's residual)")
     fail_prob: float = _f(0.0, "testing: probability that a client drops in a round")
     fail_nodes: str = _f("", "testing: 'P' (partition P fails every round) or 'P@R' (only in round R), comma separated")
     stop_after: int = _f(0, "stop cleanly (checkpointed) after this many rounds in total (0 = run all); "
@@ -151,6 +156,8 @@ class FLSettings:
         need(self.dp_noise_multiplier >= 0, "dp_noise_multiplier", "must be >= 0")
         need(0 < self.dp_delta < 1, "dp_delta", "must be in (0, 1)")
         need(self.dp_target_epsilon >= 0, "dp_target_epsilon", "must be >= 0 (0 = no budget)")
+        one_of("secagg", SECAGG_MODES)
+        need(self.secagg_range > 0, "secagg_range", "must be > 0")
         need(0 <= self.fail_prob <= 1, "fail_prob", "must be in [0, 1]")
         need(self.stop_after >= 0, "stop_after", "must be >= 0")
         try:
@@ -217,7 +224,7 @@ CLIENT_KEYS = (
     "model", "seed", "data_dir", "num_clients", "clients_per_round", "local_steps", "batch_size", "lr",
     "max_seq_len", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "density", "scope", "quant",
     "index_coding", "dp_mode", "dp_clip_norm", "dp_noise_multiplier", "dp_delta", "client_state_dir",
-    "fail_prob", "fail_nodes", "history_examples", "fact_swaps",
+    "fail_prob", "fail_nodes", "history_examples", "fact_swaps", "secagg", "secagg_range",
 )
 
 

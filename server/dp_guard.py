@@ -54,14 +54,15 @@ class DPGuard:
         self.enabled = settings.dp_mode != "none"
 
     def weight(self, reported: Any) -> Any:
-        """The aggregation weight: 1 under DP (reported count ignored), else the reported count."""
-        return 1.0 if self.enabled else reported
+        """The aggregation weight: 1 under DP (reported count ignored) and with a shared support (the
+        SecAgg+ mean is uniform, its plain baseline too), else the reported count."""
+        return 1.0 if self.enabled or self.s.secagg != "off" else reported
 
     def allowed_norm(self, k: int) -> float:
         """Largest decoded L2 norm accepted for an update with ``k`` sent values."""
         c = self.s.dp_clip_norm
         if self.s.dp_mode == "client" and self.s.dp_noise_multiplier > 0:
-            std = dp.client_noise_std(self._cfg())
+            std = dp.client_noise_std(self.dp_config())
             return c * (1 + REL_TOL) + std * (math.sqrt(max(0, k)) + NOISE_SIGMAS)
         return c * (1 + REL_TOL)
 
@@ -80,7 +81,7 @@ class DPGuard:
         if not norm <= bound:
             raise RejectedUpdate("above_dp_clip", f"decoded L2 norm {norm:.6g} > DP bound {bound:.6g}")
 
-    def _cfg(self) -> dp.DPConfig:
+    def dp_config(self) -> dp.DPConfig:
         s = self.s
         return dp.DPConfig(mode=s.dp_mode, clip_norm=s.dp_clip_norm, noise_multiplier=s.dp_noise_multiplier,
                            delta=s.dp_delta, clients_per_round=max(1, s.clients_per_round))
@@ -90,7 +91,7 @@ class DPGuard:
     @property
     def central(self) -> bool:
         """Whether the central (sum-level) epsilon is the guarantee this run holds."""
-        return self.s.dp_mode == "server" or self.s.dp_mode == "client" and bool(getattr(self.s, "secagg", False))
+        return self.s.dp_mode == "server" or self.s.dp_mode == "client" and self.s.secagg == "secaggplus"
 
     def local_epsilon(self, participations: Mapping[str, int], extra: int = 0) -> float:
         """Largest per-client local epsilon (client mode without secure aggregation)."""

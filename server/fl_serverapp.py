@@ -23,9 +23,10 @@ checkpointed round with identical results (client state is persisted by the clie
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,19 @@ from fedcogen.protocols import dp
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
 from fedcogen.run_config import FLSettings, load_run_config
-from fedcogen.server.aggregation import RoundAggregator, ServerOptConfig, ServerOptimizer, ValidationLimits
+from fedcogen.server.aggregation import (
+    RoundAggregate,
+    RoundAggregator,
+    ServerOptConfig,
+    ServerOptimizer,
+    ValidationLimits,
+)
 from fedcogen.server.checkpoint import has_checkpoint
-from fedcogen.server.client_sampling import eval_cohort, train_sample
+from fedcogen.server.client_sampling import train_sample
 from fedcogen.server.dp_guard import DPGuard
 from fedcogen.server.fl_console import error_summary, progress, show_progress_lines
-from fedcogen.server.fl_outputs import ppl, write_outputs
+from fedcogen.server.fl_evaluate import evaluate_round
+from fedcogen.server.fl_outputs import write_outputs
 from fedcogen.server.fl_state import (
     ServerState,
     advance_broadcast,
@@ -53,6 +61,7 @@ from fedcogen.server.fl_state import (
     patch_for,
     save_state,
 )
+from fedcogen.server.secagg_round import secure_round
 
 log = logging.getLogger("fedcogen.server")
 
@@ -96,13 +105,8 @@ class FederatedServer:
         return ServerState.fresh(self.layout.initial)
 
     def _dp(self) -> Any:
-        if self.s.dp_mode == "none":
-            return None
-
         eps = self.s.dp_target_epsilon if self.s.dp_target_epsilon > 0 else None
-        return dp.DPConfig(mode=self.s.dp_mode, clip_norm=self.s.dp_clip_norm,
-                           noise_multiplier=self.s.dp_noise_multiplier, delta=self.s.dp_delta,
-                           target_epsilon=eps, clients_per_round=max(1, self.s.clients_per_round))
+        return None if self.s.dp_mode == "none" else dataclasses.replace(self.guard.dp_config(), target_epsilon=eps)
 
     def _accountant(self) -> Any:
         if self.accountant is None and self.s.dp_mode != "none":
@@ -203,17 +207,40 @@ class FederatedServer:
         started = time.perf_counter()
         nodes = self.sample(server_round)
         version = self.state.version
-        msgs = []
-        for n in nodes:
-            cfg = {**self._client_config(server_round), **fm.patch_fields(self.patch_for(self.nodes[n]))}
-            msgs.append(Message(fm.make_recorddict(config=cfg), dst_node_id=n, message_type=fm.MSG_TRAIN,
-                                group_id=str(server_round)))
-        replies = self._send(msgs, "train", server_round)
-        agg = RoundAggregator(self.shapes, self.limits, check=self.guard.check)
+        configs = {n: {**self._client_config(server_round), **fm.patch_fields(self.patch_for(self.nodes[n]))}
+                   for n in nodes}
         failures: dict[str, str] = {}
         losses: list[tuple[float, float]] = []
         tok_s: list[float] = []
         bits = [0.0, 0.0]
+        if self.s.secagg == "secaggplus":  # the server learns only the mean of the values at a shared support
+            mean, info = secure_round(self, server_round, nodes, configs)
+            failures.update(info["failures"])
+            for met in info["metrics"]:
+                self._accepted(str(met["client_id"]), met, version, losses, tok_s, bits)
+            res = RoundAggregate(mean, list(info["accepted"]), Counter(), float(len(info["accepted"])))
+        else:
+            res = self._plain_round(server_round, nodes, configs, failures, losses, tok_s, bits)
+        return self._apply_round(server_round, nodes, res, failures, losses, tok_s, bits, started)
+
+    def _accepted(self, cid: str, met: Mapping[str, Any], version: int, losses: list, tok_s: list,
+                  bits: list) -> None:
+        """Book an accepted update: the client holds ``version`` now; its metrics enter the round's."""
+        self.state.client_versions[cid] = version
+        self.state.participations[cid] = self.state.participations.get(cid, 0) + 1
+        losses.append((float(met.get("train_loss", float("nan"))), float(met.get(fm.NUM_EXAMPLES, 1.0))))
+        tok_s.append(float(met.get("tokens_per_s", 0.0)))
+        bits[0] += float(met.get("index_bits", 0.0))
+        bits[1] += float(met.get("bound_bits", 0.0))
+
+    def _plain_round(self, server_round: int, nodes: list[int], configs: dict[int, dict[str, Any]],
+                     failures: dict[str, str], losses: list, tok_s: list, bits: list) -> RoundAggregate:
+        """Train messages out, codec blobs back: each update validated (DP clip included) and aggregated."""
+        version = self.state.version
+        msgs = [Message(fm.make_recorddict(config=configs[n]), dst_node_id=n, message_type=fm.MSG_TRAIN,
+                        group_id=str(server_round)) for n in nodes]
+        replies = self._send(msgs, "train", server_round)
+        agg = RoundAggregator(self.shapes, self.limits, check=self.guard.check)
         answered = set()
         for rep in replies:
             node = int(rep.metadata.src_node_id)
@@ -233,15 +260,15 @@ class FederatedServer:
             reason = agg.offer(cid, upd["blob"], self.guard.weight(met.get(fm.NUM_EXAMPLES, 0)))
             self.state.client_versions[cid] = version  # it rebuilt the broadcast it trained on
             if reason is None:
-                self.state.participations[cid] = self.state.participations.get(cid, 0) + 1
-                losses.append((met.get("train_loss", float("nan")), met.get(fm.NUM_EXAMPLES, 1.0)))
-                tok_s.append(met.get("tokens_per_s", 0.0))
-                bits[0] += met.get("index_bits", 0.0)
-                bits[1] += met.get("bound_bits", 0.0)
+                self._accepted(cid, met, version, losses, tok_s, bits)
         for n in nodes:
             if n not in answered:
                 failures[self.nodes[n]] = f"no reply within {self.s.round_timeout:.0f} s"
-        res = agg.result()
+        return agg.result()
+
+    def _apply_round(self, server_round: int, nodes: list[int], res: RoundAggregate, failures: dict[str, str],
+                     losses: list, tok_s: list, bits: list, started: float) -> dict[str, Any]:
+        """DP noise + accounting, the server optimiser step, and the round's metrics row."""
         aborted = len(res.accepted) < max(1, self.s.min_fit_clients)
         st = self.state
         update_norm = 0.0
@@ -277,38 +304,9 @@ class FederatedServer:
         }
 
     def evaluate(self, server_round: int, only: Iterable[str] | None = None) -> dict[str, Any]:
-        """Every client (or the clients named in ``only``) scores the current broadcast adapter on its
-        private validation split."""
-        msgs = []
-        keep = None if only is None else set(only)
-        cohort = eval_cohort(set(self.nodes.values()), self.s.eval_clients, self.s.seed)
-        if cohort is not None:
-            keep = cohort if keep is None else keep & cohort
-        for n in sorted(self.nodes):
-            if keep is not None and self.nodes[n] not in keep:
-                continue
-            cfg = {**self._client_config(server_round), **fm.patch_fields(self.patch_for(self.nodes[n]))}
-            msgs.append(Message(fm.make_recorddict(config=cfg), dst_node_id=n, message_type=fm.MSG_EVALUATE,
-                                group_id=str(server_round)))
-        per_client: dict[str, dict[str, float]] = {}
-        failures: dict[str, str] = {}
-        tot = tok = 0.0
-        for rep in self._send(msgs, "evaluate", server_round):
-            cid = self.nodes.get(int(rep.metadata.src_node_id), "?")
-            if rep.has_error():
-                failures[cid] = error_summary(rep.error.reason)
-                if "stale_broadcast" in rep.error.reason or "digest_mismatch" in rep.error.reason:
-                    self.state.client_versions.pop(cid, None)
-                continue
-            self.state.client_versions[cid] = self.state.version
-            met = fm.metrics_of(rep.content)
-            loss, n_tok = met.get("eval_loss", float("nan")), met.get("eval_tokens", 0.0)
-            per_client[cid] = {"loss": loss, "ppl": ppl(loss), "tokens": n_tok}
-            if math.isfinite(loss) and n_tok > 0:
-                tot += loss * n_tok
-                tok += n_tok
-        mean = tot / tok if tok else float("nan")
-        return {"eval_loss": mean, "eval_ppl": ppl(mean), "eval_clients": per_client, "eval_failures": failures}
+        """Every client (or the cohort, or the clients named in ``only``) scores the current broadcast
+        adapter on its private validation split (:func:`fedcogen.server.fl_evaluate.evaluate_round`)."""
+        return evaluate_round(self, server_round, only)
 
     # ------------------------------------------------------------------ main loop
 

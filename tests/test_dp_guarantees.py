@@ -70,7 +70,7 @@ def test_client_mode_bound_allows_the_noise_but_not_a_huge_update() -> None:
     guard = DPGuard(s)
     rng = np.random.default_rng(0)
     for seed in range(20):
-        released, _ = dp.privatize_sparse_split(_sparse(seed, 5.0), guard._cfg(), rng)
+        released, _ = dp.privatize_sparse_split(_sparse(seed, 5.0), guard.dp_config(), rng)
         assert guard.check(codec.decode_sparse(codec.encode_sparse(released, cfg))) is None
     with pytest.raises(codec.UpdateRejected, match="above_dp_clip"):
         guard.check(codec.decode_sparse(codec.encode_sparse(_sparse(0, 100.0), cfg)))
