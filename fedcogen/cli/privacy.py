@@ -111,6 +111,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--density", type=float, default=0.01)
     s.add_argument("--out", default="runs/secagg")
     s.add_argument("--json", default=None)
+    s.add_argument("--real-path", action="store_true", help="the federated LoRA run itself with secagg off / plain / "
+                   "secaggplus (tiny model, --num-clients clients, --rounds rounds): bytes and time side by side")
 
 
 def _write(path: str | None, result: Any) -> None:
@@ -224,6 +226,16 @@ def _spans(args: argparse.Namespace) -> int:
 
 def _secagg(args: argparse.Namespace) -> int:
     from fedcogen.secagg import SecAggRunConfig
+
+    if args.real_path:
+        from fedcogen.simulations.secagg_real_path import REAL_PATH_RUN, compare_real_path, markdown
+
+        n = args.num_clients
+        res = compare_real_path(REAL_PATH_RUN.replace(num_clients=n, clients_per_round=n, rounds=args.rounds,
+                                                      density=args.density), args.out)
+        print(markdown(res))
+        _write(args.json, res)
+        return 0
     from fedcogen.simulations.secagg_experiment import adapter_flat, compare_modes
 
     dim = args.dim or int(adapter_flat(args.model).size)
