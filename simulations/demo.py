@@ -149,10 +149,7 @@ def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
     result["adapter_dir"] = str(export_adapter(sim.run.out_dir))
     ledger = json.loads((Path(sim.run.out_dir) / "ledger.json").read_text())["summary"]
     result["ledger_summary"] = {k: ledger[k] for k in ("totals", "messages", "dense_fp32_adapter_bytes")}
-    for r in result["rounds"]:
-        loss = f"{r['eval_loss']:.4f}" if "eval_loss" in r else "-"
-        print(f"  round {r['round']}: train loss {r.get('train_loss', float('nan')):.4f}  validation loss {loss}  "
-              f"up {r.get('bytes_up', 0):,} B  down {r.get('bytes_down', 0):,} B")
+    # the per-round lines were already printed live by the ServerApp (forwarded by the flwr run driver)
     t = ledger["totals"]
     print(f"  every message both ways: {t['all']:,} B in {ledger['messages']} messages (up {t['up']:,}, "
           f"down {t['down']:,}); one dense fp32 adapter is {ledger['dense_fp32_adapter_bytes']:,} B")

@@ -81,7 +81,8 @@ def flwr_run_argv(app_dir: Path, run_config_file: Path, federation: LocalFederat
 
 
 # fedcogen's own log lines inside the run's log (after any progress-bar residue on the same line)
-OWN_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?:INFO|WARNING|ERROR) fedcogen\.\S+: .*")
+# (group 1: the level, group 2: the message)
+OWN_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (INFO|WARNING|ERROR) fedcogen\.\S+: (.*)")
 
 
 def run_flwr_app(app_dir: Path | str, run_config: Mapping[str, Any], federation: LocalFederation,
@@ -146,6 +147,6 @@ def _echo(text: str, shown: int, everything: bool) -> int:
     end = text.rfind("\n") + 1  # whole lines only: a line still being written is read next time
     for line in text[shown:end].splitlines():
         m = OWN_LINE.search(line)
-        if m:
-            print(m.group(0), flush=True)
+        if m:  # an INFO line reads as plain text, like the CLI's own (see cli.configure_logging)
+            print(m.group(2) if m.group(1) == "INFO" else m.group(0), flush=True)
     return max(shown, end)

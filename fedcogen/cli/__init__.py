@@ -56,6 +56,16 @@ class _QuietLibraries(logging.Filter):
         return record.name.startswith("fedcogen") or record.levelno >= logging.WARNING
 
 
+class _PlainInfo(logging.Formatter):
+    """Default console format: an INFO line is just its message (a user reads results, not timestamps);
+    warnings and errors keep their level and source."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.INFO:
+            return record.getMessage()
+        return f"{record.levelname} {record.name}: {super().format(record)}"
+
+
 def configure_logging(verbose: bool) -> None:
     import warnings
 
@@ -64,6 +74,7 @@ def configure_logging(verbose: bool) -> None:
     if not verbose:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_QuietLibraries())
+            handler.setFormatter(_PlainInfo())
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="transformers|peft|torch")
         # transformers' per-load "Loading weights" bars (read at its import, inherited by child processes);
