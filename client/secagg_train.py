@@ -25,6 +25,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
+from fedcogen.protocols.dp_release import encode_within_clip
 from fedcogen.run_config import FLSettings
 from fedcogen.secagg import flat_offsets, flatten, release_at_support, round_support, unflatten
 
@@ -63,6 +64,8 @@ def plain_blob(values: np.ndarray, support: np.ndarray, shapes: Mapping[str, tup
         sel = (support >= a) & (support < b)
         sparse[name] = codec.SparseTensor((support[sel] - a).astype(np.int64), values[sel], tuple(shapes[name]))
     cfg = codec.CodecConfig(density=1.0, quant=settings.quant, index_coding=settings.index_coding)
+    if settings.dp_mode == "server":  # the server checks the decoded norm against C
+        return encode_within_clip(sparse, cfg, settings.dp_clip_norm)
     return codec.encode_sparse(sparse, cfg)
 
 
