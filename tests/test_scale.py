@@ -94,3 +94,25 @@ def test_checkpoint_does_not_grow_with_rounds_and_journals_are_incremental(tmp_p
         # the evaluation reached only the cohort: 2 clients, never all 6
         assert all(len(m["eval_clients"]) == 2 for m in result["rounds"] if "eval_clients" in m)
     assert sizes[5] < sizes[1] + 4096  # no per-round history in the checkpoint
+
+
+def test_bench_scale_and_dp_scale_write_their_reports(tmp_path) -> None:
+    from fedcogen.simulations.bench_scale import ScaleBenchConfig, run_bench
+    from fedcogen.simulations.dp_scale import DP_SCALE_RUN, DPScaleConfig, run_dp_scale
+
+    res = run_bench(ScaleBenchConfig(models=["tiny"], clients=[4, 12], clients_per_round=2, eval_clients=2, rounds=1,
+                                     max_seq_len=32, engine="loopback", out_dir=str(tmp_path / "bench")))
+    assert [r["clients"] for r in res["runs"]] == [4, 12]
+    assert all(r["peak_process_rss_mib"] > 100 and r["bytes_per_round"] > 0 for r in res["runs"])
+    assert "| tiny | 12 |" in (tmp_path / "bench" / "bench_scale.md").read_text()
+
+    run = DP_SCALE_RUN.replace(model="tiny", num_clients=16, clients_per_round=8, rounds=1, max_seq_len=32,
+                               eval_clients=4, lora_targets="q_proj,v_proj")
+    out = run_dp_scale(DPScaleConfig(run=run, noise_multiplier=1.0, attack_canaries=4, n_alternatives=7,
+                                     mia_max_examples=8, out_dir=str(tmp_path / "dp")))
+    no_dp, with_dp = out["runs"]
+    assert no_dp["epsilon"] is None and 0 < with_dp["epsilon"] < 100
+    assert out["delta"] == pytest.approx(16 ** -1.1)
+    assert with_dp["trained_clients"] == 8 and with_dp["canaries"] == 4
+    assert 0 <= with_dp["mia"]["auc"] <= 1 and not (tmp_path / "dp" / "no_dp" / "clients").exists()
+    assert "epsilon" in (tmp_path / "dp" / "dp_scale.md").read_text()
