@@ -27,7 +27,9 @@ and multiplies by ``num_examples / max_weight`` first. We report ``num_examples=
 ``max_weight=1`` so that the unmasked result is the plain mean with quantisation error about
 ``2 * clipping_range / quantization_range`` per client.
 
-The Flower apps live in :mod:`fedcogen.client.secagg_client` and :mod:`fedcogen.server.secagg_server`;
+The federated LoRA run itself uses this scheme with ``secagg = "secaggplus"`` (:func:`round_support`,
+:func:`release_at_support`; :mod:`fedcogen.client.secagg_train`, :mod:`fedcogen.server.secagg_round`).
+The stand-alone experiment's Flower apps live in :mod:`fedcogen.client.secagg_client` and :mod:`fedcogen.server.secagg_server`;
 :mod:`fedcogen.simulations.secagg_experiment` runs them. The experiment uses Flower's legacy server path (``LegacyContext`` + ``DefaultWorkflow(fit_workflow=
 SecAggPlusWorkflow(...))``) and a legacy ``NumPyClient`` behind ``secaggplus_mod`` in the simulation
 engine, in three modes for comparison: ``sparse`` (this scheme), ``dense`` (SecAgg+ over the whole
