@@ -54,11 +54,12 @@ class DPScaleConfig:
     noise_multiplier: float = 1.0
     canaries_per_user: int = 1
     canary_repeats: int = 2
-    attack_canaries: int = 32  # canaries of clients that trained, scored per run
-    n_alternatives: int = 63
-    mia_max_examples: int = 96
+    attack_canaries: int = 16  # canaries of clients that trained, scored per run
+    n_alternatives: int = 31
+    mia_max_examples: int = 48
     engine: str = "loopback"
     keep_client_state: bool = False  # per-client residuals/copies on disk (GBs at 1,000 clients)
+    reuse_runs: bool = True  # a run folder whose checkpoint has every round is read back, not retrained
     out_dir: str = "runs/dp-scale"
 
     def __post_init__(self) -> None:
@@ -81,6 +82,12 @@ def _settings(cfg: DPScaleConfig, sigma: float, data_dir: Path, out: Path) -> FL
     # evaluation costs the cohort a forward pass over its validation split
     return cfg.run.replace(data_dir=str(data_dir), out_dir=str(out), dp_delta=cfg.delta, eval_every=cfg.run.rounds,
                            dp_mode="server" if sigma > 0 else "none", dp_noise_multiplier=sigma)
+
+
+def _finished(run_dir: Path, rounds: int) -> bool:
+    from fedcogen.server.checkpoint import has_checkpoint, load_checkpoint
+
+    return has_checkpoint(run_dir) and int(load_checkpoint(run_dir)[1]["round"]) >= rounds
 
 
 def trained_clients(metrics: dict[str, Any]) -> list[str]:
@@ -125,7 +132,10 @@ def run_dp_scale(cfg: DPScaleConfig) -> dict[str, Any]:
         log.info("dp scale: sigma %g, %d clients (%d per round), %d rounds -> %s", sigma, cfg.run.num_clients,
                  cfg.run.clients_per_round, cfg.run.rounds, run_dir)
         t0 = time.perf_counter()
-        metrics = run_federation(SimulationConfig(run=_settings(cfg, sigma, data_dir, run_dir), engine=cfg.engine))
+        settings = _settings(cfg, sigma, data_dir, run_dir)
+        if cfg.reuse_runs and _finished(run_dir, cfg.run.rounds):
+            settings = settings.replace(resume=True)  # same settings (fingerprinted): zero rounds left to run
+        metrics = run_federation(SimulationConfig(run=settings, engine=cfg.engine))
         seconds = time.perf_counter() - t0
         if not cfg.keep_client_state:
             shutil.rmtree(run_dir / "clients", ignore_errors=True)

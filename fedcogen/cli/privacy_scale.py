@@ -28,6 +28,9 @@ def add_scale(ps: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seq-len", type=int, default=128, help="tokens per example")
     p.add_argument("--eval-clients", type=int, default=32, help="fixed evaluation cohort")
     p.add_argument("--engine", default="loopback", choices=["loopback", "flower"], help="simulation engine")
+    p.add_argument("--attack-canaries", type=int, default=16, help="canaries (of clients that trained) scored per run")
+    p.add_argument("--alternatives", type=int, default=31, help="random secrets each canary is ranked against")
+    p.add_argument("--mia-examples", type=int, default=48, help="members and as many non-members per MIA")
     p.add_argument("--quick", action="store_true", help="tiny model, 60 clients, 3 rounds (a couple of minutes)")
     p.add_argument("--out-dir", default="runs/dp-scale", help="folder for runs, dp_scale.json and dp_scale.md")
     p.add_argument("--json", dest="json_out", help="also write the result JSON here")
@@ -44,8 +47,8 @@ def _scale(args: argparse.Namespace) -> int:
         run = run.replace(model="tiny", num_clients=60, clients_per_round=20, rounds=3, max_seq_len=64,
                           eval_clients=8)
     cfg = DPScaleConfig(run=run, noise_multiplier=args.noise_multiplier, engine=args.engine, out_dir=args.out_dir,
-                        attack_canaries=16 if args.quick else 32, n_alternatives=31 if args.quick else 63,
-                        mia_max_examples=24 if args.quick else 96)
+                        attack_canaries=args.attack_canaries, n_alternatives=args.alternatives,
+                        mia_max_examples=min(args.mia_examples, 24) if args.quick else args.mia_examples)
     result = run_dp_scale(cfg)
     print(markdown(result))
     if args.json_out:
