@@ -273,11 +273,12 @@ class CogenDevice:
                 self._check_fingerprint(row.session)
                 row.run.calls += 1
                 row.run.round_trips += 1
+                row.reconnected = False  # the cloud answers again: a later failure may reconnect again
                 return logit_codec.decode(packet, self.lm.vocab_size)
             except CloudUnavailable as exc:
                 row.session.cancel()
-                if attempt == 1 and not row.reconnected:
-                    row.reconnected = True
+                if attempt == 1 and row.may_reconnect():
+                    row.mark_reconnect()
                     msg = f"cloud call failed ({exc}); reconnecting once and replaying {len(row.generated)} tokens"
                     log.warning(msg)
                     row.run.warnings.append(msg)

@@ -12,113 +12,42 @@ What a device does per ``train`` message (see :mod:`fedcogen.protocols.fl_messag
 4. reply with the blob and metrics.
 
 Per-client state is only: the error-feedback residual, the last two broadcast copies (by version)
-and nothing else (a fresh AdamW per round). It lives in Flower's ``context.state`` and, when
-``client_state_dir`` is set, also in the client's own folder, so a restarted run (``resume``)
-continues bit-identically. Two broadcast versions are kept because a crash after a client trained
-but before the server committed the round leaves the client one version ahead of the server's table.
+and nothing else (a fresh AdamW per round); :mod:`fedcogen.client.client_state` keeps it in the
+client's own folder when ``client_state_dir`` is set (loaded for the one message that needs it, so a
+process simulating a thousand clients holds none of them in memory), else in ``context.state``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedcogen import dataset as sd
+from fedcogen.client import secagg_train
+from fedcogen.client.client_state import ClientState, load_state, save_state
 from fedcogen.client.lora_training import encode_examples, eval_loss, train_local
 from fedcogen.lora_adapter import adapter_digest, adapter_sub, get_adapter, lora_model, lora_spec, set_adapter
 from fedcogen.protocols import dp
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
+from fedcogen.protocols.dp_release import encode_within_clip
 from fedcogen.run_config import FLSettings
 
 log = logging.getLogger(__name__)
 
-STATE_KEY = "fedcogen-client"
-KEEP_VERSIONS = 2
+ENCODED_CACHE_CLIENTS = 64  # tokenised splits kept per process (LRU): memory must not grow with clients
 
-app = ClientApp()
-
-
-# --------------------------------------------------------------------------- client state
-
-
-@dataclass
-class ClientState:
-    """Residual by round it was produced in, broadcast copies by version."""
-
-    residuals: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
-    copies: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
-
-    def residual_before(self, server_round: int) -> dict[str, np.ndarray] | None:
-        """Latest residual produced strictly before ``server_round`` (a re-run round ignores its own)."""
-        older = [r for r in self.residuals if r < server_round]
-        return self.residuals[max(older)] if older else None
-
-    def prune(self) -> None:
-        for table in (self.residuals, self.copies):
-            for key in sorted(table)[:-KEEP_VERSIONS]:
-                del table[key]
-
-    def to_bytes(self) -> bytes:
-        arrays: dict[str, np.ndarray] = {}
-        for r, tensors in self.residuals.items():
-            arrays.update({f"res/{r}/{k}": v for k, v in tensors.items()})
-        for v, tensors in self.copies.items():
-            arrays.update({f"copy/{v}/{k}": a for k, a in tensors.items()})
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> ClientState:
-        state = cls()
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            for key in z.files:
-                kind, num, name = key.split("/", 2)
-                table = state.residuals if kind == "res" else state.copies
-                table.setdefault(int(num), {})[name] = np.array(z[key], dtype=np.float32)
-        return state
-
-
-def _state_file(settings: FLSettings, client_id: str) -> Path | None:
-    if not settings.client_state_dir:
-        return None
-    return Path(settings.client_state_dir) / client_id / "client_state.npz"
-
-
-def load_state(context: Context, settings: FLSettings, client_id: str) -> ClientState:
-    """Context state first (same process), else the client's own folder (restart), else empty."""
-    rec = context.state.config_records.get(STATE_KEY) if STATE_KEY in context.state else None
-    if rec is not None and rec.get("client_id") == client_id:
-        return ClientState.from_bytes(bytes(rec["npz"]))
-    path = _state_file(settings, client_id)
-    if path is not None and path.is_file():
-        return ClientState.from_bytes(path.read_bytes())
-    return ClientState()
-
-
-def save_state(context: Context, settings: FLSettings, client_id: str, state: ClientState) -> None:
-    state.prune()
-    data = state.to_bytes()
-    context.state[STATE_KEY] = ConfigRecord({"client_id": client_id, "npz": data})
-    path = _state_file(settings, client_id)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+app = ClientApp(mods=[secagg_train.optional_secaggplus_mod])  # a no-op unless the server runs SecAgg+
 
 
 # --------------------------------------------------------------------------- data and seeds
@@ -157,7 +86,7 @@ def federation_for(settings: FLSettings) -> Any:
 
 
 _FED_CACHE: dict[str, Any] = {}
-_ENC_CACHE: dict[tuple, Any] = {}
+_ENC_CACHE: OrderedDict[tuple, Any] = OrderedDict()
 
 
 def _load_federation(folder: str) -> Any:
@@ -185,6 +114,9 @@ def encoded_split(settings: FLSettings, client_id: str, split: str, tokenizer: A
         examples = sd.client_examples(federation_for(settings), client_id, split, history=settings.history_examples,
                                        fact_swaps=settings.fact_swaps)
         _ENC_CACHE[key] = encode_examples(tokenizer, examples, settings.max_seq_len)
+        while len(_ENC_CACHE) > ENCODED_CACHE_CLIENTS:
+            _ENC_CACHE.popitem(last=False)
+    _ENC_CACHE.move_to_end(key)
     return _ENC_CACHE[key]
 
 
@@ -208,7 +140,7 @@ def _settings_from(msg: Message, context: Context) -> tuple[FLSettings, dict[str
     server-sent value is ignored. Without them (the simulation engine) the run config's values,
     which the server forwards, are used.
     """
-    cfg = fm.config_of(msg.content)
+    cfg = fm.config_of(msg.content, secagg_train.config_key(msg.content))
     settings = FLSettings.from_client_config(cfg)
     node = context.node_config
     local = {field: str(node[key]) for key, field in NODE_LOCAL_KEYS.items() if key in node and str(node[key])}
@@ -262,8 +194,9 @@ def compress_update(
     so with DP on, no part of the update reaches the server without passing the clip. In client-mode
     DP the added noise is taken back out of that difference (``released - clipped``): the residual
     carries clipping and quantisation leftovers, never the noise, which would otherwise feed back
-    into the next round's update with the opposite sign. ``schema`` (default: the update's own
-    tensors) is the adapter schema the server decodes with.
+    into the next round's update with the opposite sign. In server-mode DP the blob is encoded so
+    that the update the server *decodes* (after value quantisation) is within the clip norm.
+    ``schema`` (default: the update's own tensors) is the adapter schema the server decodes with.
     """
     if schema is None:
         schema = codec.TensorSchema.from_shapes({k: np.shape(v) for k, v in update.items()})
@@ -284,7 +217,10 @@ def compress_update(
         sparse = released
     else:
         noise = {}
-    blob = codec.encode_sparse(sparse, cfg, schema)
+    if settings.dp_mode == "server":
+        blob = encode_within_clip(sparse, cfg, settings.dp_clip_norm, schema)
+    else:
+        blob = codec.encode_sparse(sparse, cfg, schema)
     sent = codec.densify(codec.decode_sparse(blob, schema))
     new_residual = {k: (corrected[k] - sent.get(k, 0.0) + noise.get(k, 0.0)).astype(np.float32)
                     for k in corrected}
@@ -292,8 +228,12 @@ def compress_update(
 
 
 def run_train(settings: FLSettings, patch: fm.Patch, server_round: int, partition_id: int,
-              client_id: str, state: ClientState) -> tuple[bytes, dict[str, float], ClientState]:
-    """One round of client work, independent of Flower (the ClientApp and benchmarks call it)."""
+              client_id: str, state: ClientState) -> tuple[bytes | np.ndarray, dict[str, float], ClientState]:
+    """One round of client work, independent of Flower (the ClientApp and benchmarks call it).
+
+    Returns the codec blob, or under ``secagg = "secaggplus"`` the float values at the round's shared
+    support (SecAgg+ masks and sums them).
+    """
     lm = lora_model(settings.model, settings.seed, lora_spec(settings))
     broadcast = _rebuild_broadcast(lm, state, patch)
     data = encoded_split(settings, client_id, "train", lm.tokenizer)
@@ -304,7 +244,13 @@ def run_train(settings: FLSettings, patch: fm.Patch, server_round: int, partitio
     update = adapter_sub(get_adapter(lm), broadcast)
     rng = np.random.default_rng(seed)
     schema = codec.TensorSchema.from_shapes(lm.shapes())
-    blob, new_residual = compress_update(update, state.residual_before(server_round), settings, rng, schema)
+    values = None
+    if settings.secagg == "off":
+        blob, new_residual = compress_update(update, state.residual_before(server_round), settings, rng, schema)
+    else:
+        values, support, new_residual = secagg_train.shared_release(
+            update, state.residual_before(server_round), settings, server_round, rng)
+        blob = secagg_train.plain_blob(values, support, lm.shapes(), settings)
     state.copies[patch.target_version] = broadcast
     state.residuals[server_round] = new_residual
     stats = codec.blob_stats(blob, schema)
@@ -322,6 +268,9 @@ def run_train(settings: FLSettings, patch: fm.Patch, server_round: int, partitio
         "index_bits": sum(t["index_bits"] for t in stats["tensors"] if 0 < t["k"] < t["n"]),
         "bound_bits": sum(t["bound_bits"] for t in stats["tensors"] if 0 < t["k"] < t["n"]),
     }
+    if settings.secagg == "secaggplus":
+        metrics["update_bytes"] = 4 * int(values.size)  # what SecAgg+ masks: k float values, no indices
+        return values, metrics, state
     return blob, metrics, state
 
 
@@ -346,6 +295,8 @@ def train(msg: Message, context: Context) -> Message:
     state = load_state(context, settings, client_id)
     blob, metrics, state = run_train(settings, fm.read_patch(cfg), server_round, pid, client_id, state)
     save_state(context, settings, client_id, state)
+    if isinstance(blob, np.ndarray):  # SecAgg+: the mod masks these values
+        return secagg_train.fitres_reply(msg, blob, {**metrics, "client_id": client_id})
     content = fm.make_recorddict(
         update={"blob": blob, "client_id": client_id, "version": int(cfg["target_version"])}, metrics=metrics
     )

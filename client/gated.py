@@ -61,7 +61,7 @@ class GatedDecoder:
         for attempt in (1, 2):
             try:
                 if attempt == 2:
-                    row.reconnected = True
+                    row.mark_reconnect()
                     row.run.warnings.append(f"cloud call failed; reconnecting once and replaying "
                                             f"{len(row.generated)} tokens")
                     row.session.cancel()
@@ -75,9 +75,10 @@ class GatedDecoder:
                 self.device._check_fingerprint(row.session)
                 row.run.calls += 1
                 row.run.round_trips += 1
+                row.reconnected = False  # answered again: a later failure (an idle reap) may reconnect again
                 return logit_codec.decode(packet, self.device.lm.vocab_size)
             except CloudUnavailable as exc:
-                if attempt == 1 and not row.reconnected:
+                if attempt == 1 and row.may_reconnect():
                     continue
                 row.session.cancel()
                 row.run.fall_back(f"cloud unavailable ({exc}); continuing device-only for the rest")

@@ -13,6 +13,8 @@ from fedcogen.client.private_spans import PrivateSpanGuard
 
 log = logging.getLogger(__name__)
 
+MAX_RECONNECTS = 8  # per answer: a cloud that keeps dropping a session that answers in between
+
 
 @dataclass
 class Row:
@@ -29,11 +31,21 @@ class Row:
     session: DecodeSession | None = None
     generated: list[int] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)  # committed but not yet sent (gated catch-up)
-    reconnected: bool = False
+    reconnected: bool = False  # a reconnect happened and the cloud has not answered since
+    reconnects: int = 0
     guard: PrivateSpanGuard | None = None  # private-span protection (logit/gated)
     done: bool = False
     device_tail: bool = False
     finished_at: float = 0.0
+
+    def may_reconnect(self) -> bool:
+        """One reconnect per failure, and again after the cloud answered in between (a session the cloud
+        reaped while the device decoded alone is not a dead cloud), at most ``MAX_RECONNECTS`` per answer."""
+        return not self.reconnected and self.reconnects < MAX_RECONNECTS
+
+    def mark_reconnect(self) -> None:
+        self.reconnected = True
+        self.reconnects += 1
 
     def finish(self, device_tail: bool = False) -> None:
         self.done, self.device_tail, self.finished_at = True, device_tail, time.perf_counter()

@@ -133,7 +133,7 @@ class SpeculativeDecoder:
     def _reconnect_and_score(self, i: int, rnd: _Round) -> list[torch.Tensor]:
         """Reconnect once, replay what the cloud may see, and score the same draft again."""
         row, link = self.rows[i], self.links[i]
-        row.reconnected = True
+        row.mark_reconnect()
         row.run.warnings.append(f"cloud call failed; reconnecting once and replaying {len(row.generated)} tokens")
         row.session.cancel()
         row.client.connect()
@@ -151,9 +151,11 @@ class SpeculativeDecoder:
             return None
         for attempt in (1, 2):
             try:
-                return self._receive(i, rnd) if attempt == 1 else self._reconnect_and_score(i, rnd)
+                larges = self._receive(i, rnd) if attempt == 1 else self._reconnect_and_score(i, rnd)
+                row.reconnected = False  # answered again: a later failure (an idle reap) may reconnect again
+                return larges
             except CloudUnavailable as exc:
-                if attempt == 1 and not row.reconnected:
+                if attempt == 1 and row.may_reconnect():
                     continue
                 row.session.cancel()
                 row.run.fall_back(f"cloud unavailable ({exc}); continuing device-only for the rest")

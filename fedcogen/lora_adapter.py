@@ -6,14 +6,18 @@ arithmetic live below both of them and cannot drift apart.
 
 Design points:
 
-* The base model is loaded once per process (:func:`fedcogen.models.shared_model`) and *copied*
-  before PEFT injects LoRA layers, so other users of the shared model in the same process (e.g.
-  CoGenesis generation) keep seeing the untouched base network. The PEFT-wrapped copy is cached
-  per process too (one per (model, seed, LoRA shape)); clients swap adapters in and out of it.
+* The base model is loaded once per process (:func:`fedcogen.models.shared_model`). PEFT injects
+  its LoRA layers into a *structural* copy whose weight tensors are the shared model's own (the
+  copy shares every parameter and buffer), so other users of the shared model in the same process
+  (e.g. CoGenesis generation) keep seeing the untouched base network while the process holds the
+  frozen base weights once. The PEFT-wrapped model is cached per process too (one per (model, seed,
+  LoRA shape)); every virtual client of a simulation swaps its adapter in and out of it.
 * Adapters travel as ``dict[str, np.ndarray]`` (float32) with short, stable names
   (``model.layers.0.self_attn.q_proj.lora_A.weight``): the codec and the aggregator never see torch.
-* The initial adapter (A random, B zero) is a pure function of the seed, so server and clients
-  agree on "version 0" without sending it.
+* The initial adapter (A uniform in +-1/sqrt(fan_in) as PEFT's default, B zero) is a pure numpy
+  function of the seed and the shapes (:func:`initial_adapter`), so server and clients agree on
+  "version 0" without sending it, and the server gets shapes and version 0 from the model's
+  architecture alone (:func:`adapter_layout`: meta-device skeleton, no weights loaded).
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ import copy
 import functools
 import hashlib
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fedcogen.lora_exact import LORA_MODES, apply_mode
-from fedcogen.models import shared_model
+from fedcogen.lora_exact import LORA_MODES, apply_mode, trained_shapes
+from fedcogen.models import shared_model, skeleton_model
 from fedcogen.run_config import FLSettings
 
 _PEFT_PREFIX = "base_model.model."
@@ -92,34 +97,94 @@ def _short_name(peft_name: str) -> str:
 def lora_model(model_name: str, seed: int = 0, spec: LoraSpec = LoraSpec()) -> LoraModel:
     """Per-process cached PEFT model for ``(model_name, seed, spec)``.
 
-    The LoRA initialisation runs under a forked, seeded torch RNG, so every process (server, each
-    Ray worker, a resumed run) builds bit-identical initial adapters.
+    The LoRA tensors start at :func:`initial_adapter` (numpy, seeded), so every process (server, each
+    Ray worker, a resumed run) holds bit-identical initial adapters.
     """
-    import torch
-    from peft import LoraConfig, get_peft_model
 
     base = shared_model(model_name, seed)
-    model_copy = copy.deepcopy(base.model)
-    cfg = LoraConfig(
-        r=spec.r,
-        lora_alpha=spec.alpha,
-        lora_dropout=spec.dropout,
-        target_modules=list(spec.targets),
-        task_type="CAUSAL_LM",
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            pm = get_peft_model(model_copy, cfg)
-        except ValueError as exc:
-            raise ValueError(f"cannot apply LoRA to {model_name} with targets {spec.targets}: {exc}") from exc
-        apply_mode(pm, spec.mode, seed, base.tokenizer)  # freeze A, or a trained r x r core between frozen factors
+    # copy the module tree, not the weights: every parameter and buffer stays the shared model's own
+    shared = {id(t): t for t in (*base.model.parameters(), *base.model.buffers())}
+    model_copy = copy.deepcopy(base.model, shared)
+    pm = _with_lora(model_copy, model_name, spec)
+    # every LoRA tensor at version 0 first (numpy, seeded: the frozen A of freeze_a / core_rand is this
+    # too), then the mode freezes A or puts an r x r core between frozen factors
+    lora = {_short_name(n): p for n, p in pm.named_parameters() if p.requires_grad}
+    _load(lora, initial_adapter({k: tuple(p.shape) for k, p in lora.items()}, seed))
+    apply_mode(pm, spec.mode, seed, base.tokenizer)
     params = {_short_name(n): p for n, p in pm.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError(f"LoRA targets {spec.targets} matched no module of model {model_name}")
-    initial = {k: p.detach().cpu().numpy().astype(np.float32, copy=True) for k, p in sorted(params.items())}
+    params = dict(sorted(params.items()))
+    initial = {k: p.detach().cpu().numpy().astype(np.float32, copy=True) for k, p in params.items()}
     pm.eval()
-    return LoraModel(pm, base.tokenizer, dict(sorted(params.items())), initial, model_name, seed, spec)
+    lm = LoraModel(pm, base.tokenizer, params, initial, model_name, seed, spec)
+    set_adapter(lm, initial)
+    return lm
+
+
+def _with_lora(model: Any, model_name: str, spec: LoraSpec) -> Any:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                     target_modules=list(spec.targets), task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):  # PEFT's own init is overwritten by initial_adapter
+        try:
+            return get_peft_model(model, cfg)
+        except ValueError as exc:
+            raise ValueError(f"cannot apply LoRA to {model_name} with targets {spec.targets}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class AdapterLayout:
+    """What the server needs of the adapter: its tensor shapes and the seeded version 0."""
+
+    shapes: dict[str, tuple[int, ...]]
+    initial: dict[str, np.ndarray]
+
+    def num_adapter_params(self) -> int:
+        return int(sum(math.prod(s) for s in self.shapes.values()))
+
+
+@functools.lru_cache(maxsize=4)
+def adapter_layout(model_name: str, seed: int = 0, spec: LoraSpec = LoraSpec()) -> AdapterLayout:
+    """Shapes and initial adapter from the model's architecture alone (meta device, no weights)."""
+    pm = _with_lora(skeleton_model(model_name), model_name, spec)
+    shapes = {_short_name(n): tuple(p.shape) for n, p in pm.named_parameters() if p.requires_grad}
+    if not shapes:
+        raise ValueError(f"LoRA targets {spec.targets} matched no module of model {model_name}")
+    shapes = dict(sorted(shapes.items()))
+    if spec.mode == "lora":
+        return AdapterLayout(shapes, initial_adapter(shapes, seed))
+    trained = trained_shapes(shapes, spec.mode)  # what the mode trains starts at zero (B, or the core)
+    return AdapterLayout(trained, {k: np.zeros(v, np.float32) for k, v in trained.items()})
+
+
+def initial_adapter(shapes: Mapping[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
+    """Version 0: ``lora_A`` uniform in +-1/sqrt(fan_in) (PEFT's kaiming default), ``lora_B`` zero.
+
+    Seeded per tensor name, so it depends on nothing but (seed, names, shapes).
+    """
+    out: dict[str, np.ndarray] = {}
+    for name in sorted(shapes):
+        shape = tuple(int(x) for x in shapes[name])
+        if ".lora_A." in name:
+            bound = 1.0 / math.sqrt(max(1, shape[-1]))
+            rng = np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(name.encode()), 0x10A]))
+            out[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
+        elif ".lora_B." in name:
+            out[name] = np.zeros(shape, np.float32)
+        else:
+            raise ValueError(f"unexpected trainable LoRA tensor {name!r} (only lora_A / lora_B are supported)")
+    return out
+
+
+def _load(params: Mapping[str, Any], values: Mapping[str, np.ndarray]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(torch.from_numpy(np.ascontiguousarray(values[k], dtype=np.float32)))
 
 
 def get_adapter(lm: LoraModel) -> dict[str, np.ndarray]:

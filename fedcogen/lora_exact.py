@@ -101,6 +101,19 @@ def apply_mode(peft_model: Any, mode: str, seed: int, tokenizer: Any = None, ada
         layer.lora_B[adapter_name] = _core_class()(frozen.to(old_b.weight.dtype))
 
 
+def trained_shapes(lora_shapes: Mapping[str, tuple[int, ...]], mode: str) -> dict[str, tuple[int, ...]]:
+    """The trained tensors of ``mode`` from the plain LoRA shapes (what the server derives from the
+    model's skeleton, without weights): all of them, the B's (``freeze_a``), or one r x r core per module."""
+    if mode not in LORA_MODES:
+        raise ValueError(f"lora_mode must be one of {LORA_MODES}, got {mode!r}")
+    if mode == "lora":
+        return dict(lora_shapes)
+    bs = {k: tuple(v) for k, v in lora_shapes.items() if ".lora_B." in k}
+    if mode == "freeze_a":
+        return bs
+    return {k.split(".lora_B.")[0] + ".lora_B.core": (int(v[1]), int(v[1])) for k, v in sorted(bs.items())}
+
+
 def fold_cores(peft_model: Any, adapter_name: str = "default") -> None:
     """Turn every core module back into a plain ``lora_B`` linear holding ``B @ R`` (exact), so the
     model saves as a standard PEFT LoRA adapter (``save_pretrained``) loadable anywhere."""

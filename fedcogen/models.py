@@ -224,11 +224,23 @@ def _check_supported(config: Any, where: str) -> None:
 def build_tiny_model(name: str = "tiny", seed: int = 0) -> LoadedModel:
     """A seeded random llama with SmolLM2's tokenizer: same seed, same weights."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    tok = load_tokenizer(name)
+    config = _tiny_config(name, tok)
+    devices_rng = torch.random.fork_rng(devices=[])
+    with devices_rng:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tok, name=name, source=f"random llama {TINY_MODELS[name]} seed={seed}")
+
+
+def _tiny_config(name: str, tok: Any) -> Any:
+    from transformers import LlamaConfig
 
     shape = TINY_MODELS[name]
-    tok = load_tokenizer(name)
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tok),
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
@@ -241,12 +253,33 @@ def build_tiny_model(name: str = "tiny", seed: int = 0) -> LoadedModel:
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    devices_rng = torch.random.fork_rng(devices=[])
-    with devices_rng:
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.eval()
-    return LoadedModel(model=model, tokenizer=tok, name=name, source=f"random llama {shape} seed={seed}")
+
+
+def skeleton_model(name_or_path: str = "smollm2") -> Any:
+    """The model's architecture on torch's ``meta`` device: module names and shapes, no weights.
+
+    Why: the federated server needs the LoRA adapter's shapes but never runs the model; building
+    the skeleton costs milliseconds and no memory, where loading the weights costs a full fp32
+    copy (about 540 MB for SmolLM2-135M) in the server process.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if name_or_path in TINY_MODELS:
+        config = _tiny_config(name_or_path, load_tokenizer(name_or_path))
+    else:
+        folder = ensure_embedded_cache(need_model=True) if name_or_path in EMBEDDED_MODELS \
+            else _local_model_dir(name_or_path)
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        _check_supported(config, str(folder))
+        keep = PRUNED_LAYERS.get(name_or_path)
+        if keep:
+            layer_types = getattr(config, "layer_types", None)
+            if layer_types:
+                config.layer_types = [layer_types[i] for i in keep]
+            config.num_hidden_layers = len(keep)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
 
 
 def prune_layers(model: Any, keep: list[int]) -> Any:

@@ -28,6 +28,7 @@ LORA_MODES = ("lora", "freeze_a", "core", "core_rand")  # fedcogen.lora_exact (k
 INDEX_CODINGS = ("auto", "bitmap", "delta_varint", "rice")
 SERVER_OPTS = ("fedavg", "fedadam", "fedyogi")
 DP_MODES = ("none", "client", "server")
+SECAGG_MODES = ("off", "plain", "secaggplus")
 EVAL_ON = ("all", "round")
 
 _TRUE = ("true", "1", "yes")
@@ -90,6 +91,8 @@ class FLSettings:
     round_timeout: float = _f(600.0, "seconds to wait for replies each round")
     eval_every: int = _f(1, "evaluate on every client's private validation split every N rounds")
     eval_on: str = _f("all", "who evaluates: 'all' clients or only this 'round''s clients (no catch-up broadcasts)")
+    eval_clients: int = _f(0, "evaluate only a fixed seeded cohort of this many clients (0 = every client); "
+                              "cross-device runs: a few dozen out of thousands")
     max_update_norm: float = _f(1e4, "reject client updates with a larger L2 norm")
     max_update_bytes: int = _f(64 * 1024 * 1024, "reject client updates whose serialized blob is larger (bytes)")
     out_dir: str = _f("runs/federation", "output folder (metrics.json, ledger.json, checkpoint, plots)")
@@ -100,6 +103,10 @@ class FLSettings:
     dp_noise_multiplier: float = _f(0.0, "DP noise multiplier")
     dp_delta: float = _f(1e-5, "DP delta")
     dp_target_epsilon: float = _f(0.0, "stop when epsilon would exceed this (0 = no budget)")
+    secagg: str = _f("off", "off: top-k blobs; secaggplus: the values at a shared random support summed with "
+                            "SecAgg+ (the server sees only the mean); plain: the same values in the clear (baseline)")
+    secagg_range: float = _f(1.0, "SecAgg+ clipping range: values beyond +-range are clipped (the excess stays "
+                                  "in the client's residual)")
     fail_prob: float = _f(0.0, "testing: probability that a client drops in a round")
     fail_nodes: str = _f("", "testing: 'P' (partition P fails every round) or 'P@R' (only in round R), comma separated")
     target_eval_loss: float = _f(0.0, "stop after the first evaluation whose loss is at or below this (0 = off)")
@@ -149,6 +156,7 @@ class FLSettings:
         need(self.round_timeout > 0, "round_timeout", "must be > 0")
         need(self.eval_every >= 0, "eval_every", "must be >= 0")
         one_of("eval_on", EVAL_ON)
+        need(self.eval_clients >= 0, "eval_clients", "must be >= 0 (0 = every client)")
         need(self.max_update_norm > 0, "max_update_norm", "must be > 0")
         need(self.max_update_bytes > 0, "max_update_bytes", "must be > 0")
         one_of("dp_mode", DP_MODES)
@@ -156,6 +164,8 @@ class FLSettings:
         need(self.dp_noise_multiplier >= 0, "dp_noise_multiplier", "must be >= 0")
         need(0 < self.dp_delta < 1, "dp_delta", "must be in (0, 1)")
         need(self.dp_target_epsilon >= 0, "dp_target_epsilon", "must be >= 0 (0 = no budget)")
+        one_of("secagg", SECAGG_MODES)
+        need(self.secagg_range > 0, "secagg_range", "must be > 0")
         need(0 <= self.fail_prob <= 1, "fail_prob", "must be in [0, 1]")
         need(self.stop_after >= 0, "stop_after", "must be >= 0")
         need(self.target_eval_loss >= 0, "target_eval_loss", "must be >= 0 (0 = off)")
@@ -229,7 +239,7 @@ CLIENT_KEYS = (
     "model", "seed", "data_dir", "num_clients", "clients_per_round", "local_steps", "batch_size", "lr",
     "max_seq_len", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_mode", "density", "scope", "quant",
     "index_coding", "dp_mode", "dp_clip_norm", "dp_noise_multiplier", "dp_delta", "client_state_dir",
-    "fail_prob", "fail_nodes", "history_examples", "fact_swaps",
+    "fail_prob", "fail_nodes", "history_examples", "fact_swaps", "secagg", "secagg_range",
 )
 
 

@@ -27,7 +27,9 @@ and multiplies by ``num_examples / max_weight`` first. We report ``num_examples=
 ``max_weight=1`` so that the unmasked result is the plain mean with quantisation error about
 ``2 * clipping_range / quantization_range`` per client.
 
-The Flower apps live in :mod:`fedcogen.client.secagg_client` and :mod:`fedcogen.server.secagg_server`;
+The federated LoRA run itself uses this scheme with ``secagg = "secaggplus"`` (:func:`round_support`,
+:func:`release_at_support`; :mod:`fedcogen.client.secagg_train`, :mod:`fedcogen.server.secagg_round`).
+The stand-alone experiment's Flower apps live in :mod:`fedcogen.client.secagg_client` and :mod:`fedcogen.server.secagg_server`;
 :mod:`fedcogen.simulations.secagg_experiment` runs them. The experiment uses Flower's legacy server path (``LegacyContext`` + ``DefaultWorkflow(fit_workflow=
 SecAggPlusWorkflow(...))``) and a legacy ``NumPyClient`` behind ``secaggplus_mod`` in the simulation
 engine, in three modes for comparison: ``sparse`` (this scheme), ``dense`` (SecAgg+ over the whole
@@ -38,6 +40,7 @@ the masked vectors the server receives are kept for inspection (tests check they
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -128,3 +131,52 @@ def secure_values(
     if dp.mode == "client" and dp.noise_multiplier > 0:
         vals = vals + rng.normal(0, client_noise_std(dp), vals.shape).astype(np.float32)
     return vals.astype(np.float32), residual.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- the real adapter path
+
+
+def flat_offsets(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, int, int]]:
+    """``(name, start, end)`` of each tensor in the flat adapter vector (names sorted: both sides agree)."""
+    out, pos = [], 0
+    for name in sorted(shapes):
+        n = int(np.prod(shapes[name]))
+        out.append((name, pos, pos + n))
+        pos += n
+    return out
+
+
+def flatten(adapter: Mapping[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(adapter[k], np.float32).reshape(-1) for k in sorted(adapter)])
+
+
+def unflatten(flat: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    return {name: np.asarray(flat[a:b], np.float32).reshape(shapes[name]) for name, a, b in flat_offsets(shapes)}
+
+
+def round_support(settings: FLSettings, server_round: int, dim: int) -> np.ndarray:
+    """The public support of a round of the federated run: ``density * dim`` positions from (seed, round)."""
+    k = max(1, min(dim, int(round(settings.density * dim))))
+    return shared_support(round_seed(settings.seed, server_round), dim, k)
+
+
+def release_at_support(
+    corrected: np.ndarray, support: np.ndarray, settings: FLSettings, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Values a client releases at the shared support, and its new residual (flat vectors).
+
+    DP clip (L2, to ``dp_clip_norm``) first, then each value clipped to ``+-secagg_range`` (SecAgg+
+    would clip it anyway, silently): both excesses stay in the residual, so error feedback sends them
+    later. In client-mode DP the client's share of noise is added last and never fed back.
+    """
+    vals = corrected[support].astype(np.float32)
+    if settings.dp_mode != "none":
+        vals = clip_dense({"v": vals}, settings.dp_clip_norm)[0]["v"]
+    vals = np.clip(vals, -settings.secagg_range, settings.secagg_range).astype(np.float32)
+    residual = corrected.astype(np.float32, copy=True)
+    residual[support] -= vals
+    if settings.dp_mode == "client" and settings.dp_noise_multiplier > 0:
+        dpc = DPConfig(mode="client", clip_norm=settings.dp_clip_norm, noise_multiplier=settings.dp_noise_multiplier,
+                       clients_per_round=max(1, settings.clients_per_round))
+        vals = vals + rng.normal(0, client_noise_std(dpc), vals.shape).astype(np.float32)
+    return vals.astype(np.float32), residual

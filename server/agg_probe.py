@@ -12,11 +12,10 @@ For ``freeze_a`` and ``core`` the error is zero by construction (tests check it)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
-from fedcogen.lora_exact import aggregation_error, frozen_factors, weight_changes
+from fedcogen.lora_exact import aggregation_error, module_names, weight_changes
 from fedcogen.protocols import sparse_codec as codec
 
 MAX_KEPT = 8  # per round; beyond that the probe is skipped (memory: one dense adapter per client)
@@ -26,9 +25,13 @@ def keeps_updates(lora_mode: str, clients: int) -> bool:
     return lora_mode == "lora" and clients <= MAX_KEPT
 
 
-def ab_averaging_error(lm: Any, global_adapter: Mapping[str, np.ndarray],
+def ab_averaging_error(scale: float, global_adapter: Mapping[str, np.ndarray],
                        updates: Sequence[tuple[Mapping[str, codec.SparseTensor], float]]) -> dict[str, float]:
-    """Relative error of separate A/B averaging for this round's accepted ``(update, weight)`` pairs."""
+    """Relative error of separate A/B averaging for this round's accepted ``(update, weight)`` pairs.
+
+    ``scale`` is LoRA's ``alpha / r``; in ``lora`` mode A and B both come from the adapters, so the
+    server needs no model weights for this (it holds none: shapes come from the skeleton).
+    """
     if len(updates) < 2:
         return {}
     clients = []
@@ -36,7 +39,8 @@ def ab_averaging_error(lm: Any, global_adapter: Mapping[str, np.ndarray],
         dense = codec.densify(sparse)
         clients.append({k: np.asarray(v, np.float64) + (dense[k] if k in dense else 0.0)
                         for k, v in global_adapter.items()})
-    factors = frozen_factors(lm)
+    factors = {mod: {"A": global_adapter[f"{mod}.lora_A.weight"], "B": global_adapter[f"{mod}.lora_B.weight"],
+                     "scale": float(scale)} for mod in module_names(global_adapter)}
     err = aggregation_error(clients, factors, "lora", [w for _, w in updates])
     before = weight_changes(global_adapter, factors, "lora")
     weights = np.asarray([w for _, w in updates], np.float64)

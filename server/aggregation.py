@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,9 +215,10 @@ class RoundAggregator:
     """
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]], limits: ValidationLimits = ValidationLimits(),
-                 keep: bool = False):
+                 keep: bool = False, check: Callable[[Mapping[str, Any]], None] | None = None):
         self.shapes = dict(shapes)
         self.limits = limits
+        self.check = check  # extra verdict on the decoded update (the DP clip), raises RejectedUpdate
         self.acc = SparseAccumulator(shapes)
         self.accepted: list[str] = []
         self.rejected: Counter = Counter()
@@ -240,6 +241,8 @@ class RoundAggregator:
             if not (w > 0 and math.isfinite(w)):
                 raise RejectedUpdate("bad_weight", f"{weight!r}")
             sparse = validate_update(blob, self.shapes, self.limits)
+            if self.check is not None:
+                self.check(sparse)
             self.acc.add(sparse, w)
             if self.keep:
                 self.kept.append((sparse, w))

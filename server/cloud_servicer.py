@@ -163,7 +163,7 @@ class CloudLMService:
             with self._lock:
                 idle = [s for s in self.sessions.values() if now - s.last_active > self.config.idle_timeout_s]
             for s in idle:
-                log.warning("reaping idle session %s (idle > %.1f s)", s.session_id, self.config.idle_timeout_s)
+                log.info("reaping idle session %s (idle > %.1f s)", s.session_id, self.config.idle_timeout_s)
                 s.expired = True
                 s.release()  # frees the KV cache now, or after the batcher's running forward
                 with self._lock:

@@ -13,17 +13,19 @@ import numpy as np
 
 from fedcogen.lora_adapter import adapter_digest
 from fedcogen.run_config import FLSettings
-from fedcogen.server.fl_state import ServerState
+from fedcogen.server.fl_state import LEDGER_JOURNAL, ServerState, read_rows
 
 
 def write_outputs(out: Path, state: ServerState, settings: FLSettings, n_params: int, stopped_reason: str,
-                  accountant: Any = None) -> dict[str, Any]:
+                  dp_report: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``metrics.json``, ``ledger.json`` and ``metrics.md`` into ``out`` and return the result dict.
 
-    Plots are the caller's business (the simulation driver draws them from this dict).
+    The ledger is the journal (every committed round) plus the rows not yet committed. Plots are the
+    caller's business (the simulation driver draws them from this dict).
     """
     st = state
-    ledger = ledger_summary(st.ledger, n_params)
+    entries = read_rows(out / LEDGER_JOURNAL) + list(st.ledger)
+    ledger = ledger_summary(entries, n_params)
     evals = [m for m in st.metrics if "eval_loss" in m]
     result = {
         "settings": settings.to_config(),
@@ -39,10 +41,10 @@ def write_outputs(out: Path, state: ServerState, settings: FLSettings, n_params:
         "global_adapter_digest": adapter_digest(st.global_adapter),
         "broadcast_digest": adapter_digest(st.broadcast),
     }
-    if accountant is not None:
-        result["dp"] = accountant.to_dict()
+    if dp_report is not None:
+        result["dp"] = dict(dp_report)
     _write_json(out / "metrics.json", result)
-    _write_json(out / "ledger.json", {"summary": ledger, "entries": st.ledger})
+    _write_json(out / "ledger.json", {"summary": ledger, "entries": entries})
     (out / "metrics.md").write_text(markdown_report(result, ledger))
     return result
 

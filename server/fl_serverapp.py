@@ -4,28 +4,26 @@ The round loop is our own (``@app.main()`` + ``Grid.send_and_receive``) rather t
 strategy because three things need control over every message:
 
 * **Compressed broadcast with server-side error feedback.** The server keeps the true global
-  adapter ``G`` and the broadcast adapter ``B`` that every up-to-date client has rebuilt. After
-  each round it sends the top-k of ``G - B`` (the gap itself is the server residual: whatever was not
-  sent stays in it), producing broadcast version ``r``. Clients that missed rounds get a lossless
-  ``overwrite`` catch-up (fp32 values of ``B`` at every coordinate changed since their version, from
-  the changed-index history) and unknown clients a ``full`` patch from the seeded initial adapter.
-  A sha256 digest of ``B`` travels along; a client that rebuilds something else reports an error.
-* **Validation before aggregation.** Every blob is decoded by the codec with the expected shapes,
-  size caps, and norm caps (:mod:`fedcogen.server.aggregation`); rejects are counted by reason.
-* **A byte ledger** of every message actually sent and received, measured by serialising the real
-  Flower ``Message`` with Flower's serde.
+  adapter ``G`` and the broadcast ``B`` every up-to-date client has rebuilt, and sends the top-k of
+  ``G - B`` as version ``r`` (what was not sent stays in the gap). Clients that missed rounds get
+  the chain of deltas they missed or, where smaller, a lossless ``overwrite``; unknown clients a chain
+  or ``full`` patch from the seeded version 0 (:mod:`fedcogen.server.fl_state`). A sha256 digest of
+  ``B`` travels along; a client that rebuilds something else reports an error.
+* **Validation before aggregation** with the expected shapes, size, norm and DP clip caps
+  (:mod:`fedcogen.server.aggregation`); rejects are counted by reason.
+* **A byte ledger** of every message sent and received, measured with Flower's own serde.
 
-Per round ``r``: train messages (patch to version ``r-1``) to a seeded sample of clients ->
-validate + weighted FedAvg (or FedAdam/FedYogi) -> new broadcast version ``r`` -> evaluation on
-every client's private validation split -> atomic checkpoint. ``resume`` continues after the last
-checkpointed round with identical results (client state is persisted by the clients themselves).
+Per round ``r``: train messages to a seeded sample -> validate + FedAvg (or FedAdam/FedYogi) ->
+broadcast version ``r`` -> evaluation -> atomic checkpoint; ``resume`` continues identically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,17 +32,34 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
-from fedcogen.lora_adapter import adapter_norm, adapter_sub, lora_model, lora_spec
+from fedcogen.lora_adapter import adapter_layout, adapter_norm, adapter_sub, lora_spec
 from fedcogen.protocols import dp
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
 from fedcogen.run_config import FLSettings, load_run_config
 from fedcogen.server.agg_probe import ab_averaging_error, keeps_updates
-from fedcogen.server.aggregation import RoundAggregator, ServerOptConfig, ServerOptimizer, ValidationLimits
+from fedcogen.server.aggregation import (
+    RoundAggregate,
+    RoundAggregator,
+    ServerOptConfig,
+    ServerOptimizer,
+    ValidationLimits,
+)
 from fedcogen.server.checkpoint import has_checkpoint
-from fedcogen.server.fl_outputs import ppl, write_outputs
-from fedcogen.server.fl_state import ServerState, advance_broadcast, load_state, patch_for, save_state
-from fedcogen.server.run_log import error_summary, progress, show_progress_lines
+from fedcogen.server.client_sampling import train_sample
+from fedcogen.server.dp_guard import DPGuard
+from fedcogen.server.fl_console import error_summary, log_round, progress, show_progress_lines
+from fedcogen.server.fl_evaluate import evaluate_round
+from fedcogen.server.fl_outputs import write_outputs
+from fedcogen.server.fl_state import (
+    ServerState,
+    advance_broadcast,
+    clear_journals,
+    load_state,
+    patch_for,
+    save_state,
+)
+from fedcogen.server.secagg_round import secure_round
 
 log = logging.getLogger("fedcogen.server")
 
@@ -59,14 +74,17 @@ class FederatedServer:
         self.s = settings
         self.out = Path(settings.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.lm = lora_model(settings.model, settings.seed, lora_spec(settings))
-        self.shapes = self.lm.shapes()
-        self.n_params = self.lm.num_adapter_params()
+        # shapes and version 0 from the architecture alone: the server never loads the model's weights
+        self.layout = adapter_layout(settings.model, settings.seed, lora_spec(settings))
+        self.shapes = self.layout.shapes
+        self.n_params = self.layout.num_adapter_params()
         self.limits = ValidationLimits(max_norm=settings.max_update_norm, max_bytes=settings.max_update_bytes)
+        self.guard = DPGuard(settings)
         self.opt = ServerOptimizer(ServerOptConfig(settings.server_opt, settings.server_lr))
         self.nodes: dict[int, str] = {}  # node id -> client id
         self.accountant: Any = None
         self.stopped_reason = ""
+        self.probe: dict[str, float] = {}  # this round's A/B averaging error, see agg_probe
         self.state = self._initial_state()
 
     # ------------------------------------------------------------------ state
@@ -82,23 +100,18 @@ class FederatedServer:
             return state
         if self.s.resume:
             log.info("resume requested but no checkpoint in %s: starting fresh", self.out)
-        init = {k: v.copy() for k, v in self.lm.initial.items()}
-        return ServerState(0, init, {k: v.copy() for k, v in init.items()}, {}, b"", {})
+        clear_journals(self.out)
+        return ServerState.fresh(self.layout.initial)
 
     def _dp(self) -> Any:
-        if self.s.dp_mode == "none":
-            return None
-
         eps = self.s.dp_target_epsilon if self.s.dp_target_epsilon > 0 else None
-        return dp.DPConfig(mode=self.s.dp_mode, clip_norm=self.s.dp_clip_norm,
-                           noise_multiplier=self.s.dp_noise_multiplier, delta=self.s.dp_delta,
-                           target_epsilon=eps, clients_per_round=max(1, self.s.clients_per_round))
+        return None if self.s.dp_mode == "none" else dataclasses.replace(self.guard.dp_config(), target_epsilon=eps)
 
     def _accountant(self) -> Any:
         if self.accountant is None and self.s.dp_mode != "none":
             self.accountant = dp.DPAccountant(self._dp())
-            if self.state.dp_rounds:
-                self.accountant.step(self._sample_rate(), self.state.dp_rounds)
+            for _sigma, rate in self.state.dp_history:  # the rounds as they ran (sigma is fingerprinted)
+                self.accountant.step(rate)
         return self.accountant
 
     def _sample_rate(self) -> float:
@@ -129,13 +142,15 @@ class FederatedServer:
                 if key in msg.content.config_records:
                     rec = msg.content.config_records[key]
                     payload += len(rec.get("patch", b"") or b"") + len(rec.get("blob", b"") or b"")
+        size = fm.wire_bytes(msg)
+        self.state.bytes_total += size
         self.state.ledger.append({
             "round": server_round,
             "phase": phase,
             "node_id": int(node_id),
             "client_id": self.nodes.get(int(node_id), ""),
             "direction": direction,
-            "bytes": fm.wire_bytes(msg),
+            "bytes": size,
             "payload_bytes": payload,
             "error": bool(msg.has_error()),
         })
@@ -166,7 +181,9 @@ class FederatedServer:
         for entry in self.state.ledger:
             if entry["round"] == 0 and entry["phase"] == "query" and not entry["client_id"]:
                 entry["client_id"] = self.nodes.get(entry["node_id"], "")
-        log.info("%d clients connected: %s", len(self.nodes), ", ".join(sorted(self.nodes.values())))
+        names = sorted(self.nodes.values())
+        log.info("%d clients connected: %s", len(names), ", ".join(names) if len(names) <= 20
+                 else f"{', '.join(names[:5])}, ..., {', '.join(names[-2:])}")
 
     # ------------------------------------------------------------------ broadcast
 
@@ -184,28 +201,47 @@ class FederatedServer:
     # ------------------------------------------------------------------ phases
 
     def sample(self, server_round: int) -> list[int]:
-        by_client = {c: n for n, c in self.nodes.items()}
-        ids = sorted(by_client)
-        k = min(len(ids), max(1, self.s.clients_per_round))
-        rng = np.random.default_rng(np.random.SeedSequence([self.s.seed, server_round, 3]))
-        chosen = sorted(rng.choice(len(ids), size=k, replace=False).tolist())
-        return [by_client[ids[i]] for i in chosen]
+        return train_sample(self.nodes, self.s.clients_per_round, self.s.seed, server_round)
 
     def train_round(self, server_round: int) -> dict[str, Any]:
         started = time.perf_counter()
         nodes = self.sample(server_round)
         version = self.state.version
-        msgs = []
-        for n in nodes:
-            cfg = {**self._client_config(server_round), **fm.patch_fields(self.patch_for(self.nodes[n]))}
-            msgs.append(Message(fm.make_recorddict(config=cfg), dst_node_id=n, message_type=fm.MSG_TRAIN,
-                                group_id=str(server_round)))
-        replies = self._send(msgs, "train", server_round)
-        agg = RoundAggregator(self.shapes, self.limits, keep=keeps_updates(self.s.lora_mode, len(nodes)))
+        configs = {n: {**self._client_config(server_round), **fm.patch_fields(self.patch_for(self.nodes[n]))}
+                   for n in nodes}
         failures: dict[str, str] = {}
         losses: list[tuple[float, float]] = []
         tok_s: list[float] = []
         bits = [0.0, 0.0]
+        if self.s.secagg == "secaggplus":  # the server learns only the mean of the values at a shared support
+            mean, info = secure_round(self, server_round, nodes, configs)
+            failures.update(info["failures"])
+            for met in info["metrics"]:
+                self._accepted(str(met["client_id"]), met, version, losses, tok_s, bits)
+            res = RoundAggregate(mean, list(info["accepted"]), Counter(), float(len(info["accepted"])))
+        else:
+            res = self._plain_round(server_round, nodes, configs, failures, losses, tok_s, bits)
+        return self._apply_round(server_round, nodes, res, failures, losses, tok_s, bits, started)
+
+    def _accepted(self, cid: str, met: Mapping[str, Any], version: int, losses: list, tok_s: list,
+                  bits: list) -> None:
+        """Book an accepted update: the client holds ``version`` now; its metrics enter the round's."""
+        self.state.client_versions[cid] = version
+        self.state.participations[cid] = self.state.participations.get(cid, 0) + 1
+        losses.append((float(met.get("train_loss", float("nan"))), float(met.get(fm.NUM_EXAMPLES, 1.0))))
+        tok_s.append(float(met.get("tokens_per_s", 0.0)))
+        bits[0] += float(met.get("index_bits", 0.0))
+        bits[1] += float(met.get("bound_bits", 0.0))
+
+    def _plain_round(self, server_round: int, nodes: list[int], configs: dict[int, dict[str, Any]],
+                     failures: dict[str, str], losses: list, tok_s: list, bits: list) -> RoundAggregate:
+        """Train messages out, codec blobs back: each update validated (DP clip included) and aggregated."""
+        version = self.state.version
+        msgs = [Message(fm.make_recorddict(config=configs[n]), dst_node_id=n, message_type=fm.MSG_TRAIN,
+                        group_id=str(server_round)) for n in nodes]
+        replies = self._send(msgs, "train", server_round)
+        agg = RoundAggregator(self.shapes, self.limits, keep=keeps_updates(self.s.lora_mode, len(nodes)),
+                              check=self.guard.check)
         answered = set()
         for rep in replies:
             node = int(rep.metadata.src_node_id)
@@ -221,21 +257,25 @@ class FederatedServer:
             if upd is None or "blob" not in upd:
                 agg.rejected["malformed"] += 1
                 continue
-            reason = agg.offer(cid, upd["blob"], met.get(fm.NUM_EXAMPLES, 0))
+            # under DP every accepted update weighs 1 (a client's claimed example count is ignored)
+            reason = agg.offer(cid, upd["blob"], self.guard.weight(met.get(fm.NUM_EXAMPLES, 0)))
             self.state.client_versions[cid] = version  # it rebuilt the broadcast it trained on
             if reason is None:
-                losses.append((met.get("train_loss", float("nan")), met.get(fm.NUM_EXAMPLES, 1.0)))
-                tok_s.append(met.get("tokens_per_s", 0.0))
-                bits[0] += met.get("index_bits", 0.0)
-                bits[1] += met.get("bound_bits", 0.0)
+                self._accepted(cid, met, version, losses, tok_s, bits)
         for n in nodes:
             if n not in answered:
                 failures[self.nodes[n]] = f"no reply within {self.s.round_timeout:.0f} s"
-        res = agg.result()
+        if agg.kept:  # how inexact separate A/B averaging is this round (lora_mode "lora" only)
+            self.probe = ab_averaging_error(self.s.lora_alpha / self.s.lora_r, self.state.global_adapter, agg.kept)
+        return agg.result()
+
+    def _apply_round(self, server_round: int, nodes: list[int], res: RoundAggregate, failures: dict[str, str],
+                     losses: list, tok_s: list, bits: list, started: float) -> dict[str, Any]:
+        """DP noise + accounting, the server optimiser step, and the round's metrics row."""
         aborted = len(res.accepted) < max(1, self.s.min_fit_clients)
         st = self.state
         update_norm = 0.0
-        probe: dict[str, float] = {}
+        probe, self.probe = self.probe, {}
         if not aborted and res.mean is not None:
             mean = res.mean
             if self.s.dp_mode == "server":
@@ -243,10 +283,9 @@ class FederatedServer:
                 mean = dp.server_noise(mean, self._dp(), len(res.accepted), rng)
             if self.s.dp_mode != "none":
                 self._accountant().step(self._sample_rate())
-                st.dp_rounds += 1
+                st.dp_history.append([self.s.dp_noise_multiplier, self._sample_rate()])
 
             update_norm = adapter_norm(mean)
-            probe = ab_averaging_error(self.lm, st.global_adapter, agg.kept) if agg.kept else {}
             st.global_adapter = self.opt.step(st.global_adapter, mean)
             st.opt_m, st.opt_v, st.opt_steps = dict(self.opt.m), dict(self.opt.v), self.opt.steps
         else:
@@ -270,35 +309,9 @@ class FederatedServer:
         }
 
     def evaluate(self, server_round: int, only: Iterable[str] | None = None) -> dict[str, Any]:
-        """Every client (or the clients named in ``only``) scores the current broadcast adapter on its
-        private validation split."""
-        msgs = []
-        keep = None if only is None else set(only)
-        for n in sorted(self.nodes):
-            if keep is not None and self.nodes[n] not in keep:
-                continue
-            cfg = {**self._client_config(server_round), **fm.patch_fields(self.patch_for(self.nodes[n]))}
-            msgs.append(Message(fm.make_recorddict(config=cfg), dst_node_id=n, message_type=fm.MSG_EVALUATE,
-                                group_id=str(server_round)))
-        per_client: dict[str, dict[str, float]] = {}
-        failures: dict[str, str] = {}
-        tot = tok = 0.0
-        for rep in self._send(msgs, "evaluate", server_round):
-            cid = self.nodes.get(int(rep.metadata.src_node_id), "?")
-            if rep.has_error():
-                failures[cid] = error_summary(rep.error.reason)
-                if "stale_broadcast" in rep.error.reason or "digest_mismatch" in rep.error.reason:
-                    self.state.client_versions.pop(cid, None)
-                continue
-            self.state.client_versions[cid] = self.state.version
-            met = fm.metrics_of(rep.content)
-            loss, n_tok = met.get("eval_loss", float("nan")), met.get("eval_tokens", 0.0)
-            per_client[cid] = {"loss": loss, "ppl": ppl(loss), "tokens": n_tok}
-            if math.isfinite(loss) and n_tok > 0:
-                tot += loss * n_tok
-                tok += n_tok
-        mean = tot / tok if tok else float("nan")
-        return {"eval_loss": mean, "eval_ppl": ppl(mean), "eval_clients": per_client, "eval_failures": failures}
+        """Every client (or the cohort, or the clients named in ``only``) scores the current broadcast
+        adapter on its private validation split (:func:`fedcogen.server.fl_evaluate.evaluate_round`)."""
+        return evaluate_round(self, server_round, only)
 
     # ------------------------------------------------------------------ main loop
 
@@ -313,11 +326,11 @@ class FederatedServer:
         last = self.s.rounds if not self.s.stop_after else min(self.s.rounds, self.s.stop_after)
         rounds = range(st.round + 1, last + 1)
         for r in progress(rounds, st.round, last):
-            if self.s.dp_mode != "none" and self.s.dp_target_epsilon > 0:
-                if self._accountant().would_exceed(self.s.dp_target_epsilon, self._sample_rate()):
-                    self.stopped_reason = f"dp budget: round {r} would exceed epsilon {self.s.dp_target_epsilon}"
-                    log.warning("stopping before round %d: %s", r, self.stopped_reason)
-                    break
+            if self._over_budget():
+                self.stopped_reason = f"dp budget: round {r} would exceed epsilon {self.s.dp_target_epsilon}"
+                log.warning("stopping before round %d: %s", r, self.stopped_reason)
+                break
+            started = time.perf_counter()
             entry = self.train_round(r)
             self.new_broadcast_version(r)
             if r % max(1, self.s.eval_every) == 0 or r == self.s.rounds:
@@ -326,33 +339,40 @@ class FederatedServer:
                 entry.update(self.evaluate(r, entry["sampled"] if self.s.eval_on == "round" else None))
             entry["broadcast_gap_norm"] = adapter_norm(adapter_sub(st.global_adapter, st.broadcast))
             if self.accountant is not None:
-                entry["dp_epsilon"] = float(self.accountant.epsilon())
+                eps = self.accountant.epsilon() if self.guard.central else self.guard.local_epsilon(st.participations)
+                entry["dp_epsilon" if self.guard.central else "dp_local_epsilon"] = float(eps)
             entry.update(self._bytes_of_round(r))
+            entry["round_seconds"] = time.perf_counter() - started  # training, broadcast and evaluation
             st.metrics.append(entry)
             save_state(self.out, st, self.s)
             if 0 < entry.get("eval_loss", math.inf) <= self.s.target_eval_loss:  # NaN never stops a run
                 self.stopped_reason = f"eval loss {entry['eval_loss']:.4f} reached target {self.s.target_eval_loss}"
-            log.info(
-                "round %d/%d: train loss %.4f, eval loss %s, accepted %d, rejected %s, failures %d, "
-                "up %d B, down %d B", r, self.s.rounds, entry["train_loss"],
-                f"{entry['eval_loss']:.4f}" if "eval_loss" in entry else "-", entry["accepted"],
-                entry["rejected"] or "{}", len(entry["failures"]), entry["bytes_up"], entry["bytes_down"],
-            )
+            log_round(entry, self.s.rounds)
             if self.stopped_reason:
                 break
         return self.write_outputs()
 
+    def _over_budget(self) -> bool:
+        """Whether the next round would exceed ``dp_target_epsilon`` (the guarantee this run reports)."""
+        if self.s.dp_mode == "none" or self.s.dp_target_epsilon <= 0:
+            return False
+        if self.guard.central:
+            return self._accountant().would_exceed(self.s.dp_target_epsilon, self._sample_rate())
+        self._accountant()
+        return self.guard.local_epsilon(self.state.participations, extra=1) > self.s.dp_target_epsilon
+
     def _bytes_of_round(self, server_round: int) -> dict[str, int]:
+        """This round's bytes (its rows are still pending: the journal gets them at the checkpoint)."""
         rows = [e for e in self.state.ledger if e["round"] == server_round]
         up = sum(e["bytes"] for e in rows if e["direction"] == "up")
         down = sum(e["bytes"] for e in rows if e["direction"] == "down")
-        cum = sum(e["bytes"] for e in self.state.ledger if e["round"] <= server_round)
-        return {"bytes_up": up, "bytes_down": down, "cum_bytes": cum}
-
-    # ------------------------------------------------------------------ outputs
+        return {"bytes_up": up, "bytes_down": down, "cum_bytes": self.state.bytes_total}
 
     def write_outputs(self) -> dict[str, Any]:
-        return write_outputs(self.out, self.state, self.s, self.n_params, self.stopped_reason, self.accountant)
+        if self.s.dp_mode != "none":
+            self._accountant()
+        return write_outputs(self.out, self.state, self.s, self.n_params, self.stopped_reason,
+                             self.guard.report(self.accountant, self.state.participations))
 
 
 # --------------------------------------------------------------------------- the apps

@@ -54,12 +54,17 @@ class SimulationConfig:
         "help": "flower (Flower simulation engine) or loopback (same apps, in one process)"})
     persist_client_state: bool = field(default=True, metadata={
         "help": "clients persist their state under out_dir/clients (needed for resume)"})
+    ray_address: str = field(default="", metadata={
+        "help": "run the flower engine on an existing Ray cluster (HOST:PORT of its head, as `ray start "
+                "--head` prints); '' = a private Ray instance on this machine"})
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (got {self.engine!r})")
         if not 0 < self.num_cpus_per_client:
             raise ValueError("num_cpus_per_client must be > 0")
+        if self.ray_address and self.engine != "flower":
+            raise ValueError("ray_address needs engine 'flower' (the loopback engine runs in this process)")
         if self.run.clients_per_round > self.run.num_clients:
             raise ValueError(f"clients_per_round must be in [1, num_clients={self.run.num_clients}] "
                              f"(got {self.run.clients_per_round})")
@@ -137,7 +142,7 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
              settings.num_clients, settings.clients_per_round, settings.rounds, settings.model, settings.density, out)
     app_dir = app_dir_for(FAULT_CLIENTAPP if fault else FEDCOGEN_CLIENTAPP, out)
     federation = LocalFederation(num_supernodes=settings.num_clients, num_cpus_per_client=cfg.num_cpus_per_client,
-                                 log_to_driver=verbose)
+                                 log_to_driver=verbose, ray_address=cfg.ray_address)
     run_flwr_app(app_dir, settings.to_config(), federation, work_dir=out, echo=verbose)
     metrics_path = out / "metrics.json"
     if not metrics_path.is_file():

@@ -46,12 +46,13 @@ class LocalFederation:
     num_cpus_per_client: float = 0.5
     num_cpus: int = 0  # 0 = every CPU of this machine
     log_to_driver: bool = False  # Ray worker output (model loading bars, warnings) on the terminal
+    ray_address: str = ""  # an existing Ray cluster ("HOST:PORT"); "" = a private Ray instance per run
 
     def federation_config(self) -> list[str]:
         # Flower's federation config takes whole CPUs only; Ray's CPUs are logical, so a fractional
         # share becomes 1 CPU per client out of proportionally more logical CPUs (same concurrency)
         cpus = self.num_cpus or os.cpu_count() or 2
-        values = {
+        values: dict[str, Any] = {
             "num-supernodes": self.num_supernodes,
             "client-resources-num-cpus": 1,
             "client-resources-num-gpus": 0,
@@ -59,7 +60,16 @@ class LocalFederation:
             "init-args-num-gpus": 0,
             "init-args-log-to-driver": self.log_to_driver,
         }
+        if self.ray_address:
+            # an existing cluster brings its own CPUs (Ray refuses num_cpus/num_gpus when connecting);
+            # each simulated client still asks for 1 of them
+            del values["init-args-num-cpus"], values["init-args-num-gpus"]
         return [f"{k}={toml_value(v)}" for k, v in values.items()]
+
+    def env(self) -> dict[str, str]:
+        """Environment for ``flwr run`` (the local SuperLink and its simulation inherit it): ``RAY_ADDRESS``
+        makes Flower's ``ray.init()`` join the cluster instead of starting a private Ray instance."""
+        return {"RAY_ADDRESS": self.ray_address} if self.ray_address else {}
 
 
 def flwr_run_argv(app_dir: Path, run_config_file: Path, federation: LocalFederation) -> list[str]:
@@ -91,8 +101,9 @@ def run_flwr_app(app_dir: Path | str, run_config: Mapping[str, Any], federation:
     fd, name = tempfile.mkstemp(prefix="run-config-", suffix=".toml", dir=work)
     with os.fdopen(fd, "w") as fh:
         fh.write("".join(f"{key} = {toml_value(value)}\n" for key, value in run_config.items()))
+    # the ray_address setting is the one source of truth: an exported RAY_ADDRESS must not redirect a private run
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         "FLWR_HOME": str(home),
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
         "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
@@ -100,6 +111,7 @@ def run_flwr_app(app_dir: Path | str, run_config: Mapping[str, Any], federation:
         "FLWR_TELEMETRY_ENABLED": "0",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
+        **federation.env(),
     }
     proc = ManagedProcess(name="flwr-run", argv=flwr_run_argv(Path(app_dir), Path(name), federation),
                           log_path=work / "flwr-run.log", env=env, cwd=Path(app_dir))

@@ -18,7 +18,7 @@ SHAPES = {"x.lora_B.core": (16, 16), "y.lora_B.core": (16, 16)}
 def _state(rounds: int, quant: str = "int4", density: float = 1.0) -> ServerState:
     rng = np.random.default_rng(0)
     init = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
-    st = ServerState(0, {k: v.copy() for k, v in init.items()}, {k: v.copy() for k, v in init.items()}, {}, b"", {})
+    st = ServerState.fresh(init)
     for r in range(1, rounds + 1):
         st.global_adapter = {k: v + rng.normal(size=v.shape).astype(np.float32) * 0.01
                              for k, v in st.global_adapter.items()}

@@ -74,7 +74,7 @@ def test_resume_gives_identical_final_adapters(tmp_path) -> None:
     assert res_resumed["rounds"][-1]["eval_loss"] == res_full["rounds"][-1]["eval_loss"]
     # and the model actually changed over the run
     assert full.state.round == 4
-    init = full.lm.initial
+    init = full.layout.initial
     assert any(not np.array_equal(init[k], full.state.global_adapter[k]) for k in init)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcogen.client.fl_clientapp import ClientState, compress_update
+from fedcogen.client.client_state import ClientState
+from fedcogen.client.fl_clientapp import compress_update
 from fedcogen.lora_adapter import adapter_digest
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols import sparse_codec as codec
@@ -38,7 +39,7 @@ def test_pyproject_flower_config_matches_settings() -> None:
     # the pyproject table is the dataclass defaults, key for key and value for value
     assert settings == FLSettings() and cfg["config"] == FLSettings().to_config()
     # SimulationConfig holds the run config instead of copying its fields
-    sim_only = {"num_cpus_per_client", "engine", "persist_client_state"}
+    sim_only = {"num_cpus_per_client", "engine", "persist_client_state", "ray_address"}
     assert {f.name for f in dataclasses.fields(SimulationConfig)} - sim_only == {"run"}
 
 

@@ -1,4 +1,4 @@
-"""`fedcogen bench NAME`: the benchmarks (comm, cogen, fuzz, load, privacy, all); each prints its figures
+"""`fedcogen bench NAME`: the benchmarks (comm, cogen, fuzz, load, codec, scale, privacy, all); each prints its figures
 and can write JSON. The measurements live in ``fedcogen.simulations.bench_*``; this module holds their flags."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from fedcogen.cli.bench_scale import add_scale
 from fedcogen.cli.common import add_command, add_group, add_json_out, module_doc, write_json
 from fedcogen.simulations.comm_variants import VARIANTS
 
@@ -62,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     description=module_doc("fedcogen.simulations.bench_codec"), func=_codec)
     p.add_argument("--seed", type=int, default=0)
     add_json_out(p)
+
+    add_scale(bsub)
 
     for name, help_, out_dir, func in (
         ("privacy", "DP / attacks / wire audit figures (runs `fedcogen privacy run`)", "runs/bench_privacy", _privacy),

@@ -9,6 +9,7 @@ Subcommands:
 * ``epsilon``  epsilon of a planned run from the RDP accountant (and the rounds/noise that fit a target).
 * ``spans``    private-span audit of a personalised adapter: protection off (must fail) vs on.
 * ``secagg``   sparse SecAgg+ vs dense SecAgg+ vs plain sparse: bytes and time in the Flower simulation.
+* ``scale``    DP at cross-device scale (1,000 clients): epsilon at 1/N^1.1, loss cost, exposure, MIA.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen.cli.common import add_command, add_group, write_json
+from fedcogen.cli.privacy_scale import add_scale
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,6 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--json", default=None)
     sp.add_argument("--report", default=None, help="markdown table here")
 
+    add_scale(ps)
+
     s = add_command(ps, "secagg", "sparse SecAgg+ vs dense SecAgg+ vs plain sparse (bytes, time)", func=_secagg,
                     description="Runs Flower's SecAggPlusWorkflow + secaggplus_mod in the simulation engine with "
                     "the shared-random-support sparse scheme, dense SecAgg+ and plain top-k sparse.")
@@ -107,6 +111,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--density", type=float, default=0.01)
     s.add_argument("--out", default="runs/secagg")
     s.add_argument("--json", default=None)
+    s.add_argument("--real-path", action="store_true", help="the federated LoRA run itself with secagg off / plain / "
+                   "secaggplus (tiny model, --num-clients clients, --rounds rounds): bytes and time side by side")
 
 
 def _write(path: str | None, result: Any) -> None:
@@ -220,6 +226,16 @@ def _spans(args: argparse.Namespace) -> int:
 
 def _secagg(args: argparse.Namespace) -> int:
     from fedcogen.secagg import SecAggRunConfig
+
+    if args.real_path:
+        from fedcogen.simulations.secagg_real_path import REAL_PATH_RUN, compare_real_path, markdown
+
+        n = args.num_clients
+        res = compare_real_path(REAL_PATH_RUN.replace(num_clients=n, clients_per_round=n, rounds=args.rounds,
+                                                      density=args.density), args.out)
+        print(markdown(res))
+        _write(args.json, res)
+        return 0
     from fedcogen.simulations.secagg_experiment import adapter_flat, compare_modes
 
     dim = args.dim or int(adapter_flat(args.model).size)

@@ -1,9 +1,12 @@
-"""What the ServerApp prints: one line per client error, a round progress bar, per-round log lines."""
+"""What a federated run shows on the console: the progress bar, per-round log lines, short client errors."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+log = logging.getLogger("fedcogen.server")
 
 
 def error_summary(reason: str) -> str:
@@ -22,6 +25,16 @@ def progress(rounds: range, done: int, total: int) -> Iterable[int]:
         return tqdm(rounds, desc="federated rounds", initial=done, total=total, unit="round")
     except ImportError:  # pragma: no cover
         return rounds
+
+
+def log_round(entry: Mapping[str, Any], rounds: int) -> None:
+    """The one line per finished round (what the demo and ``fedcogen simulate`` print live)."""
+    log.info(
+        "round %d/%d: train loss %.4f, eval loss %s, accepted %d, rejected %s, failures %d, "
+        "up %d B, down %d B", entry["round"], rounds, entry["train_loss"],
+        f"{entry['eval_loss']:.4f}" if "eval_loss" in entry else "-", entry["accepted"],
+        entry["rejected"] or "{}", len(entry["failures"]), entry["bytes_up"], entry["bytes_down"],
+    )
 
 
 def show_progress_lines() -> None:

@@ -1,0 +1,58 @@
+"""`fedcogen privacy scale`: DP at cross-device scale: epsilon, utility cost, canary exposure and MIA.
+
+The experiment lives in :mod:`fedcogen.simulations.dp_scale`; this module holds its flags (the
+``privacy`` group in :mod:`fedcogen.cli.privacy` adds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fedcogen.cli.common import add_command, module_doc, write_json
+
+
+def add_scale(ps: argparse._SubParsersAction) -> None:
+    p = add_command(ps, "scale", "cross-device DP: no-DP vs DP run over many clients, epsilon at 1/N^1.1, loss cost, "
+                    "canary exposure, MIA", description=module_doc("fedcogen.simulations.dp_scale"), func=_scale)
+    p.add_argument("--model", default="smollm2-27l", help="device model")
+    p.add_argument("--num-clients", type=int, default=1000, help="simulated clients N (delta = 1/N^1.1)")
+    p.add_argument("--clients-per-round", type=int, default=50, help="clients sampled per round")
+    p.add_argument("--rounds", type=int, default=10, help="federated rounds")
+    p.add_argument("--noise-multiplier", type=float, default=1.0, help="sigma of the DP run")
+    p.add_argument("--clip", type=float, default=0.5, help="DP clip norm C of each client update")
+    p.add_argument("--lr", type=float, default=5e-3, help="local learning rate")
+    p.add_argument("--local-steps", type=int, default=1, help="local steps per round")
+    p.add_argument("--batch-size", type=int, default=4, help="examples per local step")
+    p.add_argument("--max-seq-len", type=int, default=128, help="tokens per example")
+    p.add_argument("--eval-clients", type=int, default=32, help="fixed evaluation cohort")
+    p.add_argument("--engine", default="loopback", choices=["loopback", "flower"], help="simulation engine")
+    p.add_argument("--attack-canaries", type=int, default=16, help="canaries (of clients that trained) scored per run")
+    p.add_argument("--alternatives", type=int, default=31, help="random secrets each canary is ranked against")
+    p.add_argument("--mia-examples", type=int, default=48, help="members and as many non-members per MIA")
+    p.add_argument("--quick", action="store_true", help="tiny model, 60 clients, 3 rounds (a couple of minutes)")
+    p.add_argument("--out-dir", default="runs/dp-scale", help="folder for runs, dp_scale.json and dp_scale.md")
+    p.add_argument("--json", dest="json_out", help="also write the result JSON here")
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.dp_scale import DP_SCALE_RUN, DPScaleConfig, markdown, run_dp_scale
+
+    run = DP_SCALE_RUN.replace(model=args.model, num_clients=args.num_clients,
+                               clients_per_round=args.clients_per_round, rounds=args.rounds, dp_clip_norm=args.clip,
+                               lr=args.lr, local_steps=args.local_steps, batch_size=args.batch_size,
+                               max_seq_len=args.max_seq_len, eval_clients=args.eval_clients)
+    if args.quick:
+        run = run.replace(model="tiny", num_clients=60, clients_per_round=20, rounds=3, max_seq_len=64,
+                          eval_clients=8)
+    cfg = DPScaleConfig(run=run, noise_multiplier=args.noise_multiplier, engine=args.engine, out_dir=args.out_dir,
+                        attack_canaries=args.attack_canaries, n_alternatives=args.alternatives,
+                        mia_max_examples=min(args.mia_examples, 24) if args.quick else args.mia_examples)
+    result = run_dp_scale(cfg)
+    print(markdown(result))
+    if args.json_out:
+        write_json(args.json_out, result)
+    print(json.dumps({k: result[k] for k in ("epsilon", "delta", "relative_eval_loss_cost", "seconds")}))
+    print(f"report: {Path(args.out_dir) / 'dp_scale.md'}")
+    return 0
