@@ -42,7 +42,7 @@ from fedcogen.client.device_answer import DeviceAnswer
 from fedcogen.client.device_config import DeviceConfig
 from fedcogen.client.fusion import FusionGate, entropy, fuse_logprobs, top2_margin
 from fedcogen.client.gated import GatedDecoder
-from fedcogen.client.lockstep_rows import Row, RunStats, in_parallel
+from fedcogen.client.lockstep_rows import Row, RunStats, answer_or_fall_back, in_parallel
 from fedcogen.client.private_spans import PrivateSpanGuard
 from fedcogen.client.speculative import SpeculativeDecoder
 from fedcogen.client.wire_capture import WireCapture
@@ -264,31 +264,28 @@ class CogenDevice:
         """The cloud's log-probs for the row's current prefix, or None once it fell back."""
         if row.run.fell_back:
             return None
-        for attempt in (1, 2):
-            try:
-                if row.pending:
-                    row.session.send_step(row.pending)
-                    row.pending = []
-                packet = row.session.latest()
-                self._check_fingerprint(row.session)
-                row.run.calls += 1
-                row.run.round_trips += 1
-                row.reconnected = False  # the cloud answers again: a later failure may reconnect again
-                return logit_codec.decode(packet, self.lm.vocab_size)
-            except CloudUnavailable as exc:
-                row.session.cancel()
-                if attempt == 1 and row.may_reconnect():
-                    row.mark_reconnect()
-                    msg = f"cloud call failed ({exc}); reconnecting once and replaying {len(row.generated)} tokens"
-                    log.warning(msg)
-                    row.run.warnings.append(msg)
-                    row.client.connect()
-                    row.session = self._open(row.cloud_text, client=row.client)
-                    row.pending = list(row.generated if row.guard is None else row.guard.sent)
-                    continue
-                row.run.fall_back(f"cloud unavailable ({exc}); continuing device-only for the rest")
-                return None
-        return None
+        return answer_or_fall_back(row, lambda: self._answer(row), lambda: self._reconnect_and_answer(row))
+
+    def _answer(self, row: Row) -> torch.Tensor:
+        if row.pending:
+            row.session.send_step(row.pending)
+            row.pending = []
+        packet = row.session.latest()
+        self._check_fingerprint(row.session)
+        row.run.calls += 1
+        row.run.round_trips += 1
+        return logit_codec.decode(packet, self.lm.vocab_size)
+
+    def _reconnect_and_answer(self, row: Row) -> torch.Tensor:
+        row.mark_reconnect()
+        msg = f"cloud call failed; reconnecting and replaying {len(row.generated)} tokens"
+        log.warning(msg)
+        row.run.warnings.append(msg)
+        row.session.cancel()
+        row.client.connect()
+        row.session = self._open(row.cloud_text, client=row.client)
+        row.pending = list(row.generated if row.guard is None else row.guard.sent)
+        return self._answer(row)
 
     def _decode(self, rows: list[Row], variant: str) -> None:
         """Lockstep decoding of every row: ``device`` alone, ``cloud`` alone, per-token ``logit`` fusion

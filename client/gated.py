@@ -26,7 +26,7 @@ import torch
 
 from fedcogen.client.batch_lm import BatchLM
 from fedcogen.client.cloud_client import CloudUnavailable
-from fedcogen.client.lockstep_rows import Row
+from fedcogen.client.lockstep_rows import Row, answer_or_fall_back
 from fedcogen.protocols import logit_codec
 
 if TYPE_CHECKING:  # annotations only: cogen_device imports this module
@@ -57,32 +57,27 @@ class GatedDecoder:
                 pass  # the ask's reconnect replays everything
 
     def _fetch(self, row: Row) -> torch.Tensor | None:
-        """The reply to this row's ask (sent before the device's forward), with one reconnect."""
-        for attempt in (1, 2):
-            try:
-                if attempt == 2:
-                    row.mark_reconnect()
-                    row.run.warnings.append(f"cloud call failed; reconnecting once and replaying "
-                                            f"{len(row.generated)} tokens")
-                    row.session.cancel()
-                    row.client.connect()
-                    row.session = self.device._open(row.cloud_text, client=row.client)
-                    replay = list(row.generated if row.guard is None else row.guard.sent)
-                    row.pending = []
-                    if replay:
-                        row.session.send_step(replay)
-                packet = row.session.latest()  # drains the open reply too; silent steps have none
-                self.device._check_fingerprint(row.session)
-                row.run.calls += 1
-                row.run.round_trips += 1
-                row.reconnected = False  # answered again: a later failure (an idle reap) may reconnect again
-                return logit_codec.decode(packet, self.device.lm.vocab_size)
-            except CloudUnavailable as exc:
-                if attempt == 1 and row.may_reconnect():
-                    continue
-                row.session.cancel()
-                row.run.fall_back(f"cloud unavailable ({exc}); continuing device-only for the rest")
-        return None
+        """The reply to this row's ask (sent before the device's forward), reconnecting where allowed."""
+        return answer_or_fall_back(row, lambda: self._answer(row), lambda: self._reconnect_and_answer(row))
+
+    def _answer(self, row: Row) -> torch.Tensor:
+        packet = row.session.latest()  # drains the open reply too; silent steps have none
+        self.device._check_fingerprint(row.session)
+        row.run.calls += 1
+        row.run.round_trips += 1
+        return logit_codec.decode(packet, self.device.lm.vocab_size)
+
+    def _reconnect_and_answer(self, row: Row) -> torch.Tensor:
+        row.mark_reconnect()
+        row.run.warnings.append(f"cloud call failed; reconnecting and replaying {len(row.generated)} tokens")
+        row.session.cancel()
+        row.client.connect()
+        row.session = self.device._open(row.cloud_text, client=row.client)
+        replay = list(row.generated if row.guard is None else row.guard.sent)
+        row.pending = []
+        if replay:
+            row.session.send_step(replay)
+        return self._answer(row)
 
     def run(self) -> None:
         dv = self.device

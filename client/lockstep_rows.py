@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from fedcogen.client.cloud_client import CloudClient, DecodeSession
+from fedcogen.client.cloud_client import CloudClient, CloudUnavailable, DecodeSession
 from fedcogen.client.private_spans import PrivateSpanGuard
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,25 @@ class Row:
 
     def finish(self, device_tail: bool = False) -> None:
         self.done, self.device_tail, self.finished_at = True, device_tail, time.perf_counter()
+
+
+T = TypeVar("T")
+
+
+def answer_or_fall_back(row: Row, first: Callable[[], T], again: Callable[[], T]) -> T | None:
+    """The cloud's answer: ``first()``, or after a :class:`CloudUnavailable` ``again()`` (reconnect and
+    replay) where :meth:`Row.may_reconnect` allows; otherwise the row falls back to device-only (None)."""
+    for attempt in (1, 2):
+        try:
+            out = first() if attempt == 1 else again()
+            row.reconnected = False  # answered again: a later failure (an idle reap) may reconnect again
+            return out
+        except CloudUnavailable as exc:
+            if attempt == 1 and row.may_reconnect():
+                continue
+            row.session.cancel()
+            row.run.fall_back(f"cloud unavailable ({exc}); continuing device-only for the rest")
+    return None
 
 
 def in_parallel(fn: Callable[[Row], None], rows: Sequence[Row]) -> None:

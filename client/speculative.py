@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from fedcogen.client.batch_lm import BatchLM
-from fedcogen.client.cloud_client import CloudRefused, CloudUnavailable
+from fedcogen.client.cloud_client import CloudRefused
 from fedcogen.client.decoding import apply_repetition_control
-from fedcogen.client.lockstep_rows import Row
+from fedcogen.client.lockstep_rows import Row, answer_or_fall_back
 from fedcogen.client.private_spans import PrivateSpanGuard
 from fedcogen.protocols import logit_codec
 
@@ -134,7 +134,7 @@ class SpeculativeDecoder:
         """Reconnect once, replay what the cloud may see, and score the same draft again."""
         row, link = self.rows[i], self.links[i]
         row.mark_reconnect()
-        row.run.warnings.append(f"cloud call failed; reconnecting once and replaying {len(row.generated)} tokens")
+        row.run.warnings.append(f"cloud call failed; reconnecting and replaying {len(row.generated)} tokens")
         row.session.cancel()
         row.client.connect()
         row.session = self.device._open(row.cloud_text, client=row.client)
@@ -149,17 +149,7 @@ class SpeculativeDecoder:
         row = self.rows[i]
         if not rnd.asked or row.run.fell_back:
             return None
-        for attempt in (1, 2):
-            try:
-                larges = self._receive(i, rnd) if attempt == 1 else self._reconnect_and_score(i, rnd)
-                row.reconnected = False  # answered again: a later failure (an idle reap) may reconnect again
-                return larges
-            except CloudUnavailable as exc:
-                if attempt == 1 and row.may_reconnect():
-                    continue
-                row.session.cancel()
-                row.run.fall_back(f"cloud unavailable ({exc}); continuing device-only for the rest")
-        return None
+        return answer_or_fall_back(row, lambda: self._receive(i, rnd), lambda: self._reconnect_and_score(i, rnd))
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from fedcogen.run_config import FLSettings
 from fedcogen.simulations.federation import SimulationConfig, run_federation
-from fedcogen.simulations.proc_memory import MemorySampler
+from fedcogen.simulations.proc_memory import MemorySampler, loadavg
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +107,10 @@ def run_bench(cfg: ScaleBenchConfig) -> dict[str, Any]:
 
 
 def _write(out: Path, cfg: ScaleBenchConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    result = {"config": asdict(cfg), "runs": rows, "load_average": _loadavg()}
+    result = {"config": asdict(cfg), "runs": rows, "load_average": loadavg()}
     (out / "bench_scale.json").write_text(json.dumps(result, indent=1))
     (out / "bench_scale.md").write_text(markdown(result))
     return result
-
-
-def _loadavg() -> list[float]:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ from fedcogen.server.checkpoint import has_checkpoint, load_checkpoint
 from fedcogen.simulations.attacks import canary_exposure, membership_inference
 from fedcogen.simulations.federation import SimulationConfig, load_run_adapter, run_federation
 from fedcogen.simulations.privacy_attacks import mia_pairs
+from fedcogen.simulations.proc_memory import loadavg
 
 log = logging.getLogger(__name__)
 
@@ -180,18 +181,11 @@ def _write(out: Path, cfg: DPScaleConfig, runs: list[dict[str, Any]], started: f
         "relative_eval_loss_cost": rel,
         "runs": runs,
         "seconds": round(time.perf_counter() - started, 1),
-        "load_average": _loadavg(),
+        "load_average": loadavg(),
     }
     (out / "dp_scale.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "dp_scale.md").write_text(markdown(result))
     return result
-
-
-def _loadavg() -> list[float]:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
 
 
 def _f(x: Any, fmt: str = ".4f") -> str:

@@ -16,6 +16,15 @@ import threading
 from dataclasses import dataclass, field
 
 
+def loadavg() -> list[float]:
+    """The machine's 1/5/15-minute load averages (what a timing figure must be read with); [] if unknown."""
+    try:
+        with open("/proc/loadavg", encoding="utf-8") as fh:
+            return [float(x) for x in fh.read().split()[:3]]
+    except OSError:
+        return []
+
+
 def _rss_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status", encoding="utf-8") as fh:
