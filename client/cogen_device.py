@@ -260,6 +260,15 @@ class CogenDevice:
             step_timeout=self.config.step_timeout_s,
         )
 
+    def _start(self, rows: Sequence[Row], use_cloud: bool = True,
+               use_device: bool = True) -> tuple[BatchLM, torch.Tensor | None]:
+        """Open every row's cloud stream (only queues its open message) and prefill the device's batch."""
+        if use_cloud:
+            for row in rows:
+                row.session = self._open(row.cloud_text, client=row.client)
+        dev = BatchLM(self.lm.model, self.pad_id)
+        return dev, (dev.prefill([row.prompt for row in rows]) if use_device else None)
+
     def _fetch(self, row: Row) -> torch.Tensor | None:
         """The cloud's log-probs for the row's current prefix, or None once it fell back."""
         if row.run.fell_back:
@@ -299,11 +308,7 @@ class CogenDevice:
             return
         use_cloud = variant in ("cloud", "logit")
         use_device = variant != "cloud"
-        if use_cloud:
-            for row in rows:  # only queues each stream's open message
-                row.session = self._open(row.cloud_text, client=row.client)
-        dev = BatchLM(self.lm.model, self.pad_id)
-        lp_small = dev.prefill([row.prompt for row in rows]) if use_device else None
+        dev, lp_small = self._start(rows, use_cloud, use_device)
         try:
             while True:
                 for row in rows:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fedcogen.client.batch_lm import BatchLM
 from fedcogen.client.cloud_client import CloudUnavailable
 from fedcogen.client.lockstep_rows import Row, answer_or_fall_back
 from fedcogen.protocols import logit_codec
@@ -81,10 +80,7 @@ class GatedDecoder:
 
     def run(self) -> None:
         dv = self.device
-        for row in self.rows:
-            row.session = dv._open(row.cloud_text, client=row.client)
-        dev = BatchLM(dv.lm.model, dv.pad_id)
-        lp = dev.prefill([row.prompt for row in self.rows])
+        dev, lp = dv._start(self.rows)
         refeed: list[int | None] = [None] * len(self.rows)
         try:
             while True:

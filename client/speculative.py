@@ -154,10 +154,7 @@ class SpeculativeDecoder:
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         dev_ = self.device
-        for row in self.rows:
-            row.session = dev_._open(row.cloud_text, client=row.client)
-        dev = BatchLM(dev_.lm.model, dev_.pad_id)
-        lp = dev.prefill([row.prompt for row in self.rows])
+        dev, lp = dev_._start(self.rows)
         feed: list[int | None] = [None] * len(self.rows)
         try:
             while True:
