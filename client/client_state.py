@@ -40,6 +40,15 @@ class ClientState:
         older = [r for r in self.residuals if r < server_round]
         return self.residuals[max(older)] if older else None
 
+    def forget_newer(self, version: int) -> None:
+        """Drop what this run cannot have produced yet, given a patch to broadcast ``version``: copies of
+        later versions, residuals of rounds after ``version + 1`` (the round training on ``version``).
+        Such entries are another run's, left in a reused state folder; kept, :meth:`prune` would keep
+        them and drop this run's."""
+        for table, newest in ((self.copies, version), (self.residuals, version + 1)):
+            for key in [k for k in table if k > newest]:
+                del table[key]
+
     def prune(self) -> None:
         for table in (self.residuals, self.copies):
             for key in sorted(table)[:-KEEP_VERSIONS]:

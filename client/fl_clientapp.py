@@ -8,8 +8,9 @@ What a device does per ``train`` message (see :mod:`fedcogen.protocols.fl_messag
 2. train ``local_steps`` steps of target-token causal-LM loss on its own private partition;
 3. update = trained - broadcast; add its error-feedback residual, keep the top-k, (clip/noise if
    DP is on), encode with the sparse codec against the adapter's tensor schema; new residual =
-   corrected - what was actually sent (top-k and quantisation leftovers alike);
-4. reply with the blob and metrics.
+   corrected - what was actually sent (top-k and quantisation leftovers alike); with ``secagg`` the
+   values at the round's shared random support instead (:mod:`fedcogen.client.secagg_train`);
+4. reply with the blob (or, under SecAgg+, the masked values) and metrics.
 
 Per-client state is only: the error-feedback residual, the last two broadcast copies (by version)
 and nothing else (a fresh AdamW per round); :mod:`fedcogen.client.client_state` keeps it in the
@@ -163,6 +164,7 @@ def _partition_id(context: Context) -> int:
 
 
 def _rebuild_broadcast(lm: Any, state: ClientState, patch: fm.Patch) -> dict[str, np.ndarray]:
+    state.forget_newer(patch.target_version)
     if patch.kind == fm.PATCH_FULL or patch.base_version == 0 and 0 not in state.copies:
         base = lm.initial
     elif patch.base_version in state.copies:
@@ -250,10 +252,12 @@ def run_train(settings: FLSettings, patch: fm.Patch, server_round: int, partitio
     else:
         values, support, new_residual = secagg_train.shared_release(
             update, state.residual_before(server_round), settings, server_round, rng)
-        blob = secagg_train.plain_blob(values, support, lm.shapes(), settings)
+        blob = b""  # secaggplus: SecAgg+ masks the float values themselves
+        if settings.secagg == "plain":
+            blob, new_residual = secagg_train.plain_release(values, support, lm.shapes(), settings, new_residual)
     state.copies[patch.target_version] = broadcast
     state.residuals[server_round] = new_residual
-    stats = codec.blob_stats(blob, schema)
+    stats = codec.blob_stats(blob, schema) if blob else {"k": int(values.size), "tensors": []}
     metrics = {
         fm.NUM_EXAMPLES: len(data),
         "train_loss": result.loss,

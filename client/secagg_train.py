@@ -56,9 +56,21 @@ def shared_release(
     return values, support, unflatten(new_residual, shapes)
 
 
+def plain_release(values: np.ndarray, support: np.ndarray, shapes: Mapping[str, tuple[int, ...]],
+                  settings: FLSettings, residual: Mapping[str, np.ndarray]) -> tuple[bytes, dict[str, np.ndarray]]:
+    """``secagg = "plain"`` (the baseline in the clear): the released values as an ordinary sparse blob, and
+    the residual with what the blob's quantisation (and DP shrink) did not send added back at the support."""
+    blob = plain_blob(values, support, shapes, settings)
+    sent = flatten({**{k: np.zeros(s, np.float32) for k, s in shapes.items()},
+                    **codec.densify(codec.decode_sparse(blob, shapes))})
+    flat = flatten(residual)
+    flat[support] += values - sent[support]
+    return blob, unflatten(flat, shapes)
+
+
 def plain_blob(values: np.ndarray, support: np.ndarray, shapes: Mapping[str, tuple[int, ...]],
                settings: FLSettings) -> bytes:
-    """The released values as an ordinary sparse blob (``secagg = "plain"``: the baseline in the clear)."""
+    """The released values at the shared support as an ordinary sparse blob."""
     sparse = {}
     for name, a, b in flat_offsets(shapes):
         sel = (support >= a) & (support < b)

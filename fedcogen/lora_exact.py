@@ -15,10 +15,11 @@ selected by the run config's ``lora_mode``:
   ``r * (in + out)`` for LoRA). As in LoRA-SB, B and A are the top-r singular vectors of the base
   weight's gradient, here on *public* synthetic examples every party generates itself
   (:mod:`fedcogen.core_init`), so no data and no extra message is needed.
-* ``core_rand``: the same core between data-free factors (A as PEFT initialises it, B a seeded
-  Gaussian with unit-norm columns on average), derived bit-identically from the seed alone.
+* ``core_rand``: the same core between data-free factors (A the seeded version 0 of
+  :func:`fedcogen.lora_adapter.initial_adapter`, B a seeded Gaussian with unit-norm columns on
+  average), derived bit-identically from the seed alone.
 
-In both modes the adapter dict that clients train, send, and the server aggregates holds only the
+In every exact mode the adapter dict that clients train, send, and the server aggregates holds only the
 trainable tensors (``lora_B`` weights, or ``lora_B.core``), so the codec's tensor schema, the
 broadcast digest and the checkpoint follow from the mode without further changes.
 """

@@ -29,6 +29,7 @@ INDEX_CODINGS = ("auto", "bitmap", "delta_varint", "rice")
 SERVER_OPTS = ("fedavg", "fedadam", "fedyogi")
 DP_MODES = ("none", "client", "server")
 SECAGG_MODES = ("off", "plain", "secaggplus")
+NOISE_HEADROOM = 6.0  # client-DP noise std's of room below the SecAgg+ range (fedcogen.secagg.release_at_support)
 EVAL_ON = ("all", "round")
 
 _TRUE = ("true", "1", "yes")
@@ -166,6 +167,11 @@ class FLSettings:
         need(self.dp_target_epsilon >= 0, "dp_target_epsilon", "must be >= 0 (0 = no budget)")
         one_of("secagg", SECAGG_MODES)
         need(self.secagg_range > 0, "secagg_range", "must be > 0")
+        if self.secagg == "secaggplus" and self.dp_mode == "client":
+            std = self.dp_noise_multiplier * self.dp_clip_norm / max(1, self.clients_per_round) ** 0.5
+            need(self.secagg_range > NOISE_HEADROOM * std, "secagg_range",
+                 f"must exceed {NOISE_HEADROOM:g} x the client DP noise std ({NOISE_HEADROOM * std:.4g}): "
+                 "SecAgg+ clips every value to +-secagg_range and must not clip the noise")
         need(0 <= self.fail_prob <= 1, "fail_prob", "must be in [0, 1]")
         need(self.stop_after >= 0, "stop_after", "must be >= 0")
         need(self.target_eval_loss >= 0, "target_eval_loss", "must be >= 0 (0 = off)")

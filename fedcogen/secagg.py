@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from fedcogen.protocols.dp import DPConfig, client_noise_std, clip_dense
-from fedcogen.run_config import FLSettings
+from fedcogen.run_config import NOISE_HEADROOM, FLSettings
 
 MODES = ("sparse", "dense", "plain")
 
@@ -167,16 +167,22 @@ def release_at_support(
 
     DP clip (L2, to ``dp_clip_norm``) first, then each value clipped to ``+-secagg_range`` (SecAgg+
     would clip it anyway, silently): both excesses stay in the residual, so error feedback sends them
-    later. In client-mode DP the client's share of noise is added last and never fed back.
+    later. In client-mode DP the client's share of noise is added last and never fed back; the value
+    clip then leaves ``NOISE_HEADROOM`` noise standard deviations of room below the range, so SecAgg+
+    does not clip the noise (a clipped Gaussian would not carry the guarantee the accountant reports).
     """
     vals = corrected[support].astype(np.float32)
     if settings.dp_mode != "none":
         vals = clip_dense({"v": vals}, settings.dp_clip_norm)[0]["v"]
-    vals = np.clip(vals, -settings.secagg_range, settings.secagg_range).astype(np.float32)
+    std = 0.0
+    if settings.dp_mode == "client" and settings.dp_noise_multiplier > 0:
+        std = client_noise_std(DPConfig(mode="client", clip_norm=settings.dp_clip_norm,
+                                        noise_multiplier=settings.dp_noise_multiplier,
+                                        clients_per_round=max(1, settings.clients_per_round)))
+    head = settings.secagg_range - NOISE_HEADROOM * std  # > 0: FLSettings.validate refuses less room
+    vals = np.clip(vals, -head, head).astype(np.float32)
     residual = corrected.astype(np.float32, copy=True)
     residual[support] -= vals
-    if settings.dp_mode == "client" and settings.dp_noise_multiplier > 0:
-        dpc = DPConfig(mode="client", clip_norm=settings.dp_clip_norm, noise_multiplier=settings.dp_noise_multiplier,
-                       clients_per_round=max(1, settings.clients_per_round))
-        vals = vals + rng.normal(0, client_noise_std(dpc), vals.shape).astype(np.float32)
+    if std > 0:
+        vals = vals + rng.normal(0, std, vals.shape).astype(np.float32)
     return vals.astype(np.float32), residual

@@ -6,7 +6,7 @@ finite values and a norm cap) *before* it can touch any accumulator, so a malfor
 oversized update is rejected with a reason and the round continues with the others.
 
 Aggregation is weighted FedAvg over sparse tensors (``np.add.at`` on flat indices, weights = number
-of local examples), followed by a server optimiser step: plain FedAvg (``G += server_lr * mean``) or
+of local examples; uniform under DP, see :mod:`fedcogen.server.dp_guard`), followed by a server optimiser step: plain FedAvg (``G += server_lr * mean``) or
 the adaptive FedAdam / FedYogi of Reddi et al. 2021 ("Adaptive Federated Optimization") whose
 moment state is part of the checkpoint.
 """

@@ -1,7 +1,8 @@
 """Atomic server checkpoints: one ``.npz`` holding every array plus a JSON metadata string.
 
-Why one file: the global adapter, broadcast adapter, optimiser moments, changed-index history,
-client-version table, round number and metrics must be consistent with each other. Writing them as
+Why one file: the global adapter, broadcast adapter, optimiser moments, last-changed versions, kept
+broadcast deltas, client-version table, round number and journal row counts must be consistent with
+each other. Writing them as
 one file to a temporary name and ``os.replace``-ing it into place means a crash leaves either the
 previous complete checkpoint or the new complete one, never a mix.
 """

@@ -42,8 +42,11 @@ def dp_fingerprint(s: FLSettings) -> dict[str, Any]:
     """The settings that define a run's DP guarantee (part of the resume fingerprint)."""
     if s.dp_mode == "none":
         return {"mode": "none"}
-    return {"mode": s.dp_mode, "noise_multiplier": s.dp_noise_multiplier, "clip_norm": s.dp_clip_norm,
-            "delta": s.dp_delta, "clients_per_round": s.clients_per_round}
+    fp = {"mode": s.dp_mode, "noise_multiplier": s.dp_noise_multiplier, "clip_norm": s.dp_clip_norm,
+          "delta": s.dp_delta, "clients_per_round": s.clients_per_round}
+    if s.dp_mode == "client":  # secure aggregation decides between the central and the local guarantee
+        fp["secagg"] = s.secagg
+    return fp
 
 
 class DPGuard:

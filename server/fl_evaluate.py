@@ -12,6 +12,7 @@ from fedcogen.protocols import fl_messages as fm
 from fedcogen.server.client_sampling import eval_cohort
 from fedcogen.server.fl_console import error_summary
 from fedcogen.server.fl_outputs import ppl
+from fedcogen.server.fl_state import forget_if_stale
 
 
 def evaluate_round(server: Any, server_round: int, only: Iterable[str] | None = None) -> dict[str, Any]:
@@ -36,8 +37,7 @@ def evaluate_round(server: Any, server_round: int, only: Iterable[str] | None = 
         cid = server.nodes.get(int(rep.metadata.src_node_id), "?")
         if rep.has_error():
             failures[cid] = error_summary(rep.error.reason)
-            if "stale_broadcast" in rep.error.reason or "digest_mismatch" in rep.error.reason:
-                server.state.client_versions.pop(cid, None)
+            forget_if_stale(server.state, cid, rep.error.reason)
             continue
         server.state.client_versions[cid] = server.state.version
         met = fm.metrics_of(rep.content)

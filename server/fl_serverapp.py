@@ -9,8 +9,8 @@ strategy because three things need control over every message:
   the chain of deltas they missed or, where smaller, a lossless ``overwrite``; unknown clients a chain
   or ``full`` patch from the seeded version 0 (:mod:`fedcogen.server.fl_state`). A sha256 digest of
   ``B`` travels along; a client that rebuilds something else reports an error.
-* **Validation before aggregation** with the expected shapes, size, norm and DP clip caps
-  (:mod:`fedcogen.server.aggregation`); rejects are counted by reason.
+* **Validation before aggregation** with the expected shapes, size and norm caps
+  (:mod:`fedcogen.server.aggregation`) and the DP clip (:mod:`fedcogen.server.dp_guard`).
 * **A byte ledger** of every message sent and received, measured with Flower's own serde.
 
 Per round ``r``: train messages to a seeded sample -> validate + FedAvg (or FedAdam/FedYogi) ->
@@ -55,6 +55,7 @@ from fedcogen.server.fl_state import (
     ServerState,
     advance_broadcast,
     clear_journals,
+    forget_if_stale,
     load_state,
     patch_for,
     save_state,
@@ -240,8 +241,8 @@ class FederatedServer:
         msgs = [Message(fm.make_recorddict(config=configs[n]), dst_node_id=n, message_type=fm.MSG_TRAIN,
                         group_id=str(server_round)) for n in nodes]
         replies = self._send(msgs, "train", server_round)
-        agg = RoundAggregator(self.shapes, self.limits, keep=keeps_updates(self.s.lora_mode, len(nodes)),
-                              check=self.guard.check)
+        keep = self.s.dp_mode == "none" and keeps_updates(self.s.lora_mode, len(nodes))  # probe: un-noised
+        agg = RoundAggregator(self.shapes, self.limits, keep=keep, check=self.guard.check)
         answered = set()
         for rep in replies:
             node = int(rep.metadata.src_node_id)
@@ -249,8 +250,7 @@ class FederatedServer:
             answered.add(node)
             if rep.has_error():
                 failures[cid] = error_summary(rep.error.reason)
-                if "stale_broadcast" in rep.error.reason or "digest_mismatch" in rep.error.reason:
-                    self.state.client_versions.pop(cid, None)  # next time: full patch
+                forget_if_stale(self.state, cid, rep.error.reason)
                 continue
             upd = rep.content.config_records.get(fm.UPDATE)
             met = fm.metrics_of(rep.content)
@@ -275,7 +275,7 @@ class FederatedServer:
         aborted = len(res.accepted) < max(1, self.s.min_fit_clients)
         st = self.state
         update_norm = 0.0
-        probe, self.probe = self.probe, {}
+        probe, self.probe = ({} if aborted else self.probe), {}
         if not aborted and res.mean is not None:
             mean = res.mean
             if self.s.dp_mode == "server":

@@ -2,9 +2,10 @@
 
 The server keeps the true global adapter ``G`` and the broadcast adapter ``B`` every up-to-date
 client has rebuilt. Each round's broadcast is the top-k of ``G - B`` (whatever was not sent stays
-in the gap, the server residual); clients that missed rounds get a lossless ``overwrite`` catch-up
-of every coordinate changed since their version and unknown clients a ``full`` patch from the
-seeded initial adapter.
+in the gap, the server residual); clients that missed rounds get the ``chain`` of broadcast deltas
+they missed (the last ``catchup.KEEP`` deltas are kept, checkpointed) or, where smaller, a lossless
+``overwrite`` of every coordinate changed since their version; unknown clients a chain or ``full``
+patch from the seeded initial adapter.
 
 What it costs per round does not grow with the run's length: instead of a history of changed
 indices per version, one int32 array per tensor records the version at which each coordinate of
@@ -245,6 +246,12 @@ def patch_for(state: ServerState, client_id: str) -> fm.Patch:
                 patch = fm.Patch(kind, base, cur, fm.overwrite_patch(st.broadcast, idx), digest)
         st._patches[key] = patch
     return st._patches[key]
+
+
+def forget_if_stale(state: ServerState, client_id: str, reason: str) -> None:
+    """A client that could not rebuild its broadcast (lost state, corrupt copy) gets a full patch next time."""
+    if "stale_broadcast" in reason or "digest_mismatch" in reason:
+        state.client_versions.pop(client_id, None)
 
 
 def advance_broadcast(state: ServerState, server_round: int, cfg: codec.CodecConfig,

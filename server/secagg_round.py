@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedcogen.secagg import round_support, unflatten
+from fedcogen.server.fl_state import forget_if_stale
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,12 @@ class _LedgerGrid:
         if messages and RECORD_KEY_CONFIGS in messages[0].content.config_records:
             stage = str(messages[0].content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE, "train"))
         phase = "train" if stage == "collect_masked_vectors" else f"secagg_{stage}"
-        return self._server._send(messages, phase, self._round)
+        replies = self._server._send(messages, phase, self._round)
+        for rep in replies:  # as in the plain path: a client that lost its broadcast gets a full patch next time
+            if rep.has_error():
+                cid = self._server.nodes.get(int(rep.metadata.src_node_id), "")
+                forget_if_stale(self._server.state, cid, rep.error.reason)
+        return replies
 
 
 def secure_round(server: Any, server_round: int, nodes: list[int],
@@ -110,7 +116,7 @@ def secure_round(server: Any, server_round: int, nodes: list[int],
     if info["mean"] is None:
         return None, info
     dim = int(sum(np.prod(v) for v in server.shapes.values()))
-    support = round_support(s, server_round, dim)
+    support = round_support(s.round_settings(server_round), server_round, dim)  # warm-up rounds: every entry
     if info["mean"].size != support.size:
         raise RuntimeError(f"SecAgg+ returned {info['mean'].size} values for a support of {support.size}")
     flat = np.zeros(dim, np.float32)

@@ -292,18 +292,21 @@ def span_audit_markdown(result: Mapping[str, Any]) -> list[str]:
     lines = [
         f"Personalised device, {result['tasks']} held-out tasks of {result['users']} users; each streaming "
         "variant with private-span protection off (unprotected baseline) and on (default).", "",
-        "| variant / protection | wire audit | private facts seen by cloud (share of written) | attacker top-1 "
+        "| variant / protection | wire audit | private facts seen by cloud | in the answers (share of them seen) | attacker top-1 "
         "(chance) | ROUGE-L | fact recall | tokens withheld | cloud-call share |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in result["settings"].items():
         attacker = r["attacker_model_top1"] if r["attacker_model_top1"] is not None else r["attacker_substring_top1"]
         lines.append(
             f"| {key} | {'PASS' if r['audit_pass'] else 'FAIL'} ({r['devices_failed']}/{r['n_devices']} users leak) | "
-            f"{r['facts_seen']} of {r['facts_written']} ({r['share_seen']:.0%}) | {_num(attacker)} "
+            f"{r['facts_seen']} | {r['facts_written']} ({r['share_seen']:.0%}) | {_num(attacker)} "
             f"({_num(r['attacker_chance'])}) | {_span_ci(r['rouge_l'])} | {_span_ci(r['fact_recall'])} | "
             f"{r['private_tokens_withheld']} | {r['cloud_call_fraction']:.2f} |")
-    lines += ["", "Quality cost of protection (protected - unprotected, paired per user, 95% CI):", "",
+    lines += ["", "The cloud can see more distinct facts than the final answers contain: speculative rounds send "
+              "the device's drafts, and a draft the fused choice rejected carried its fact to the cloud all the same "
+              "(with protection on, drafts stop before a private token).", "",
+              "Quality cost of protection (protected - unprotected, paired per user, 95% CI):", "",
               "| variant | ROUGE-L | fact recall |", "|---|---|---|"]
     for v, c in result["quality_cost"].items():
         lines.append(f"| {v} | {_diff(c['rouge_l'])} | {_diff(c['fact_recall'])} |")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedcogen.client.client_state import ClientState
 from fedcogen.lora_adapter import LoraSpec, adapter_layout, get_adapter, lora_model
 from fedcogen.models import shared_model
 from fedcogen.server.catchup import KEEP
@@ -121,3 +122,15 @@ def test_bench_scale_and_dp_scale_write_their_reports(tmp_path) -> None:
     assert with_dp["trained_clients"] == 8 and with_dp["canaries"] == 4
     assert 0 <= with_dp["mia"]["auc"] <= 1 and not (tmp_path / "dp" / "no_dp" / "clients").exists()
     assert "epsilon" in (tmp_path / "dp" / "dp_scale.md").read_text()
+
+
+def test_state_left_by_another_run_does_not_push_out_this_runs_state() -> None:
+    old = {"x": np.ones(3, np.float32)}
+    state = ClientState(residuals={9: old, 10: old}, copies={9: old, 10: old})  # a reused folder
+    state.forget_newer(0)  # round 1 of a new run trains on version 0
+    state.residuals[1], state.copies[0] = {"x": np.zeros(3, np.float32)}, {"x": np.zeros(3, np.float32)}
+    state.prune()
+    assert sorted(state.residuals) == [1] and sorted(state.copies) == [0]
+    assert state.residual_before(2) is not None
+    state.forget_newer(1)  # evaluation of round 1 (version 1) keeps round 1's residual
+    assert sorted(state.residuals) == [1]

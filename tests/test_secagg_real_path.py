@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedcogen.client import fl_clientapp
+from fedcogen.client import fl_clientapp, secagg_train
+from fedcogen.protocols import sparse_codec as codec
 from fedcogen.run_config import FLSettings
-from fedcogen.secagg import flatten, release_at_support, round_support
+from fedcogen.secagg import flatten, release_at_support, round_support, unflatten
 from fedcogen.server.fl_serverapp import FederatedServer
 from fedcogen.simulations.federation import LoopbackGrid, SimulationConfig
 
@@ -62,3 +63,48 @@ def test_excess_beyond_the_secagg_range_goes_back_into_the_residual() -> None:
     np.testing.assert_allclose(vals, [0.1, -0.1, 0.05, 0.1])
     np.testing.assert_allclose(residual, [0.4, -0.2, 0.0, 0.0, 1.9, -0.01], atol=1e-7)
     np.testing.assert_allclose(residual[support] + vals, corrected[support])  # nothing lost
+
+
+def test_secaggplus_warm_up_round_sums_every_entry(tmp_path) -> None:
+    """A warm-up round (density 1) under SecAgg+: server and clients agree on the round's full support."""
+    secure, res = _run(tmp_path, "warm", secagg="secaggplus", warmup_rounds=1, rounds=2)
+    assert res["completed_rounds"] == 2 and all(not r["failures"] for r in res["rounds"][1:])
+    assert np.count_nonzero(flatten(secure.state.global_adapter) != flatten(secure.layout.initial)) > 0.5 * sum(
+        int(np.prod(v)) for v in secure.shapes.values())  # round 1 moved (nearly) every entry
+
+
+def test_plain_release_feeds_the_quantisation_error_back() -> None:
+    """``secagg = "plain"`` int4: what the blob does not carry of the released values stays in the residual."""
+    shapes = {"a.lora_A.weight": (4, 8), "a.lora_B.weight": (8, 4)}
+    s = FLSettings(density=0.5, secagg="plain", quant="int4")
+    rng = np.random.default_rng(3)
+    corrected = rng.normal(size=64).astype(np.float32)
+    support = round_support(s, 1, 64)
+    values, residual = release_at_support(corrected, support, s, rng)
+    blob, fed = secagg_train.plain_release(values, support, shapes, s, unflatten(residual, shapes))
+    sent = flatten({**{k: np.zeros(v, np.float32) for k, v in shapes.items()},
+                    **codec.densify(codec.decode_sparse(blob, shapes))})
+    assert np.abs(sent - values_at(values, support, 64)).max() > 1e-3  # int4 loses something ...
+    np.testing.assert_allclose(sent + flatten(fed), corrected, atol=1e-6)  # ... and the residual keeps it
+
+
+def values_at(values: np.ndarray, support: np.ndarray, dim: int) -> np.ndarray:
+    out = np.zeros(dim, np.float32)
+    out[support] = values
+    return out
+
+
+def test_client_dp_noise_is_never_clipped_by_secagg() -> None:
+    """Client-side DP under SecAgg+: released values stay inside +-secagg_range with the noise on them, so the
+    sum carries an unclipped Gaussian; a range too small for the noise is refused by the run config."""
+    s = FLSettings(density=0.5, secagg="secaggplus", secagg_range=1.0, dp_mode="client", dp_clip_norm=1.0,
+                   dp_noise_multiplier=0.3, clients_per_round=4)
+    rng = np.random.default_rng(0)
+    for seed in range(50):
+        corrected = np.random.default_rng(seed).normal(0, 0.01, 400).astype(np.float32)
+        corrected[0] = 50.0  # after the L2 clip this one value is ~C = the range: no room left without headroom
+        vals, _ = release_at_support(corrected, np.arange(0, 400, 2), s, rng)
+        assert np.abs(vals).max() < s.secagg_range
+    with pytest.raises(ValueError, match="secagg_range"):
+        FLSettings(secagg="secaggplus", secagg_range=1.0, dp_mode="client", dp_noise_multiplier=1.0,
+                   dp_clip_norm=1.0, clients_per_round=3).validate()
