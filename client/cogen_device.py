@@ -17,8 +17,10 @@ Variants (``CogenDevice.generate(..., variant=...)``):
   but its prompt carries the private context (the wire audit must flag it).
 
 Robustness: every call has a deadline (per step, not just per stream); when the cloud dies
-(UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED) the device reconnects once, replays its committed
-prefix, and otherwise finishes device-only with a warning recorded in the result. It never hangs.
+(UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED) the device reconnects and replays what the cloud may
+see of its prefix, again after each answer the cloud gave in between (an idle reap is not a dead
+cloud; at most ``MAX_RECONNECTS``), and otherwise finishes device-only with a warning recorded in
+the result. It never hangs.
 """
 
 from __future__ import annotations
@@ -286,6 +288,11 @@ class CogenDevice:
         return logit_codec.decode(packet, self.lm.vocab_size)
 
     def _reconnect_and_answer(self, row: Row) -> torch.Tensor:
+        self._reopen(row)
+        return self._answer(row)
+
+    def _reopen(self, row: Row) -> None:
+        """A new stream for ``row`` that has seen what the cloud may see of the answer so far (replayed)."""
         row.mark_reconnect()
         msg = f"cloud call failed; reconnecting and replaying {len(row.generated)} tokens"
         log.warning(msg)
@@ -293,8 +300,10 @@ class CogenDevice:
         row.session.cancel()
         row.client.connect()
         row.session = self._open(row.cloud_text, client=row.client)
-        row.pending = list(row.generated if row.guard is None else row.guard.sent)
-        return self._answer(row)
+        replay = list(row.generated if row.guard is None else row.guard.sent)
+        row.pending = []
+        if replay:
+            row.session.send_step(replay)
 
     def _decode(self, rows: list[Row], variant: str) -> None:
         """Lockstep decoding of every row: ``device`` alone, ``cloud`` alone, per-token ``logit`` fusion

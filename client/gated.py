@@ -67,15 +67,7 @@ class GatedDecoder:
         return logit_codec.decode(packet, self.device.lm.vocab_size)
 
     def _reconnect_and_answer(self, row: Row) -> torch.Tensor:
-        row.mark_reconnect()
-        row.run.warnings.append(f"cloud call failed; reconnecting and replaying {len(row.generated)} tokens")
-        row.session.cancel()
-        row.client.connect()
-        row.session = self.device._open(row.cloud_text, client=row.client)
-        replay = list(row.generated if row.guard is None else row.guard.sent)
-        row.pending = []
-        if replay:
-            row.session.send_step(replay)
+        self.device._reopen(row)
         return self._answer(row)
 
     def run(self) -> None:

@@ -131,17 +131,10 @@ class SpeculativeDecoder:
         return larges
 
     def _reconnect_and_score(self, i: int, rnd: _Round) -> list[torch.Tensor]:
-        """Reconnect once, replay what the cloud may see, and score the same draft again."""
-        row, link = self.rows[i], self.links[i]
-        row.mark_reconnect()
-        row.run.warnings.append(f"cloud call failed; reconnecting and replaying {len(row.generated)} tokens")
-        row.session.cancel()
-        row.client.connect()
-        row.session = self.device._open(row.cloud_text, client=row.client)
-        replay = list(row.generated if row.guard is None else row.guard.sent)
-        if replay:
-            row.session.send_step(replay)
-        link.owed0, link.rewind, row.pending, rnd.block_sent = True, 0, [], False
+        """Reconnect, replay what the cloud may see, and score the same draft again."""
+        link = self.links[i]
+        self.device._reopen(self.rows[i])
+        link.owed0, link.rewind, rnd.block_sent = True, 0, False
         self._ask(i, rnd)
         return self._receive(i, rnd)
 
