@@ -17,10 +17,8 @@ Variants (``CogenDevice.generate(..., variant=...)``):
   but its prompt carries the private context (the wire audit must flag it).
 
 Robustness: every call has a deadline (per step, not just per stream); when the cloud dies
-(UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED) the device reconnects and replays what the cloud may
-see of its prefix, again after each answer the cloud gave in between (an idle reap is not a dead
-cloud; at most ``MAX_RECONNECTS``), and otherwise finishes device-only with a warning recorded in
-the result. It never hangs.
+(UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED) the device reconnects and replays (again after any answer
+in between: an idle reap is not a dead cloud), else finishes device-only with a warning. It never hangs.
 """
 
 from __future__ import annotations
