@@ -205,6 +205,7 @@ class RoundAggregate:
     accepted: list[str]
     rejected: Counter
     total_weight: float
+    kept: list[tuple[dict[str, Any], float]] = field(default_factory=list)  # accepted (update, weight) if kept
 
 
 class RoundAggregator:
@@ -262,4 +263,5 @@ class RoundAggregator:
 
     def result(self) -> RoundAggregate:
         mean = self.acc.mean() if self.acc.count else None
-        return RoundAggregate(mean, list(self.accepted), Counter(self.rejected), self.acc.total_weight)
+        return RoundAggregate(mean, list(self.accepted), Counter(self.rejected), self.acc.total_weight,
+                              list(self.kept))

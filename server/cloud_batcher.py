@@ -106,6 +106,10 @@ class _Work:
     abandoned: bool = False  # the waiting handler gave up (timeout); skip it if not started
     fed: int = 0  # ids already in the cache (a long prefill goes in chunks)
 
+    def caller_gone(self) -> bool:
+        """The waiting handler gave up or its RPC ended: the step must not run (every backend checks this)."""
+        return self.abandoned or (self.context is not None and not self.context.is_active())
+
     def fail(self, error: BaseException) -> None:
         if not self.done.is_set():
             self.error = error
@@ -222,7 +226,7 @@ class DynamicBatcher:
         """Keep the steps that can still run and mark their sessions busy (so release defers the free)."""
         live = []
         for w in pending:
-            if w.abandoned or (w.context is not None and not w.context.is_active()):
+            if w.caller_gone():
                 w.fail(TimeoutError("caller went away before the step ran"))
                 continue
             with w.session.lock:

@@ -153,7 +153,7 @@ class EngineBackend:
     def _run(self, w: _Work) -> None:
         s = w.session
         try:
-            if w.abandoned or (w.context is not None and not w.context.is_active()):
+            if w.caller_gone():
                 raise TimeoutError("caller went away before the step ran")
             if s.closed:
                 raise SessionClosed("session was closed before the step ran")

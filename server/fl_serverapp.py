@@ -85,7 +85,6 @@ class FederatedServer:
         self.nodes: dict[int, str] = {}  # node id -> client id
         self.accountant: Any = None
         self.stopped_reason = ""
-        self.probe: dict[str, float] = {}  # this round's A/B averaging error, see agg_probe
         self.state = self._initial_state()
 
     # ------------------------------------------------------------------ state
@@ -265,8 +264,6 @@ class FederatedServer:
         for n in nodes:
             if n not in answered:
                 failures[self.nodes[n]] = f"no reply within {self.s.round_timeout:.0f} s"
-        if agg.kept:  # how inexact separate A/B averaging is this round (lora_mode "lora" only)
-            self.probe = ab_averaging_error(self.s.lora_alpha / self.s.lora_r, self.state.global_adapter, agg.kept)
         return agg.result()
 
     def _apply_round(self, server_round: int, nodes: list[int], res: RoundAggregate, failures: dict[str, str],
@@ -275,8 +272,10 @@ class FederatedServer:
         aborted = len(res.accepted) < max(1, self.s.min_fit_clients)
         st = self.state
         update_norm = 0.0
-        probe, self.probe = ({} if aborted else self.probe), {}
+        probe: dict[str, float] = {}
         if not aborted and res.mean is not None:
+            if res.kept:  # how inexact separate A/B averaging is this round (lora_mode "lora" only)
+                probe = ab_averaging_error(self.s.lora_alpha / self.s.lora_r, st.global_adapter, res.kept)
             mean = res.mean
             if self.s.dp_mode == "server":
                 rng = np.random.default_rng(np.random.SeedSequence([self.s.seed, server_round, 5]))
