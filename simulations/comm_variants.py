@@ -41,6 +41,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             {"lora_mode": "lora", "density": 0.1, "quant": "int4"}),
     Variant("freeze-a", "FFA-LoRA (exact): only B trained, top-5% + error feedback, int4 values",
             {"lora_mode": "freeze_a", "density": 0.05, "quant": "int4"}),
+    Variant("freeze-a-int4", "FFA-LoRA (exact): only B trained, every B entry sent both ways, int4 values",
+            {"lora_mode": "freeze_a", "density": 1.0, "quant": "int4", "down_density": 1.0}),
     Variant("core-int8", "Fed-SB-style r x r core (exact), every core entry sent, int8 values",
             {"lora_mode": "core", "density": 1.0, "quant": "int8", "down_density": 1.0}, lr_scale=2.0),
     Variant("core-int4", "Fed-SB-style r x r core (exact), every core entry sent, int4 values",

@@ -197,6 +197,11 @@ def privacy_report(result: dict[str, Any], plots: Sequence[str] = ()) -> str:
 # --------------------------------------------------------------------------- benchmarks
 
 
+def met_word(v: bool | None) -> str:
+    """A target's verdict: met, NOT met, or n/a (nothing in the run to judge it by)."""
+    return "n/a" if v is None else ("met" if v else "NOT met")
+
+
 def comm_report(r: dict[str, Any]) -> str:
     """``bench_comm.md``: bytes every run needed to reach dense's loss (+1 %), the curves, the overheads."""
     nan = float("nan")
@@ -248,7 +253,7 @@ def comm_report(r: dict[str, Any]) -> str:
     best = f"{r['best']} at {r['best_ratio']:.1f}x" if r["best"] else "no run reached the target"
     lines += [f"Best at matched quality: {best} (goal {r['targets']['total_bytes_ratio']:.0f}x; Fed-SB reports "
               f"{r['fed_sb_ratio']:.0f}x).", "",
-              "Targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in r["meets"].items())]
+              "Targets: " + ", ".join(f"{k} {met_word(v)}" for k, v in r["meets"].items())]
     return "\n".join(lines) + "\n"
 
 

@@ -27,3 +27,9 @@ def test_warmup_rounds_send_every_entry_then_top_k() -> None:
     assert s.round_settings(3) is s and s.round_settings(3).effective_down_density() == pytest.approx(0.2)
     assert s.round_settings(1).client_config()["density"] == 1.0
     assert FLSettings().round_settings(1) == FLSettings()
+
+
+def test_a_target_with_nothing_to_judge_reads_n_a() -> None:
+    from fedcogen.simulations.report import met_word
+
+    assert [met_word(v) for v in (True, False, None)] == ["met", "NOT met", "n/a"]
