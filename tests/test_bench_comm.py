@@ -6,6 +6,7 @@ import pytest
 
 from fedcogen.run_config import FLSettings
 from fedcogen.simulations.comm_variants import DENSE, VARIANTS, check_registry, pick
+from fedcogen.simulations.report import met_word
 
 
 def test_every_variant_is_a_valid_run_config() -> None:
@@ -30,6 +31,4 @@ def test_warmup_rounds_send_every_entry_then_top_k() -> None:
 
 
 def test_a_target_with_nothing_to_judge_reads_n_a() -> None:
-    from fedcogen.simulations.report import met_word
-
     assert [met_word(v) for v in (True, False, None)] == ["met", "NOT met", "n/a"]
