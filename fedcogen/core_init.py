@@ -54,13 +54,14 @@ def public_batch(tokenizer: Any, seed: int) -> dict[str, Any]:
 
 
 def gradient_factors(peft_model: Any, layers: list[tuple[str, Any]], tokenizer: Any, seed: int,
-                     r: int) -> dict[str, tuple[Any, Any]]:
-    """Per LoRA layer: (U_r: out x r, V_r^T: r x in) of the base weight's gradient on the public batch."""
+                     r: int, batch: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
+    """Per LoRA layer: (U_r: out x r, V_r^T: r x in) of the base weight's gradient on the public batch
+    (or on ``batch``: only ``fedcogen bench adapters`` passes one, to measure an oracle no federation may use)."""
     import torch
 
     weights = [layer.base_layer.weight for _, layer in layers]
     before = [w.requires_grad for w in weights]
-    batch = public_batch(tokenizer, seed)
+    batch = public_batch(tokenizer, seed) if batch is None else batch
     try:
         for w in weights:
             w.requires_grad_(True)

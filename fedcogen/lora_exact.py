@@ -75,8 +75,7 @@ def apply_mode(peft_model: Any, mode: str, seed: int, tokenizer: Any = None, ada
         raise ValueError(f"lora_mode must be one of {LORA_MODES}, got {mode!r}")
     if mode == "lora":
         return
-    layers = sorted(((name, m) for name, m in peft_model.named_modules()
-                     if hasattr(m, "lora_A") and adapter_name in getattr(m, "lora_A", {})), key=lambda x: x[0])
+    layers = _lora_layers(peft_model, adapter_name)
     grads = {}
     if mode == "core":
         if tokenizer is None:
@@ -100,6 +99,33 @@ def apply_mode(peft_model: Any, mode: str, seed: int, tokenizer: Any = None, ada
                 int(np.random.SeedSequence([seed, i, _CORE_SEED_TAG]).generate_state(1)[0]))
             frozen = torch.randn(out_features, r, generator=gen) / float(np.sqrt(out_features))
         layer.lora_B[adapter_name] = _core_class()(frozen.to(old_b.weight.dtype))
+
+
+def _lora_layers(peft_model: Any, adapter_name: str) -> list[tuple[str, Any]]:
+    return sorted(((name, m) for name, m in peft_model.named_modules()
+                   if hasattr(m, "lora_A") and adapter_name in getattr(m, "lora_A", {})), key=lambda x: x[0])
+
+
+def refit_core_factors(peft_model: Any, tokenizer: Any, seed: int, batch: dict[str, Any] | None,
+                       adapter_name: str = "default") -> None:
+    """Replace the frozen factors of a ``core`` model by those of the gradient on ``batch`` (cores kept;
+    ``None``: the public batch again, i.e. back to what :func:`apply_mode` set).
+
+    Only for measurement (``fedcogen bench adapters``): factors from a client's *own* data would have to be
+    sent to every party, so no federation uses them; they show whether the public subspace limits the core.
+    """
+    import torch
+
+    was_training = peft_model.training
+    peft_model.eval()
+    layers = _lora_layers(peft_model, adapter_name)
+    grads = gradient_factors(peft_model, layers, tokenizer, seed, layers[0][1].r[adapter_name], batch=batch)
+    peft_model.train(was_training)
+    with torch.no_grad():
+        for name, layer in layers:
+            frozen, a = grads[name]
+            layer.lora_A[adapter_name].weight.copy_(a)
+            layer.lora_B[adapter_name].frozen_b.copy_(frozen)
 
 
 def trained_shapes(lora_shapes: Mapping[str, tuple[int, ...]], mode: str) -> dict[str, tuple[int, ...]]:

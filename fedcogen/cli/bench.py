@@ -64,6 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     add_json_out(p)
 
+    p = add_command(bsub, "adapters", "per-step learning of LoRA, FFA-LoRA and the Fed-SB core on one client (why "
+                    "the core misses dense's loss)", description=module_doc("fedcogen.simulations.bench_adapters"),
+                    func=_adapters)
+    p.add_argument("--steps", type=int, default=6, help="local AdamW steps per form")
+    p.add_argument("--quick", action="store_true", help="tiny model (seconds)")
+    p.add_argument("--out-dir", default="runs/bench_adapters", help="folder for the data and bench_adapters.md")
+    add_json_out(p)
+
     add_scale(bsub)
 
     for name, help_, out_dir, func in (
@@ -74,6 +82,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--quick", action="store_true", help="tiny models everywhere (the full run takes hours on 2 cores)")
         add_json_out(p)
         p.add_argument("--out-dir", default=out_dir, help="folder for each benchmark's runs and reports")
+
+
+def _adapters(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.bench_adapters import report, run_probe
+
+    result = run_probe(args.out_dir, steps=args.steps, quick=args.quick)
+    Path(args.out_dir, "bench_adapters.md").write_text(report(result))
+    write_json(args.json_out, result)
+    print(f"report: {Path(args.out_dir, 'bench_adapters.md')}")
+    return 0
 
 
 def _comm(args: argparse.Namespace) -> int:
