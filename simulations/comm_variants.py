@@ -50,6 +50,13 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             {"lora_mode": "freeze_a", "density": 1.0, "quant": "int4", "down_density": 1.0}),
     Variant("freeze-a-lr2", "FFA-LoRA (exact): only B trained, top-5% + error feedback, int4 values, lr x2",
             {"lora_mode": "freeze_a", "density": 0.05, "quant": "int4"}, lr_scale=2.0),
+    Variant("freeze-a-lr2-down5", "FFA-LoRA (exact): only B, top-5% + error feedback both ways (broadcast top-5% "
+            "too), int4 values, lr x2", {"lora_mode": "freeze_a", "density": 0.05, "quant": "int4",
+                                         "down_density": 0.05}, lr_scale=2.0),
+    Variant("freeze-a-d2-lr2", "FFA-LoRA (exact): only B, top-2% + error feedback, int4 values, lr x2",
+            {"lora_mode": "freeze_a", "density": 0.02, "quant": "int4"}, lr_scale=2.0),
+    Variant("freeze-a-d2-lr2-down2", "FFA-LoRA (exact): only B, top-2% + error feedback both ways, int4, lr x2",
+            {"lora_mode": "freeze_a", "density": 0.02, "quant": "int4", "down_density": 0.02}, lr_scale=2.0),
     Variant("core-int8", "Fed-SB-style r x r core (exact), every core entry sent, int8 values",
             {"lora_mode": "core", "density": 1.0, "quant": "int8", "down_density": 1.0}, lr_scale=2.0),
     Variant("core-int4", "Fed-SB-style r x r core (exact), every core entry sent, int4 values",

@@ -39,6 +39,15 @@ def _series(result: Mapping[str, Any]) -> dict[str, list[float]]:
     }
 
 
+def _run_style(plt: Any, i: int, n: int) -> dict[str, Any]:
+    """The first run (the reference, e.g. dense) in black; the others from a 20-colour map once the default
+    10-colour cycle would repeat, so every curve of a long comparison keeps its own colour."""
+    if i == 0:
+        return {"color": "black", "linewidth": 2}
+    cmap = plt.get_cmap("tab20" if n > 10 else "tab10")
+    return {"color": cmap((i - 1) % cmap.N), "linestyle": "-" if i % 2 else "--"}
+
+
 def plot_runs(runs: Sequence[tuple[str, Mapping[str, Any]]], out_dir: str | Path,
               target_loss: float | None = None) -> list[Path]:
     """``loss_vs_round.png`` and ``loss_vs_bytes.png`` for one or several labelled runs (with an optional
@@ -48,9 +57,9 @@ def plot_runs(runs: Sequence[tuple[str, Mapping[str, Any]]], out_dir: str | Path
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, res in runs:
+    for i, (label, res) in enumerate(runs):
         s = _series(res)
-        ax.plot(s["round"], s["eval_loss"], marker="o", label=f"{label} (val)")
+        ax.plot(s["round"], s["eval_loss"], marker="o", label=f"{label} (val)", **_run_style(plt, i, len(runs)))
         if len(runs) == 1 and s["train_loss"]:
             ax.plot(s["train_round"], s["train_loss"], marker="x", linestyle="--", label=f"{label} (train)")
     if target_loss:
@@ -65,10 +74,11 @@ def plot_runs(runs: Sequence[tuple[str, Mapping[str, Any]]], out_dir: str | Path
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, res in runs:
+    fig, ax = plt.subplots(figsize=(7, 4.5) if len(runs) > 6 else (6, 4))
+    for i, (label, res) in enumerate(runs):
         s = _series(res)
-        ax.plot([b / 1e6 for b in s["cum_bytes"]], s["eval_loss"], marker="o", label=label)
+        ax.plot([b / 1e6 for b in s["cum_bytes"]], s["eval_loss"], marker="o", label=label,
+                **_run_style(plt, i, len(runs)))
     if target_loss:
         ax.axhline(target_loss, color="grey", linestyle=":", linewidth=1, label="target (dense + 1 %)")
     ax.set_xlabel("cumulative bytes on the wire, every message (MB, measured)")
