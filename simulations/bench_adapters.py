@@ -35,6 +35,7 @@ from fedcogen.simulations.federation import SimulationConfig
 # (name, lora_mode, learning-rate multiple of the recipe's, factors from the client's own data)
 FORMS: tuple[tuple[str, str, float, bool], ...] = (
     ("lora", "lora", 1.0, False),
+    ("lora-lr2", "lora", 2.0, False),  # is the dense baseline's learning rate holding it back too?
     ("freeze_a", "freeze_a", 1.0, False),
     ("freeze_a-lr2", "freeze_a", 2.0, False),  # FFA-LoRA trains half the values: does it want longer steps?
     ("core", "core", 2.0, False),  # the comm benchmark's core-int4 learning rate

@@ -15,7 +15,13 @@ import pytest
 from fedcogen.client.fl_clientapp import compress_update
 from fedcogen.client.lora_training import collate, encode_examples, train_local
 from fedcogen.lora_adapter import LoraSpec, adapter_add, adapter_sub, get_adapter, lora_model, set_adapter
-from fedcogen.lora_exact import aggregation_error, fold_cores, frozen_factors, refit_core_factors, weight_changes
+from fedcogen.lora_exact import (
+    aggregation_error,
+    fold_cores,
+    frozen_factors,
+    refit_core_factors,
+    weight_changes,
+)
 from fedcogen.protocols import sparse_codec as codec
 from fedcogen.run_config import FLSettings
 from fedcogen.server.aggregation import RoundAggregator, ServerOptConfig, ServerOptimizer
