@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedcogen.lora_adapter import LoraModel
-from fedcogen.models import chat_input_ids
+from fedcogen.models import chat_input_ids, pad_id
 from fedcogen.prompts import DEVICE_SYSTEM
 
 IGNORE_INDEX = -100
@@ -165,7 +165,7 @@ def train_local(
     params = list(lm.params.values())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     plan = batch_plan(len(data), steps, batch_size, seed)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = pad_id(lm.tokenizer)
     losses: list[float] = []
     tokens = target_tokens = 0
     started = time.perf_counter()
@@ -199,7 +199,7 @@ def plain_peft_train(lm: LoraModel, data: Sequence[Encoded], *, steps: int, batc
 
     opt = torch.optim.AdamW(list(lm.params.values()), lr=lr, weight_decay=0.0)
     plan = batch_plan(len(data), steps, batch_size, seed)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = pad_id(lm.tokenizer)
     batches = [collate([data[i] for i in idx], pad) for idx in plan]
     torch.manual_seed(seed)
     lm.model.train()
@@ -224,7 +224,7 @@ def eval_loss(lm: LoraModel, data: Sequence[Encoded], *, batch_size: int = 8) ->
 
     if not data:
         return float("nan"), 0
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = pad_id(lm.tokenizer)
     total = 0.0
     n_total = 0
     lm.model.eval()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedcogen import dataset as sd
-from fedcogen.models import chat_input_ids
+from fedcogen.models import chat_input_ids, pad_id
 from fedcogen.prompts import DEVICE_SYSTEM
 
 PUBLIC_SEED_OFFSET = 0x5EED_0C0E  # no run seed is this large: the public users are nobody's data
@@ -44,7 +44,7 @@ def public_batch(tokenizer: Any, seed: int) -> dict[str, Any]:
         p = p[-(PUBLIC_MAX_LEN - len(t)):]
         rows.append((p + t, [-100] * len(p) + t))
     width = max(len(ids) for ids, _ in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -363,6 +363,11 @@ def chat_input_ids(tokenizer: Any, user_text: str, system: str | None = None) ->
     return tokenizer(f"{prefix}{user_text}\n", add_special_tokens=True)["input_ids"]
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The id batches are padded with: the tokenizer's own pad token, else 0 (padded positions are masked)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def stop_token_ids(tokenizer: Any) -> set[int]:
     """End-of-text ids of a tokenizer (eos plus the chat end-of-turn marker when it exists).
 

@@ -29,6 +29,7 @@ from fedcogen.client.fl_clientapp import client_id_for, encoded_split
 from fedcogen.client.lora_training import collate, eval_loss, train_local
 from fedcogen.lora_adapter import lora_model, lora_spec, set_adapter
 from fedcogen.lora_exact import refit_core_factors
+from fedcogen.models import pad_id
 from fedcogen.simulations.bench_comm import base_config
 from fedcogen.simulations.federation import SimulationConfig
 
@@ -60,8 +61,7 @@ def run_probe(out_dir: str = "runs/bench_adapters", steps: int = 6, quick: bool 
         train = encoded_split(s, client_id_for(s, 0), "train", lm.tokenizer)
         val = [e for p in range(s.num_clients) for e in encoded_split(s, client_id_for(s, p), "val", lm.tokenizer)]
         if own:  # changes the cached model's factors: restored below so a later form starts from the public ones
-            pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-            refit_core_factors(lm.model, lm.tokenizer, s.seed, collate(train[:OWN_FACTOR_EXAMPLES], pad))
+            refit_core_factors(lm.model, lm.tokenizer, s.seed, collate(train[:OWN_FACTOR_EXAMPLES], pad_id(lm.tokenizer)))
         set_adapter(lm, lm.initial)
         before = eval_loss(lm, val)[0]
         res = train_local(lm, train, steps=steps, batch_size=s.batch_size, lr=s.lr * lr_mult, seed=s.seed + 1)

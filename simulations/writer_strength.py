@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedcogen.client.lora_training import IGNORE_INDEX, Encoded, causal_loss, collate
-from fedcogen.models import chat_input_ids, shared_model
+from fedcogen.models import chat_input_ids, pad_id, shared_model
 from fedcogen.prompts import CLOUD_SYSTEM, cloud_prompt
 
 
@@ -22,7 +22,7 @@ def reference_loss(model_name: str, tasks: Sequence[Any], max_seq_len: int = 320
 
     lm = shared_model(model_name)
     tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_id(tok)
     total, count = 0.0, 0
     with torch.inference_mode():
         for t in tasks:
