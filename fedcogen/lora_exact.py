@@ -80,10 +80,7 @@ def apply_mode(peft_model: Any, mode: str, seed: int, tokenizer: Any = None, ada
     if mode == "core":
         if tokenizer is None:
             raise ValueError("lora_mode 'core' needs the tokenizer to derive its factors")
-        was_training = peft_model.training
-        peft_model.eval()  # no dropout: every party must compute the same gradient
-        grads = gradient_factors(peft_model, layers, tokenizer, seed, layers[0][1].r[adapter_name])
-        peft_model.train(was_training)
+        grads = core_factors(peft_model, tokenizer, seed, adapter_name=adapter_name)
     for i, (name, layer) in enumerate(layers):
         layer.lora_A[adapter_name].weight.requires_grad_(False)
         if mode == "freeze_a":
@@ -106,26 +103,36 @@ def _lora_layers(peft_model: Any, adapter_name: str) -> list[tuple[str, Any]]:
                    if hasattr(m, "lora_A") and adapter_name in getattr(m, "lora_A", {})), key=lambda x: x[0])
 
 
-def refit_core_factors(peft_model: Any, tokenizer: Any, seed: int, batch: dict[str, Any] | None,
-                       adapter_name: str = "default") -> None:
-    """Replace the frozen factors of a ``core`` model by those of the gradient on ``batch`` (cores kept;
-    ``None``: the public batch again, i.e. back to what :func:`apply_mode` set).
-
-    Only for measurement (``fedcogen bench adapters``): factors from a client's *own* data would have to be
-    sent to every party, so no federation uses them; they show whether the public subspace limits the core.
-    """
-    import torch
-
+def core_factors(peft_model: Any, tokenizer: Any, seed: int, batch: dict[str, Any] | None = None,
+                 adapter_name: str = "default") -> dict[str, tuple[Any, Any]]:
+    """Per LoRA layer the ``core`` factors (frozen B, A) from the gradient on the public batch, computed in eval
+    mode (no dropout: every party must compute the same gradient). ``batch`` replaces the public batch only for
+    measurement (``fedcogen bench adapters``): factors from a client's *own* data would have to be sent to every
+    party, so no federation uses them."""
     was_training = peft_model.training
     peft_model.eval()
-    layers = _lora_layers(peft_model, adapter_name)
-    grads = gradient_factors(peft_model, layers, tokenizer, seed, layers[0][1].r[adapter_name], batch=batch)
-    peft_model.train(was_training)
+    try:
+        layers = _lora_layers(peft_model, adapter_name)
+        return gradient_factors(peft_model, layers, tokenizer, seed, layers[0][1].r[adapter_name], batch=batch)
+    finally:
+        peft_model.train(was_training)
+
+
+def set_core_factors(peft_model: Any, factors: Mapping[str, tuple[Any, Any]],
+                     adapter_name: str = "default") -> dict[str, tuple[Any, Any]]:
+    """Put ``factors`` (:func:`core_factors`) into a ``core`` model in place, cores kept; returns copies of the
+    factors replaced, so a measurement can put them back without computing them again."""
+    import torch
+
+    old = {}
     with torch.no_grad():
-        for name, layer in layers:
-            frozen, a = grads[name]
-            layer.lora_A[adapter_name].weight.copy_(a)
-            layer.lora_B[adapter_name].frozen_b.copy_(frozen)
+        for name, layer in _lora_layers(peft_model, adapter_name):
+            frozen, a = factors[name]
+            a_w, b_buf = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].frozen_b
+            old[name] = (b_buf.detach().clone(), a_w.detach().clone())
+            a_w.copy_(a)
+            b_buf.copy_(frozen)
+    return old
 
 
 def trained_shapes(lora_shapes: Mapping[str, tuple[int, ...]], mode: str) -> dict[str, tuple[int, ...]]:

@@ -28,7 +28,7 @@ from typing import Any
 from fedcogen.client.fl_clientapp import client_id_for, encoded_split
 from fedcogen.client.lora_training import collate, eval_loss, train_local
 from fedcogen.lora_adapter import lora_model, lora_spec, set_adapter
-from fedcogen.lora_exact import refit_core_factors
+from fedcogen.lora_exact import core_factors, set_core_factors
 from fedcogen.models import pad_id
 from fedcogen.simulations.bench_comm import base_config
 from fedcogen.simulations.federation import SimulationConfig
@@ -60,14 +60,16 @@ def run_probe(out_dir: str = "runs/bench_adapters", steps: int = 6, quick: bool 
         lm = lora_model(s.model, s.seed, lora_spec(s))
         train = encoded_split(s, client_id_for(s, 0), "train", lm.tokenizer)
         val = [e for p in range(s.num_clients) for e in encoded_split(s, client_id_for(s, p), "val", lm.tokenizer)]
-        if own:  # changes the cached model's factors: restored below so a later form starts from the public ones
-            refit_core_factors(lm.model, lm.tokenizer, s.seed, collate(train[:OWN_FACTOR_EXAMPLES], pad_id(lm.tokenizer)))
+        public = None
+        if own:  # changes the cached model's factors: put back below so a later form starts from the public ones
+            own_batch = collate(train[:OWN_FACTOR_EXAMPLES], pad_id(lm.tokenizer))
+            public = set_core_factors(lm.model, core_factors(lm.model, lm.tokenizer, s.seed, own_batch))
         set_adapter(lm, lm.initial)
         before = eval_loss(lm, val)[0]
         res = train_local(lm, train, steps=steps, batch_size=s.batch_size, lr=s.lr * lr_mult, seed=s.seed + 1)
         after = eval_loss(lm, val)[0]
-        if own:
-            refit_core_factors(lm.model, lm.tokenizer, s.seed, None)
+        if public is not None:
+            set_core_factors(lm.model, public)
         set_adapter(lm, lm.initial)
         rows.append({"form": name, "lora_mode": mode, "lr": s.lr * lr_mult, "trained_values": lm.num_adapter_params(),
                      "val_loss_before": before, "val_loss_after": after, "train_losses": res.losses,

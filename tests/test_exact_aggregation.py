@@ -17,9 +17,10 @@ from fedcogen.client.lora_training import collate, encode_examples, train_local
 from fedcogen.lora_adapter import LoraSpec, adapter_add, adapter_sub, get_adapter, lora_model, set_adapter
 from fedcogen.lora_exact import (
     aggregation_error,
+    core_factors,
     fold_cores,
     frozen_factors,
-    refit_core_factors,
+    set_core_factors,
     weight_changes,
 )
 from fedcogen.protocols import sparse_codec as codec
@@ -140,15 +141,19 @@ def test_server_measures_ab_averaging_error_and_stops_at_a_target_loss(tmp_path)
 
 
 def test_core_factors_refit_on_other_data_change_and_restore_exactly() -> None:
-    """`bench adapters`' oracle: factors from another batch differ, and refitting on the public batch
-    restores the very factors every party derives (so later runs in the process are unaffected)."""
+    """`bench adapters`' oracle: factors from another batch differ, the public batch gives back the very
+    factors every party derives, and putting the returned old factors back restores them exactly (so later
+    runs in the process are unaffected)."""
     lm = lora_model("tiny", 0, LoraSpec(r=4, alpha=8, dropout=0.0, mode="core"))
     public = frozen_factors(lm)
+    for m, (b, a) in core_factors(lm.model, lm.tokenizer, 0).items():  # keyed by PEFT module name
+        np.testing.assert_array_equal(b.numpy(), public[m.removeprefix("base_model.model.")]["B"])
+        np.testing.assert_array_equal(a.numpy(), public[m.removeprefix("base_model.model.")]["A"])
     own = collate(encode_examples(lm.tokenizer, TEXTS[0] + TEXTS[1], 48), lm.tokenizer.pad_token_id or 0)
-    refit_core_factors(lm.model, lm.tokenizer, 0, own)
+    old = set_core_factors(lm.model, core_factors(lm.model, lm.tokenizer, 0, own))
     changed = frozen_factors(lm)
     assert any(not np.allclose(changed[m]["B"], public[m]["B"], atol=1e-3) for m in public)
-    refit_core_factors(lm.model, lm.tokenizer, 0, None)
+    set_core_factors(lm.model, old)
     for m, f in frozen_factors(lm).items():
         np.testing.assert_array_equal(f["B"], public[m]["B"])
         np.testing.assert_array_equal(f["A"], public[m]["A"])
