@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcogen import results_json
 from fedcogen.client.gate_training import calibrate_gate_threshold
 from fedcogen.client.public_gate import gate_path
 from fedcogen.dataset import (
@@ -305,7 +306,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     _stage(5, "report and plots")
     plots = demo_plots(run_dir, metrics)
     metrics_path = run_dir / "metrics.json"
-    metrics_path.write_text(json.dumps(metrics, indent=2, default=str))
+    results_json.write(metrics_path, metrics, indent=2, default=str)
     report = run_dir / "report.md"
     report.write_text(write_report(cfg, metrics, plots))
     return {"report": str(report), "metrics": str(metrics_path)}

@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedcogen.cli.common import add_command, add_decoding_args, add_token_args, decoding_settings, token_of
+from fedcogen.cli.common import (
+    DEVICE_MODEL,
+    add_command,
+    add_decoding_args,
+    add_token_args,
+    decoding_settings,
+    token_of,
+)
 from fedcogen.dataset.validate import jsonl_lines
 from fedcogen.variants import (
     CLOUD_VARIANTS,
@@ -81,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_token_args(p)
     p.add_argument("--insecure", action="store_true",
                    help="with --cloud: plaintext connection (loopback/testing only; --spawn-cloud implies it)")
-    p.add_argument("--device-model", default="smollm2-24l", help="device model name or local HF dir")
+    p.add_argument("--device-model", default=DEVICE_MODEL, help="device model name or local HF dir")
     p.add_argument("--cloud-model", default="smollm2", help="cloud model for --spawn-cloud")
     p.add_argument("--adapter", type=Path, help="federated LoRA adapter dir (enables device_personalised)")
     p.add_argument("--profiles", type=Path, help="profiles.jsonl with style markers "

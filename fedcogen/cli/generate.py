@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedcogen.cli.common import add_command, add_decoding_args, add_token_args, decoding_settings, token_of
+from fedcogen.cli.common import (
+    DEVICE_MODEL,
+    add_command,
+    add_decoding_args,
+    add_token_args,
+    decoding_settings,
+    token_of,
+)
 from fedcogen.dataset.validate import jsonl_lines
 from fedcogen.variants import VARIANTS
 
@@ -73,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_token_args(p)
     p.add_argument("--insecure", action="store_true", help="plaintext connection (testing only)")
     p.add_argument("--adapter", help="personalised LoRA adapter (PEFT folder, or weights file beside adapter_config.json)")
-    p.add_argument("--device-model", default="smollm2-24l", help="device model name or local folder")
+    p.add_argument("--device-model", default=DEVICE_MODEL, help="device model name or local folder")
     add_decoding_args(p)
     # defaults mirror DeviceConfig (tests/test_speculative.py checks they stay equal)
     p.add_argument("--k", type=int, default=32, help="top-k size of the cloud's distributions (packed8: the most)")
