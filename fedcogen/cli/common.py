@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fedcogen import results_json
+from fedcogen.dataset.validate import FieldLimits
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -109,6 +111,14 @@ def token_of(args: argparse.Namespace) -> str | None:
     from fedcogen.protocols.secrets_io import resolve_token
 
     return resolve_token(getattr(args, "token_file", None), getattr(args, "token", None))
+
+
+def add_size_limit_args(p: argparse.ArgumentParser) -> None:
+    """``--max-chars FIELD=N``: the per-field size caps of task lines (defaults in FieldLimits)."""
+    defaults = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(FieldLimits))
+    p.add_argument("--max-chars", metavar="FIELD=N", action="append", default=[],
+                   help=f"largest accepted size of a task field in characters; repeat for several fields "
+                   f"(default: {defaults})")
 
 
 def add_decoding_args(p: argparse.ArgumentParser) -> None:

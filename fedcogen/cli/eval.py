@@ -20,11 +20,12 @@ from fedcogen.cli.common import (
     DEVICE_MODEL,
     add_command,
     add_decoding_args,
+    add_size_limit_args,
     add_token_args,
     decoding_settings,
     token_of,
 )
-from fedcogen.dataset.validate import jsonl_lines
+from fedcogen.dataset.validate import FieldLimits, jsonl_file_lines
 from fedcogen.variants import (
     CLOUD_VARIANTS,
     DEFAULT_EVAL_VARIANTS,
@@ -97,7 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_decoding_args(p)
     p.add_argument("--batch-size", type=int, default=8, help="answers decoded in lockstep (faster on CPU)")
     p.add_argument("--on-invalid", choices=("skip", "reject"), default="skip",
-                   help="invalid dataset lines: report and skip them (default) or reject the run (exit 2)")
+                   help="invalid dataset lines (bad JSON, not UTF-8, missing or oversized fields): report and "
+                   "skip them (default) or reject the run (exit 2)")
+    add_size_limit_args(p)
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of users (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed for the bootstrap and the device model (tiny models)")
     p.add_argument("--json", dest="json_out", required=True, type=Path, help="where to write results JSON")
@@ -136,7 +139,7 @@ def format_problem(path: Path, problem: Any) -> str:
     return str(problem)
 
 
-def load_tasks(path: Path, on_invalid: str) -> tuple[list[Any], list[str]]:
+def load_tasks(path: Path, on_invalid: str, limits: FieldLimits | None = None) -> tuple[list[Any], list[str]]:
     """Validate the dataset with the project validator; return (valid tasks, problem lines).
 
     ``reject`` collects every problem first (so the user can fix them all at once), then raises.
@@ -145,7 +148,7 @@ def load_tasks(path: Path, on_invalid: str) -> tuple[list[Any], list[str]]:
 
     if not path.is_file():
         raise FileNotFoundError(f"dataset {path} does not exist")
-    records, raw_problems = validate_task_file(path, strict=False)
+    records, raw_problems = validate_task_file(path, strict=False, limits=limits)
     problems = [format_problem(path, p) for p in raw_problems]
     if problems and on_invalid == "reject":
         shown = "\n  ".join(problems[:20]) + ("" if len(problems) <= 20 else f"\n  ... {len(problems) - 20} more")
@@ -168,7 +171,7 @@ def load_profiles(path: Path | None, dataset: Path) -> tuple[dict[str, Any], str
     if not path.is_file():
         raise FileNotFoundError(f"--profiles {path} does not exist")
     out: dict[str, StyleMarkers] = {}
-    for lineno, row, error in jsonl_lines(path.read_text(encoding="utf-8")):
+    for lineno, row, error in jsonl_file_lines(path):
         if error:
             raise ValueError(f"{path}:{lineno}: {error} in profile")
         if not isinstance(row, dict) or not isinstance(row.get("user_id"), str | int):
@@ -217,7 +220,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"variant(s) {', '.join(needs_cloud)} need a cloud: pass --cloud HOST:PORT or --spawn-cloud")
     if args.cloud and not (args.insecure or args.tls_dir):
         raise ValueError("--cloud needs --tls-dir DIR (with --token) or an explicit --insecure for plaintext")
-    tasks, problems = load_tasks(args.dataset, args.on_invalid)
+    tasks, problems = load_tasks(args.dataset, args.on_invalid, FieldLimits.from_specs(args.max_chars))
     if not tasks:
         raise ValueError(f"no valid tasks in {args.dataset} ({len(problems)} invalid line(s))")
     if args.max_tasks:

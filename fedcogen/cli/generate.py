@@ -12,22 +12,26 @@ from fedcogen.cli.common import (
     DEVICE_MODEL,
     add_command,
     add_decoding_args,
+    add_size_limit_args,
     add_token_args,
     decoding_settings,
     token_of,
 )
-from fedcogen.dataset.validate import jsonl_lines
+from fedcogen.dataset.validate import FieldLimits, check_sizes, jsonl_file_lines
 from fedcogen.variants import VARIANTS
 
 TASK_FILE_ORDER = ("test.jsonl", "val.jsonl", "train.jsonl")
 
 
-def load_tasks(data: str, user: str, task: str | None = None) -> list[dict[str, Any]]:
+def load_tasks(data: str, user: str, task: str | None = None, limits: FieldLimits | None = None,
+               ) -> list[dict[str, Any]]:
     """Task records of ``user`` (optionally one ``task``) from a JSONL file or a federation folder.
 
     Records need ``user_id``, ``instruction`` and ``private_context`` (the ``fedcogen eval`` format).
-    A folder is searched for test.jsonl, then val.jsonl, then train.jsonl.
+    A folder is searched for test.jsonl, then val.jsonl, then train.jsonl. Any invalid line (not JSON, not
+    UTF-8, a field missing or over its size limit) is an error naming file, line and field.
     """
+    limits = limits or FieldLimits()
     path = Path(data).expanduser()
     if path.is_dir():
         files = [path / f for f in TASK_FILE_ORDER if (path / f).is_file()]
@@ -39,12 +43,16 @@ def load_tasks(data: str, user: str, task: str | None = None) -> list[dict[str, 
         raise FileNotFoundError(f"data not found: {path}")
     out: list[dict[str, Any]] = []
     for f in files:
-        for lineno, rec, error in jsonl_lines(f.read_text()):
+        for lineno, rec, error in jsonl_file_lines(f):
             if error:
-                raise ValueError(f"{f.name}:{lineno}: {error}")
+                raise ValueError(f"{f}:{lineno}: {error}")
+            if not isinstance(rec, dict):
+                raise ValueError(f"{f}:{lineno}: expected a JSON object, got {type(rec).__name__}")
             for key in ("user_id", "instruction", "private_context"):
                 if key not in rec:
-                    raise ValueError(f"{f.name}:{lineno}: field '{key}': missing")
+                    raise ValueError(f"{f}:{lineno}: field '{key}': missing")
+            for fld, reason in check_sizes(rec, limits):
+                raise ValueError(f"{f}:{lineno}: field '{fld}': {reason}")
             if rec["user_id"] != user:
                 continue
             if task is not None and rec.get("task_id") != task:
@@ -75,6 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--user", required=True, help="user_id whose tasks to generate")
     p.add_argument("--task", help="one task_id (default: all of the user's tasks in the file)")
     p.add_argument("--limit", type=int, default=0, help="at most this many tasks (0 = all)")
+    add_size_limit_args(p)
     p.add_argument("--cloud", help="cloud address HOST:PORT (not needed for --variant device)")
     p.add_argument("--tls-dir", help="folder with ca.crt to verify the cloud")
     add_token_args(p)
@@ -119,7 +128,7 @@ def _generate(args: argparse.Namespace) -> int:
         weight = 0.5 if learned else float(args.weight)
     except ValueError:
         raise ValueError(f"--weight must be a number in [0, 1] or 'learned', got {args.weight!r}") from None
-    tasks = load_tasks(args.data, args.user, args.task)
+    tasks = load_tasks(args.data, args.user, args.task, FieldLimits.from_specs(args.max_chars))
     if args.limit:
         tasks = tasks[: args.limit]
     config = DeviceConfig(
