@@ -1,13 +1,18 @@
-"""``fedcogen generate``: write a user's texts with a CoGenesis variant against a running cloud."""
+"""``fedcogen generate``: write a user's texts with a CoGenesis variant against a running cloud.
+
+An answer that fell back to the device alone (cloud unreachable, refused, timed out) is not the variant's:
+by default generation stops there and the command exits 1 with the cause as its last lines (its text is
+not printed under the variant's name); ``--allow-fallback`` keeps such answers, labelled as fallbacks.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from fedcogen import results_json
 from fedcogen.cli.common import (
     DEVICE_MODEL,
     add_command,
@@ -109,6 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--step-timeout", type=float, default=20.0, help="deadline per cloud step (s)")
+    p.add_argument("--allow-fallback", action="store_true",
+                   help="when the cloud fails, keep the device-alone answer, labelled as a fallback (default: stop "
+                   "and exit 1 with the cause)")
     p.add_argument("--out", help="write results as JSON here (and a .md next to it)")
 
 
@@ -153,15 +161,21 @@ def _generate(args: argparse.Namespace) -> int:
     )
     device = CogenDevice(config)
     rows = []
+    refused: dict[str, Any] | None = None  # the first answer that fell back, without --allow-fallback
     try:
         for rec in tqdm(tasks, desc=f"generate [{args.variant}]", file=sys.stderr, disable=len(tasks) < 2):
             result = device.generate(rec["instruction"], rec["private_context"], args.variant)
             row = {"user_id": rec["user_id"], "task_id": rec.get("task_id", ""), **result.to_dict()}
             rows.append(row)
-            print(f"--- {row['task_id'] or rec['instruction'][:40]} [{args.variant}]")
-            print(result.text)
             for w in result.warnings:
                 print(f"warning: {w}", file=sys.stderr)
+            name = row["task_id"] or rec["instruction"][:40]
+            if result.fell_back and not args.allow_fallback:
+                refused = row
+                break  # the next tasks would meet the same cloud
+            label = f"{args.variant} FELL BACK: device alone" if result.fell_back else args.variant
+            print(f"--- {name} [{label}]")
+            print(result.text)
     finally:
         device.close()
     summary = {
@@ -173,11 +187,9 @@ def _generate(args: argparse.Namespace) -> int:
         "bytes_received": sum(r["bytes_received"] for r in rows),
         "fell_back": sum(1 for r in rows if r["fell_back"]),
     }
-    print(json.dumps(summary), file=sys.stderr)
+    print(results_json.dumps(summary, indent=None), file=sys.stderr)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"summary": summary, "results": rows}, indent=2))
+        out = results_json.write(args.out, {"summary": summary, "results": rows}, indent=2)
         md = [f"# fedcogen generate ({args.variant})", "", "| task | tokens | tok/s | cloud calls | sent B | recv B | fell back |",
               "|---|---|---|---|---|---|---|"]
         md += [
@@ -186,4 +198,12 @@ def _generate(args: argparse.Namespace) -> int:
             for r in rows
         ]
         out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    if refused is not None:
+        reason = refused["warnings"][-1] if refused["warnings"] else "the cloud did not answer"
+        print(f"error: task {refused['task_id'] or '?'}: --variant {args.variant} fell back to the device alone, "
+              f"so no {args.variant} answer was produced (the device-alone text is not shown as one)\n"
+              f"  cause: {reason}\n"
+              f"  check --cloud {args.cloud}; pass --allow-fallback to keep device-alone answers, labelled as "
+              f"fallbacks", file=sys.stderr)
+        return 1
     return 0
