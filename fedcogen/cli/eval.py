@@ -287,8 +287,8 @@ def failure_lines(rows: Sequence[dict[str, Any]], *, allow_fallback: bool) -> li
         return []
     fell = [r for r in failed if r.get("fell_back")]
     other = [r for r in failed if not r.get("fell_back")]
-    lines = [f"error: {len(failed)} of {len(rows)} generations did not run as asked; the results file has them "
-             "as failed rows, left out of the means"]
+    lines = [f"error: {len(failed)} of {len(rows)} generations failed (did not run as the variant asked); the "
+             "results file has them as failed rows, left out of the means"]
     if fell:
         variants = ", ".join(dict.fromkeys(r["variant"] for r in fell))
         lines.append(f"  {len(fell)} fell back to the device alone ({variants}): {fell[0]['fallback_reason']}")
