@@ -25,6 +25,7 @@ import pytest
 from fedcogen import results_json
 from fedcogen.cli import build_parser, main
 from fedcogen.cli.common import DEVICE_MODEL, all_parsers
+from fedcogen.cli.generate import load_tasks
 from fedcogen.dataset import validate_task_file
 from fedcogen.dataset.validate import FieldLimits
 from fedcogen.protocols.tls import channel_credentials, server_credentials
@@ -240,3 +241,14 @@ def test_quick_demo_span_audit_verdict_is_marked_not_meaningful():
                      "passes: True."]
     full = [line for line in demo_report.span_audit_lines(audit, quick=False) if line.startswith("Verdict")]
     assert full == ["Verdict: unprotected fails: False, protected passes: True."]
+
+
+def test_generate_task_loader_names_file_line_and_field_of_an_oversized_or_non_utf8_line(tmp_path):
+    line = json.dumps({"user_id": "u1", "instruction": "hi", "private_context": "x" * 50}).encode()
+    big = write_lines(tmp_path / "big.jsonl", [line])
+    with pytest.raises(ValueError, match=r"big.jsonl:1: field 'private_context': 50 characters, over the limit of 10"):
+        load_tasks(str(big), "u1", limits=FieldLimits(private_context=10))
+    assert len(load_tasks(str(big), "u1")) == 1
+    bad = write_lines(tmp_path / "bad.jsonl", [line, b'{"user_id": "\xff"}'])
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not UTF-8 text"):
+        load_tasks(str(bad), "u1")
