@@ -54,7 +54,7 @@ class FLSettings:
     Defaults are a quick run of the tiny model (seconds per round on a CPU).
     """
 
-    model: str = _f("tiny", "base model: tiny, tiny-large, smollm2, smollm2-24l, smollm2-half or a local HF directory")
+    model: str = _f("tiny", "base model: tiny, tiny-large, smollm2, smollm2-27l (the demo's device model), smollm2-24l, smollm2-half or a local HF directory")
     seed: int = _f(0, "seed of data, model, sampling and training")
     data_dir: str = _f("", "folder of the synthetic federation ('' = <out_dir>/data, generated from seed; "
                            "a SuperNode's own node-config data-dir wins)")

@@ -18,6 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# What a user runs to get the missing files (a module name is no help to someone at a shell prompt):
+# `fedcogen certs --out DIR` writes DIR/cloud (for `cloud serve --tls-dir`) and DIR/device (for --tls-dir).
+CERTS_HINT = ("create them with `fedcogen certs --out DIR`, then pass DIR/cloud to `fedcogen cloud serve "
+              "--tls-dir` and DIR/device to the device's --tls-dir")
+
 
 @dataclass(frozen=True)
 class CertPair:
@@ -94,7 +99,7 @@ def _load(pair: CertPair):
     from cryptography.hazmat.primitives import serialization
 
     if not pair.cert.is_file() or not pair.key.is_file():
-        raise FileNotFoundError(f"CA certificate or key missing: {pair.cert}, {pair.key}")
+        raise FileNotFoundError(f"CA certificate or key missing: {pair.cert}, {pair.key} ({CERTS_HINT})")
     cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
     key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
     return cert, key
@@ -201,7 +206,7 @@ def server_credentials(folder: str | Path, require_client_cert: bool = False):
     files = TlsFiles.in_dir(folder)
     for path in (files.server.cert, files.server.key):
         if not path.is_file():
-            raise FileNotFoundError(f"TLS file missing: {path} (create it with fedcogen.protocols.tls)")
+            raise FileNotFoundError(f"TLS file missing: {path} ({CERTS_HINT})")
     cert, key = files.server.read()
     ca = files.ca.cert.read_bytes() if require_client_cert else None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=require_client_cert)
@@ -213,7 +218,7 @@ def channel_credentials(folder: str | Path, client_cert: bool = False):
 
     files = TlsFiles.in_dir(folder)
     if not files.ca.cert.is_file():
-        raise FileNotFoundError(f"TLS CA certificate missing: {files.ca.cert}")
+        raise FileNotFoundError(f"TLS CA certificate missing: {files.ca.cert} ({CERTS_HINT})")
     if client_cert:
         cert, key = files.client.read()
         return grpc.ssl_channel_credentials(files.ca.cert.read_bytes(), private_key=key, certificate_chain=cert)

@@ -7,12 +7,12 @@ figures next to it.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
+from fedcogen import results_json
 from fedcogen.simulations.bench_cogen import run_cogen_bench
 from fedcogen.simulations.bench_comm import run_bench
 from fedcogen.simulations.privacy_run import PrivacyRunConfig, quick_config, run_privacy
@@ -46,7 +46,7 @@ def write_suite(result: dict[str, Any], json_path: str | None, out_dir: Path) ->
     """One JSON with every benchmark result plus a markdown table of the headline figures next to it."""
     target = Path(json_path) if json_path else out_dir / "bench.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result, indent=1, default=str))
+    results_json.write(target, result, default=str)
     md = target.with_suffix(".md")
     md.write_text(f"# fedcogen benchmarks\n\nmachine: {result.get('machine')}\n\n{headline_table(result)}\n")
     print(f"\n{headline_table(result)}\n\nJSON: {target}\nmarkdown: {md}")

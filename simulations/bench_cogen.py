@@ -22,7 +22,6 @@ in one run are reported as results.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -32,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcogen import results_json
 from fedcogen.client.cloud_client import CloudClient
 from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.dataset import FederationConfig, generate_federation
@@ -334,7 +334,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     """JSON + markdown next to each other; returns the markdown path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_cogen.json").write_text(json.dumps(result, indent=2, default=str))
+    results_json.write(out / "bench_cogen.json", result, indent=2, default=str)
     md = out / "bench_cogen.md"
     md.write_text(cogen_report(result))
     return md

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcogen import results_json
 from fedcogen.client.fl_clientapp import client_id_for, compress_update, encoded_split
 from fedcogen.client.lora_training import plain_peft_train, train_local
 from fedcogen.lora_adapter import get_adapter, lora_model, lora_spec, set_adapter
@@ -287,7 +288,7 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", variants: st
     }
     plot_runs(runs, out, target_loss=target)
     (out / "bench_comm.md").write_text(comm_report(result))
-    (out / "bench_comm.json").write_text(json.dumps(result, indent=1, default=str))
+    results_json.write(out / "bench_comm.json", result, default=str)
     return result
 
 

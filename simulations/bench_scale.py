@@ -16,13 +16,13 @@ with it is what the table shows:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcogen import results_json
 from fedcogen.run_config import FLSettings
 from fedcogen.simulations.federation import SimulationConfig, run_federation
 from fedcogen.simulations.proc_memory import MemorySampler, loadavg
@@ -108,7 +108,7 @@ def run_bench(cfg: ScaleBenchConfig) -> dict[str, Any]:
 
 def _write(out: Path, cfg: ScaleBenchConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     result = {"config": asdict(cfg), "runs": rows, "load_average": loadavg()}
-    (out / "bench_scale.json").write_text(json.dumps(result, indent=1))
+    results_json.write(out / "bench_scale.json", result)
     (out / "bench_scale.md").write_text(markdown(result))
     return result
 

@@ -106,7 +106,7 @@ class CogenGenerator:
             EvalAnswer(
                 text=res.text, tokens=res.tokens, tokens_per_s=res.tokens_per_s, bytes_sent=res.bytes_sent,
                 bytes_received=res.bytes_received, cloud_call_fraction=res.cloud_call_fraction,
-                latency_s=res.latency_s, fell_back=res.fell_back,
+                latency_s=res.latency_s, fell_back=res.fell_back, warnings=list(res.warnings),
                 cloud_received=cloud_view(res.wire_records, device.tokenizer),
             )
             for res in results

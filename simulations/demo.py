@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcogen import results_json
 from fedcogen.client.gate_training import calibrate_gate_threshold
 from fedcogen.client.public_gate import gate_path
 from fedcogen.dataset import (
@@ -44,7 +45,7 @@ from fedcogen.simulations.attacks import canary_exposure, membership_inference
 from fedcogen.simulations.audit import wire_audit
 from fedcogen.simulations.cogen_generator import CogenGenerator
 from fedcogen.simulations.demo_report import write_report
-from fedcogen.simulations.evaluate import EvalConfig, aggregate_overall
+from fedcogen.simulations.evaluate import EvalConfig, aggregate_overall, answer_counts
 from fedcogen.simulations.federation import SimulationConfig, export_adapter, load_run_adapter, run_federation
 from fedcogen.simulations.metrics import StyleMarkers
 from fedcogen.simulations.plots import demo_plots
@@ -215,9 +216,24 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
                     for v, by_user in result["per_user"].items()}
         out["groups"][group] = {"users": sorted(users), "tasks": len(gtasks), "overall": {
             v: {k: ci.to_dict() for k, ci in metrics.items()}
-            for v, metrics in aggregate_overall(per_user, ecfg).items()}}
+            for v, metrics in aggregate_overall(per_user, ecfg).items()},
+            "counts": answer_counts(result["rows"], list(REPORT_ORDER), users)}
+    out["failures"] = failure_summary(result["counts"])
+    for line in out["failures"]:
+        print(f"  {line}")
     out["received"] = recorder.received
     return out
+
+
+def failure_summary(counts: dict[str, dict[str, int]]) -> list[str]:
+    """One line per variant with answers that fell back to the device alone or failed (empty when every
+    answer ran as its variant): those answers are not in the variant's means, and the demo exits 1."""
+    lines = []
+    for v, c in counts.items():
+        if c["fell_back"] or c["failed"]:
+            lines.append(f"{v}: {c['fell_back']} of {c['tasks']} answers fell back to the device alone, "
+                         f"{c['failed']} failed; left out of {v}'s means")
+    return lines
 
 
 def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dict[str, Any]:
@@ -262,6 +278,8 @@ def _span_audit(cfg: DemoConfig, fed: Any, metrics: dict[str, Any]) -> dict[str,
     for key, r in result["settings"].items():
         print(f"  private spans {key:<24} wire audit {'PASS' if r['audit_pass'] else 'FAIL'}, "
               f"{r['facts_seen']} private facts seen by the cloud")
+    if cfg.quick:
+        print("  (quick demo: random models write no private facts, so this audit is not meaningful here)")
     return result
 
 
@@ -305,7 +323,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     _stage(5, "report and plots")
     plots = demo_plots(run_dir, metrics)
     metrics_path = run_dir / "metrics.json"
-    metrics_path.write_text(json.dumps(metrics, indent=2, default=str))
+    results_json.write(metrics_path, metrics, indent=2, default=str)
     report = run_dir / "report.md"
     report.write_text(write_report(cfg, metrics, plots))
-    return {"report": str(report), "metrics": str(metrics_path)}
+    return {"report": str(report), "metrics": str(metrics_path), "failures": ev["failures"]}

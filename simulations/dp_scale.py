@@ -19,7 +19,6 @@ serde) by default: on a 2-core machine Ray's actors add start-up and scheduling 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from fedcogen import dataset as d
+from fedcogen import results_json
 from fedcogen.protocols import dp
 from fedcogen.run_config import FLSettings
 from fedcogen.server.checkpoint import has_checkpoint, load_checkpoint
@@ -183,7 +183,7 @@ def _write(out: Path, cfg: DPScaleConfig, runs: list[dict[str, Any]], started: f
         "seconds": round(time.perf_counter() - started, 1),
         "load_average": loadavg(),
     }
-    (out / "dp_scale.json").write_text(json.dumps(result, indent=1, default=str))
+    results_json.write(out / "dp_scale.json", result, default=str)
     (out / "dp_scale.md").write_text(markdown(result))
     return result
 

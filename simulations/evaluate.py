@@ -8,6 +8,11 @@ by hand.
 
 Aggregation order matters: per task -> mean per user -> mean over users. Every user counts once
 regardless of how many tasks they have, and the bootstrap resamples users (see metrics.py).
+
+An answer that fell back (the cloud was unreachable, refused or timed out, and the device finished
+alone) is never scored under the variant it did not run: by default it is a failed row (``error``,
+``fell_back: true``), and with ``EvalConfig.allow_fallback`` it keeps its scores but is left out of the
+variant's means; either way :func:`answer_counts` counts it per variant, and reports show the count.
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ METRICS: dict[str, bool] = {
     "latency_s": False,
     "cloud_call_fraction": False,
     "repeat_4gram": False,
-    "fell_back": False,
 }
 # metrics compared pairwise between variants (quality and privacy are what needs telling apart)
 PAIRED_METRICS: tuple[str, ...] = ("rouge_l", "fact_recall", "style_match", "leaked_facts", "latency_s",
@@ -62,6 +66,7 @@ class EvalAnswer:
     latency_s: float = 0.0
     fell_back: bool = False
     cloud_received: Any = None
+    warnings: list[str] = field(default_factory=list)  # the generator's own words, e.g. why it fell back
 
 
 @runtime_checkable
@@ -84,6 +89,9 @@ class EvalConfig:
     keep_text: bool = True  # store generated answers in the per-task rows
     progress: bool = True
     batch_size: int = 8  # tasks answered in lockstep by generators that can batch (``generate_batch``)
+    # keep answers that fell back to the device alone (scored, but left out of the variant's means);
+    # off: such an answer is a failed row
+    allow_fallback: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -102,12 +110,14 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
     config: EvalConfig = field(default_factory=EvalConfig)
     meta: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # see answer_counts
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "meta": self.meta,
             "config": asdict(self.config),
             "variants": self.variants,
+            "counts": self.counts,
             "notes": self.notes,
             "overall": {
                 v: {k: ci.to_dict() for k, ci in metrics.items()} for v, metrics in self.overall.items()
@@ -158,8 +168,33 @@ def score_answer(
         "latency_s": float(getattr(result, "latency_s", 0.0) or 0.0),
         "cloud_call_fraction": float(getattr(result, "cloud_call_fraction", 0.0) or 0.0),
         "repeat_4gram": m.repeated_ngram_share(m.normalise(text).split(), 4),
-        "fell_back": 1.0 if getattr(result, "fell_back", False) else 0.0,
     }
+
+
+def fallback_reason(result: Any) -> str:
+    """Why an answer fell back, in the generator's words (its last warning)."""
+    warnings = [str(w) for w in (getattr(result, "warnings", None) or [])]
+    return warnings[-1] if warnings else "the cloud did not answer; the device finished alone"
+
+
+def answer_counts(rows: Iterable[Mapping[str, Any]], variants: Sequence[str],
+                  users: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+    """variant -> ``tasks`` (rows), ``scored`` (in the means), ``fell_back`` and ``failed`` (errors other than
+    fallbacks); only ``users``' rows when given. ``scored + fell_back + failed == tasks``."""
+    keep = None if users is None else {str(u) for u in users}
+    out = {v: {"tasks": 0, "scored": 0, "fell_back": 0, "failed": 0} for v in variants}
+    for row in rows:
+        if keep is not None and str(row["user_id"]) not in keep:
+            continue
+        c = out.setdefault(row["variant"], {"tasks": 0, "scored": 0, "fell_back": 0, "failed": 0})
+        c["tasks"] += 1
+        if row.get("fell_back"):
+            c["fell_back"] += 1
+        elif "error" in row:
+            c["failed"] += 1
+        else:
+            c["scored"] += 1
+    return out
 
 
 def _progress(total: int, enabled: bool, desc: str):  # noqa: ANN202
@@ -180,7 +215,9 @@ def evaluate(
 
     ``profiles`` maps user id -> style markers; users without markers get no style score and
     a note says so. A generator exception is recorded in that row (``error``) and the row is
-    left out of the means, unless ``config.fail_fast``.
+    left out of the means, unless ``config.fail_fast``. An answer that fell back is a failed row too
+    (``error`` and ``fell_back``), or with ``config.allow_fallback`` a scored row marked ``fell_back`` that
+    the means leave out (see the module docstring).
     """
     cfg = config or EvalConfig()
     if not variants:
@@ -214,8 +251,13 @@ def evaluate(
                     user = str(task.user_id)
                     row: dict[str, Any] = {"task_id": ids[lo + j], "user_id": user, "variant": variant,
                                            "task_type": getattr(task, "task_type", None)}
+                    fell_back = error is None and bool(getattr(result, "fell_back", False))
+                    if fell_back:
+                        row.update(fell_back=True, fallback_reason=fallback_reason(result))
                     if error is not None:
                         row["error"] = error
+                    elif fell_back and not cfg.allow_fallback:
+                        row["error"] = f"fell back to the device alone: {row['fallback_reason']}"
                     else:
                         row.update(score_answer(task, result, markers=profiles.get(user),
                                                 use_stemmer=cfg.use_stemmer))
@@ -230,16 +272,18 @@ def evaluate(
     notes.extend(_notes(rows, tasks, profiles, variants))
     meta = {"tasks": len(tasks), "users": len({str(t.user_id) for t in tasks}),
             "seconds": round(time.perf_counter() - started, 3)}
-    return EvalResult(list(variants), rows, per_user, overall, paired, notes, cfg, meta)
+    return EvalResult(list(variants), rows, per_user, overall, paired, notes, cfg, meta,
+                      answer_counts(rows, variants))
 
 
 def aggregate_per_user(
     rows: Iterable[Mapping[str, Any]], variants: Sequence[str]
 ) -> dict[str, dict[str, dict[str, float | None]]]:
-    """variant -> user -> metric -> mean over that user's scored tasks (``None`` if no value)."""
+    """variant -> user -> metric -> mean over that user's scored tasks (``None`` if no value); failed rows and
+    answers that fell back are not the variant's and are left out."""
     grouped: dict[str, dict[str, list[Mapping[str, Any]]]] = {v: {} for v in variants}
     for row in rows:
-        if "error" in row:
+        if "error" in row or row.get("fell_back"):
             continue
         grouped.setdefault(row["variant"], {}).setdefault(row["user_id"], []).append(row)
     out: dict[str, dict[str, dict[str, float | None]]] = {}
@@ -304,13 +348,18 @@ def _notes(
         notes.append("private-fact recall and leakage skipped: no task lists private_facts")
     for v in variants:
         vrows = [r for r in rows if r["variant"] == v]
-        errors = [r for r in vrows if "error" in r]
+        errors = [r for r in vrows if "error" in r and not r.get("fell_back")]
+        fallbacks = [r for r in vrows if r.get("fell_back")]
         if errors:
             notes.append(f"{v}: {len(errors)} of {len(vrows)} generations failed "
                          f"(first: {errors[0]['error']}); they are left out of the means")
+        if fallbacks:
+            first = fallbacks[0]["fallback_reason"]
+            notes.append(f"{v}: {len(fallbacks)} of {len(vrows)} answers fell back to the device alone "
+                         f"(first: {first}); they are not {v}'s and are left out of its means")
         if vrows and all(r.get("leaked_facts") is None for r in vrows if "error" not in r) and len(
             errors
-        ) < len(vrows):
+        ) + len(fallbacks) < len(vrows):
             notes.append(f"{v}: leakage not measured (no wire capture for this variant)")
     if len(users) < 5:
         notes.append(f"only {len(users)} user(s): confidence intervals over users are wide or degenerate")

@@ -19,13 +19,13 @@ side by side with always-fuse in ``fedcogen bench cogen`` (ROUGE-L, tokens/s, cl
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fedcogen import results_json
 from fedcogen.client.fusion import entropy, fuse_logprobs, top2_margin
 from fedcogen.client.incremental_lm import IncrementalLM
 from fedcogen.dataset import FederationConfig, generate_federation
@@ -123,5 +123,5 @@ def calibrate(cfg: CalibrationConfig, out_dir: str | Path | None = None) -> dict
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "gate_calibration.json").write_text(json.dumps(result, indent=2))
+        results_json.write(out / "gate_calibration.json", result, indent=2)
     return result

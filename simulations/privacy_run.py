@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from fedcogen import dataset as d
+from fedcogen import results_json
 from fedcogen.protocols import dp
 from fedcogen.run_config import FLSettings
 from fedcogen.simulations.federation import SimulationConfig, run_federation
@@ -283,7 +284,7 @@ def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
         "sweep": sweep,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    (out / "privacy.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    results_json.write(out / "privacy.json", result, indent=2, default=_json_default)
     plots = privacy_plots(result, out)
     (out / "privacy.md").write_text(privacy_report(result, plots))
     return result

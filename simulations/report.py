@@ -39,15 +39,19 @@ def fmt_ci(ci: Mapping[str, Any] | None, digits: int) -> str:
 
 
 def summary_table(result: Mapping[str, Any], columns: Sequence[tuple[str, str, int]] = SUMMARY_COLUMNS) -> str:
-    """Markdown table: one row per variant, mean [95% CI] over users for each metric."""
-    head = "| variant | users | " + " | ".join(h for _, h, _ in columns) + " |"
-    sep = "|---|---:|" + "---:|" * len(columns)
+    """Markdown table: one row per variant, mean [95% CI] over users for each metric, and how many answers
+    ran as the variant (``scored``), fell back to the device alone, or failed (neither is in the means)."""
+    counts = result.get("counts") or {}
+    head = "| variant | users | " + " | ".join(h for _, h, _ in columns) + " | answers scored | fell back | failed |"
+    sep = "|---|---:|" + "---:|" * len(columns) + "---:|---:|---:|"
     lines = [head, sep]
     for v in result["variants"]:
         metrics = result["overall"].get(v, {})
         n = max((ci.get("n", 0) for ci in metrics.values()), default=0)
         cells = [fmt_ci(metrics.get(k), d) for k, _, d in columns]
-        lines.append(f"| {v} | {n} | " + " | ".join(cells) + " |")
+        c = counts.get(v)
+        tail = [str(c["scored"]), str(c["fell_back"]), str(c["failed"])] if c else ["n/a"] * 3
+        lines.append(f"| {v} | {n} | " + " | ".join(cells + tail) + " |")
     return "\n".join(lines)
 
 

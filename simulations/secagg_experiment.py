@@ -7,7 +7,6 @@ server's grid is serialized with Flower's serde to count bytes (:class:`Recorder
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcogen import results_json
 from fedcogen.client.lora_training import encode_examples, train_local
 from fedcogen.client.secagg_client import make_client_app
 from fedcogen.dataset import client_examples, load_federation, user_ids
@@ -115,7 +115,7 @@ def compare_modes(base: SecAggRunConfig, out_dir: str | Path | None = None) -> d
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "secagg_compare.json").write_text(json.dumps(result, indent=2, default=float))
+        results_json.write(out / "secagg_compare.json", result, indent=2, default=float)
         (out / "secagg_compare.md").write_text(compare_markdown(result))
     return result
 

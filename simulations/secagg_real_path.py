@@ -9,10 +9,10 @@ ledger (serialised Flower messages, per phase); time is the run's own seconds pe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from fedcogen import results_json
 from fedcogen.run_config import FLSettings
 from fedcogen.simulations.federation import SimulationConfig, run_federation
 
@@ -43,7 +43,7 @@ def compare_real_path(run: FLSettings = REAL_PATH_RUN, out_dir: str | Path = "ru
         })
     result = {"settings": run.to_config(), "engine": engine, "runs": rows}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "secagg_real.json").write_text(json.dumps(result, indent=1))
+    results_json.write(out / "secagg_real.json", result)
     (out / "secagg_real.md").write_text(markdown(result))
     return result
 

@@ -13,6 +13,10 @@ import logging
 import os
 import sys
 
+from fedcogen.cli.common import HelpFormatter, all_parsers
+
+VERBOSE_HELP = "debug logging, library logs and warnings (default: fedcogen's own progress only)"
+
 # Modules that add subcommands, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
     "fedcogen.cli.models",
@@ -40,11 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="debug logging, library logs and warnings (default: fedcogen's own progress only)")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(sub)
+    for p in all_parsers(parser):
+        p.formatter_class = HelpFormatter  # one help style, whatever a command module asked for
+        if p is not parser:
+            # `fedcogen simulate -v` as well as `fedcogen -v simulate`; SUPPRESS keeps the top-level value
+            # when the flag is not given after the subcommand
+            p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 

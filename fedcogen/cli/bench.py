@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="BENCH",
         description="Benchmarks with honest measurements. Each subcommand prints a table and can write JSON.",
     )
-    p = add_command(bsub, "comm", "bytes each compressed run needs to reach dense fp32 LoRA FedAvg's loss (+1 %)",
+    p = add_command(bsub, "comm", "bytes each compressed run needs to reach dense fp32 LoRA FedAvg's loss (within 1 percent)",
                     description=module_doc("fedcogen.simulations.bench_comm"), func=_comm)
     p.add_argument("--quick", action="store_true", help="tiny model, 4 clients (minutes)")
     add_json_out(p)

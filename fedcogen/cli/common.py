@@ -8,13 +8,55 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import importlib.util
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedcogen import results_json
+from fedcogen.dataset.validate import FieldLimits
+
 Handler = Callable[[argparse.Namespace], int]
+
+# The device model wherever a command asks for one: the demo's (simulations/demo.py DEMO_RUN.model;
+# tests/test_truthful_cli.py keeps the two equal). A constant here, not an import, so --help stays fast.
+DEVICE_MODEL = "smollm2-27l"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The one help style of every `fedcogen` command (``build_parser`` sets it on each parser).
+
+    A description or epilog with line breaks is shown as written, a one-line one is wrapped. Each flag's
+    default is shown once: the help text's own "(default ...)" when it has one, else " (default: X)"
+    added here; nothing for flags without a meaningful default (None, off switches, empty strings).
+    Why not ``ArgumentDefaultsHelpFormatter``: it appends "(default: None)" to flags whose help already
+    names the default (flags built from a config dataclass default to None so that only typed flags
+    override a config file), which printed defaults twice.
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default is None or default is False or default == ""
+                or default is argparse.SUPPRESS or not action.option_strings or action.nargs == 0):
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+def all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every (nested) subcommand parser under it, each once."""
+    out = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                out.extend(all_parsers(child))
+    return out
 
 
 def module_doc(dotted: str) -> str | None:
@@ -28,13 +70,11 @@ def module_doc(dotted: str) -> str | None:
 def add_command(sub: argparse._SubParsersAction, name: str, help: str, *, description: str | None = None,
                 func: Handler | None = None, epilog: str | None = None,
                 formatter: type[argparse.HelpFormatter] | None = None) -> argparse.ArgumentParser:
-    """``sub.add_parser``; ``func`` is the handler ``main`` calls. A description with line breaks is shown
-    as written, a one-line one is wrapped (unless ``formatter`` says otherwise)."""
+    """``sub.add_parser``; ``func`` is the handler ``main`` calls. Help is laid out by :class:`HelpFormatter`
+    (``build_parser`` sets it on every parser, whatever ``formatter`` a command asked for)."""
     description = description or help
-    if formatter is None:
-        multiline = "\n" in description or (epilog is not None and "\n" in epilog)
-        formatter = argparse.RawDescriptionHelpFormatter if multiline else argparse.HelpFormatter
-    p = sub.add_parser(name, help=help, description=description, epilog=epilog, formatter_class=formatter)
+    p = sub.add_parser(name, help=help, description=description, epilog=epilog,
+                       formatter_class=formatter or HelpFormatter)
     if func is not None:
         p.set_defaults(func=func)
     return p
@@ -54,10 +94,10 @@ def add_json_out(p: argparse.ArgumentParser, help: str = "write the result JSON 
 
 
 def write_json(path: str | Path | None, result: Any, *, indent: int = 1, default: Callable[[Any], Any] = str) -> None:
-    """Write ``result`` as JSON to ``path`` (creating its folder); nothing when ``path`` is empty."""
+    """Write ``result`` as strict JSON to ``path`` (creating its folder; ``null`` for NaN, see
+    :mod:`fedcogen.results_json`); nothing when ``path`` is empty."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(result, indent=indent, default=default))
+        results_json.write(path, result, indent=indent, default=default)
 
 
 def add_token_args(p: argparse.ArgumentParser, file_help: str = "file (mode 0600) with the cloud's bearer token "
@@ -71,6 +111,14 @@ def token_of(args: argparse.Namespace) -> str | None:
     from fedcogen.protocols.secrets_io import resolve_token
 
     return resolve_token(getattr(args, "token_file", None), getattr(args, "token", None))
+
+
+def add_size_limit_args(p: argparse.ArgumentParser) -> None:
+    """``--max-chars FIELD=N``: the per-field size caps of task lines (defaults in FieldLimits)."""
+    defaults = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(FieldLimits))
+    p.add_argument("--max-chars", metavar="FIELD=N", action="append", default=[],
+                   help=f"largest accepted size of a task field in characters; repeat for several fields "
+                   f"(default: {defaults})")
 
 
 def add_decoding_args(p: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -48,6 +49,11 @@ def _run(args: argparse.Namespace) -> int:
 
     result = run_demo(config_from_args(args))
     print(f"\nreport:  {result['report']}\nmetrics: {result['metrics']}")
+    if result.get("failures"):
+        sys.stdout.flush()
+        print("error: not every variant ran as asked (the report counts these answers, outside the means):\n  "
+              + "\n  ".join(result["failures"]), file=sys.stderr)
+        return 1
     return 0
 
 

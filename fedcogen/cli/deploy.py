@@ -14,13 +14,14 @@ ServerApp's metrics and checkpoint), ``clients/`` (per-client state), ``data/`` 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from fedcogen import results_json
+from fedcogen.cli.common import DEVICE_MODEL
 from fedcogen.simulations.deploy import (
     FEDCOGEN_CLIENTAPP,
     Deployment,
@@ -147,7 +148,7 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write_report(out: Path, report: dict[str, Any]) -> None:
-    (out / "deploy-result.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    results_json.write(out / "deploy-result.json", report, indent=2, default=str)
     dep = report.get("deployment", {})
     lines = [
         "# fedcogen local deployment",
@@ -275,7 +276,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--cloud-port", type=int, default=50071, help="cloud service gRPC port")
     pc.add_argument("--nodes", type=int, default=2, help="number of devices")
     pc.add_argument("--rounds", type=int, default=3, help="federated rounds")
-    pc.add_argument("--model", default="smollm2-24l", help="device model")
+    pc.add_argument("--model", default=DEVICE_MODEL, help="device model")
     pc.add_argument("--cloud-model", default="smollm2", help="cloud model")
     pc.add_argument("--certs", default="certs", help="certificate folder")
     pc.add_argument("--connection", default="fedcogen", help="name of the SuperLink connection in the Flower config")

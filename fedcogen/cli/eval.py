@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedcogen.cli.common import add_command, add_decoding_args, add_token_args, decoding_settings, token_of
-from fedcogen.dataset.validate import jsonl_lines
+from fedcogen import results_json
+from fedcogen.cli.common import (
+    DEVICE_MODEL,
+    add_command,
+    add_decoding_args,
+    add_size_limit_args,
+    add_token_args,
+    decoding_settings,
+    token_of,
+)
+from fedcogen.dataset.validate import FieldLimits, jsonl_file_lines
 from fedcogen.variants import (
     CLOUD_VARIANTS,
     DEFAULT_EVAL_VARIANTS,
@@ -49,8 +57,13 @@ metrics (per variant; mean per user, then over users, 95% bootstrap CI resamplin
   found in the bytes the cloud received), bytes sent/received, tokens/s, latency, cloud-call
   fraction; plus paired per-user differences between variants.
 
-exit codes: 0 ok; 1 results written but some generations failed; 2 invalid input or arguments
-(with --on-invalid reject, any invalid line).
+fallbacks: a cloud variant whose cloud was unreachable, refused or timed out ends on the device
+alone. Such an answer is not the variant's: by default it is a failed generation (exit 1, the
+cause on the last lines); with --allow-fallback it is kept, marked "fell_back" in its row, left out
+of the variant's means and counted in the summary's "fell back" column.
+
+exit codes: 0 ok; 1 results written but some generations failed or fell back (without
+--allow-fallback); 2 invalid input or arguments (with --on-invalid reject, any invalid line).
 
 examples:
   fedcogen eval --dataset runs/fed/tasks.jsonl --spawn-cloud --json runs/eval.json --report runs/eval.md
@@ -75,13 +88,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     cloud.add_argument("--spawn-cloud", action="store_true",
                        help="start `fedcogen cloud serve --insecure` on a free loopback port for this run "
                        "and stop it afterwards (also on failure)")
+    p.add_argument("--allow-fallback", action="store_true",
+                   help="keep answers that fell back to the device alone when the cloud failed: reported per row "
+                   "and in the summary, left out of the variant's means (default: a fallback is a failed "
+                   "generation, exit 1)")
     p.add_argument("--cloud-start-timeout", type=float, default=300.0,
                    help="seconds --spawn-cloud waits for the cloud to report SERVING (default 300)")
     p.add_argument("--tls-dir", help="with --cloud: folder with ca.crt to verify the cloud (see `fedcogen certs`)")
     add_token_args(p)
     p.add_argument("--insecure", action="store_true",
                    help="with --cloud: plaintext connection (loopback/testing only; --spawn-cloud implies it)")
-    p.add_argument("--device-model", default="smollm2-24l", help="device model name or local HF dir")
+    p.add_argument("--device-model", default=DEVICE_MODEL, help="device model name or local HF dir")
     p.add_argument("--cloud-model", default="smollm2", help="cloud model for --spawn-cloud")
     p.add_argument("--adapter", type=Path, help="federated LoRA adapter dir (enables device_personalised)")
     p.add_argument("--profiles", type=Path, help="profiles.jsonl with style markers "
@@ -90,7 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_decoding_args(p)
     p.add_argument("--batch-size", type=int, default=8, help="answers decoded in lockstep (faster on CPU)")
     p.add_argument("--on-invalid", choices=("skip", "reject"), default="skip",
-                   help="invalid dataset lines: report and skip them (default) or reject the run (exit 2)")
+                   help="invalid dataset lines (bad JSON, not UTF-8, missing or oversized fields): report and "
+                   "skip them (default) or reject the run (exit 2)")
+    add_size_limit_args(p)
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of users (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed for the bootstrap and the device model (tiny models)")
     p.add_argument("--json", dest="json_out", required=True, type=Path, help="where to write results JSON")
@@ -129,7 +148,7 @@ def format_problem(path: Path, problem: Any) -> str:
     return str(problem)
 
 
-def load_tasks(path: Path, on_invalid: str) -> tuple[list[Any], list[str]]:
+def load_tasks(path: Path, on_invalid: str, limits: FieldLimits | None = None) -> tuple[list[Any], list[str]]:
     """Validate the dataset with the project validator; return (valid tasks, problem lines).
 
     ``reject`` collects every problem first (so the user can fix them all at once), then raises.
@@ -138,7 +157,7 @@ def load_tasks(path: Path, on_invalid: str) -> tuple[list[Any], list[str]]:
 
     if not path.is_file():
         raise FileNotFoundError(f"dataset {path} does not exist")
-    records, raw_problems = validate_task_file(path, strict=False)
+    records, raw_problems = validate_task_file(path, strict=False, limits=limits)
     problems = [format_problem(path, p) for p in raw_problems]
     if problems and on_invalid == "reject":
         shown = "\n  ".join(problems[:20]) + ("" if len(problems) <= 20 else f"\n  ... {len(problems) - 20} more")
@@ -161,7 +180,7 @@ def load_profiles(path: Path | None, dataset: Path) -> tuple[dict[str, Any], str
     if not path.is_file():
         raise FileNotFoundError(f"--profiles {path} does not exist")
     out: dict[str, StyleMarkers] = {}
-    for lineno, row, error in jsonl_lines(path.read_text(encoding="utf-8")):
+    for lineno, row, error in jsonl_file_lines(path):
         if error:
             raise ValueError(f"{path}:{lineno}: {error} in profile")
         if not isinstance(row, dict) or not isinstance(row.get("user_id"), str | int):
@@ -210,7 +229,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"variant(s) {', '.join(needs_cloud)} need a cloud: pass --cloud HOST:PORT or --spawn-cloud")
     if args.cloud and not (args.insecure or args.tls_dir):
         raise ValueError("--cloud needs --tls-dir DIR (with --token) or an explicit --insecure for plaintext")
-    tasks, problems = load_tasks(args.dataset, args.on_invalid)
+    tasks, problems = load_tasks(args.dataset, args.on_invalid, FieldLimits.from_specs(args.max_chars))
     if not tasks:
         raise ValueError(f"no valid tasks in {args.dataset} ({len(problems)} invalid line(s))")
     if args.max_tasks:
@@ -234,7 +253,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if cloud is not None:
             cloud.wait_ready()
         cfg = EvalConfig(resamples=args.resamples, seed=args.seed, progress=not args.no_progress,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size, allow_fallback=args.allow_fallback)
         result = evaluate(tasks, generator, variants, profiles=profiles, config=cfg)
 
     data = result.to_dict()
@@ -247,27 +266,50 @@ def run_eval(args: argparse.Namespace) -> int:
         "invalid_lines": len(problems),
     })
     data["invalid_lines"] = problems
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(data, indent=2))
+    results_json.write(args.json_out, data, indent=2)
     print(f"wrote {args.json_out}")
     if args.report:
         print(f"wrote {write_report(data, args.report)}")
     _print_summary(data)
-    failed = sum(1 for r in data["rows"] if "error" in r)
-    if failed:
-        print(f"{failed} of {len(data['rows'])} generations failed (see 'error' in the rows)", file=sys.stderr)
+    causes = failure_lines(data["rows"], allow_fallback=args.allow_fallback)
+    if causes:
+        sys.stdout.flush()
+        print("\n".join(causes), file=sys.stderr)
         return EXIT_GENERATION_FAILED
     return EXIT_OK
 
 
+def failure_lines(rows: Sequence[dict[str, Any]], *, allow_fallback: bool) -> list[str]:
+    """The cause of a failed run, as the last lines on screen; empty when every generation ran as asked
+    (answers that fell back count as asked only with --allow-fallback)."""
+    failed = [r for r in rows if "error" in r]
+    if not failed:
+        return []
+    fell = [r for r in failed if r.get("fell_back")]
+    other = [r for r in failed if not r.get("fell_back")]
+    lines = [f"error: {len(failed)} of {len(rows)} generations failed (did not run as the variant asked); the "
+             "results file has them as failed rows, left out of the means"]
+    if fell:
+        variants = ", ".join(dict.fromkeys(r["variant"] for r in fell))
+        lines.append(f"  {len(fell)} fell back to the device alone ({variants}): {fell[0]['fallback_reason']}")
+        if not allow_fallback:
+            lines.append("  (check --cloud; pass --allow-fallback to keep such answers, reported as fallbacks)")
+    if other:
+        lines.append(f"  {len(other)} failed: {other[0]['error']}")
+    return lines
+
+
 def _print_summary(data: dict[str, Any]) -> None:
+    """One line per variant: its means over the answers that ran as that variant, and how many did
+    (``scored``), fell back to the device alone, or failed."""
     from fedcogen.simulations.report import fmt_ci
 
-    print(f"{'variant':<20} {'ROUGE-L':>22} {'fact recall':>22} {'leaked':>8} {'bytes':>10} {'latency s':>10}")
+    print(f"{'variant':<20} {'ROUGE-L':>22} {'fact recall':>22} {'leaked':>8} {'bytes':>10} {'latency s':>10} "
+          f"{'scored':>7} {'fell back':>9} {'failed':>6}")
     for v in data["variants"]:
-        o = data["overall"][v]
+        o, c = data["overall"][v], data["counts"][v]
         print(f"{v:<20} {fmt_ci(o['rouge_l'], 3):>22} {fmt_ci(o['fact_recall'], 3):>22} "
               f"{fmt_ci(o['leaked_facts'], 2).split(' ')[0]:>8} {fmt_ci(o['bytes_total'], 0).split(' ')[0]:>10} "
-              f"{fmt_ci(o['latency_s'], 2).split(' ')[0]:>10}")
+              f"{fmt_ci(o['latency_s'], 2).split(' ')[0]:>10} {c['scored']:>7} {c['fell_back']:>9} {c['failed']:>6}")
     for note in data["notes"]:
         print(f"note: {note}")

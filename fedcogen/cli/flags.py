@@ -26,10 +26,10 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | Any, cls: type, skip: 
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{helps[f.name]} (default {f.default})")
+                                help=f"{helps[f.name]} (default: {'on' if f.default else 'off'})")
         else:
             parser.add_argument(flag, dest=f.name, type=type(f.default), default=None,
-                                help=f"{helps[f.name]} (default {f.default!r})")
+                                help=f"{helps[f.name]} (default: {f.default if f.default != '' else repr('')})")
 
 
 def flag_values(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fedcogen.cli.common import add_command, add_group, add_token_args, module_doc, token_of
+from fedcogen.cli.common import DEVICE_MODEL, add_command, add_group, add_token_args, module_doc, token_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = add_command(ps, "train", "train the fusion gate on fake users' tasks and store it with the adapter",
                     func=_train)
     t.add_argument("--adapter", required=True, help="personalised adapter folder (the gate is saved inside it)")
-    t.add_argument("--device-model", default="smollm2-27l", help="device model the adapter belongs to")
+    t.add_argument("--device-model", default=DEVICE_MODEL, help="device model the adapter belongs to")
     t.add_argument("--data", required=True, help="the device's own federation folder (private texts to screen against)")
     t.add_argument("--user", required=True, help="the device's user id (its profile and texts are screened against)")
     t.add_argument("--cloud", help="cloud HOST:PORT (default: an in-process loopback cloud of --cloud-model)")
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = add_command(ps, "calibrate", "choose the gated variant's uncertainty threshold on validation tasks",
                     func=_calibrate, description=module_doc("fedcogen.simulations.gate_calibration"))
-    c.add_argument("--device-model", default="smollm2-24l")
+    c.add_argument("--device-model", default=DEVICE_MODEL, help="device model name or local folder")
     c.add_argument("--cloud-model", default="smollm2")
     c.add_argument("--users", type=int, default=6, help="synthetic users whose validation tasks are used")
     c.add_argument("--tasks-per-user", type=int, default=3)

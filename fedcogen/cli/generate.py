@@ -1,26 +1,42 @@
-"""``fedcogen generate``: write a user's texts with a CoGenesis variant against a running cloud."""
+"""``fedcogen generate``: write a user's texts with a CoGenesis variant against a running cloud.
+
+An answer that fell back to the device alone (cloud unreachable, refused, timed out) is not the variant's:
+by default generation stops there and the command exits 1 with the cause as its last lines (its text is
+not printed under the variant's name); ``--allow-fallback`` keeps such answers, labelled as fallbacks.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from fedcogen.cli.common import add_command, add_decoding_args, add_token_args, decoding_settings, token_of
-from fedcogen.dataset.validate import jsonl_lines
+from fedcogen import results_json
+from fedcogen.cli.common import (
+    DEVICE_MODEL,
+    add_command,
+    add_decoding_args,
+    add_size_limit_args,
+    add_token_args,
+    decoding_settings,
+    token_of,
+)
+from fedcogen.dataset.validate import FieldLimits, check_sizes, jsonl_file_lines
 from fedcogen.variants import VARIANTS
 
 TASK_FILE_ORDER = ("test.jsonl", "val.jsonl", "train.jsonl")
 
 
-def load_tasks(data: str, user: str, task: str | None = None) -> list[dict[str, Any]]:
+def load_tasks(data: str, user: str, task: str | None = None, limits: FieldLimits | None = None,
+               ) -> list[dict[str, Any]]:
     """Task records of ``user`` (optionally one ``task``) from a JSONL file or a federation folder.
 
     Records need ``user_id``, ``instruction`` and ``private_context`` (the ``fedcogen eval`` format).
-    A folder is searched for test.jsonl, then val.jsonl, then train.jsonl.
+    A folder is searched for test.jsonl, then val.jsonl, then train.jsonl. Any invalid line (not JSON, not
+    UTF-8, a field missing or over its size limit) is an error naming file, line and field.
     """
+    limits = limits or FieldLimits()
     path = Path(data).expanduser()
     if path.is_dir():
         files = [path / f for f in TASK_FILE_ORDER if (path / f).is_file()]
@@ -32,12 +48,16 @@ def load_tasks(data: str, user: str, task: str | None = None) -> list[dict[str, 
         raise FileNotFoundError(f"data not found: {path}")
     out: list[dict[str, Any]] = []
     for f in files:
-        for lineno, rec, error in jsonl_lines(f.read_text()):
+        for lineno, rec, error in jsonl_file_lines(f):
             if error:
-                raise ValueError(f"{f.name}:{lineno}: {error}")
+                raise ValueError(f"{f}:{lineno}: {error}")
+            if not isinstance(rec, dict):
+                raise ValueError(f"{f}:{lineno}: expected a JSON object, got {type(rec).__name__}")
             for key in ("user_id", "instruction", "private_context"):
                 if key not in rec:
-                    raise ValueError(f"{f.name}:{lineno}: field '{key}': missing")
+                    raise ValueError(f"{f}:{lineno}: field '{key}': missing")
+            for fld, reason in check_sizes(rec, limits):
+                raise ValueError(f"{f}:{lineno}: field '{fld}': {reason}")
             if rec["user_id"] != user:
                 continue
             if task is not None and rec.get("task_id") != task:
@@ -68,12 +88,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--user", required=True, help="user_id whose tasks to generate")
     p.add_argument("--task", help="one task_id (default: all of the user's tasks in the file)")
     p.add_argument("--limit", type=int, default=0, help="at most this many tasks (0 = all)")
+    add_size_limit_args(p)
     p.add_argument("--cloud", help="cloud address HOST:PORT (not needed for --variant device)")
     p.add_argument("--tls-dir", help="folder with ca.crt to verify the cloud")
     add_token_args(p)
     p.add_argument("--insecure", action="store_true", help="plaintext connection (testing only)")
     p.add_argument("--adapter", help="personalised LoRA adapter (PEFT folder, or weights file beside adapter_config.json)")
-    p.add_argument("--device-model", default="smollm2-24l", help="device model name or local folder")
+    p.add_argument("--device-model", default=DEVICE_MODEL, help="device model name or local folder")
     add_decoding_args(p)
     # defaults mirror DeviceConfig (tests/test_speculative.py checks they stay equal)
     p.add_argument("--k", type=int, default=32, help="top-k size of the cloud's distributions (packed8: the most)")
@@ -93,6 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--step-timeout", type=float, default=20.0, help="deadline per cloud step (s)")
+    p.add_argument("--allow-fallback", action="store_true",
+                   help="when the cloud fails, keep the device-alone answer, labelled as a fallback (default: stop "
+                   "and exit 1 with the cause)")
     p.add_argument("--out", help="write results as JSON here (and a .md next to it)")
 
 
@@ -112,7 +136,7 @@ def _generate(args: argparse.Namespace) -> int:
         weight = 0.5 if learned else float(args.weight)
     except ValueError:
         raise ValueError(f"--weight must be a number in [0, 1] or 'learned', got {args.weight!r}") from None
-    tasks = load_tasks(args.data, args.user, args.task)
+    tasks = load_tasks(args.data, args.user, args.task, FieldLimits.from_specs(args.max_chars))
     if args.limit:
         tasks = tasks[: args.limit]
     config = DeviceConfig(
@@ -137,15 +161,21 @@ def _generate(args: argparse.Namespace) -> int:
     )
     device = CogenDevice(config)
     rows = []
+    refused: dict[str, Any] | None = None  # the first answer that fell back, without --allow-fallback
     try:
         for rec in tqdm(tasks, desc=f"generate [{args.variant}]", file=sys.stderr, disable=len(tasks) < 2):
             result = device.generate(rec["instruction"], rec["private_context"], args.variant)
             row = {"user_id": rec["user_id"], "task_id": rec.get("task_id", ""), **result.to_dict()}
             rows.append(row)
-            print(f"--- {row['task_id'] or rec['instruction'][:40]} [{args.variant}]")
-            print(result.text)
             for w in result.warnings:
                 print(f"warning: {w}", file=sys.stderr)
+            name = row["task_id"] or rec["instruction"][:40]
+            if result.fell_back and not args.allow_fallback:
+                refused = row
+                break  # the next tasks would meet the same cloud
+            label = f"{args.variant} FELL BACK: device alone" if result.fell_back else args.variant
+            print(f"--- {name} [{label}]")
+            print(result.text)
     finally:
         device.close()
     summary = {
@@ -157,11 +187,9 @@ def _generate(args: argparse.Namespace) -> int:
         "bytes_received": sum(r["bytes_received"] for r in rows),
         "fell_back": sum(1 for r in rows if r["fell_back"]),
     }
-    print(json.dumps(summary), file=sys.stderr)
+    print(results_json.dumps(summary, indent=None), file=sys.stderr)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"summary": summary, "results": rows}, indent=2))
+        out = results_json.write(args.out, {"summary": summary, "results": rows}, indent=2)
         md = [f"# fedcogen generate ({args.variant})", "", "| task | tokens | tok/s | cloud calls | sent B | recv B | fell back |",
               "|---|---|---|---|---|---|---|"]
         md += [
@@ -170,4 +198,12 @@ def _generate(args: argparse.Namespace) -> int:
             for r in rows
         ]
         out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    if refused is not None:
+        reason = refused["warnings"][-1] if refused["warnings"] else "the cloud did not answer"
+        print(f"error: task {refused['task_id'] or '?'}: --variant {args.variant} fell back to the device alone, "
+              f"so no {args.variant} answer was produced (the device-alone text is not shown as one)\n"
+              f"  cause: {reason}\n"
+              f"  check --cloud {args.cloud}; pass --allow-fallback to keep device-alone answers, labelled as "
+              f"fallbacks", file=sys.stderr)
+        return 1
     return 0

@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fedcogen.cli.common import add_command, add_group, write_json
+from fedcogen.cli.common import DEVICE_MODEL, add_command, add_group, write_json
 from fedcogen.cli.privacy_scale import add_scale
 
 
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--config", help="JSON/TOML file with PrivacyRunConfig fields (a [privacy] table is accepted)")
     r.add_argument("--json", required=True, help="where to write the result JSON (also copied into --out)")
     r.add_argument("--out", default=None, help="run folder (default runs/privacy or runs/privacy-quick)")
-    r.add_argument("--model", default=None, help="device/federated model (smollm2-24l, smollm2-half, smollm2, tiny, path)")
+    r.add_argument("--model", default=None, help="device/federated model (smollm2-27l, smollm2-24l, smollm2-half, smollm2, tiny, path; default: the privacy run's own, smollm2-24l)")
     r.add_argument("--cloud-model", default=None, help="cloud model, also the context-leakage attacker")
     r.add_argument("--rounds", type=int, default=None, help="federated rounds")
     r.add_argument("--num-clients", "--users", type=int, default=None, dest="n_users", help="number of users / clients")
@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "and fixed-weight vs learned-gate fusion when the adapter has a gate.")
     sp.add_argument("--adapter", required=True, help="personalised adapter folder (fusion_gate.pt inside is used)")
     sp.add_argument("--data", required=True, help="federation folder")
-    sp.add_argument("--device-model", default="smollm2-27l")
+    sp.add_argument("--device-model", default=DEVICE_MODEL)
     sp.add_argument("--cloud-model", default="smollm2")
     sp.add_argument("--users", help="comma-separated user ids (default: the last --last-users users)")
     sp.add_argument("--last-users", type=int, default=4, help="audit the last N users (the held-out ones)")

@@ -33,7 +33,7 @@ from fedcogen.dataset.schema import (
     UserProfile,
     user_ids,
 )
-from fedcogen.dataset.validate import jsonl_lines, validate_task_file
+from fedcogen.dataset.validate import jsonl_file_lines, validate_task_file
 
 
 # --------------------------------------------------------------------------- writing / loading
@@ -121,7 +121,7 @@ def write_federation(fed: Federation, out_dir: str | Path) -> Path:
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
     rows = []
     problems: list[tuple[int, str, str]] = []
-    for lineno, obj, error in jsonl_lines(path.read_text(encoding="utf-8")):
+    for lineno, obj, error in jsonl_file_lines(path):
         if error:
             problems.append((lineno, "-", error))
             continue
