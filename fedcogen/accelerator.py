@@ -58,7 +58,7 @@ def resolve_device(setting: str = "auto") -> Any:
     if text == "auto":
         if torch.cuda.is_available():
             return _cuda_device("cuda")
-        if _mps_available():
+        if mps_available():
             return _mps_device()
         return torch.device("cpu")
     if text == "mps":
@@ -82,7 +82,7 @@ def _cuda_device(text: str) -> Any:
     return torch.device("cuda", index)
 
 
-def _mps_available() -> bool:
+def mps_available() -> bool:
     import torch
 
     backend = getattr(torch.backends, "mps", None)
@@ -93,7 +93,7 @@ def _mps_device() -> Any:
     """Apple GPU path: ``mps`` after checking the backend exists."""
     import torch
 
-    if not _mps_available():
+    if not mps_available():
         raise DeviceError("device 'mps' asked for, but this torch has no available MPS backend (Apple GPU); "
                           "use --device cpu or auto")
     return torch.device("mps")
