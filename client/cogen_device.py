@@ -67,7 +67,7 @@ class CogenDevice:
     ) -> None:
         config.validate()
         self.config = config
-        lm = device_lm if device_lm is not None else load_model(config.device_model, seed=config.seed)
+        lm = device_lm if device_lm is not None else load_model(config.device_model, seed=config.seed, device=config.device)
         if config.adapter:
             lm = load_adapter(lm, config.adapter)
         self.lm = lm

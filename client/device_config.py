@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedcogen.accelerator import check_setting
 from fedcogen.client.decoding import RepetitionControl
 from fedcogen.protocols import logit_codec
 
@@ -14,6 +15,8 @@ class DeviceConfig:
 
     device_model: str = "smollm2-24l"
     seed: int = 0
+    # the accelerator the device model runs on: auto | cpu | cuda | cuda:N | mps (fedcogen.accelerator)
+    device: str = "auto"
     adapter: str | None = None
     cloud: str | None = None
     tls_dir: str | None = None
@@ -46,6 +49,7 @@ class DeviceConfig:
     protect_private_spans: bool = True  # logit/gated: private tokens never go on the wire (client/private_spans.py)
 
     def validate(self) -> None:
+        self.device = check_setting(self.device)
         if not 0.0 <= self.weight <= 1.0:
             raise ValueError(f"--weight must be in [0, 1] or 'learned', got {self.weight}")
         if self.gated_metric not in ("entropy", "margin"):

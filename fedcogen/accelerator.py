@@ -161,3 +161,15 @@ def model_device(model: Any) -> Any:
 def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
     """Move every tensor of a batch to ``device`` (non-blocking where the source is pinned)."""
     return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def gpu_share(setting: str, concurrent: int) -> float:
+    """Ray GPU share per simulated client: 0 unless ``setting`` resolves to a CUDA device here, then
+    ``1 / concurrent`` so that the clients of one round fit on one GPU together.
+
+    Why a share and not a whole GPU: a LoRA client of a small model uses a fraction of a GPU's memory
+    and compute; with ``num-gpus = 1`` Ray would run one client per GPU and leave it mostly idle.
+    """
+    if resolve_device(setting).type != "cuda":
+        return 0.0
+    return 1.0 / max(1, int(concurrent))
