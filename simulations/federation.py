@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcogen.accelerator import resolve_device
 from fedcogen.client import fault_app
 from fedcogen.client.fl_clientapp import app as real_app
 from fedcogen.client.fl_clientapp import federation_for
@@ -128,6 +129,8 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     """
 
     settings = cfg.settings()
+    if not cfg.ray_address:  # every client runs on this machine: a device it lacks fails here, before round 1
+        resolve_device(settings.device)
     # the simulation engine runs in other processes (other working directories): absolute paths only
     settings = settings.replace(**{k: str(Path(getattr(settings, k)).resolve())
                                    for k in ("out_dir", "data_dir", "client_state_dir") if getattr(settings, k)})

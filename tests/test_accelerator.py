@@ -123,3 +123,34 @@ def test_simulation_shares_gpus_through_ray_resources():
     with pytest.raises(ValueError, match="needs num_gpus_per_client > 0"):
         SimulationConfig(run=FLSettings(device="cuda"))
     assert SimulationConfig(run=FLSettings(device="cuda"), num_gpus_per_client=0.5).num_gpus_per_client == 0.5
+
+
+@pytest.mark.parametrize("argv", [
+    ["cloud", "serve", "--model", "tiny-large", "--insecure", "--port", "0"],
+    ["simulate", "--engine", "loopback", "--rounds", "1"],
+    ["generate", "--variant", "device", "--data", "nowhere.jsonl", "--user", "u"],
+    ["eval", "--dataset", "nowhere.jsonl", "--json", "out.json", "--variants", "device"],
+    ["demo", "--quick"],
+])
+def test_every_command_refuses_a_malformed_device_flag(argv, capsys):
+    from fedcogen.cli import main
+
+    try:
+        rc = main([*argv, "--device", "gpu0"])  # run settings are checked by FLSettings
+    except SystemExit as exc:  # the other commands' flag by argparse
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "'gpu0'" in err and "auto (cuda if present, else mps, else cpu), cpu, cuda, cuda:N or mps" in err
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this test is about a machine without CUDA")
+def test_cloud_and_simulation_on_a_missing_gpu_fail_with_one_line(capsys, tmp_path):
+    from fedcogen.cli import main
+
+    assert main(["cloud", "serve", "--model", "tiny-large", "--insecure", "--port", "0", "--device", "cuda"]) == 2
+    assert "device 'cuda' asked for, but" in capsys.readouterr().err
+    assert main(["simulate", "--engine", "loopback", "--device", "cuda:0", "--rounds", "1",
+                 "--out-dir", str(tmp_path / "run")]) == 2
+    assert "device 'cuda:0' asked for, but" in capsys.readouterr().err
+    assert main(["simulate", "--device", "cuda", "--out-dir", str(tmp_path / "run")]) == 2
+    assert "needs num_gpus_per_client > 0" in capsys.readouterr().err
