@@ -154,3 +154,35 @@ def test_cloud_and_simulation_on_a_missing_gpu_fail_with_one_line(capsys, tmp_pa
     assert "device 'cuda:0' asked for, but" in capsys.readouterr().err
     assert main(["simulate", "--device", "cuda", "--out-dir", str(tmp_path / "run")]) == 2
     assert "needs num_gpus_per_client > 0" in capsys.readouterr().err
+
+
+def test_half_precision_base_trains_fp32_adapter_and_serves(monkeypatch):
+    """The GPU dtype path on the CPU: a bf16 base (what `cuda` loads) with fp32 master adapter weights trains,
+    and the cloud scheduler serves a bf16 model (KV buffers in its dtype, fp32 log-probs back)."""
+    from fedcogen import models
+    from fedcogen.accelerator import Placement
+    from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
+    from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
+
+    monkeypatch.setattr(models, "placement", lambda setting="auto": Placement(torch.device("cpu"), torch.bfloat16))
+    seed = 9173  # a seed no other test uses: the bf16 copy stays out of their cached models
+    lm = lora_model("tiny", seed, LoraSpec(r=2, alpha=4, dropout=0.0), device="cpu")
+    base = next(p for n, p in lm.model.named_parameters() if "lora_" not in n)
+    assert base.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in lm.params.values())
+    data = encode_examples(lm.tokenizer, [("say hi", "hi there"), ("say bye", "bye now")], max_seq_len=64)
+    before = get_adapter(lm)
+    result = train_local(lm, data, steps=2, batch_size=2, lr=1e-2, seed=0)
+    assert result.loss == result.loss and any((get_adapter(lm)[k] != before[k]).any() for k in before)
+
+    cloud_lm = load_model("tiny-large", seed=seed)
+    assert next(cloud_lm.model.parameters()).dtype == torch.bfloat16
+    srv = start_cloud_server(CloudConfig(model="tiny-large", insecure=True), lm=cloud_lm)
+    dev = CogenDevice(DeviceConfig(device_model="tiny", cloud=srv.address, insecure=True, max_new_tokens=3),
+                      device_lm=load_model("tiny", seed=seed))
+    try:
+        answer = dev.generate("Write a note.", "I am Zed.", "logit")
+        assert answer.tokens == 3 and answer.cloud_calls == 3 and not answer.fell_back
+    finally:
+        dev.close()
+        srv.stop(grace=1)
