@@ -71,6 +71,9 @@ class CogenDevice:
         if config.adapter:
             lm = load_adapter(lm, config.adapter)
         self.lm = lm
+        changed = config.fit_vocabulary(lm.vocab_size)
+        if changed:
+            log.warning(changed)
         self.tokenizer = lm.tokenizer
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.fingerprint = logit_codec.tokenizer_fingerprint(self.tokenizer)

@@ -61,3 +61,16 @@ class DeviceConfig:
             raise ValueError(f"--draft-min-p must be in [0, 1], got {self.draft_min_p}")
         if self.k < 1:
             raise ValueError(f"--k must be >= 1, got {self.k}")
+
+    def fit_vocabulary(self, vocab_size: int) -> str | None:
+        """Switch ``packed8`` to ``fp16`` when the model pair's vocabulary needs ids above uint16.
+
+        packed8 packets carry 16-bit token ids (the smallest packets, and the default); pairs with larger
+        vocabularies (Qwen2.5: 151,665 tokens, Llama 3: 128,256) would be refused by the cloud at session
+        open. Returns a line saying what changed, or None.
+        """
+        if self.encoding == "packed8" and vocab_size > logit_codec.PACKED_MAX_VOCAB:
+            self.encoding = "fp16"
+            return (f"packed8 packets index at most {logit_codec.PACKED_MAX_VOCAB} tokens and this model pair has "
+                    f"{vocab_size}: using fp16 packets (k={self.k})")
+        return None

@@ -135,3 +135,12 @@ def test_tokenizer_with_more_tokens_than_rows_is_refused(tok):
     model = _qwen(tok, len(tok) - 8, 1, 32, 0)
     with pytest.raises(ModelError, match="tokenizer has 49152 tokens but the model only 49144 embedding rows"):
         models.trim_padded_vocab(model, tok, "m")
+
+
+def test_large_vocabulary_pairs_use_fp16_packets_instead_of_packed8():
+    cfg = DeviceConfig()
+    assert cfg.encoding == "packed8" and cfg.fit_vocabulary(49152) is None and cfg.encoding == "packed8"
+    note = cfg.fit_vocabulary(151665)  # Qwen2.5's real vocabulary: ids above uint16
+    assert cfg.encoding == "fp16" and "this model pair has 151665" in note
+    other = DeviceConfig(encoding="int8")
+    assert other.fit_vocabulary(151665) is None and other.encoding == "int8"
