@@ -150,11 +150,17 @@ def canonical(setting: str = "auto") -> str:
 
 
 def model_device(model: Any) -> Any:
-    """The device a model's parameters live on (CPU for a parameterless module)."""
+    """The device a model runs on: its ``device`` (Hugging Face models), else its first parameter's;
+    the CPU for an object with neither (a wrapper that only forwards calls, a parameterless module)."""
     import torch
 
-    for p in model.parameters():
-        return p.device
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    parameters = getattr(model, "parameters", None)
+    if callable(parameters):
+        for p in parameters():
+            return p.device
     return torch.device("cpu")
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from fedcogen.accelerator import model_device
+
 ATTN_NAME = "fedcogen_packed"
 
 
@@ -45,7 +47,8 @@ class SessionKV:
         """Buffers on the model's device in its dtype (GPU memory for a GPU-served model)."""
         cfg = model.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        return cls(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, model.dtype, capacity, model.device)
+        return cls(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, model.dtype, capacity,
+                   model_device(model))
 
     @property
     def capacity(self) -> int:
@@ -157,7 +160,7 @@ def packed_forward(model: Any, items: Sequence[tuple[SessionKV, Sequence[int], i
         pos += range(kv.length, kv.length + n)
         keep += range(start + n - n_logits, start + n)
         start += n
-    dev = model.device
+    dev = model_device(model)
     out = model(input_ids=torch.tensor([ids], dtype=torch.long, device=dev),
                 position_ids=torch.tensor([pos], dtype=torch.long, device=dev),
                 past_key_values=PackedCache(segments), attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=dev),
