@@ -48,8 +48,8 @@ def test_malformed_settings_are_refused(bad):
 
 def test_dtype_is_fp32_on_cpu_and_half_on_gpus(monkeypatch):
     assert compute_dtype(torch.device("cpu")) == torch.float32
-    assert placement("cpu").key == "cpu" and placement("auto").key == ("cpu" if NO_CUDA and NO_MPS else
-                                                                          placement("auto").key)
+    assert placement("cpu") == accelerator.Placement(torch.device("cpu"), torch.float32)
+    assert placement("cpu").key == "cpu"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert compute_dtype(torch.device("cuda", 0)) == torch.float16  # pre-Ampere cards
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
@@ -186,3 +186,12 @@ def test_half_precision_base_trains_fp32_adapter_and_serves(monkeypatch):
     finally:
         dev.close()
         srv.stop(grace=1)
+
+
+def test_gpu_share_splits_one_gpu_among_a_rounds_clients_only_on_cuda(monkeypatch):
+    assert accelerator.gpu_share("cpu", 4) == 0.0
+    if NO_CUDA:
+        assert accelerator.gpu_share("auto", 4) == 0.0
+    monkeypatch.setattr(accelerator, "resolve_device", lambda setting: torch.device("cuda", 0))
+    assert accelerator.gpu_share("cuda", 4) == 0.25 and accelerator.gpu_share("cuda", 0) == 1.0
+    assert accelerator.Placement(torch.device("cuda", 1), torch.bfloat16).key == "cuda:1"
