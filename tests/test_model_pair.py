@@ -144,3 +144,26 @@ def test_large_vocabulary_pairs_use_fp16_packets_instead_of_packed8():
     assert cfg.encoding == "fp16" and "this model pair has 151665" in note
     other = DeviceConfig(encoding="int8")
     assert other.fit_vocabulary(151665) is None and other.encoding == "int8"
+
+
+def test_eval_refuses_a_mismatched_pair_before_spawning_the_cloud(tok, tmp_path, capsys):
+    import json
+
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    from fedcogen.cli import main
+
+    words = {"<unk>": 0, "<eos>": 1, **{f"w{i}": i + 2 for i in range(30)}}
+    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(words, unk_token="<unk>")),
+                                    unk_token="<unk>", eos_token="<eos>")
+    cloud = _save(tmp_path / "cloud", _llama(other, 1, 32, 0), other)
+    dataset = tmp_path / "tasks.jsonl"
+    dataset.write_text(json.dumps({"user_id": "u1", "instruction": "Write a note.", "private_context": "I am Zed.",
+                                   "reference": "Hello."}) + "\n")
+    out = tmp_path / "out.json"
+    rc = main(["eval", "--dataset", str(dataset), "--variants", "logit", "--spawn-cloud", "--device-model", "tiny",
+               "--cloud-model", cloud, "--json", str(out), "--no-progress"])
+    assert rc == 2
+    assert f"device model 'tiny' and cloud model '{cloud}' cannot work together" in capsys.readouterr().err
+    assert not out.with_suffix(".cloud.log").exists()  # no cloud process was started
