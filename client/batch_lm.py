@@ -8,6 +8,9 @@ is the plain single-answer path.
 
 Prompts of different lengths are left-padded; padding is masked and positions count real tokens
 only, so each row's log-probs equal those of decoding it alone (up to float rounding).
+
+Placement: the cache, mask and positions live on the model's device (the device setting chose it when
+the model was loaded); the log-probs come back to the CPU, where fusion and the logit codec work.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 
 import torch
 
+from fedcogen.accelerator import model_device
+
 
 class BatchLM:
     """``prefill`` a list of prompts, then ``step`` one token per row; returns log-probs ``[B, V]``."""
@@ -24,6 +29,7 @@ class BatchLM:
     def __init__(self, model: Any, pad_id: int = 0) -> None:
         self.model = model
         self.pad_id = pad_id
+        self.device = model_device(model)
         self.cache: Any = None
         self.mask: torch.Tensor | None = None  # [B, past] 1 = real token
         self.positions: torch.Tensor | None = None  # [B] next position of each row
@@ -40,6 +46,7 @@ class BatchLM:
         for i, p in enumerate(prompts):
             ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
             mask[i, width - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         self.cache = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache,
@@ -47,7 +54,7 @@ class BatchLM:
         self.cache = out.past_key_values
         self.mask = mask
         self.positions = mask.sum(-1)
-        return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
 
     @torch.inference_mode()
     def step(self, tokens: Sequence[int], live: Sequence[bool] | None = None) -> torch.Tensor:
@@ -62,12 +69,13 @@ class BatchLM:
         col = torch.ones((len(tokens), 1), dtype=torch.long)
         if live is not None:
             col[:, 0] = torch.tensor([bool(v) for v in live], dtype=torch.long)
+        x, col = x.to(self.device), col.to(self.device)
         self.mask = torch.cat([self.mask, col], dim=-1)
         out = self.model(input_ids=x, attention_mask=self.mask, position_ids=self.positions.unsqueeze(-1),
                          past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
         self.positions = self.positions + col[:, 0]
-        return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
 
     @torch.inference_mode()
     def retract(self, row: int, n: int) -> None:

@@ -67,10 +67,13 @@ class CogenDevice:
     ) -> None:
         config.validate()
         self.config = config
-        lm = device_lm if device_lm is not None else load_model(config.device_model, seed=config.seed)
+        lm = device_lm if device_lm is not None else load_model(config.device_model, seed=config.seed, device=config.device)
         if config.adapter:
             lm = load_adapter(lm, config.adapter)
         self.lm = lm
+        changed = config.fit_vocabulary(lm.vocab_size)
+        if changed:
+            log.warning(changed)
         self.tokenizer = lm.tokenizer
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.fingerprint = logit_codec.tokenizer_fingerprint(self.tokenizer)

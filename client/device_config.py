@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedcogen.accelerator import check_setting
 from fedcogen.client.decoding import RepetitionControl
 from fedcogen.protocols import logit_codec
 
@@ -14,6 +15,8 @@ class DeviceConfig:
 
     device_model: str = "smollm2-24l"
     seed: int = 0
+    # the accelerator the device model runs on: auto | cpu | cuda | cuda:N | mps (fedcogen.accelerator)
+    device: str = "auto"
     adapter: str | None = None
     cloud: str | None = None
     tls_dir: str | None = None
@@ -46,6 +49,7 @@ class DeviceConfig:
     protect_private_spans: bool = True  # logit/gated: private tokens never go on the wire (client/private_spans.py)
 
     def validate(self) -> None:
+        self.device = check_setting(self.device)
         if not 0.0 <= self.weight <= 1.0:
             raise ValueError(f"--weight must be in [0, 1] or 'learned', got {self.weight}")
         if self.gated_metric not in ("entropy", "margin"):
@@ -57,3 +61,16 @@ class DeviceConfig:
             raise ValueError(f"--draft-min-p must be in [0, 1], got {self.draft_min_p}")
         if self.k < 1:
             raise ValueError(f"--k must be >= 1, got {self.k}")
+
+    def fit_vocabulary(self, vocab_size: int) -> str | None:
+        """Switch ``packed8`` to ``fp16`` when the model pair's vocabulary needs ids above uint16.
+
+        packed8 packets carry 16-bit token ids (the smallest packets, and the default); pairs with larger
+        vocabularies (Qwen2.5: 151,665 tokens, Llama 3: 128,256) would be refused by the cloud at session
+        open. Returns a line saying what changed, or None.
+        """
+        if self.encoding == "packed8" and vocab_size > logit_codec.PACKED_MAX_VOCAB:
+            self.encoding = "fp16"
+            return (f"packed8 packets index at most {logit_codec.PACKED_MAX_VOCAB} tokens and this model pair has "
+                    f"{vocab_size}: using fp16 packets (k={self.k})")
+        return None

@@ -126,9 +126,10 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, partition_id, 17]).generate_state(1)[0])
 
 
-# Node-config keys a device owns: its data, its state folder and its model come from its own
-# configuration (``--node-config 'data-dir=... state-dir=... model=...'``), never from the server.
-NODE_LOCAL_KEYS: dict[str, str] = {"data-dir": "data_dir", "state-dir": "client_state_dir", "model": "model"}
+# Node-config keys a device owns: its data, its state folder, its model and its accelerator come from its
+# own configuration (``--node-config 'data-dir=... state-dir=... model=... device=cuda'``), never from the server.
+NODE_LOCAL_KEYS: dict[str, str] = {"data-dir": "data_dir", "state-dir": "client_state_dir", "model": "model",
+                                   "device": "device"}
 _NODE_LOCAL_DATA: set[str] = set()  # data folders named by a node config (never generated)
 
 
@@ -137,7 +138,7 @@ def _settings_from(msg: Message, context: Context) -> tuple[FLSettings, dict[str
 
     The server is the source of truth for training hyper-parameters (so client and server never
     disagree), but not for where the device reads its data, keeps its state or which model it
-    loads: when the node config sets ``data-dir`` / ``state-dir`` / ``model``, those win and any
+    loads: when the node config sets ``data-dir`` / ``state-dir`` / ``model`` / ``device``, those win and any
     server-sent value is ignored. Without them (the simulation engine) the run config's values,
     which the server forwards, are used.
     """
@@ -236,7 +237,7 @@ def run_train(settings: FLSettings, patch: fm.Patch, server_round: int, partitio
     Returns the codec blob, or under ``secagg = "secaggplus"`` the float values at the round's shared
     support (SecAgg+ masks and sums them).
     """
-    lm = lora_model(settings.model, settings.seed, lora_spec(settings))
+    lm = lora_model(settings.model, settings.seed, lora_spec(settings), settings.device)
     broadcast = _rebuild_broadcast(lm, state, patch)
     data = encoded_split(settings, client_id, "train", lm.tokenizer)
     set_adapter(lm, broadcast)
@@ -314,7 +315,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     pid = _partition_id(context)
     client_id = client_id_for(settings, pid)
     state = load_state(context, settings, client_id)
-    lm = lora_model(settings.model, settings.seed, lora_spec(settings))
+    lm = lora_model(settings.model, settings.seed, lora_spec(settings), settings.device)
     patch = fm.read_patch(cfg)
     broadcast = _rebuild_broadcast(lm, state, patch)
     state.copies[patch.target_version] = broadcast

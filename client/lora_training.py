@@ -5,6 +5,9 @@ the same loss and the same optimiser loop. The adapter itself (spec, PEFT model,
 is shared with the server and lives in :mod:`fedcogen.lora_adapter`.
 
 Loss is causal-LM loss on the *target* tokens only (prompt tokens are masked with -100).
+
+Placement: batches are built on the CPU and moved to wherever the model lives (:mod:`fedcogen.accelerator`;
+the device setting chose it when the model was loaded), so the same loops run on a CPU or a GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcogen.accelerator import model_device, to_device
 from fedcogen.lora_adapter import LoraModel
 from fedcogen.models import chat_input_ids, pad_id
 from fedcogen.prompts import DEVICE_SYSTEM
@@ -166,6 +170,7 @@ def train_local(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     plan = batch_plan(len(data), steps, batch_size, seed)
     pad = pad_id(lm.tokenizer)
+    device = model_device(lm.model)
     losses: list[float] = []
     tokens = target_tokens = 0
     started = time.perf_counter()
@@ -174,7 +179,7 @@ def train_local(
         lm.model.train()
         try:
             for idx in plan:
-                batch = collate([data[i] for i in idx], pad)
+                batch = to_device(collate([data[i] for i in idx], pad), device)
                 loss, n_tok = _target_loss(lm, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -200,7 +205,8 @@ def plain_peft_train(lm: LoraModel, data: Sequence[Encoded], *, steps: int, batc
     opt = torch.optim.AdamW(list(lm.params.values()), lr=lr, weight_decay=0.0)
     plan = batch_plan(len(data), steps, batch_size, seed)
     pad = pad_id(lm.tokenizer)
-    batches = [collate([data[i] for i in idx], pad) for idx in plan]
+    device = model_device(lm.model)
+    batches = [to_device(collate([data[i] for i in idx], pad), device) for idx in plan]
     torch.manual_seed(seed)
     lm.model.train()
     tokens = 0
@@ -227,10 +233,11 @@ def eval_loss(lm: LoraModel, data: Sequence[Encoded], *, batch_size: int = 8) ->
     pad = pad_id(lm.tokenizer)
     total = 0.0
     n_total = 0
+    device = model_device(lm.model)
     lm.model.eval()
     with torch.no_grad():
         for i in range(0, len(data), batch_size):
-            batch = collate(data[i : i + batch_size], pad)
+            batch = to_device(collate(data[i : i + batch_size], pad), device)
             loss, n_tok = _target_loss(lm, batch)
             total += float(loss) * n_tok
             n_total += n_tok

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedcogen import dataset as sd
+from fedcogen.accelerator import model_device, to_device
 from fedcogen.models import chat_input_ids, pad_id
 from fedcogen.prompts import DEVICE_SYSTEM
 
@@ -61,7 +62,7 @@ def gradient_factors(peft_model: Any, layers: list[tuple[str, Any]], tokenizer: 
 
     weights = [layer.base_layer.weight for _, layer in layers]
     before = [w.requires_grad for w in weights]
-    batch = public_batch(tokenizer, seed) if batch is None else batch
+    batch = to_device(public_batch(tokenizer, seed) if batch is None else batch, model_device(peft_model))
     try:
         for w in weights:
             w.requires_grad_(True)

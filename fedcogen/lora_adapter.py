@@ -12,6 +12,9 @@ Design points:
   (e.g. CoGenesis generation) keep seeing the untouched base network while the process holds the
   frozen base weights once. The PEFT-wrapped model is cached per process too (one per (model, seed,
   LoRA shape)); every virtual client of a simulation swaps its adapter in and out of it.
+* Placement: ``device`` (:mod:`fedcogen.accelerator`) puts the shared base model on a GPU in bf16/fp16;
+  the LoRA tensors stay fp32 there (master weights: PEFT computes the adapter branch in fp32 and the
+  optimiser updates fp32 values), so every device trains, sends and digests the same precision.
 * Adapters travel as ``dict[str, np.ndarray]`` (float32) with short, stable names
   (``model.layers.0.self_attn.q_proj.lora_A.weight``): the codec and the aggregator never see torch.
 * The initial adapter (A uniform in +-1/sqrt(fan_in) as PEFT's default, B zero) is a pure numpy
@@ -33,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcogen.accelerator import master_dtype, placement
 from fedcogen.lora_exact import LORA_MODES, apply_mode, trained_shapes
 from fedcogen.models import shared_model, skeleton_model
 from fedcogen.run_config import FLSettings
@@ -93,19 +97,24 @@ def _short_name(peft_name: str) -> str:
     return name.replace(f".{_ADAPTER_NAME}.", ".")
 
 
-@functools.lru_cache(maxsize=4)
-def lora_model(model_name: str, seed: int = 0, spec: LoraSpec = LoraSpec()) -> LoraModel:
-    """Per-process cached PEFT model for ``(model_name, seed, spec)``.
+def lora_model(model_name: str, seed: int = 0, spec: LoraSpec = LoraSpec(), device: str = "cpu") -> LoraModel:
+    """Per-process cached PEFT model for ``(model_name, seed, spec, device)``.
 
     The LoRA tensors start at :func:`initial_adapter` (numpy, seeded), so every process (server, each
-    Ray worker, a resumed run) holds bit-identical initial adapters.
+    Ray worker, a resumed run) holds bit-identical initial adapters. ``device`` is resolved first
+    (``auto`` and the device it means share one cached model).
     """
+    return _lora_model(model_name, seed, spec, placement(device).key)
 
-    base = shared_model(model_name, seed)
+
+@functools.lru_cache(maxsize=4)
+def _lora_model(model_name: str, seed: int, spec: LoraSpec, device: str) -> LoraModel:
+    base = shared_model(model_name, seed, device)
     # copy the module tree, not the weights: every parameter and buffer stays the shared model's own
     shared = {id(t): t for t in (*base.model.parameters(), *base.model.buffers())}
     model_copy = copy.deepcopy(base.model, shared)
     pm = _with_lora(model_copy, model_name, spec)
+    _master_weights(pm)
     # every LoRA tensor at version 0 first (numpy, seeded: the frozen A of freeze_a / core_rand is this
     # too), then the mode freezes A or puts an r x r core between frozen factors
     lora = {_short_name(n): p for n, p in pm.named_parameters() if p.requires_grad}
@@ -120,6 +129,15 @@ def lora_model(model_name: str, seed: int = 0, spec: LoraSpec = LoraSpec()) -> L
     lm = LoraModel(pm, base.tokenizer, params, initial, model_name, seed, spec)
     set_adapter(lm, initial)
     return lm
+
+
+def _master_weights(pm: Any) -> None:
+    """Trainable LoRA tensors in fp32 whatever the base dtype (PEFT already does this by default on
+    half-precision bases; this makes it a guarantee the digest and the optimiser rely on)."""
+    dtype = master_dtype()
+    for p in pm.parameters():
+        if p.requires_grad and p.dtype != dtype:
+            p.data = p.data.to(dtype)
 
 
 def _with_lora(model: Any, model_name: str, spec: LoraSpec) -> Any:

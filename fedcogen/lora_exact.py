@@ -95,7 +95,7 @@ def apply_mode(peft_model: Any, mode: str, seed: int, tokenizer: Any = None, ada
             gen = torch.Generator().manual_seed(
                 int(np.random.SeedSequence([seed, i, _CORE_SEED_TAG]).generate_state(1)[0]))
             frozen = torch.randn(out_features, r, generator=gen) / float(np.sqrt(out_features))
-        layer.lora_B[adapter_name] = _core_class()(frozen.to(old_b.weight.dtype))
+        layer.lora_B[adapter_name] = _core_class()(frozen.to(old_b.weight.device, old_b.weight.dtype))
 
 
 def _lora_layers(peft_model: Any, adapter_name: str) -> list[tuple[str, Any]]:

@@ -11,6 +11,15 @@ Three sources, one entry point (:func:`load_model`):
 3. ``"tiny"`` / ``"tiny-large"``: seeded random llama models built from a config in code that share
    SmolLM2's tokenizer, for fast tests.
 
+Placement: ``device`` (``cpu`` | ``cuda`` | ``cuda:N`` | ``mps`` | ``auto``, see
+:mod:`fedcogen.accelerator`) puts the model on that device in its compute dtype (fp32 on the CPU).
+
+Bring your own pair: a device and a cloud model work together when their tokenizers are the same
+(:func:`check_model_pair`, called before any model is loaded). Families pad their embedding matrix
+past the real vocabulary (Qwen2.5-0.5B has 151,936 rows, Qwen2.5-7B 152,064, for 151,665 tokens);
+:func:`trim_padded_vocab` cuts every loaded model to its tokenizer's real vocabulary, so both sides
+produce, send and fuse next-token vectors over the same ``len(tokenizer)`` ids.
+
 Nothing is ever fetched from a hub: ``HF_HUB_OFFLINE`` is forced and local paths are required.
 """
 
@@ -27,6 +36,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fedcogen.accelerator import placement
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -86,6 +97,7 @@ class LoadedModel:
 
     @property
     def vocab_size(self) -> int:
+        """Length of the model's next-token vectors: the real vocabulary after :func:`trim_padded_vocab`."""
         return int(self.model.config.vocab_size)
 
     def num_parameters(self) -> int:
@@ -301,16 +313,20 @@ def prune_layers(model: Any, keep: list[int]) -> Any:
     return model
 
 
-def load_model(name_or_path: str = "smollm2", *, seed: int = 0) -> LoadedModel:
+def load_model(name_or_path: str = "smollm2", *, seed: int = 0, device: str = "cpu") -> LoadedModel:
     """Load a causal LM by name (``smollm2``, ``smollm2-half``, ``tiny``, ``tiny-large``) or local path.
 
-    Always fp32 on CPU; the model is returned in eval mode. ``seed`` only matters for tiny models.
+    The model is placed on ``device`` in that device's compute dtype (fp32 on the CPU, the default),
+    cut to its tokenizer's real vocabulary and returned in eval mode. ``seed`` only matters for tiny
+    models.
     """
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    place = placement(device)  # an unavailable device fails here, before any weights are read
     if name_or_path in TINY_MODELS:
-        return build_tiny_model(name_or_path, seed=seed)
+        lm = build_tiny_model(name_or_path, seed=seed)
+        lm.model.to(device=place.device, dtype=place.dtype)
+        return lm
     if name_or_path in EMBEDDED_MODELS:
         folder = ensure_embedded_cache(need_model=True)
         source = f"embedded {EMBEDDED_GGUF} (cached at {folder})"
@@ -320,33 +336,95 @@ def load_model(name_or_path: str = "smollm2", *, seed: int = 0) -> LoadedModel:
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     _check_supported(config, str(folder))
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=place.dtype)
     except OSError as exc:
         raise ModelError(f"could not load model weights from {folder}: {exc}") from exc
+    tok = load_tokenizer(name_or_path)
     if name_or_path in PRUNED_LAYERS:
         prune_layers(model, PRUNED_LAYERS[name_or_path])
+    trim_padded_vocab(model, tok, str(folder))
+    model.to(place.device)
     model.eval()
-    tok = load_tokenizer(name_or_path)
     return LoadedModel(model=model, tokenizer=tok, name=name_or_path, source=source)
 
 
-@functools.lru_cache(maxsize=4)
-def shared_model(name_or_path: str = "smollm2", seed: int = 0) -> LoadedModel:
-    """Process-wide cached model: load the base model once per process (Ray worker, server).
+def trim_padded_vocab(model: Any, tokenizer: Any, where: str = "model") -> Any:
+    """Cut the embedding and output rows past ``len(tokenizer)`` (vocabulary padding) in place.
+
+    Why: families round their embedding matrix up for fast kernels (Qwen2.5-0.5B: 151,936 rows,
+    Qwen2.5-7B: 152,064; both for 151,665 tokens), so two models of one family produce next-token
+    vectors of different lengths although no real token differs. The padded rows belong to no token
+    (a tokenizer can never produce or decode them), so dropping them changes nothing a user can see
+    except that their (tiny, untrained) probability mass no longer dilutes the real tokens. After this,
+    the device and the cloud fuse, send and check exactly the real shared vocabulary.
+    """
+    rows = int(model.get_input_embeddings().weight.shape[0])
+    real = len(tokenizer)
+    if real > rows:
+        raise ModelError(f"{where}: its tokenizer has {real} tokens but the model only {rows} embedding rows "
+                         "(ids past the embedding cannot be run)")
+    if real < rows:
+        log.info("%s: dropping %d padded vocabulary rows (%d -> %d, the tokenizer's real vocabulary)",
+                 where, rows - real, rows, real)
+        model.resize_token_embeddings(real, mean_resizing=False)
+    return model
+
+
+def shared_model(name_or_path: str = "smollm2", seed: int = 0, device: str = "cpu") -> LoadedModel:
+    """Process-wide cached model: load the base model once per process (Ray worker, server) and device.
 
     Callers must not change the base weights; LoRA adapters are layered on top and swapped per client.
+    ``device`` is resolved first, so ``auto`` and the device it means share one cached copy.
     """
-    return load_model(name_or_path, seed=seed)
+    return _shared_model(name_or_path, seed, placement(device).key)
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_model(name_or_path: str, seed: int, device: str) -> LoadedModel:
+    return load_model(name_or_path, seed=seed, device=device)
+
+
+def tokenizer_signature(tokenizer: Any) -> dict[str, Any]:
+    """What two tokenizers must share for their next-token vectors to be fused token by token.
+
+    The token -> id map (added tokens included) and the special tokens the tokenizer file declares
+    (id -> text). Not the chat template or which special token a model config calls ``eos``: a base
+    and an instruct model of one family share every id and may still differ there.
+    """
+    special = {int(i): str(t) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()
+               if getattr(t, "special", False)}
+    return {"vocab": dict(tokenizer.get_vocab()), "special": special}
 
 
 def check_tokenizers_match(device_tok: Any, cloud_tok: Any) -> None:
-    """Logit fusion needs identical vocabularies; raise a clear error if the two differ."""
-    dv, cv = device_tok.get_vocab(), cloud_tok.get_vocab()
+    """Logit fusion needs identical vocabularies; raise one clear :class:`ModelError` if the two differ."""
+    dev, cloud = tokenizer_signature(device_tok), tokenizer_signature(cloud_tok)
+    dv, cv = dev["vocab"], cloud["vocab"]
+    hint = ("device and cloud must share a tokenizer (same model family, e.g. Qwen2.5-0.5B with Qwen2.5-7B "
+            "or SmolLM2-360M with SmolLM2-1.7B)")
     if len(dv) != len(cv):
-        raise ModelError(f"tokenizer mismatch: device vocabulary has {len(dv)} tokens, cloud has {len(cv)}")
+        raise ModelError(f"tokenizer mismatch: device vocabulary has {len(dv)} tokens, cloud has {len(cv)}; {hint}")
     if dv != cv:
-        differing = sum(1 for t, i in dv.items() if cv.get(t) != i)
-        raise ModelError(f"tokenizer mismatch: {differing} tokens map to different ids on device and cloud")
+        differing = sorted(t for t, i in dv.items() if cv.get(t) != i)
+        raise ModelError(f"tokenizer mismatch: {len(differing)} tokens map to different ids on device and cloud "
+                         f"(e.g. {differing[:3]}); {hint}")
+    if dev["special"] != cloud["special"]:
+        diff = sorted(set(dev["special"].items()) ^ set(cloud["special"].items()))
+        raise ModelError(f"tokenizer mismatch: special tokens differ between device and cloud ({diff[:4]}); {hint}")
+
+
+def check_model_pair(device_model: str, cloud_model: str) -> None:
+    """Refuse a device/cloud pair whose tokenizers differ, loading only the two tokenizers (no weights).
+
+    Called by the commands that start both sides, so a mismatched pair fails in a second with one
+    message instead of after minutes of loading weights (the cloud's fingerprint check at session
+    open stays as the guard for a remote cloud).
+    """
+    try:
+        check_tokenizers_match(load_tokenizer(device_model), load_tokenizer(cloud_model))
+    except ModelError as exc:
+        raise ModelError(f"device model '{device_model}' and cloud model '{cloud_model}' cannot work together: "
+                         f"{exc}") from exc
 
 
 def chat_input_ids(tokenizer: Any, user_text: str, system: str | None = None) -> list[int]:

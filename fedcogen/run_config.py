@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcogen.accelerator import SETTINGS_HELP, DeviceError, check_setting
 from fedcogen.protocols.fl_messages import SchemaError
 
 SCOPES = ("per_tensor", "global")
@@ -56,6 +57,8 @@ class FLSettings:
 
     model: str = _f("tiny", "base model: tiny, tiny-large, smollm2, smollm2-27l (the demo's device model), smollm2-24l, smollm2-half or a local HF directory")
     seed: int = _f(0, "seed of data, model, sampling and training")
+    device: str = _f("auto", f"where clients train and evaluate: {SETTINGS_HELP} (a SuperNode's own node-config "
+                             "device wins; docs/gpu.md)")
     data_dir: str = _f("", "folder of the synthetic federation ('' = <out_dir>/data, generated from seed; "
                            "a SuperNode's own node-config data-dir wins)")
     num_clients: int = _f(3, "number of devices (Flower SuperNodes / partitions)")
@@ -129,6 +132,10 @@ class FLSettings:
             need(getattr(self, key) in choices, key, f"must be one of {', '.join(map(repr, choices))}")
 
         need(bool(self.model), "model", "must name a model")
+        try:
+            check_setting(self.device)
+        except DeviceError:
+            need(False, "device", f"must be one of: {SETTINGS_HELP}")
         need(self.num_clients >= 1, "num_clients", "must be >= 1")
         # may exceed num_clients: a deployment samples whoever is connected (the simulation is stricter)
         need(self.clients_per_round >= 1, "clients_per_round", "must be >= 1")
@@ -245,7 +252,7 @@ CLIENT_KEYS = (
     "model", "seed", "data_dir", "num_clients", "clients_per_round", "local_steps", "batch_size", "lr",
     "max_seq_len", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_mode", "density", "scope", "quant",
     "index_coding", "dp_mode", "dp_clip_norm", "dp_noise_multiplier", "dp_delta", "client_state_dir",
-    "fail_prob", "fail_nodes", "history_examples", "fact_swaps", "secagg", "secagg_range",
+    "fail_prob", "fail_nodes", "history_examples", "fact_swaps", "secagg", "secagg_range", "device",
 )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedcogen.accelerator import check_setting
+
 
 @dataclass
 class CloudConfig:
@@ -11,6 +13,9 @@ class CloudConfig:
 
     model: str = "smollm2"
     seed: int = 0
+    # where the in-process scheduler runs the model: auto | cpu | cuda | cuda:N | mps (fedcogen.accelerator);
+    # weights, KV buffers and forwards live there, log-probs come back to the CPU for the codec
+    device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 0
     tls_dir: str | None = None
@@ -42,6 +47,7 @@ class CloudConfig:
     engine_timeout_s: float = 60.0
 
     def validate(self) -> None:
+        self.device = check_setting(self.device)  # a malformed setting fails before the model loads
         if not self.insecure and not self.tls_dir:
             raise ValueError("the cloud needs --tls-dir DIR (with --token-file) or an explicit --insecure")
         if not self.insecure and not self.token:

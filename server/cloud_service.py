@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from fedcogen.accelerator import model_device
 from fedcogen.models import LoadedModel, load_model
 from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.protocols.tls import server_credentials
@@ -101,7 +102,7 @@ def start_cloud_server(config: CloudConfig, lm: LoadedModel | None = None) -> Cl
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     config.validate()
-    lm = lm if lm is not None else load_model(config.model, seed=config.seed)
+    lm = lm if lm is not None else load_model(config.model, seed=config.seed, device=config.device)
     service = CloudLMService(config, lm)
     interceptors = [AuthInterceptor(config.token)] if config.token else []
     options = [
@@ -132,8 +133,8 @@ def start_cloud_server(config: CloudConfig, lm: LoadedModel | None = None) -> Cl
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "cloud %s serving %s on %s:%d (%s, model %s)",
+        "cloud %s serving %s on %s:%d (%s, model %s on %s)",
         SERVICE_NAME, "plaintext" if config.insecure else "TLS", config.host, port,
-        "token auth" if config.token else "no auth", lm.name,
+        "token auth" if config.token else "no auth", lm.name, model_device(lm.model),
     )
     return CloudServer(server, service, health_servicer, port, f"{config.host}:{port}", pool)

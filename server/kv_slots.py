@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from fedcogen.accelerator import model_device
+
 ATTN_NAME = "fedcogen_packed"
 
 
@@ -35,16 +37,18 @@ class SessionKV:
     """One session's keys and values, ``[layers, kv_heads, capacity, head_dim]`` each, grown by doubling."""
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype = torch.float32,
-                 capacity: int = 128) -> None:
-        self.k = torch.empty(layers, kv_heads, capacity, head_dim, dtype=dtype)
-        self.v = torch.empty(layers, kv_heads, capacity, head_dim, dtype=dtype)
+                 capacity: int = 128, device: torch.device | str = "cpu") -> None:
+        self.k = torch.empty(layers, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.v = torch.empty(layers, kv_heads, capacity, head_dim, dtype=dtype, device=device)
         self.length = 0
 
     @classmethod
     def for_model(cls, model: Any, capacity: int = 128) -> SessionKV:
+        """Buffers on the model's device in its dtype (GPU memory for a GPU-served model)."""
         cfg = model.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        return cls(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, model.dtype, capacity)
+        return cls(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, model.dtype, capacity,
+                   model_device(model))
 
     @property
     def capacity(self) -> int:
@@ -124,7 +128,8 @@ def packed_attention(module: Any, query: torch.Tensor, key: Any, value: Any, att
         v = s.kv.v[key.layer, :, :total].unsqueeze(0)
         mask = None
         if s.n > 1:  # causal inside the new tokens; everything cached before is visible
-            mask = torch.arange(total).unsqueeze(0) <= (s.past + torch.arange(s.n)).unsqueeze(1)
+            at = torch.arange(total, device=query.device)
+            mask = at.unsqueeze(0) <= (s.past + at[: s.n]).unsqueeze(1)
         outs.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
                                                                      enable_gqa=q.shape[1] != k.shape[1]))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
@@ -143,7 +148,8 @@ def install(model: Any) -> None:
 @torch.inference_mode()
 def packed_forward(model: Any, items: Sequence[tuple[SessionKV, Sequence[int], int]]) -> list[torch.Tensor]:
     """One forward over every item's tokens: ``(kv, token_ids, n_logits)`` -> per item the float logits
-    ``[n_logits, V]`` after its last ``n_logits`` tokens. Every item's ``kv`` grows by its tokens."""
+    ``[n_logits, V]`` after its last ``n_logits`` tokens, on the CPU (where the scheduler and the logit
+    codec work, whatever device the model is on). Every item's ``kv`` grows by its tokens."""
     segments, ids, pos, keep = [], [], [], []
     start = 0
     for kv, toks, n_logits in items:
@@ -154,10 +160,12 @@ def packed_forward(model: Any, items: Sequence[tuple[SessionKV, Sequence[int], i
         pos += range(kv.length, kv.length + n)
         keep += range(start + n - n_logits, start + n)
         start += n
-    out = model(input_ids=torch.tensor([ids], dtype=torch.long), position_ids=torch.tensor([pos], dtype=torch.long),
-                past_key_values=PackedCache(segments), attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool),
-                use_cache=True, logits_to_keep=torch.tensor(keep, dtype=torch.long))
-    logits = out.logits[0].float()
+    dev = model_device(model)
+    out = model(input_ids=torch.tensor([ids], dtype=torch.long, device=dev),
+                position_ids=torch.tensor([pos], dtype=torch.long, device=dev),
+                past_key_values=PackedCache(segments), attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=dev),
+                use_cache=True, logits_to_keep=torch.tensor(keep, dtype=torch.long, device=dev))
+    logits = out.logits[0].float().cpu()
     results, at = [], 0
     for (kv, _toks, n_logits), s in zip(items, segments, strict=True):
         kv.length = s.past + s.n

@@ -57,7 +57,7 @@ def run_probe(out_dir: str = "runs/bench_adapters", steps: int = 6, quick: bool 
         s = SimulationConfig.from_dict({**base, "out_dir": str(Path(out_dir) / name)}).settings()
         s = dataclasses.replace(s, lora_mode=mode)
         started = time.perf_counter()
-        lm = lora_model(s.model, s.seed, lora_spec(s))
+        lm = lora_model(s.model, s.seed, lora_spec(s), s.device)
         train = encoded_split(s, client_id_for(s, 0), "train", lm.tokenizer)
         val = [e for p in range(s.num_clients) for e in encoded_split(s, client_id_for(s, p), "val", lm.tokenizer)]
         public = None

@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen import results_json
+from fedcogen.accelerator import placement
 from fedcogen.client.cloud_client import CloudClient
 from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.dataset import FederationConfig, generate_federation
-from fedcogen.models import shared_model
+from fedcogen.models import check_model_pair, shared_model
 from fedcogen.simulations.bench_cogen_report import cogen_report
 from fedcogen.simulations.bench_cogen_wire import best_point, teacher_forced, wire_curve
 from fedcogen.simulations.metrics import rouge_l_f1
@@ -81,6 +82,7 @@ class CogenBenchConfig:
     long_tasks: int = 1
     long_tokens: int = 32
     long_chars: int = 7000
+    device: str = "auto"  # where both models run (fedcogen.accelerator): the spawned cloud and this process
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -133,9 +135,9 @@ SPEED_VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 
 
 def _side_by_side(address: str, device_name: str, tasks: list[dict[str, str]], max_new_tokens: int,
-                  weight: float) -> dict[str, Any]:
+                  weight: float, device: str = "cpu") -> dict[str, Any]:
     """Every variant on every task, one after another (rotating order); sums per variant."""
-    lm = shared_model(device_name)
+    lm = shared_model(device_name, 0, device)
     devices = {name: CogenDevice(DeviceConfig(device_model=device_name, cloud=address, insecure=True,
                                               max_new_tokens=max_new_tokens, weight=weight, **kw), device_lm=lm)
                for name, _, kw in SPEED_VARIANTS}
@@ -212,11 +214,11 @@ def _cloud_busy(address: str, device_name: str, task: dict[str, str]) -> Any:
         client.close()
 
 
-def _aggregate(address: str, device_name: str, n: int, tokens: int, tasks) -> dict[str, float]:
+def _aggregate(address: str, device_name: str, n: int, tokens: int, tasks, device: str = "cpu") -> dict[str, float]:
     """n concurrent cloud-decoding sessions (the cloud variant: device does no model work)."""
     devices = [
         CogenDevice(DeviceConfig(device_model=device_name, cloud=address, insecure=True, max_new_tokens=tokens),
-                    device_lm=shared_model(device_name))
+                    device_lm=shared_model(device_name, 0, device))
         for _ in range(n)
     ]
     counts = [0] * n
@@ -253,8 +255,10 @@ def run_cogen_bench(
 
     cfg = config or CogenBenchConfig.for_mode(quick)
     tasks = _tasks(max(cfg.n_tasks, cfg.agreement_tasks))
+    for device_name in cfg.device_models:  # a mismatched pair fails before the cloud starts
+        check_model_pair(device_name, cfg.cloud_model)
     result: dict[str, Any] = {"mode": "quick" if quick else "full", "config": asdict(cfg), "devices": {},
-                              "machine_start": _machine()}
+                              "machine_start": _machine(), "torch_device": placement(cfg.device).key}
     steps = 2 * len(cfg.device_models) + len(cfg.sessions) + 1
     bar = tqdm(total=steps, desc="bench cogen", file=sys.stderr)
     # One machine plays both sides: split the cores so the two processes do not oversubscribe them
@@ -267,35 +271,37 @@ def run_cogen_bench(
     result["threads"] = {"cloud": cloud_threads, "device": torch.get_num_threads()}
     stack = contextlib.ExitStack()
     cloud = stack.enter_context(spawned_cloud(cfg.cloud_model, timeout_s=600,
-                                              serve_args=("--max-sessions", "32", "--threads", str(cloud_threads))))
+                                              serve_args=("--max-sessions", "32", "--threads", str(cloud_threads),
+                                                                          "--device", cfg.device)))
     try:
         for device_name in cfg.device_models:
             row: dict[str, Any] = {}
             bar.set_postfix_str(f"{device_name}: bytes vs agreement")
             lp_s, lp_l = teacher_forced(cfg.cloud_model, device_name, tasks[: cfg.agreement_tasks],
-                                        cfg.agreement_max_tokens)
+                                        cfg.agreement_max_tokens, torch_device=cfg.device)
             row["wire"] = wire_curve(lp_s, lp_l, cfg.weight)
             row["wire"]["best_le_128B_ge_99.5pct"] = best_point(row["wire"])
             del lp_s, lp_l
             bar.update()
             bar.set_postfix_str(f"{device_name}: speed")
-            row["speed"] = _side_by_side(cloud.address, device_name, tasks[: cfg.n_tasks], cfg.gen_tokens, cfg.weight)
+            row["speed"] = _side_by_side(cloud.address, device_name, tasks[: cfg.n_tasks], cfg.gen_tokens, cfg.weight,
+                                         cfg.device)
             bar.update()
             result["devices"][device_name] = row
         agg = {}
         for n in cfg.sessions:
             bar.set_postfix_str(f"{n} sessions")
-            agg[str(n)] = _aggregate(cloud.address, cfg.device_models[0], n, cfg.session_tokens, tasks)
+            agg[str(n)] = _aggregate(cloud.address, cfg.device_models[0], n, cfg.session_tokens, tasks, cfg.device)
             bar.update()
         result["aggregate_tokens_per_s"] = {n: a["tokens_per_s"] for n, a in agg.items()}
         result["aggregate_detail"] = agg
         bar.set_postfix_str("long context")
         long_tasks = _tasks(cfg.long_tasks, long_chars=cfg.long_chars)
         result["long_context"] = _side_by_side(cloud.address, cfg.device_models[0], long_tasks, cfg.long_tokens,
-                                               cfg.weight)
+                                               cfg.weight, cfg.device)
         result["long_context_prompt_tokens"] = [
             len(CogenDevice(DeviceConfig(device_model=cfg.device_models[0]),
-                            device_lm=shared_model(cfg.device_models[0])).device_ids(t["instruction"],
+                            device_lm=shared_model(cfg.device_models[0], 0, cfg.device)).device_ids(t["instruction"],
                                                                                     t["private_context"]))
             for t in long_tasks]
         bar.update()

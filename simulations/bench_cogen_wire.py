@@ -28,9 +28,9 @@ MODES: tuple[tuple[str, int], ...] = (
 
 
 def teacher_forced(cloud_model: str, device_model: str, tasks: list[dict[str, str]], max_tokens: int,
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Device and cloud log-probs at every reference position: ``[N, V]`` each."""
-    cloud, device = shared_model(cloud_model), shared_model(device_model)
+                   torch_device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Device and cloud log-probs at every reference position: ``[N, V]`` each (both models on ``torch_device``)."""
+    cloud, device = shared_model(cloud_model, 0, torch_device), shared_model(device_model, 0, torch_device)
     check_tokenizers_match(device.tokenizer, cloud.tokenizer)
     small, large = IncrementalLM(device.model), IncrementalLM(cloud.model)
     s_rows, l_rows = [], []

@@ -128,7 +128,7 @@ def overhead(result: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str,
     typical = statistics.median(e["bytes"] for e in ups)
     envelope = statistics.median(e["bytes"] - e["payload_bytes"] for e in ups)
     s = SimulationConfig.from_dict({k: v for k, v in result["settings"].items()}).run
-    lm = lora_model(s.model, s.seed, lora_spec(s))
+    lm = lora_model(s.model, s.seed, lora_spec(s), s.device)
     rng = np.random.default_rng(0)
     fake = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in lm.initial.items()}
     schema = codec.TensorSchema.from_shapes(lm.shapes())
@@ -185,7 +185,7 @@ def measure_throughput(base: dict[str, Any], repeats: int = 5, steps: int = 6) -
     """Tokens/s of ``train_local`` vs a plain PEFT loop on the same batches, interleaved, same process."""
     cfg = SimulationConfig.from_dict({**base, "out_dir": str(Path(base["data_dir"]).parent / "throughput")})
     s = cfg.settings()
-    lm = lora_model(s.model, s.seed, lora_spec(s))
+    lm = lora_model(s.model, s.seed, lora_spec(s), s.device)
     data = encoded_split(s, client_id_for(s, 0), "train", lm.tokenizer)
     start = get_adapter(lm)
     ours, plain = [], []

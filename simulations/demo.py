@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen import results_json
+from fedcogen.accelerator import gpu_share, resolve_device
 from fedcogen.client.gate_training import calibrate_gate_threshold
 from fedcogen.client.public_gate import gate_path
 from fedcogen.dataset import (
@@ -36,7 +37,7 @@ from fedcogen.dataset import (
     user_ids,
     write_federation,
 )
-from fedcogen.models import load_tokenizer
+from fedcogen.models import check_model_pair, load_tokenizer
 from fedcogen.protocols.dp import epsilon_for
 from fedcogen.protocols.tls import ensure_dev_certs
 from fedcogen.run_config import FLSettings
@@ -145,7 +146,8 @@ class _RecordingGenerator:
 def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
     run = cfg.run.replace(data_dir=str(data_dir), out_dir=str(cfg.run_dir / "federation"),
                           eval_every=max(1, cfg.run.rounds // 2))
-    sim = SimulationConfig(run=run, engine="flower", num_cpus_per_client=1.0)
+    sim = SimulationConfig(run=run, engine="flower", num_cpus_per_client=1.0,
+                           num_gpus_per_client=gpu_share(run.device, run.clients_per_round))
     result = run_federation(sim)
     result["adapter_dir"] = str(export_adapter(sim.run.out_dir))
     ledger = json.loads((Path(sim.run.out_dir) / "ledger.json").read_text())["summary"]
@@ -172,7 +174,7 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
     out: dict[str, Any] = {}
     # lockstep batches of eval_batch sessions: the cloud waits long enough for every step of a batch to
     # arrive, so the whole batch shares one packed forward each time
-    serve = ["--max-batch", str(cfg.eval_batch), "--batch-window-ms", "10"]
+    serve = ["--max-batch", str(cfg.eval_batch), "--batch-window-ms", "10", "--device", cfg.run.device]
     with spawned_cloud(cfg.cloud_model, log_path=log_path, wait=False,
                        tls_dir=tls_dir, token=token, timeout_s=600, serve_args=serve) as cloud:
         print(f"  cloud process pid {cloud.process.pid} on {cloud.address} (TLS + bearer token), log {log_path}")
@@ -184,7 +186,7 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
         gen = CogenGenerator.create(device_model=cfg.run.model, cloud_address=cloud.address, adapter=adapter_dir,
                                     tls_dir=str(tls_dir), token=token, max_new_tokens=cfg.max_new_tokens,
                                     sketch_max_new_tokens=cfg.sketch_max_new_tokens, seed=cfg.run.seed,
-                                    personalised=True)
+                                    personalised=True, device=cfg.run.device)
         val = [t for u in sorted({t.user_id for t in groups["seen_users"]}) for t in fed.tasks_of(u, "val")[:2]]
         threshold = calibrate_gate_threshold(gen.personalised, [(t.instruction, t.private_context) for t in val],
                                              cfg.gate_call_share)
@@ -284,6 +286,8 @@ def _span_audit(cfg: DemoConfig, fed: Any, metrics: dict[str, Any]) -> dict[str,
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, str]:
+    check_model_pair(cfg.run.model, cfg.cloud_model)  # a mismatched pair fails before any work starts
+    resolve_device(cfg.run.device)  # so does a device this machine lacks
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {"config": asdict(cfg), "stage_seconds": {}}

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcogen.accelerator import resolve_device
 from fedcogen.client import fault_app
 from fedcogen.client.fl_clientapp import app as real_app
 from fedcogen.client.fl_clientapp import federation_for
@@ -50,6 +51,9 @@ class SimulationConfig:
 
     run: FLSettings = field(default_factory=FLSettings)
     num_cpus_per_client: float = field(default=0.5, metadata={"help": "Ray CPU share per simulated client"})
+    num_gpus_per_client: float = field(default=0.0, metadata={
+        "help": "Ray GPU share per simulated client (0.25 = four clients share one GPU; 0 = clients see no GPU; "
+                "docs/gpu.md)"})
     engine: str = field(default="flower", metadata={
         "help": "flower (Flower simulation engine) or loopback (same apps, in one process)"})
     persist_client_state: bool = field(default=True, metadata={
@@ -63,6 +67,11 @@ class SimulationConfig:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)} (got {self.engine!r})")
         if not 0 < self.num_cpus_per_client:
             raise ValueError("num_cpus_per_client must be > 0")
+        if not 0 <= self.num_gpus_per_client:
+            raise ValueError("num_gpus_per_client must be >= 0")
+        if self.engine == "flower" and self.run.device.startswith("cuda") and self.num_gpus_per_client == 0:
+            raise ValueError(f"device {self.run.device!r} in a Flower simulation needs num_gpus_per_client > 0 "
+                             "(e.g. 0.25: four clients share a GPU); Ray hides the GPUs from clients that reserve none")
         if self.ray_address and self.engine != "flower":
             raise ValueError("ray_address needs engine 'flower' (the loopback engine runs in this process)")
         if self.run.clients_per_round > self.run.num_clients:
@@ -120,6 +129,8 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     """
 
     settings = cfg.settings()
+    if not cfg.ray_address:  # every client runs on this machine: a device it lacks fails here, before round 1
+        resolve_device(settings.device)
     # the simulation engine runs in other processes (other working directories): absolute paths only
     settings = settings.replace(**{k: str(Path(getattr(settings, k)).resolve())
                                    for k in ("out_dir", "data_dir", "client_state_dir") if getattr(settings, k)})
@@ -142,6 +153,7 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
              settings.num_clients, settings.clients_per_round, settings.rounds, settings.model, settings.density, out)
     app_dir = app_dir_for(FAULT_CLIENTAPP if fault else FEDCOGEN_CLIENTAPP, out)
     federation = LocalFederation(num_supernodes=settings.num_clients, num_cpus_per_client=cfg.num_cpus_per_client,
+                                 num_gpus_per_client=cfg.num_gpus_per_client,
                                  log_to_driver=verbose, ray_address=cfg.ray_address)
     run_flwr_app(app_dir, settings.to_config(), federation, work_dir=out, echo=verbose)
     metrics_path = out / "metrics.json"

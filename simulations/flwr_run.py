@@ -45,6 +45,9 @@ class LocalFederation:
     num_supernodes: int
     num_cpus_per_client: float = 0.5
     num_cpus: int = 0  # 0 = every CPU of this machine
+    # GPU share each simulated client reserves (0.25 = four clients per GPU; docs/gpu.md). 0 = none:
+    # Ray then hides the GPUs from the clients, so a client's device "auto" is the CPU
+    num_gpus_per_client: float = 0.0
     log_to_driver: bool = False  # Ray worker output (model loading bars, warnings) on the terminal
     ray_address: str = ""  # an existing Ray cluster ("HOST:PORT"); "" = a private Ray instance per run
 
@@ -55,15 +58,18 @@ class LocalFederation:
         values: dict[str, Any] = {
             "num-supernodes": self.num_supernodes,
             "client-resources-num-cpus": 1,
-            "client-resources-num-gpus": 0,
+            "client-resources-num-gpus": float(self.num_gpus_per_client),
             "init-args-num-cpus": max(1, int(cpus / self.num_cpus_per_client)),
             "init-args-num-gpus": 0,
             "init-args-log-to-driver": self.log_to_driver,
         }
+        if self.num_gpus_per_client > 0:
+            del values["init-args-num-gpus"]  # Ray counts this machine's GPUs itself
         if self.ray_address:
             # an existing cluster brings its own CPUs (Ray refuses num_cpus/num_gpus when connecting);
             # each simulated client still asks for 1 of them
-            del values["init-args-num-cpus"], values["init-args-num-gpus"]
+            values.pop("init-args-num-cpus")
+            values.pop("init-args-num-gpus", None)
         return [f"{k}={toml_value(v)}" for k, v in values.items()]
 
     def env(self) -> dict[str, str]:

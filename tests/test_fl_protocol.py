@@ -39,7 +39,7 @@ def test_pyproject_flower_config_matches_settings() -> None:
     # the pyproject table is the dataclass defaults, key for key and value for value
     assert settings == FLSettings() and cfg["config"] == FLSettings().to_config()
     # SimulationConfig holds the run config instead of copying its fields
-    sim_only = {"num_cpus_per_client", "engine", "persist_client_state", "ray_address"}
+    sim_only = {"num_cpus_per_client", "num_gpus_per_client", "engine", "persist_client_state", "ray_address"}
     assert {f.name for f in dataclasses.fields(SimulationConfig)} - sim_only == {"run"}
 
 

@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedcogen.cli.gate",
     "fedcogen.cli.simulate",
     "fedcogen.cli.bench",
+    "fedcogen.cli.gpu_check",
     "fedcogen.cli.stubs",
 )
 

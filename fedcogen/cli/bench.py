@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fedcogen.cli.bench_scale import add_scale
 from fedcogen.cli.common import add_command, add_group, add_json_out, module_doc, write_json
+from fedcogen.cli.flags import add_device_flag
 from fedcogen.simulations.comm_variants import VARIANTS
 
 
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/bench-cogen", help="folder for bench_cogen.json / bench_cogen.md")
     p.add_argument("--cloud-model", help="override the cloud model of the chosen mode")
     p.add_argument("--device-models", help="override the device models (comma-separated)")
+    add_device_flag(p, "both models")
 
     p = add_command(bsub, "fuzz", "malformed blobs vs the sparse/logit decoders and the server's update validation",
                     description=module_doc("fedcogen.simulations.bench_fuzz"), func=_fuzz)
@@ -114,6 +116,7 @@ def _cogen(args: argparse.Namespace) -> int:
     cfg = CogenBenchConfig.for_mode(args.quick)
     if args.cloud_model:
         cfg.cloud_model = args.cloud_model
+    cfg.device = args.device
     if args.device_models:
         cfg.device_models = tuple(m.strip() for m in args.device_models.split(",") if m.strip())
     result = run_cogen_bench(quick=args.quick, out_dir=args.out, config=cfg)

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from fedcogen.cli.common import add_command, add_group, add_token_args, token_of
+from fedcogen.cli.flags import add_device_flag
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", default="smollm2", help="cloud model: smollm2, tiny-large, ... or a local HF folder")
+    add_device_flag(p, "the cloud model (weights, KV buffers, forwards)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=50071, help="port (0 = pick a free one)")
     p.add_argument("--tls-dir", help="folder with server.crt/server.key (and ca.crt); see `fedcogen certs`")
@@ -74,6 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError("choose either --tls-dir (TLS) or --insecure (plaintext), not both")
     config = CloudConfig(
         model=args.model,
+        device=args.device,
         host=args.host,
         port=args.port,
         tls_dir=args.tls_dir,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen.cli.common import add_command
+from fedcogen.cli.flags import add_device_flag
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-batch", type=int, default=None, help="answers decoded in lockstep")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens generated per answer")
     p.add_argument("--seed", type=int, default=None, help="seed for data, training and sampling")
+    add_device_flag(p, "training, the device model and the cloud", default=None)
 
 
 def _run(args: argparse.Namespace) -> int:

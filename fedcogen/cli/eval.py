@@ -25,7 +25,9 @@ from fedcogen.cli.common import (
     decoding_settings,
     token_of,
 )
+from fedcogen.cli.flags import add_device_flag
 from fedcogen.dataset.validate import FieldLimits, jsonl_file_lines
+from fedcogen.models import check_model_pair
 from fedcogen.variants import (
     CLOUD_VARIANTS,
     DEFAULT_EVAL_VARIANTS,
@@ -100,6 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --cloud: plaintext connection (loopback/testing only; --spawn-cloud implies it)")
     p.add_argument("--device-model", default=DEVICE_MODEL, help="device model name or local HF dir")
     p.add_argument("--cloud-model", default="smollm2", help="cloud model for --spawn-cloud")
+    add_device_flag(p, "the device model (and a --spawn-cloud cloud)")
     p.add_argument("--adapter", type=Path, help="federated LoRA adapter dir (enables device_personalised)")
     p.add_argument("--profiles", type=Path, help="profiles.jsonl with style markers "
                    "(default: profiles.jsonl next to the dataset if it exists)")
@@ -206,6 +209,7 @@ def build_generator(args: argparse.Namespace, cloud_address: str | None, variant
         token=token_of(args),
         seed=args.seed,
         personalised=PERSONALISED_VARIANT in variants,
+        device=args.device,
         **decoding_settings(args),
     )
 
@@ -235,6 +239,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.max_tasks:
         tasks = tasks[: args.max_tasks]
     profiles, profiles_file = load_profiles(args.profiles, args.dataset)
+    if needs_cloud and args.spawn_cloud:
+        check_model_pair(args.device_model, args.cloud_model)  # a mismatched pair fails before any model loads
 
     with contextlib.ExitStack() as stack:
         address, cloud = args.cloud, None
@@ -243,7 +249,7 @@ def run_eval(args: argparse.Namespace) -> int:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             cloud = stack.enter_context(spawned_cloud(
                 args.cloud_model, log_path=log_path, timeout_s=args.cloud_start_timeout, wait=False,
-                allow_eval_only_context=EVAL_ONLY_VARIANT in variants,
+                allow_eval_only_context=EVAL_ONLY_VARIANT in variants, serve_args=["--device", args.device],
             ))
             address = cloud.address
         # the device model loads while the spawned cloud loads its own

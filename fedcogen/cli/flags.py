@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 from typing import Any
 
+from fedcogen.accelerator import SETTINGS_HELP, DeviceError, check_setting
 from fedcogen.run_config import field_help
 
 
@@ -36,3 +37,21 @@ def flag_values(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ())
     """The fields of ``cls`` the user set on the command line."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
             if f.name not in skip and getattr(args, f.name, None) is not None}
+
+
+def device_setting(text: str) -> str:
+    """argparse type of ``--device``: the normalised setting, or argparse's usage error naming the problem."""
+    try:
+        return check_setting(text)
+    except DeviceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_device_flag(parser: argparse.ArgumentParser | Any, what: str = "the model",
+                    default: str | None = "auto") -> None:
+    """The one ``--device`` flag (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``) every command shares.
+
+    ``default=None`` lets a config file's value stand when the flag is not given (``fedcogen demo``).
+    """
+    parser.add_argument("--device", type=device_setting, default=default,
+                        help=f"where {what} runs: {SETTINGS_HELP} (default {default or 'auto'}; docs/gpu.md)")

@@ -22,6 +22,7 @@ from fedcogen.cli.common import (
     decoding_settings,
     token_of,
 )
+from fedcogen.cli.flags import add_device_flag
 from fedcogen.dataset.validate import FieldLimits, check_sizes, jsonl_file_lines
 from fedcogen.variants import VARIANTS
 
@@ -95,6 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--insecure", action="store_true", help="plaintext connection (testing only)")
     p.add_argument("--adapter", help="personalised LoRA adapter (PEFT folder, or weights file beside adapter_config.json)")
     p.add_argument("--device-model", default=DEVICE_MODEL, help="device model name or local folder")
+    add_device_flag(p, "the device model")
     add_decoding_args(p)
     # defaults mirror DeviceConfig (tests/test_speculative.py checks they stay equal)
     p.add_argument("--k", type=int, default=32, help="top-k size of the cloud's distributions (packed8: the most)")
@@ -141,6 +143,7 @@ def _generate(args: argparse.Namespace) -> int:
         tasks = tasks[: args.limit]
     config = DeviceConfig(
         device_model=args.device_model,
+        device=args.device,
         seed=args.seed,
         adapter=args.adapter,
         cloud=args.cloud,
