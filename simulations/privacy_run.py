@@ -35,6 +35,7 @@ import numpy as np
 
 from fedcogen import dataset as d
 from fedcogen.protocols import dp
+from fedcogen.provenance import provenance
 from fedcogen.run_config import FLSettings
 from fedcogen.simulations.federation import SimulationConfig, run_federation
 from fedcogen.simulations.plots import privacy_plots
@@ -282,6 +283,7 @@ def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
         "private_span_audit": spans,
         "sweep": sweep,
         "seconds": round(time.perf_counter() - started, 1),
+        "provenance": provenance(settings=cfg.to_dict(), seeds={"seed": cfg.run.seed}),
     }
     (out / "privacy.json").write_text(json.dumps(result, indent=2, default=_json_default))
     plots = privacy_plots(result, out)

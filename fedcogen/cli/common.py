@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedcogen.provenance import provenance
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -53,11 +55,24 @@ def add_json_out(p: argparse.ArgumentParser, help: str = "write the result JSON 
     p.add_argument("--json", dest="json_out", metavar="FILE", help=help)
 
 
-def write_json(path: str | Path | None, result: Any, *, indent: int = 1, default: Callable[[Any], Any] = str) -> None:
-    """Write ``result`` as JSON to ``path`` (creating its folder); nothing when ``path`` is empty."""
+def write_json(path: str | Path | None, result: Any, *, indent: int = 1, default: Callable[[Any], Any] = str,
+               args: argparse.Namespace | None = None) -> None:
+    """Write ``result`` as JSON to ``path`` (creating its folder); nothing when ``path`` is empty.
+
+    With ``args``, a dict result that carries no ``"provenance"`` record yet (the experiments make their
+    own) gets one built from the command's flags, so every result file says what code made it."""
     if path:
+        if args is not None and isinstance(result, dict) and "provenance" not in result:
+            result = {**result, "provenance": provenance(settings=cli_settings(args),
+                                                         seeds={"seed": getattr(args, "seed", None)})}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(result, indent=indent, default=default))
+
+
+def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """A command's parsed flags as the settings of its result's provenance record: every flag except
+    the handler and a token given on the command line (a secret must not land in a result file)."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "token")}
 
 
 def add_token_args(p: argparse.ArgumentParser, file_help: str = "file (mode 0600) with the cloud's bearer token "

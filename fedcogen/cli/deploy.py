@@ -21,6 +21,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from fedcogen.cli.common import cli_settings
+from fedcogen.provenance import provenance
 from fedcogen.simulations.deploy import (
     FEDCOGEN_CLIENTAPP,
     Deployment,
@@ -115,7 +117,8 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
                            cloud_model=args.cloud_model, startup_timeout=args.startup_timeout)
     started = time.time()
     report: dict[str, Any] = {"out_dir": str(out), "app": str(app_dir), "nodes": args.nodes, "rounds": args.rounds,
-                              "run_config": run_config}
+                              "run_config": run_config,
+                              "provenance": provenance(settings=cli_settings(args), seeds={"seed": args.seed})}
     dep = Deployment(cfg)
     try:
         with dep:

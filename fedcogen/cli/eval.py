@@ -16,8 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedcogen.cli.common import add_command, add_decoding_args, add_token_args, decoding_settings, token_of
+from fedcogen.cli.common import (
+    add_command,
+    add_decoding_args,
+    add_token_args,
+    cli_settings,
+    decoding_settings,
+    token_of,
+)
 from fedcogen.dataset.validate import jsonl_lines
+from fedcogen.provenance import provenance
 from fedcogen.variants import (
     CLOUD_VARIANTS,
     DEFAULT_EVAL_VARIANTS,
@@ -247,6 +255,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "invalid_lines": len(problems),
     })
     data["invalid_lines"] = problems
+    data["provenance"] = provenance(settings=cli_settings(args), seeds={"seed": args.seed})
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(data, indent=2))
     print(f"wrote {args.json_out}")

@@ -8,8 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedcogen.cli.common import add_command, add_decoding_args, add_token_args, decoding_settings, token_of
+from fedcogen.cli.common import (
+    add_command,
+    add_decoding_args,
+    add_token_args,
+    cli_settings,
+    decoding_settings,
+    token_of,
+)
 from fedcogen.dataset.validate import jsonl_lines
+from fedcogen.provenance import provenance
 from fedcogen.variants import VARIANTS
 
 TASK_FILE_ORDER = ("test.jsonl", "val.jsonl", "train.jsonl")
@@ -161,7 +169,8 @@ def _generate(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"summary": summary, "results": rows}, indent=2))
+        out.write_text(json.dumps({"summary": summary, "results": rows, "provenance": provenance(
+            settings=cli_settings(args), seeds={"seed": args.seed})}, indent=2))
         md = [f"# fedcogen generate ({args.variant})", "", "| task | tokens | tok/s | cloud calls | sent B | recv B | fell back |",
               "|---|---|---|---|---|---|---|"]
         md += [
