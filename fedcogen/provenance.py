@@ -12,8 +12,9 @@ The rule, decided once here:
   (uncommitted edits mean the commit does not say what code ran);
 * the settings must be equal, except keys the caller names in ``ignore`` (paths a run resolves, the
   ``resume`` flag);
-* when the commit is ``"unknown"`` (not a git checkout: an installed wheel, a Flower FAB, git
-  missing) the code cannot be compared, so reuse is refused too, unless the caller passes
+* when a commit is ``"unknown"`` (not a git checkout: an installed wheel, the FAB copy ``flwr run``
+  runs a ServerApp from, git missing), the code is the same only if both records hold the same digest
+  of the source files (:func:`source_digest`); otherwise reuse is refused too, unless the caller passes
   ``force=True`` (``fedcogen bench comm --force-reuse``); a forced reuse still reports what differs
   (the caller prints it), it only does not raise. ``fedcogen privacy scale`` has no force: a run it
   refuses is deleted or run again in another ``--out-dir``.
@@ -24,6 +25,7 @@ importing torch & co: making the record stays cheap (two ``git`` calls with a sh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -33,7 +35,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fedcogen import source_root
+from fedcogen import SUBPACKAGE_FOLDERS, source_root
 
 UNKNOWN = "unknown"
 # run-config keys that say where a run lives or how it was started, not what it computes: a finished
@@ -58,15 +60,45 @@ def _git(root: Path, *args: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+def source_digest(package_dir: Path | None = None) -> str | None:
+    """sha256 over the package's Python files, each named as installed (``fedcogen/client/x.py``), so
+    a source tree, a Flower FAB and a wheel of the same code agree. Only ``.py``: a FAB leaves out the
+    ``.proto`` (what runs is its generated ``*_pb2.py``, which is included).
+
+    Why beside the commit: a ServerApp started by ``flwr run`` runs from the FAB, a copy of the project
+    without ``.git``, so its commit is unknown; the digest still tells whether it was this code.
+    """
+    pkg = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parent
+    root = source_root(pkg)
+    folders = {"fedcogen": pkg, **{f"fedcogen/{n}": (root or pkg) / n for n in SUBPACKAGE_FOLDERS}}
+    files: dict[str, Path] = {}
+    for label, folder in folders.items():
+        for path in folder.rglob("*"):
+            rel = path.relative_to(folder)
+            if path.suffix != ".py" or "__pycache__" in rel.parts:
+                continue
+            if label == "fedcogen" and rel.parts[0] in SUBPACKAGE_FOLDERS:
+                continue  # a wheel's subpackages, taken from their own folder above
+            files[f"{label}/{rel.as_posix()}"] = path
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + hashlib.sha256(files[name].read_bytes()).digest())
+    return h.hexdigest()
+
+
 def code_state(root: Path | None = None) -> dict[str, Any]:
-    """``{"commit", "dirty", "dirty_paths", "source_root"}`` of the source tree at ``root``.
+    """``{"commit", "dirty", "dirty_paths", "source_root", "source_digest"}`` of the source tree at ``root``.
 
     ``root`` defaults to the tree this package was imported from. Not a git checkout, or a checkout
     of some *other* repository that merely contains the files (a virtualenv inside a project), gives
-    ``commit = "unknown"`` and ``dirty = None``: the code cannot be named, which is said, not guessed.
+    ``commit = "unknown"`` and ``dirty = None``: the commit cannot be named, which is said, not guessed.
+    The digest (:func:`source_digest`) is of the code this process imported.
     """
     root = Path(root) if root is not None else source_root()
-    unknown = {"commit": UNKNOWN, "dirty": None, "dirty_paths": [], "source_root": str(root) if root else None}
+    unknown = {"commit": UNKNOWN, "dirty": None, "dirty_paths": [], "source_root": str(root) if root else None,
+               "source_digest": source_digest()}
     if root is None:
         return unknown
     top = _git(root, "rev-parse", "--show-toplevel")
@@ -77,8 +109,7 @@ def code_state(root: Path | None = None) -> dict[str, Any]:
     if head is None or status is None:
         return unknown
     paths = [line[3:] for line in status.splitlines() if line.strip()]
-    return {"commit": head.strip(), "dirty": bool(paths), "dirty_paths": paths[:MAX_DIRTY_PATHS],
-            "source_root": str(root)}
+    return {**unknown, "commit": head.strip(), "dirty": bool(paths), "dirty_paths": paths[:MAX_DIRTY_PATHS]}
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
@@ -131,9 +162,13 @@ def reuse_problems(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore
     problems = []
     was, now = old.get("code") or {}, new.get("code") or {}
     was_c, now_c = was.get("commit", UNKNOWN), now.get("commit", UNKNOWN)
+    same_digest = was.get("source_digest") is not None and was.get("source_digest") == now.get("source_digest")
     if UNKNOWN in (was_c, now_c):
-        which = " and ".join(n for n, c in (("the finished run's", was_c), ("the current", now_c)) if c == UNKNOWN)
-        problems.append(f"commit unknown for {which} code (not a git checkout), so the code cannot be compared")
+        if not same_digest:  # e.g. a run of the FAB copy `flwr run` made: same code if the digests agree
+            which = " and ".join(n for n, c in (("the finished run's", was_c), ("the current", now_c))
+                                 if c == UNKNOWN)
+            problems.append(f"commit unknown for {which} code (not a git checkout) and the source digests "
+                            "differ or are missing, so the code cannot be compared")
     elif was_c != now_c:
         problems.append(f"made by commit {was_c[:12]}, the current code is commit {now_c[:12]}")
     for label, state in (("the finished run was made from", was), ("the current tree is", now)):
@@ -177,5 +212,5 @@ def recorded(result_file: str | Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-__all__ = ["UNKNOWN", "PACKAGES", "RUN_LOCATION_KEYS", "recorded", "ReuseRefused", "code_state", "package_versions", "machine", "provenance",
+__all__ = ["UNKNOWN", "PACKAGES", "RUN_LOCATION_KEYS", "recorded", "ReuseRefused", "code_state", "source_digest", "package_versions", "machine", "provenance",
            "reuse_problems", "check_reusable"]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fedcogen import SUBPACKAGE_FOLDERS
 from fedcogen import provenance as prov
 from fedcogen.run_config import FLSettings
 from fedcogen.server.checkpoint import save_checkpoint
@@ -19,6 +21,7 @@ from fedcogen.simulations.dp_scale import DP_SCALE_RUN, DPScaleConfig, run_dp_sc
 from fedcogen.simulations.federation import SimulationConfig, run_federation
 
 COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _git(root: Path, *args: str) -> str:
@@ -105,8 +108,37 @@ def test_unknown_code_is_refused_unless_forced_and_forcing_still_reports() -> No
     with pytest.raises(prov.ReuseRefused, match="commit unknown for the finished run's and the current code"):
         prov.check_reusable(old, new)
     assert prov.check_reusable(old, new, force=True) == [
-        "commit unknown for the finished run's and the current code (not a git checkout), so the code cannot "
-        "be compared"]
+        "commit unknown for the finished run's and the current code (not a git checkout) and the source digests "
+        "differ or are missing, so the code cannot be compared"]
+
+
+def test_unknown_commit_with_the_same_source_digest_is_the_same_code() -> None:
+    """A run of the FAB copy `flwr run` makes (no .git) is reusable from a clean checkout of the same code."""
+    old, new = _record(prov.UNKNOWN), _record(COMMIT_A)
+    old["code"]["source_digest"] = new["code"]["source_digest"] = "d" * 64
+    assert prov.reuse_problems(old, new) == []
+    new["code"]["source_digest"] = "e" * 64
+    assert prov.reuse_problems(old, new)[0].startswith("commit unknown for the finished run's code")
+
+
+def _copy_sources(dest: Path, wheel: bool) -> Path:
+    """The package as a FAB (project folder layout) or a wheel (subpackages inside fedcogen/); its package dir."""
+    pkg = dest / "fedcogen"
+    shutil.copytree(REPO / "fedcogen", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in SUBPACKAGE_FOLDERS:
+        shutil.copytree(REPO / name, (pkg if wheel else dest) / name, ignore=shutil.ignore_patterns("__pycache__"))
+    if not wheel:
+        shutil.copy(REPO / "pyproject.toml", dest / "pyproject.toml")
+    return pkg
+
+
+def test_source_digest_is_the_same_for_a_fab_and_a_wheel_and_changes_with_the_code(tmp_path: Path) -> None:
+    here = prov.source_digest()
+    fab, wheel = _copy_sources(tmp_path / "fab", wheel=False), _copy_sources(tmp_path / "wheel", wheel=True)
+    assert prov.source_digest(fab) == here == prov.source_digest(wheel)
+    with (fab.parent / "server" / "aggregation.py").open("a") as fh:
+        fh.write("# edited\n")
+    assert prov.source_digest(fab) != here
 
 
 def test_a_run_without_a_record_is_refused(tmp_path: Path) -> None:
