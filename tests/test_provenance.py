@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fedcogen import SUBPACKAGE_FOLDERS
@@ -72,7 +73,7 @@ def test_the_record_reads_back_equal_and_holds_settings_seeds_versions_machine(r
     assert back == rec  # tuples and paths already as JSON reads them back
     assert rec["settings"] == {"targets": ["q", "v"], "out": "x"} and rec["seeds"] == {"seed": 7}
     assert set(rec["packages"]) == {*prov.PACKAGES, "python"}
-    assert rec["packages"]["numpy"] == __import__("numpy").__version__
+    assert rec["packages"]["numpy"] == np.__version__
     assert {"cores", "load_average", "memory_bytes", "platform"} <= set(rec["machine"])
     assert prov.check_reusable(back, prov.provenance(settings={"targets": ["q", "v"], "out": "x"},
                                                      seeds={"seed": 7}, root=repo)) == []
