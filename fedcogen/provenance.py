@@ -52,8 +52,11 @@ GIT_TIMEOUT_S = 5.0
 MAX_DIRTY_PATHS = 20  # enough to name what was edited; a huge list would bloat every result file
 
 
-class ReuseRefused(RuntimeError):
-    """A finished run may not be reused: made by other code or settings; the message names the difference."""
+class ReuseRefused(ValueError):
+    """A finished run may not be reused: made by other code or settings; the message names the difference.
+
+    A ValueError: the output folder holds a run that does not fit the request, which the CLI reports as
+    one error line (exit 2) instead of a traceback."""
 
 
 def _git(root: Path, *args: str) -> str | None:
