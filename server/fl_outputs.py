@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from fedcogen.lora_adapter import adapter_digest
+from fedcogen.provenance import provenance
 from fedcogen.run_config import FLSettings
 from fedcogen.server.fl_state import LEDGER_JOURNAL, ServerState, read_rows
 
@@ -40,6 +41,7 @@ def write_outputs(out: Path, state: ServerState, settings: FLSettings, n_params:
         "rounds": st.metrics,
         "global_adapter_digest": adapter_digest(st.global_adapter),
         "broadcast_digest": adapter_digest(st.broadcast),
+        "provenance": provenance(settings=settings.to_config(), seeds={"seed": settings.seed}),
     }
     if dp_report is not None:
         result["dp"] = dict(dp_report)

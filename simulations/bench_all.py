@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen import results_json
+from fedcogen.provenance import provenance
 from fedcogen.simulations.bench_cogen import run_cogen_bench
 from fedcogen.simulations.bench_comm import run_bench
 from fedcogen.simulations.privacy_run import PrivacyRunConfig, quick_config, run_privacy
@@ -31,6 +32,7 @@ def run_all(quick: bool, out_dir: str | Path) -> dict[str, Any]:
                     "cpus": __import__("os").cpu_count()},
         "quick": quick,
         "seconds": {},
+        "provenance": provenance(settings={"quick": quick, "out_dir": str(out)}),
     }
     for name, fn in (("comm", lambda: run_bench(quick=quick, out_dir=str(out / "comm"))),
                      ("cogen", lambda: run_cogen_bench(quick=quick, out_dir=out / "cogen")),

@@ -37,6 +37,7 @@ from fedcogen.client.cloud_client import CloudClient
 from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.dataset import FederationConfig, generate_federation
 from fedcogen.models import check_model_pair, shared_model
+from fedcogen.provenance import provenance
 from fedcogen.simulations.bench_cogen_report import cogen_report
 from fedcogen.simulations.bench_cogen_wire import best_point, teacher_forced, wire_curve
 from fedcogen.simulations.metrics import rouge_l_f1
@@ -311,6 +312,7 @@ def run_cogen_bench(
         bar.close()
     result["machine_end"] = _machine()
     result["targets"] = _targets(result, cfg)
+    result["provenance"] = provenance(settings=asdict(cfg), seeds={"federation": 0})
     if out_dir:
         write_report(result, out_dir)
     return result

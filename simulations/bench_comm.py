@@ -38,6 +38,7 @@ from fedcogen.client.fl_clientapp import client_id_for, compress_update, encoded
 from fedcogen.client.lora_training import plain_peft_train, train_local
 from fedcogen.lora_adapter import get_adapter, lora_model, lora_spec, set_adapter
 from fedcogen.protocols import sparse_codec as codec
+from fedcogen.provenance import RUN_LOCATION_KEYS, check_reusable, provenance, recorded
 from fedcogen.simulations.comm_variants import DENSE, Variant, pick
 from fedcogen.simulations.federation import SimulationConfig, run_federation
 from fedcogen.simulations.plots import plot_runs
@@ -206,27 +207,35 @@ def measure_throughput(base: dict[str, Any], repeats: int = 5, steps: int = 6) -
 # --------------------------------------------------------------------------- the benchmark
 
 
-def _run(cfg: dict[str, Any], reuse: bool) -> dict[str, Any]:
-    """Run one federation, or with ``reuse`` read back a finished run of exactly these settings."""
+def _run(cfg: dict[str, Any], reuse: bool, force_reuse: bool = False) -> dict[str, Any]:
+    """Run one federation, or with ``reuse`` read back the finished run in its folder: only one made by
+    this commit from a clean tree with these settings (:func:`fedcogen.provenance.check_reusable`
+    raises otherwise, naming the difference; ``force_reuse`` prints the differences and reuses it)."""
     sim = SimulationConfig.from_dict(cfg)
     done = Path(sim.run.out_dir) / "metrics.json"
-    if reuse and done.is_file():
-        old = json.loads(done.read_text())
-        paths = ("out_dir", "data_dir", "client_state_dir")  # resolved to absolute paths by the run
-        want = {k: v for k, v in json.loads(json.dumps(sim.settings().to_config())).items() if k not in paths}
-        if {k: v for k, v in old.get("settings", {}).items() if k not in paths} == want:
-            print(f"[bench comm]   reusing the finished run in {done.parent}", flush=True)
-            return old
+    if (reuse or force_reuse) and done.is_file():
+        s = sim.settings()
+        now = provenance(settings=s.to_config(), seeds={"seed": s.seed})
+        differences = check_reusable(recorded(done), now, ignore=RUN_LOCATION_KEYS, force=force_reuse,
+                                     what=f"the finished run in {done.parent}",
+                                     hint="delete that folder, use another --out-dir, or pass --force-reuse")
+        for d in differences:
+            print(f"[bench comm]   FORCED reuse despite: {d}", flush=True)
+        print(f"[bench comm]   reusing the finished run in {done.parent}", flush=True)
+        return json.loads(done.read_text())
     return run_federation(sim)
 
 
 def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", variants: str | None = None,
               engine: str = "loopback", rounds: int | None = None, max_rounds: int | None = None,
-              local_steps: int | None = None, throughput: bool | None = None, reuse: bool = False) -> dict[str, Any]:
+              local_steps: int | None = None, throughput: bool | None = None, reuse: bool = False,
+              force_reuse: bool = False) -> dict[str, Any]:
     """Dense run, then every variant until it reaches dense's loss (+1 %) or the cap; the JSON-able result.
 
-    ``reuse``: runs whose folder already holds a finished run with identical settings are read back
-    instead of run again (so an interrupted benchmark continues where it stopped)."""
+    ``reuse``: runs whose folder already holds a finished run are read back instead of run again (so an
+    interrupted benchmark continues where it stopped), but only runs made by this commit from a clean
+    tree with identical settings; any other stops the benchmark naming the difference, so one table
+    never mixes code versions. ``force_reuse`` reads them back anyway, printing the differences."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = base_config(quick, out, engine, rounds, local_steps)
@@ -234,7 +243,7 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", variants: st
     cap = int(max_rounds or 3 * base["rounds"])
     started = time.perf_counter()
     print(f"[bench comm] dense fp32 LoRA FedAvg: {base['rounds']} rounds, model {base['model']}", flush=True)
-    dense = _run({**DENSE.settings(base), "out_dir": str(out / "dense")}, reuse)
+    dense = _run({**DENSE.settings(base), "out_dir": str(out / "dense")}, reuse, force_reuse)
     dense_loss = dense["final_eval_loss"]
     target = dense_loss * (1 + TARGETS["eval_loss_rel_gap"])
     dense_hit = first_reaching(dense, target)
@@ -246,7 +255,7 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", variants: st
         v_cap = v.max_rounds or cap
         print(f"[bench comm] {v.name}: until eval loss <= {target:.4f} or {v_cap} rounds", flush=True)
         cfg = {**v.settings(base), "rounds": v_cap, "target_eval_loss": target, "out_dir": str(out / v.name)}
-        res = _run(cfg, reuse)
+        res = _run(cfg, reuse, force_reuse)
         runs.append((v.name, res))
         rows.append(summarise(v.name, v, res, target, dense, dense_to_target, dense_round_bytes, v_cap))
     reached = [r for r in rows[1:] if r["reached_target"]]
@@ -285,6 +294,9 @@ def run_bench(quick: bool = True, out_dir: str = "runs/bench_comm", variants: st
             **({"train_throughput_ratio": thr["ratio"] >= TARGETS["train_throughput_ratio"]} if thr else {}),
         },
         "seconds": time.perf_counter() - started,
+        "provenance": provenance(settings={**base, "variants": [v.name for v in chosen], "max_rounds": cap,
+                                           "reuse": reuse, "force_reuse": force_reuse},
+                                 seeds={"seed": base["seed"]}),
     }
     plot_runs(runs, out, target_loss=target)
     (out / "bench_comm.md").write_text(comm_report(result))

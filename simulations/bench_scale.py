@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen import results_json
+from fedcogen.provenance import provenance
 from fedcogen.run_config import FLSettings
 from fedcogen.simulations.federation import SimulationConfig, run_federation
 from fedcogen.simulations.proc_memory import MemorySampler, loadavg
@@ -107,7 +108,8 @@ def run_bench(cfg: ScaleBenchConfig) -> dict[str, Any]:
 
 
 def _write(out: Path, cfg: ScaleBenchConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    result = {"config": asdict(cfg), "runs": rows, "load_average": loadavg()}
+    result = {"config": asdict(cfg), "runs": rows, "load_average": loadavg(),
+              "provenance": provenance(settings=asdict(cfg), seeds={"seed": cfg.seed})}
     results_json.write(out / "bench_scale.json", result)
     (out / "bench_scale.md").write_text(markdown(result))
     return result

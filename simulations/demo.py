@@ -40,6 +40,7 @@ from fedcogen.dataset import (
 from fedcogen.models import check_model_pair, load_tokenizer
 from fedcogen.protocols.dp import epsilon_for
 from fedcogen.protocols.tls import ensure_dev_certs
+from fedcogen.provenance import provenance
 from fedcogen.run_config import FLSettings
 from fedcogen.simulations import evaluate as evaluation
 from fedcogen.simulations.attacks import canary_exposure, membership_inference
@@ -327,6 +328,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     _stage(5, "report and plots")
     plots = demo_plots(run_dir, metrics)
     metrics_path = run_dir / "metrics.json"
+    metrics["provenance"] = provenance(settings=asdict(cfg), seeds={"seed": cfg.run.seed})
     results_json.write(metrics_path, metrics, indent=2, default=str)
     report = run_dir / "report.md"
     report.write_text(write_report(cfg, metrics, plots))

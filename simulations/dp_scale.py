@@ -32,6 +32,7 @@ import numpy as np
 from fedcogen import dataset as d
 from fedcogen import results_json
 from fedcogen.protocols import dp
+from fedcogen.provenance import RUN_LOCATION_KEYS, check_reusable, provenance, recorded
 from fedcogen.run_config import FLSettings
 from fedcogen.server.checkpoint import has_checkpoint, load_checkpoint
 from fedcogen.simulations.attacks import canary_exposure, membership_inference
@@ -134,7 +135,11 @@ def run_dp_scale(cfg: DPScaleConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         settings = _settings(cfg, sigma, data_dir, run_dir)
         if cfg.reuse_runs and _finished(run_dir, cfg.run.rounds):
-            settings = settings.replace(resume=True)  # same settings (fingerprinted): zero rounds left to run
+            check_reusable(recorded(run_dir / "metrics.json"),
+                           provenance(settings=settings.to_config(), seeds={"seed": settings.seed}),
+                           ignore=RUN_LOCATION_KEYS, what=f"the finished run in {run_dir}",
+                           hint="delete that folder or use another --out-dir to run it again")
+            settings = settings.replace(resume=True)  # same code and settings: zero rounds left to run
         metrics = run_federation(SimulationConfig(run=settings, engine=cfg.engine))
         seconds = time.perf_counter() - t0
         if not cfg.keep_client_state:
@@ -182,6 +187,7 @@ def _write(out: Path, cfg: DPScaleConfig, runs: list[dict[str, Any]], started: f
         "runs": runs,
         "seconds": round(time.perf_counter() - started, 1),
         "load_average": loadavg(),
+        "provenance": provenance(settings=asdict(cfg), seeds={"seed": cfg.run.seed}),
     }
     results_json.write(out / "dp_scale.json", result, default=str)
     (out / "dp_scale.md").write_text(markdown(result))

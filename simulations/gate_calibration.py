@@ -32,6 +32,7 @@ from fedcogen.dataset import FederationConfig, generate_federation
 from fedcogen.models import chat_input_ids, check_tokenizers_match, shared_model
 from fedcogen.prompts import CLOUD_SYSTEM, DEVICE_SYSTEM, cloud_prompt, device_prompt
 from fedcogen.protocols import logit_codec
+from fedcogen.provenance import provenance
 
 
 @dataclass
@@ -119,6 +120,7 @@ def calibrate(cfg: CalibrationConfig, out_dir: str | Path | None = None) -> dict
         "curve": curve,
         "chosen": chosen,
         "target_met": bool(ok),
+        "provenance": provenance(settings=asdict(cfg), seeds={"seed": cfg.seed}),
     }
     if out_dir:
         out = Path(out_dir)

@@ -36,6 +36,7 @@ import numpy as np
 from fedcogen import dataset as d
 from fedcogen import results_json
 from fedcogen.protocols import dp
+from fedcogen.provenance import provenance
 from fedcogen.run_config import FLSettings
 from fedcogen.simulations.federation import SimulationConfig, run_federation
 from fedcogen.simulations.plots import privacy_plots
@@ -283,6 +284,7 @@ def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
         "private_span_audit": spans,
         "sweep": sweep,
         "seconds": round(time.perf_counter() - started, 1),
+        "provenance": provenance(settings=cfg.to_dict(), seeds={"seed": cfg.run.seed}),
     }
     results_json.write(out / "privacy.json", result, indent=2, default=_json_default)
     plots = privacy_plots(result, out)

@@ -21,6 +21,7 @@ from fedcogen.client.lora_training import encode_examples, train_local
 from fedcogen.client.secagg_client import make_client_app
 from fedcogen.dataset import client_examples, load_federation, user_ids
 from fedcogen.lora_adapter import get_adapter, lora_model, set_adapter
+from fedcogen.provenance import provenance
 from fedcogen.secagg import MODES, SecAggRunConfig
 from fedcogen.server.secagg_server import Recorder, make_server_app
 
@@ -111,7 +112,8 @@ def compare_modes(base: SecAggRunConfig, out_dir: str | Path | None = None) -> d
     for mode in MODES:
         res = run_secagg(replace(base, mode=mode))
         rows[mode] = {k: v for k, v in res.items() if k != "config"}
-    result = {"config": asdict(base), "modes": rows}
+    result = {"config": asdict(base), "modes": rows,
+              "provenance": provenance(settings=asdict(base), seeds={"seed": base.run.seed})}
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

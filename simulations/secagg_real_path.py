@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen import results_json
+from fedcogen.provenance import provenance
 from fedcogen.run_config import FLSettings
 from fedcogen.simulations.federation import SimulationConfig, run_federation
 
@@ -41,7 +42,8 @@ def compare_real_path(run: FLSettings = REAL_PATH_RUN, out_dir: str | Path = "ru
             "final_eval_loss": res["final_eval_loss"],
             "accepted": [m["accepted"] for m in rounds],
         })
-    result = {"settings": run.to_config(), "engine": engine, "runs": rows}
+    result = {"settings": run.to_config(), "engine": engine, "runs": rows,
+              "provenance": provenance(settings={**run.to_config(), "engine": engine}, seeds={"seed": run.seed})}
     out.mkdir(parents=True, exist_ok=True)
     results_json.write(out / "secagg_real.json", result)
     (out / "secagg_real.md").write_text(markdown(result))

@@ -14,7 +14,11 @@ def test_thousand_malformed_blobs_no_crash_none_aggregated_bounded_memory() -> N
     assert result["crashes"] == 0, [t["crash_examples"] for t in result["targets"].values()]
     assert result["aggregated_bad_updates"] == 0
     assert result["valid_updates_mixed_in"] > 0 and result["lost_valid_updates"] == 0
-    assert result["peak_extra_memory_mb"] < 100
+    # the largest honest object is the dense fp32 adapter of SHAPES (0.06 MB; logit packets are smaller);
+    # 1 MB leaves room for a few working copies (measured 0.2 MB), while one allocation sized by a
+    # forged header's claim (millions of entries) lands far above it. The benchmark's own bound is 100 MB.
+    dense_mb = sum(int(np.prod(s)) for s in SHAPES.values()) * 4 / 2**20
+    assert dense_mb < 0.1 and result["peak_extra_memory_mb"] < 1.0
     targets = result["targets"]
     # only mutations that can stay valid may be accepted (a flipped value byte with a fixed CRC, a
     # truncated packet that still parses); everything else must be rejected

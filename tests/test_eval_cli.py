@@ -110,6 +110,10 @@ def test_valid_file_with_reject_runs_and_writes_report(fake, tmp_path, capsys):
     assert data["overall"]["cloud"]["leaked_facts"]["mean"] == 0
     assert report.is_file() and (tmp_path / "rep" / "eval_latency.png").is_file()
     assert "| device | 1 |" in report.read_text()
+    # the result says what made it: the command's flags (no handler, no token) and seed
+    prov = data["provenance"]
+    assert prov["seeds"] == {"seed": 0} and prov["settings"]["max_tasks"] == 2
+    assert prov["settings"]["variants"] == "device,cloud" and not {"func", "token"} & set(prov["settings"])
 
 
 def test_generation_failures_exit_1_but_write_results(fake, tmp_path, capsys):

@@ -129,7 +129,6 @@ def test_run_federation_loopback_dense_vs_sparse_bytes(tmp_path) -> None:
 
 
 def test_fedadam_and_server_dp_runs_checkpoint_optimizer_state(tmp_path) -> None:
-    pytest.importorskip("fedcogen.protocols.dp")
     server, _ = _server(tmp_path, "adam", rounds=2, clients_per_round=2, server_opt="fedadam", server_lr=0.01,
                         dp_mode="server", dp_clip_norm=0.1, dp_noise_multiplier=0.5, eval_every=2)
     result = server.run()

@@ -100,7 +100,6 @@ def test_error_feedback_residual_accounts_for_everything_sent() -> None:
 
 
 def test_client_dp_clips_what_is_sent_and_residual_keeps_the_rest() -> None:
-    pytest.importorskip("fedcogen.protocols.dp")
     settings = FLSettings(density=0.2, quant="fp32", dp_mode="client", dp_clip_norm=0.5,
                              dp_noise_multiplier=0.0)
     upd = _adapter(4)

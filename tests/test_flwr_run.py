@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from fedcogen.provenance import source_digest
 from fedcogen.run_config import FLSettings, RunConfigError, load_run_config
 from fedcogen.simulations import supervisor
 from fedcogen.simulations.flower_app import project_app_dir
@@ -59,6 +60,8 @@ def test_flwr_run_dot_finishes_rounds_and_writes_results(tmp_path: Path) -> None
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["completed_rounds"] == 2, log[-3000:]
     assert (out / "checkpoint.npz").is_file() and (out / "ledger.json").is_file()
+    # the ServerApp ran from the FAB (no .git): its record still identifies this code by the source digest
+    assert metrics["provenance"]["code"]["source_digest"] == source_digest(), metrics["provenance"]["code"]
     # the local SuperLink Flower started (and everything below it) is gone
     assert seen, "flwr run started no helper process"
     assert not [p for p in set(seen) if supervisor.alive(p)], "processes left behind"

@@ -98,7 +98,10 @@ def test_context_leakage_substring(fed):
     r_clean = leak.context_leakage(clean, truths)
     assert r_leaky["verbatim_rate"] > 0.4 and r_leaky["substring_top1"] > 0.4, r_leaky
     assert r_clean["verbatim_rate"] == 0.0 and r_clean["substring_top1"] == 0.0, r_clean
-    assert 0 < r_clean["chance"] < 0.1
+    # chance = mean over (user, attribute) of 1 / number of candidates (the pool plus the true value)
+    pools = leak.attribute_pools()
+    sizes = [len(set(pools[a]) | {v}) for t in truths.values() for a, v in t.items() if a in pools]
+    assert r_clean["chance"] == pytest.approx(sum(1 / n for n in sizes) / len(sizes), rel=1e-12)
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import pytest
 from fedcogen.client.client_state import ClientState
 from fedcogen.lora_adapter import LoraSpec, adapter_layout, get_adapter, lora_model
 from fedcogen.models import shared_model
+from fedcogen.protocols import dp
 from fedcogen.server.catchup import KEEP
 from fedcogen.server.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fedcogen.server.client_sampling import eval_cohort
@@ -117,10 +118,14 @@ def test_bench_scale_and_dp_scale_write_their_reports(tmp_path) -> None:
     out = run_dp_scale(DPScaleConfig(run=run, noise_multiplier=1.0, attack_canaries=4, n_alternatives=7,
                                      mia_max_examples=8, out_dir=str(tmp_path / "dp")))
     no_dp, with_dp = out["runs"]
-    assert no_dp["epsilon"] is None and 0 < with_dp["epsilon"] < 100
+    # one round of the Poisson-subsampled Gaussian at q = 8/16, sigma 1, from the run's own accountant
+    assert no_dp["epsilon"] is None
+    assert with_dp["epsilon"] == pytest.approx(dp.epsilon_for(1.0, 0.5, 1, 16 ** -1.1), rel=1e-9)
     assert out["delta"] == pytest.approx(16 ** -1.1)
     assert with_dp["trained_clients"] == 8 and with_dp["canaries"] == 4
-    assert 0 <= with_dp["mia"]["auc"] <= 1 and not (tmp_path / "dp" / "no_dp" / "clients").exists()
+    assert (with_dp["mia"]["n_members"], with_dp["mia"]["n_non_members"]) == (8, 8)  # mia_max_examples each
+    assert not (tmp_path / "dp" / "no_dp" / "clients").exists()
+    assert out["provenance"]["settings"]["noise_multiplier"] == 1.0 and out["provenance"]["seeds"] == {"seed": 0}
     assert "epsilon" in (tmp_path / "dp" / "dp_scale.md").read_text()
 
 

@@ -34,8 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also measure training throughput vs a plain PEFT loop (default: only with --quick)")
     p.add_argument("--engine", default="loopback", choices=["loopback", "flower"],
                    help="loopback: same apps in one process (no Ray noise); flower: Ray simulation engine")
-    p.add_argument("--reuse", action="store_true", help="read back runs already finished in --out-dir with "
-                   "identical settings instead of running them again (continue an interrupted benchmark)")
+    p.add_argument("--reuse", action="store_true", help="read back runs already finished in --out-dir instead of "
+                   "running them again (continue an interrupted benchmark); only runs made by this commit from a "
+                   "clean tree with identical settings, any other stops the benchmark naming the difference")
+    p.add_argument("--force-reuse", action="store_true", help="like --reuse, but read back finished runs even if "
+                   "made by other code or settings (differences printed; e.g. outside a git checkout)")
 
     p = add_command(bsub, "cogen", "CoGenesis: wire bytes per token, top-k fidelity, variant speed, cloud batching",
                     description=module_doc("fedcogen.simulations.bench_cogen"), func=_cogen)
@@ -91,7 +94,7 @@ def _adapters(args: argparse.Namespace) -> int:
 
     result = run_probe(args.out_dir, steps=args.steps, quick=args.quick)
     Path(args.out_dir, "bench_adapters.md").write_text(report(result))
-    write_json(args.json_out, result)
+    write_json(args.json_out, result, args=args)
     print(f"report: {Path(args.out_dir, 'bench_adapters.md')}")
     return 0
 
@@ -101,10 +104,10 @@ def _comm(args: argparse.Namespace) -> int:
 
     result = run_bench(quick=args.quick, out_dir=args.out_dir, variants=args.variants, engine=args.engine,
                        rounds=args.rounds, max_rounds=args.max_rounds, local_steps=args.local_steps,
-                       throughput=args.throughput, reuse=args.reuse)
+                       throughput=args.throughput, reuse=args.reuse, force_reuse=args.force_reuse)
     print_table(result)
     if args.json_out:
-        write_json(args.json_out, result)
+        write_json(args.json_out, result, args=args)
         print(f"\nJSON: {args.json_out}")
     print(f"report: {Path(args.out_dir) / 'bench_comm.md'}; plots: loss_vs_round.png, loss_vs_bytes.png")
     return 0
@@ -133,7 +136,7 @@ def _fuzz(args: argparse.Namespace) -> int:
 
     result = run_fuzz(FuzzConfig(blobs=1000 if args.quick else args.blobs, seed=args.seed))
     print(json.dumps(result, indent=1))
-    write_json(args.json_out, result)
+    write_json(args.json_out, result, args=args)
     return 0 if result["ok"] else 1
 
 
@@ -145,7 +148,7 @@ def _load(args: argparse.Namespace) -> int:
         cfg.sessions, cfg.seconds = 8, 10.0
     result = run_load(cfg)
     print(json.dumps(result, indent=1))
-    write_json(args.json_out, result)
+    write_json(args.json_out, result, args=args)
     return 0 if result["errors"] == 0 else 1
 
 
@@ -154,7 +157,7 @@ def _codec(args: argparse.Namespace) -> int:
 
     result = run_benchmark(seed=args.seed)
     print(markdown(result))
-    write_json(args.json_out, result)
+    write_json(args.json_out, result, args=args)
     return 0
 
 

@@ -44,6 +44,6 @@ def _scale(args: argparse.Namespace) -> int:
                            engine=args.engine, out_dir=args.out_dir)
     result = run_bench(cfg)
     print(markdown(result))
-    write_json(args.json_out, result)
+    write_json(args.json_out, result, args=args)
     print(f"report: {Path(args.out_dir) / 'bench_scale.md'}")
     return 0

@@ -16,6 +16,7 @@ from typing import Any
 
 from fedcogen import results_json
 from fedcogen.dataset.validate import FieldLimits
+from fedcogen.provenance import provenance
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -93,11 +94,24 @@ def add_json_out(p: argparse.ArgumentParser, help: str = "write the result JSON 
     p.add_argument("--json", dest="json_out", metavar="FILE", help=help)
 
 
-def write_json(path: str | Path | None, result: Any, *, indent: int = 1, default: Callable[[Any], Any] = str) -> None:
+def write_json(path: str | Path | None, result: Any, *, indent: int = 1, default: Callable[[Any], Any] = str,
+               args: argparse.Namespace | None = None) -> None:
     """Write ``result`` as strict JSON to ``path`` (creating its folder; ``null`` for NaN, see
-    :mod:`fedcogen.results_json`); nothing when ``path`` is empty."""
+    :mod:`fedcogen.results_json`); nothing when ``path`` is empty.
+
+    With ``args``, a dict result that carries no ``"provenance"`` record yet (the experiments make their
+    own) gets one built from the command's flags, so every result file says what code made it."""
     if path:
+        if args is not None and isinstance(result, dict) and "provenance" not in result:
+            result = {**result, "provenance": provenance(settings=cli_settings(args),
+                                                         seeds={"seed": getattr(args, "seed", None)})}
         results_json.write(path, result, indent=indent, default=default)
+
+
+def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """A command's parsed flags as the settings of its result's provenance record: every flag except
+    the handler and a token given on the command line (a secret must not land in a result file)."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "token")}
 
 
 def add_token_args(p: argparse.ArgumentParser, file_help: str = "file (mode 0600) with the cloud's bearer token "

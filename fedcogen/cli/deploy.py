@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen import results_json
-from fedcogen.cli.common import DEVICE_MODEL
+from fedcogen.cli.common import DEVICE_MODEL, cli_settings
+from fedcogen.provenance import provenance
 from fedcogen.simulations.deploy import (
     FEDCOGEN_CLIENTAPP,
     Deployment,
@@ -116,7 +117,8 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
                            cloud_model=args.cloud_model, startup_timeout=args.startup_timeout)
     started = time.time()
     report: dict[str, Any] = {"out_dir": str(out), "app": str(app_dir), "nodes": args.nodes, "rounds": args.rounds,
-                              "run_config": run_config}
+                              "run_config": run_config,
+                              "provenance": provenance(settings=cli_settings(args), seeds={"seed": args.seed})}
     dep = Deployment(cfg)
     try:
         with dep:

@@ -22,12 +22,14 @@ from fedcogen.cli.common import (
     add_decoding_args,
     add_size_limit_args,
     add_token_args,
+    cli_settings,
     decoding_settings,
     token_of,
 )
 from fedcogen.cli.flags import add_device_flag
 from fedcogen.dataset.validate import FieldLimits, jsonl_file_lines
 from fedcogen.models import check_model_pair
+from fedcogen.provenance import provenance
 from fedcogen.variants import (
     CLOUD_VARIANTS,
     DEFAULT_EVAL_VARIANTS,
@@ -272,6 +274,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "invalid_lines": len(problems),
     })
     data["invalid_lines"] = problems
+    data["provenance"] = provenance(settings=cli_settings(args), seeds={"seed": args.seed})
     results_json.write(args.json_out, data, indent=2)
     print(f"wrote {args.json_out}")
     if args.report:

@@ -19,11 +19,13 @@ from fedcogen.cli.common import (
     add_decoding_args,
     add_size_limit_args,
     add_token_args,
+    cli_settings,
     decoding_settings,
     token_of,
 )
 from fedcogen.cli.flags import add_device_flag
 from fedcogen.dataset.validate import FieldLimits, check_sizes, jsonl_file_lines
+from fedcogen.provenance import provenance
 from fedcogen.variants import VARIANTS
 
 TASK_FILE_ORDER = ("test.jsonl", "val.jsonl", "train.jsonl")
@@ -192,7 +194,8 @@ def _generate(args: argparse.Namespace) -> int:
     }
     print(results_json.dumps(summary, indent=None), file=sys.stderr)
     if args.out:
-        out = results_json.write(args.out, {"summary": summary, "results": rows}, indent=2)
+        out = results_json.write(args.out, {"summary": summary, "results": rows, "provenance": provenance(
+            settings=cli_settings(args), seeds={"seed": args.seed})}, indent=2)
         md = [f"# fedcogen generate ({args.variant})", "", "| task | tokens | tok/s | cloud calls | sent B | recv B | fell back |",
               "|---|---|---|---|---|---|---|"]
         md += [

@@ -115,11 +115,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "secaggplus (tiny model, --num-clients clients, --rounds rounds): bytes and time side by side")
 
 
-def _write(path: str | None, result: Any) -> None:
+def _write(path: str | None, result: Any, args: argparse.Namespace | None = None) -> None:
     from fedcogen.simulations.privacy_run import _json_default
 
     if path:
-        write_json(path, result, indent=2, default=_json_default)
+        write_json(path, result, indent=2, default=_json_default, args=args)
         print(f"wrote {path}")
 
 
@@ -134,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
         protect_private_spans=args.protect_private_spans,
     )
     result = run_privacy(cfg)
-    _write(args.json, result)
+    _write(args.json, result, args)
     print(f"report: {Path(cfg.out_dir) / 'privacy.md'}")
     eps = result["epsilon"]
     print(f"epsilon {eps if eps is not None else math.inf:.3g} (delta {result['delta']}), eval loss "
@@ -169,7 +169,7 @@ def _exposure(args: argparse.Namespace) -> int:
                           alternatives_fn=random_canary_like, progress=True)
     print(f"mean exposure {res['mean']:.2f} bits, max {res['max']:.2f} (chance {res['chance']:.2f}, "
           f"max possible {res['per_canary'][0]['max_exposure']:.2f})")
-    _write(args.json, res)
+    _write(args.json, res, args)
     return 0
 
 
@@ -184,7 +184,7 @@ def _mia(args: argparse.Namespace) -> int:
     res = membership_inference(lm.model, lm.tokenizer, members, non)
     print(f"MIA AUC loss {res['loss']['auc']:.3f}, reference {res['reference']['auc']:.3f}; "
           f"TPR@1%FPR {res['tpr_at_1pct_fpr']:.3f} ({res['n_members']} members, {res['n_non_members']} non-members)")
-    _write(args.json, res)
+    _write(args.json, res, args)
     return 0
 
 
@@ -220,7 +220,7 @@ def _spans(args: argparse.Namespace) -> int:
     print(table)
     if args.report:
         Path(args.report).write_text("# Private-span audit\n\n" + table)
-    _write(args.json, res)
+    _write(args.json, res, args)
     return 0 if res["protected_passes"] else 1
 
 
@@ -234,7 +234,7 @@ def _secagg(args: argparse.Namespace) -> int:
         res = compare_real_path(REAL_PATH_RUN.replace(num_clients=n, clients_per_round=n, rounds=args.rounds,
                                                       density=args.density), args.out)
         print(markdown(res))
-        _write(args.json, res)
+        _write(args.json, res, args)
         return 0
     from fedcogen.simulations.secagg_experiment import adapter_flat, compare_modes
 
@@ -243,5 +243,5 @@ def _secagg(args: argparse.Namespace) -> int:
                                                         rounds=args.rounds, density=args.density),
                         args.out)
     print((Path(args.out) / "secagg_compare.md").read_text())
-    _write(args.json, res)
+    _write(args.json, res, args)
     return 0

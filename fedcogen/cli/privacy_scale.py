@@ -52,7 +52,7 @@ def _scale(args: argparse.Namespace) -> int:
     result = run_dp_scale(cfg)
     print(markdown(result))
     if args.json_out:
-        write_json(args.json_out, result)
+        write_json(args.json_out, result, args=args)
     print(json.dumps({k: result[k] for k in ("epsilon", "delta", "relative_eval_loss_cost", "seconds")}))
     print(f"report: {Path(args.out_dir) / 'dp_scale.md'}")
     return 0
