@@ -166,7 +166,9 @@ def _field_values(context: str) -> list[Detection]:
         words = value.split()
         if not words:
             continue
-        if f.key.lower().replace("_", " ").startswith(FREE_TEXT_KEYS) or len(words) > MAX_FACT_WORDS:
+        several_sentences = re.search(r"[.!?]\s+[A-Z]", value) is not None
+        if f.key.lower().replace("_", " ").startswith(FREE_TEXT_KEYS) or len(words) > MAX_FACT_WORDS \
+                or several_sentences:
             continue
         out.append(Detection(value, "field", f.start))
         for part in re.split(r"\s*(?:,|&|\band\b|\bwith\b|\bsince\b|\bin\b)\s*", value):
@@ -199,6 +201,7 @@ def _names(context: str, masked: list[tuple[int, int]]) -> list[Detection]:
     """Capitalised words and runs of them (see the module docstring)."""
     lower_words = {m.group(0) for m in WORD_RE.finditer(context) if m.group(0).islower()}
     words = [m for m in WORD_RE.finditer(context) if not any(a <= m.start() < b for a, b in masked)]
+    mid_sentence_caps = {m.group(0) for m in words if m.group(0)[:1].isupper() and not _sentence_start(context, m.start())}
     out: list[Detection] = []
     run: list[re.Match[str]] = []
 
@@ -224,7 +227,8 @@ def _names(context: str, masked: list[tuple[int, int]]) -> list[Detection]:
             private = True
         elif _sentence_start(context, m.start()):
             adverb = low.endswith("ly") and context[m.end():m.end() + 1] == ","  # "Honestly, ..."
-            private = low not in SENTENCE_WORDS and low not in lower_words and not adverb
+            gerund = low.endswith("ing") and len(low) > 5 and w not in mid_sentence_caps  # "Working as ..."
+            private = low not in SENTENCE_WORDS and low not in lower_words and not adverb and not gerund
         else:  # mid-sentence: a name unless a common word ("Mom", "March") that is also written lowercase
             private = low not in SENTENCE_WORDS
         if low in TITLES and w[0].isupper() and k + 1 < len(words) and words[k + 1].group(0)[:1].isupper():

@@ -45,7 +45,7 @@ SENSITIVE_ROOTS: dict[str, tuple[str, ...]] = {
         "physician", "pharmacist", "paramedic", "firefighter", "police officer", "detective", "cashier",
         "barista", "electrician", "plumber", "mechanic", "carpenter", "architect", "programmer", "librarian",
         "dentist", "surgeon", "social worker", "janitor", "receptionist", "waiter", "waitress", "chef",
-        "trucker", "truck driver", "farmer", "soldier", "veteran", "sergeant", "professor", "lecturer",
+        "trucker", "driver", "farmer", "soldier", "veteran", "sergeant", "professor", "lecturer",
         "intern", "unemploy", "laid off", "fired", "redundan", "retired", "retiree", "freelanc", "contractor",
         "caregiver", "carer", "midwife", "veterinar", "dental hygienist", "welder", "machinist", "courier",
         "security guard", "warehouse", "night shift", "hairdresser", "stylist", "realtor", "estate agent",
@@ -85,6 +85,7 @@ every each all both few several other another such same own only very really qui
 back home work school family friends friend everyone everybody someone somebody nothing something
 agenda minutes summary notes todo to-do done plan plans goal goals call meeting meetings lunch dinner
 breakfast coffee tea drinks party trip travel holiday holidays vacation birthday anniversary
+diary journal log dearest darling honey hun
 mom mum dad mother father brother sister son daughter grandma grandpa aunt uncle cousin kids baby
 """.split()) | frozenset(STOP_WORDS)
 
