@@ -43,7 +43,7 @@ from typing import Any
 from nltk.stem.snowball import SnowballStemmer
 
 from fedcogen.client.span_detector import PLACEHOLDER, SpanDetector, context_values
-from fedcogen.client.span_lexicon import SENTENCE_WORDS
+from fedcogen.client.span_lexicon import sentence_words
 from fedcogen.text_match import normalise
 
 __all__ = ["PLACEHOLDER", "PrivateSpanGuard", "SpanDetector", "context_values", "private_token_labels", "value_roots"]
@@ -54,9 +54,10 @@ MIN_PREFIX_ROOT = 5
 def value_roots(values: Iterable[str], stemmer: Any) -> list[str]:
     """Stems of the content words (4+ letters, not common sentence words) of private values."""
     roots = set()
+    common = sentence_words()
     for v in values:
         for w in normalise(v).split():
-            if len(w) >= 4 and w.isalpha() and w not in SENTENCE_WORDS:
+            if len(w) >= 4 and w.isalpha() and w not in common:
                 roots.add(stemmer.stem(w))
     return sorted(roots)
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from fedcogen.client.span_lexicon import NEVER_PRIVATE, SENTENCE_WORDS, TITLES, sensitive_terms
+from fedcogen.client.span_lexicon import NEVER_PRIVATE, TITLES, sensitive_terms, sentence_words
 from fedcogen.client.span_structure import line_fields, object_fields
 from fedcogen.text_match import normalise
 
@@ -160,6 +160,7 @@ def _regex(context: str, pattern: re.Pattern[str] | str, kind: str) -> list[Dete
 def _field_values(context: str) -> list[Detection]:
     """Values of profile fields (long ones and those of FREE_TEXT_KEYS are left to the free-text detectors)."""
     found, _ = line_fields(context)
+    common = sentence_words()
     out: list[Detection] = []
     for f in [*found, *object_fields(context)]:
         value = f.value.strip(" \t\"'`,.{}[]")
@@ -177,7 +178,7 @@ def _field_values(context: str) -> list[Detection]:
                 out.append(Detection(part, "field", f.start))
             for w in part.split():
                 w = w.strip(" .,\"'()")
-                if len(w) >= 3 and w.lower() not in SENTENCE_WORDS:
+                if len(w) >= 3 and w.lower() not in common:
                     out.append(Detection(w, "field", f.start))
     return out
 
@@ -199,6 +200,7 @@ def _sentence_start(context: str, start: int) -> bool:
 
 def _names(context: str, masked: list[tuple[int, int]]) -> list[Detection]:
     """Capitalised words and runs of them (see the module docstring)."""
+    common = sentence_words()
     lower_words = {m.group(0) for m in WORD_RE.finditer(context) if m.group(0).islower()}
     words = [m for m in WORD_RE.finditer(context) if not any(a <= m.start() < b for a, b in masked)]
     mid_sentence_caps = {m.group(0) for m in words if m.group(0)[:1].isupper() and not _sentence_start(context, m.start())}
@@ -228,9 +230,9 @@ def _names(context: str, masked: list[tuple[int, int]]) -> list[Detection]:
         elif _sentence_start(context, m.start()):
             adverb = low.endswith("ly") and context[m.end():m.end() + 1] == ","  # "Honestly, ..."
             gerund = low.endswith("ing") and len(low) > 5 and w not in mid_sentence_caps  # "Working as ..."
-            private = low not in SENTENCE_WORDS and low not in lower_words and not adverb and not gerund
+            private = low not in common and low not in lower_words and not adverb and not gerund
         else:  # mid-sentence: a name unless a common word ("Mom", "March") that is also written lowercase
-            private = low not in SENTENCE_WORDS
+            private = low not in common
         if low in TITLES and w[0].isupper() and k + 1 < len(words) and words[k + 1].group(0)[:1].isupper():
             close()
             run.append(m)  # "Dr. Patel": the title joins the name's run without being a value alone

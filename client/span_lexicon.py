@@ -13,8 +13,6 @@ written from.
 
 from __future__ import annotations
 
-from spacy.lang.en.stop_words import STOP_WORDS
-
 #: roots of sensitive lowercase terms; a word is sensitive when it starts with one of them
 #: (roots of 3 letters or fewer, and acronyms, must match the whole word)
 SENSITIVE_ROOTS: dict[str, tuple[str, ...]] = {
@@ -67,10 +65,10 @@ SENSITIVE_ROOTS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-#: capitalised words that begin sentences, greet or sign off without naming anyone (beyond spaCy's
-#: English stop words): a capitalised word at a sentence start is a name only when it is not one of
+#: capitalised words that begin sentences, greet or sign off without naming anyone (with spaCy's
+#: English stop words: :func:`sentence_words`): a capitalised word at a sentence start is a name only when it is not one of
 #: these and not written in lowercase elsewhere in the same text
-SENTENCE_WORDS = frozenset("""
+BASE_SENTENCE_WORDS = frozenset("""
 thanks thank dear hi hello hey yes no ok okay sorry please cheers best regards love yours sincerely
 today tomorrow yesterday tonight morning evening afternoon night week weekend month year
 monday tuesday wednesday thursday friday saturday sunday
@@ -87,7 +85,7 @@ agenda minutes summary notes todo to-do done plan plans goal goals call meeting 
 breakfast coffee tea drinks party trip travel holiday holidays vacation birthday anniversary
 diary journal log dearest darling honey hun
 mom mum dad mother father brother sister son daughter grandma grandpa aunt uncle cousin kids baby
-""".split()) | frozenset(STOP_WORDS)
+""".split())
 
 #: titles before a name ("Dr. Patel"): the next capitalised word is a name wherever it stands
 TITLES = frozenset(("dr", "mr", "mrs", "ms", "miss", "mx", "prof", "professor", "sir", "dame", "rev", "fr",
@@ -96,6 +94,15 @@ TITLES = frozenset(("dr", "mr", "mrs", "ms", "miss", "mx", "prof", "professor", 
 #: capitalised words that are never private on their own (the pronoun I, units, meridiem)
 NEVER_PRIVATE = frozenset(("i", "am", "pm", "ok", "tv", "uk", "us", "usa", "eu", "faq", "id", "pdf", "asap",
                            "fyi", "btw", "lol", "omg"))
+
+
+def sentence_words() -> frozenset[str]:
+    """:data:`BASE_SENTENCE_WORDS` plus spaCy's English stop words (a word list spaCy ships, no model;
+    imported here, not at module import, because spaCy's package import takes ~1.5 s and the CLI
+    imports this module for its flags)."""
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    return BASE_SENTENCE_WORDS | frozenset(STOP_WORDS)
 
 
 def sensitive_terms() -> list[tuple[str, str]]:

@@ -54,6 +54,31 @@ class _ResponseStream:
         return getattr(self._call, name)
 
 
+def sent_token_streams(records: list[WireRecord]) -> tuple[list[int], list[int]]:
+    """The token ids a device sent, as ``(stream, view)``: ``stream`` concatenates the
+    ``instruction_ids`` of session opens and the ids of every step as sent; ``view`` is the cloud's
+    sequence after speculative rewinds. The fact audit (simulations/fact_audit.py) decodes both and
+    searches them for facts as text (exact and near matches) and as token-id runs."""
+    stream: list[int] = []
+    view: list[int] = []  # the cloud's sequence: rejected draft tokens rewound
+    for r in records:
+        if r.direction != "sent" or r.message is None:
+            continue
+        msg = r.message
+        try:
+            kind = msg.WhichOneof("kind")
+        except (AttributeError, ValueError):  # not a DecodeRequest
+            continue
+        if kind == "open":
+            stream.extend(msg.open.instruction_ids)
+            view.extend(msg.open.instruction_ids)
+        elif kind == "step":
+            stream.extend(msg.step.token_ids)
+            del view[len(view) - min(msg.step.rewind, len(view)):]
+            view.extend(msg.step.token_ids)
+    return stream, view
+
+
 @dataclass
 class WireCapture(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
     """Client interceptor; install with ``grpc.intercept_channel(channel, capture)``."""
@@ -85,29 +110,9 @@ class WireCapture(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInter
             return any(needle in r.raw for r in self.records)
 
     def sent_token_streams(self) -> tuple[list[int], list[int]]:
-        """The token ids the device sent, as ``(stream, view)``: ``stream`` concatenates the
-        ``instruction_ids`` of session opens and the ids of every step as sent; ``view`` is the
-        cloud's sequence after speculative rewinds. The fact audit decodes both and searches them
-        for facts as text (exact and near matches) and as token-id runs."""
-        stream: list[int] = []
-        view: list[int] = []  # the cloud's sequence: rejected draft tokens rewound
+        """:func:`sent_token_streams` of this capture's records."""
         with self._lock:
-            for r in self.records:
-                if r.direction != "sent" or r.message is None:
-                    continue
-                msg = r.message
-                try:
-                    kind = msg.WhichOneof("kind")
-                except (AttributeError, ValueError):  # not a DecodeRequest
-                    continue
-                if kind == "open":
-                    stream.extend(msg.open.instruction_ids)
-                    view.extend(msg.open.instruction_ids)
-                elif kind == "step":
-                    stream.extend(msg.step.token_ids)
-                    del view[len(view) - min(msg.step.rewind, len(view)):]
-                    view.extend(msg.step.token_ids)
-        return stream, view
+            return sent_token_streams(list(self.records))
 
     def contains_token_run(self, token_ids: list[int]) -> bool:
         """True if ``token_ids`` occur consecutively in the token-id fields of any sent message.

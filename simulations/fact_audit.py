@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen.client.private_spans import PrivateSpanGuard, SpanDetector
+from fedcogen.client.wire_capture import sent_token_streams
 from fedcogen.simulations.audit import sent_payloads
 from fedcogen.text_match import normalise
 
@@ -171,9 +172,8 @@ def audit_capture(capture: Any, facts: Iterable[Fact], tokenizer: Any) -> list[d
     every string field, and the token ids both as sent and as the cloud's sequence after rewinds."""
     payloads = sent_payloads(capture)
     texts = [t for p in payloads for t in p.texts]
-    streams = [[i for p in payloads for i in p.token_ids]]
-    if hasattr(capture, "sent_token_streams"):
-        streams += list(capture.sent_token_streams())
+    records = list(capture.records) if hasattr(capture, "records") else list(capture)
+    streams = [[i for p in payloads for i in p.token_ids], *sent_token_streams(records)]
     return audit_facts(facts, texts=texts, streams=streams, tokenizer=tokenizer)
 
 
