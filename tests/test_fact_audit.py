@@ -7,7 +7,14 @@ import pytest
 
 from fedcogen.models import load_tokenizer
 from fedcogen.simulations import span_audit as sa
-from fedcogen.simulations.fact_audit import CORPORA, Fact, audit_facts, load_contexts, load_corpus, measure_detector
+from fedcogen.simulations.fact_audit import (
+    CORPORA,
+    Fact,
+    audit_facts,
+    load_contexts,
+    load_corpus,
+    measure_detector,
+)
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -1,4 +1,5 @@
-"""Writes the private-span corpora of this folder (run: ``python simulations/span_corpora/make_corpora.py``).
+"""Writes the private-span corpora of ``simulations/span_corpora/``
+(``python -c "from fedcogen.simulations.span_corpora_gen import build; build()"``; deterministic).
 
 Why a procedure of its own: the detector must be measured on text it was not written from, in the
 formats users actually have, with the facts labelled in a separate answer key that only the audit
@@ -26,7 +27,7 @@ import json
 import random
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent / "span_corpora"
 
 POOLS = {
     "dev": {
@@ -203,7 +204,3 @@ def build(n_per_split: int = 12, seed: int = 2311) -> None:
             f.writelines(json.dumps(c, ensure_ascii=False) + "\n" for c in contexts)
         with open(HERE / f"{name}.facts.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(k, ensure_ascii=False) + "\n" for k in keys)
-
-
-if __name__ == "__main__":
-    build()
