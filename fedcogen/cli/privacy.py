@@ -250,15 +250,18 @@ def _corpora(args: argparse.Namespace) -> int:
     corpora = tuple(args.corpora.split(",")) if args.corpora else CORPORA
     detector = load_span_detector(args.private_spans) if args.private_spans else SpanDetector()
     cfg = CorpusAuditConfig(corpora=corpora, split=args.split, wire_items=args.wire_items, detector=detector)
-    res = run_corpus_audit(cfg, wire=not args.no_wire)
-    try:
+    here = Path(__file__).resolve().parent
+    try:  # the code that runs: taken before the run, with whether the work tree had uncommitted changes
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+                                cwd=here).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                    text=True, check=False, cwd=here).stdout.strip())
     except OSError:
-        commit = None
-    res = {"command": "fedcogen privacy corpora " + " ".join(
+        commit, dirty = None, None
+    res = run_corpus_audit(cfg, wire=not args.no_wire)
+    res = {"commit": commit, "uncommitted_changes": dirty, "command": "fedcogen privacy corpora " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("split", args.split), ("wire_items", args.wire_items))
-        ) + (" --no-wire" if args.no_wire else ""), "commit": commit, **res}
+        ) + (" --no-wire" if args.no_wire else ""), **res}
     table = "\n".join(corpus_audit_markdown(res)) + "\n"
     print(table)
     if args.report:
