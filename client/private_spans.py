@@ -9,7 +9,7 @@ only what :meth:`PrivateSpanGuard.commit` returns is sent.
 What is private comes from the device's own context only (client/span_detector.py: profile
 fields in any key style, JSON/YAML, names, places, sensitive terms, numbers, dates, addresses,
 e-mails, phone numbers, the user's own patterns and values), never from an answer key. The guard
-matches them three ways:
+matches them four ways:
 
 * **values**: normalised whole-word matches of every detected value (casefolded, punctuation runs =
   one space), so a value split over several tokens or written with other punctuation is found;
@@ -22,8 +22,7 @@ matches them three ways:
 No private token is ever sent before the detector knows: a token is **held** while the text from a
 word start up to it is the beginning of a private value ("Dr." could become "Dr. Okafor") or of a
 word sharing a root with one ("diab" could become "diabetes"), and released (or replaced) once the
-value either completes (private) or diverges (public). A copied run
-is recognised only at its ``ngram``-th token, so its first ``ngram - 1`` tokens can go out; the
+value either completes (private) or diverges (public). A copied run is recognised only at its ``ngram``-th token, so its first ``ngram - 1`` tokens can go out; the
 value detector covers the facts inside such runs, the copy detector the rest of the run.
 
 Private tokens are replaced by one neutral placeholder per span (``" ..."``, one token), sent with

@@ -3,8 +3,11 @@ protection path sends 0 facts on every corpus (dev split, scripted device) while
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from fedcogen.cli import main
 from fedcogen.models import load_tokenizer
 from fedcogen.simulations import span_audit as sa
 from fedcogen.simulations.fact_audit import (
@@ -93,3 +96,14 @@ def test_wire_zero_facts_with_protection_and_leaks_without():
             assert on["facts_on_wire"] == 0, (name, v, seen)
             assert on["private_tokens_withheld"] > 0
     assert res["protected_zero"] and res["unprotected_leaks"]
+
+
+def test_corpora_command_prints_the_table_and_records_the_commit(tmp_path, capsys):
+    out = tmp_path / "c.json"
+    assert main(["privacy", "corpora", "--split", "dev", "--no-wire", "--corpora", "cogenesis,freetext",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| cogenesis | 12 |" in text and "| freetext | 12 |" in text and "structured" not in text
+    res = json.loads(out.read_text())
+    assert res["split"] == "dev" and set(res["corpora"]) == {"cogenesis", "freetext"}
+    assert "commit" in res and res["corpora"]["cogenesis"]["detector"]["recall"] == 1.0
