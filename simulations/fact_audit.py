@@ -10,7 +10,8 @@ counts as *seen by the cloud* when it, or the form a device might write instead 
 
 * as text, after normalisation (case, punctuation), whole words;
 * as a **near match**: every content word of the fact shares a long prefix with a word on the wire
-  (inflection: "divorced"/"divorce", "Maria"/"Maria's"); for names, places, employers and
+  (inflection: "divorced"/"divorce", "Maria"/"Maria's"; a common word on the wire, such as "more",
+  must match exactly, or "more" would count as "Moretti"); for names, places, employers and
   addresses any one of their words is enough ("Lopez" alone names the user). This matcher is
   deliberately not the guard's (the guard uses stems, this uses prefixes), so a gap in one is not
   hidden by the same gap in the other;
@@ -29,6 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from spacy.lang.en.stop_words import STOP_WORDS
 
 from fedcogen.client.private_spans import PrivateSpanGuard, SpanDetector
 from fedcogen.client.wire_capture import sent_token_streams
@@ -100,9 +103,11 @@ def load_corpus(name: str, split: str | None = None, folder: Path | None = None)
 
 
 def _near(a: str, b: str) -> bool:
+    """``a`` (a fact's word) and ``b`` (a word on the wire) are one word up to inflection. A common
+    English word on the wire (spaCy's stop-word list) only matches exactly: "more" is no "Moretti"."""
     if a == b:
         return True
-    if min(len(a), len(b)) < NEAR_PREFIX or not (a.isalpha() and b.isalpha()):
+    if min(len(a), len(b)) < NEAR_PREFIX or not (a.isalpha() and b.isalpha()) or b in STOP_WORDS:
         return False
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:

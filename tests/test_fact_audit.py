@@ -33,7 +33,7 @@ def test_near_matches_inflection_case_and_punctuation(tok):
     assert [r["seen"] for r in res] == [True, True, True]
     res = audit_facts([Fact("diabetic", "health")], texts=["Managing diabetes daily"])  # no variant given
     assert res[0]["seen"] and "text:near" in res[0]["found_in"]
-    clean = audit_facts(facts, texts=["Living with it; she is fine", "the news, later"])
+    clean = audit_facts(facts + [Fact("Moretti", "name")], texts=["Living with it; she is fine, more", "the news"])
     assert not any(r["seen"] for r in clean)
 
 
