@@ -180,7 +180,8 @@ class CogenDevice:
                     row.prompt = self.device_ids(row.instruction, row.context)
                     if variant in ("logit", "gated") and self.config.protect_private_spans:
                         extra = private_values[i] if private_values else ()
-                        row.guard = PrivateSpanGuard.for_context(self.tokenizer, row.context, extra)
+                        row.guard = PrivateSpanGuard.for_context(self.tokenizer, row.context, extra,
+                                                                 detector=self.config.private_spans)
                 self._decode(rows, variant)
             return [self._result(row, variant, started) for row in rows]
         finally:

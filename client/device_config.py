@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedcogen.accelerator import check_setting
 from fedcogen.client.decoding import RepetitionControl
+from fedcogen.client.span_detector import SpanDetector
 from fedcogen.protocols import logit_codec
 
 
@@ -47,6 +48,8 @@ class DeviceConfig:
     sketch_timeout_s: float = 120.0
     sketch_max_new_tokens: int = 96
     protect_private_spans: bool = True  # logit/gated: private tokens never go on the wire (client/private_spans.py)
+    # what the guard treats as private in each context (detectors, the user's patterns and values)
+    private_spans: SpanDetector = field(default_factory=SpanDetector)
 
     def validate(self) -> None:
         self.device = check_setting(self.device)

@@ -6,21 +6,23 @@ cloud reads them (the wire audit fails). :class:`PrivateSpanGuard` sits between 
 choice and ``send_step``: every committed token goes through :meth:`PrivateSpanGuard.commit`, and
 only what :meth:`PrivateSpanGuard.commit` returns is sent.
 
-The detector (chosen by measurement on the demo's held-out users, docs/privacy-spans.md):
+What is private comes from the device's own context only (client/span_detector.py: profile
+fields in any key style, JSON/YAML, names, places, sensitive terms, numbers, dates, addresses,
+e-mails, phone numbers, the user's own patterns and values), never from an answer key. The guard
+matches them four ways:
 
-* **values**: the private values the device can read in its own context: the ``key: value`` lines of
-  the profile block (``me: Bjorn Oyelaran``, ``home city: Malmo``, ``health: eczema``), split on
-  ``,``/``;``, each capitalised word of them on its own, and money / time / number strings anywhere
-  in the context (``€1,040``, ``2:40 pm``). Matching is on normalised text (casefolded, punctuation
-  runs = one space), so a value split over several tokens or written with other punctuation is
-  still found. Explicit values (the device's stored profile) can be added.
+* **values**: normalised whole-word matches of every detected value (casefolded, punctuation runs =
+  one space), so a value split over several tokens or written with other punctuation is found;
+* **roots**: every content word of a value as a word root (nltk's Snowball stemmer), so an
+  inflection the context never wrote is private too ("diabetes" when the profile says "diabetic");
+* **value token runs**: a value's token ids inside any word ("Lior" in "Liordi");
 * **copy**: a token that completes an ``ngram``-token run of the private context's token ids
   (copied history text, canaries) is private, with the rest of that run.
 
 No private token is ever sent before the detector knows: a token is **held** while the text from a
-word start up to it is the beginning of a private value ("Dr." could become "Dr. Okafor"), and
-released (or replaced) once the value either completes (private) or diverges (public). A copied run
-is recognised only at its ``ngram``-th token, so its first ``ngram - 1`` tokens can go out; the
+word start up to it is the beginning of a private value ("Dr." could become "Dr. Okafor") or of a
+word sharing a root with one ("diab" could become "diabetes"), and released (or replaced) once the
+value either completes (private) or diverges (public). A copied run is recognised only at its ``ngram``-th token, so its first ``ngram - 1`` tokens can go out; the
 value detector covers the facts inside such runs, the copy detector the rest of the run.
 
 Private tokens are replaced by one neutral placeholder per span (``" ..."``, one token), sent with
@@ -32,47 +34,39 @@ are held or a span is open the cloud's view is behind the device's: the device t
 from __future__ import annotations
 
 import copy
-import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nltk.stem.snowball import SnowballStemmer
+
+from fedcogen.client.span_detector import PLACEHOLDER, SpanDetector, context_values
+from fedcogen.client.span_lexicon import sentence_words
 from fedcogen.text_match import normalise
 
-#: ``key: value`` lines of the private context that hold free text rather than one fact.
-FREE_TEXT_KEYS = ("style", "a recent")
-NUMBER_RE = re.compile(r"[€$£]?\d[\d,.:]*(?:\s?[ap]m)?")
-KEY_VALUE_RE = re.compile(r"^\s*([a-z][a-z' ]{0,40}):\s*(.+?)\s*$")
-#: a capitalised word (run) after a lowercase word: a name, place or brand inside free text
-PROPER_NOUN_RE = re.compile(r"(?<=[a-z] )((?:[A-Z][\w'-]{2,})(?: [A-Z][\w'-]{2,})*)")
-PLACEHOLDER = " ..."
+__all__ = ["PLACEHOLDER", "PrivateSpanGuard", "SpanDetector", "context_values", "private_token_labels", "value_roots"]
+#: roots shorter than this only match a word whose stem equals them (no prefix match)
+MIN_PREFIX_ROOT = 5
 
 
-def context_values(context: str) -> list[str]:
-    """Private values the device reads in its own context (see the module docstring)."""
-    values: list[str] = []
-    for line in context.splitlines():
-        m = KEY_VALUE_RE.match(line)
-        if not m or m.group(1).startswith(FREE_TEXT_KEYS) or m.group(2).startswith('"'):
-            continue
-        for part in re.split(r"[;,]\s+", m.group(2)):
-            part = part.strip(" .\"'")
-            if len(part) >= 2:
-                values.append(part)
-                values += [w for w in part.split() if len(w) >= 3 and w[0].isupper()]
-    values += [m.group(0).strip(" .,:") for m in NUMBER_RE.finditer(context) if len(m.group(0).strip(" .,:")) >= 3]
-    values += [m.group(1) for m in PROPER_NOUN_RE.finditer(context)]
-    return list(dict.fromkeys(values))
+def value_roots(values: Iterable[str], stemmer: Any) -> list[str]:
+    """Stems of the content words (4+ letters, not common sentence words) of private values."""
+    roots = set()
+    common = sentence_words()
+    for v in values:
+        for w in normalise(v).split():
+            if len(w) >= 4 and w.isalpha() and w not in common:
+                roots.add(stemmer.stem(w))
+    return sorted(roots)
 
 
-@dataclass(frozen=True)
-class SpanDetector:
-    """Which detectors run: ``values`` (context values + explicit ones) and ``ngram`` copy (0 = off)."""
-
-    values: bool = True
-    ngram: int = 6
-    placeholder: str = PLACEHOLDER
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 @dataclass
@@ -98,8 +92,13 @@ class PrivateSpanGuard:
     _ends: list[int] = field(default_factory=list)  # char end of each token in the decoded text
     _norm_values: list[str] = field(default_factory=list)
     _value_runs: list[tuple[int, ...]] = field(default_factory=list)
+    roots: list[str] = field(default_factory=list)
+    _stemmer: Any = None
 
     def __post_init__(self) -> None:
+        self._stemmer = SnowballStemmer("english")
+        if not self.roots:
+            self.roots = value_roots(self.values, self._stemmer)
         self._norm_values = sorted({v for v in (normalise(x).strip() for x in self.values) if v}, key=len)
         runs = set()  # each value's token ids, with and without a leading space (as the wire audit searches)
         for v in self.values:
@@ -113,7 +112,7 @@ class PrivateSpanGuard:
     def for_context(cls, tokenizer: Any, context: str, extra_values: Iterable[str] = (),
                     detector: SpanDetector | None = None) -> PrivateSpanGuard:
         det = detector or SpanDetector()
-        values = (context_values(context) if det.values else []) + [str(v) for v in extra_values]
+        values = context_values(context, det, extra_values)
         grams: set[tuple[int, ...]] = set()
         if det.ngram > 0:
             ids = tokenizer(context, add_special_tokens=False)["input_ids"]
@@ -160,6 +159,7 @@ class PrivateSpanGuard:
         if not self._norm_values:
             return held
         norm, where = _normalise_with_map(text)
+        held = min(held, self._mark_roots(norm, where))
         starts = [i for i in range(len(norm)) if norm[i] != " " and (i == 0 or norm[i - 1] == " ")]
         longest = len(self._norm_values[-1])
         for s in (s for s in starts if len(norm) - s <= longest + 1):
@@ -170,6 +170,38 @@ class PrivateSpanGuard:
                         self.private[t] = True
                 elif len(tail) <= len(v) and v.startswith(tail):  # could still become v (or a longer word): hold
                     held = min(held, self._token_at(where[s]))
+        return held
+
+    def _mark_roots(self, norm: str, where: list[int]) -> int:
+        """Word level: the last words of the text that share a root with a private value are private
+        (complete words) or held (a word still being written that could become one)."""
+        held = len(self.generated)
+        if not self.roots:
+            return held
+        starts = [i for i in range(len(norm)) if norm[i] != " " and (i == 0 or norm[i - 1] == " ")][-3:]
+        for s in starts:
+            e = norm.find(" ", s)
+            complete = e >= 0
+            w = norm[s:e] if complete else norm[s:]
+            if len(w) < 3 or not w.isalpha():
+                continue
+            stem = self._stemmer.stem(w)
+            private = hold = False
+            for r in self.roots:
+                cp = _common_prefix(stem, r)
+                if stem == r or min(len(stem), len(r)) >= MIN_PREFIX_ROOT and cp >= min(len(stem), len(r)) - 1:
+                    private = complete or len(r) >= MIN_PREFIX_ROOT and w.startswith(r)
+                    hold = not private
+                    if private:
+                        break
+                elif not complete and (_common_prefix(w, r) == len(w) or _common_prefix(w, r) >= min(len(r) - 1, 5)):
+                    hold = True
+            if private:
+                last = (e if complete else len(norm)) - 1
+                for t in range(self._token_at(where[s]), self._token_at(where[last]) + 1):
+                    self.private[t] = True
+            elif hold:
+                held = min(held, self._token_at(where[s]))
         return held
 
     def _mark_runs(self) -> int:

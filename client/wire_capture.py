@@ -4,7 +4,9 @@ A client interceptor sees each request after the application built it and each r
 application reads it, so the serialized bytes recorded here are exactly the protobuf payloads that
 cross the network (gRPC adds 5 bytes of framing per message plus HTTP/2 headers, not counted).
 The privacy tests search these bytes for the private context and canary strings: if the device ever
-put them into a request, ``contains`` finds them.
+put them into a request, ``contains`` finds them. ``contains`` is an exact byte search; the fact
+audit (simulations/fact_audit.py) also decodes :meth:`WireCapture.sent_token_streams` and matches
+facts by near match (case, punctuation, inflection) and as token-id runs.
 """
 
 from __future__ import annotations
@@ -52,6 +54,31 @@ class _ResponseStream:
         return getattr(self._call, name)
 
 
+def sent_token_streams(records: list[WireRecord]) -> tuple[list[int], list[int]]:
+    """The token ids a device sent, as ``(stream, view)``: ``stream`` concatenates the
+    ``instruction_ids`` of session opens and the ids of every step as sent; ``view`` is the cloud's
+    sequence after speculative rewinds. The fact audit (simulations/fact_audit.py) decodes both and
+    searches them for facts as text (exact and near matches) and as token-id runs."""
+    stream: list[int] = []
+    view: list[int] = []  # the cloud's sequence: rejected draft tokens rewound
+    for r in records:
+        if r.direction != "sent" or r.message is None:
+            continue
+        msg = r.message
+        try:
+            kind = msg.WhichOneof("kind")
+        except (AttributeError, ValueError):  # not a DecodeRequest
+            continue
+        if kind == "open":
+            stream.extend(msg.open.instruction_ids)
+            view.extend(msg.open.instruction_ids)
+        elif kind == "step":
+            stream.extend(msg.step.token_ids)
+            del view[len(view) - min(msg.step.rewind, len(view)):]
+            view.extend(msg.step.token_ids)
+    return stream, view
+
+
 @dataclass
 class WireCapture(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
     """Client interceptor; install with ``grpc.intercept_channel(channel, capture)``."""
@@ -82,6 +109,11 @@ class WireCapture(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInter
         with self._lock:
             return any(needle in r.raw for r in self.records)
 
+    def sent_token_streams(self) -> tuple[list[int], list[int]]:
+        """:func:`sent_token_streams` of this capture's records."""
+        with self._lock:
+            return sent_token_streams(list(self.records))
+
     def contains_token_run(self, token_ids: list[int]) -> bool:
         """True if ``token_ids`` occur consecutively in the token-id fields of any sent message.
 
@@ -89,26 +121,8 @@ class WireCapture(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInter
         session opens and the ids of steps (concatenated across the session, both as sent and as the
         cloud's sequence after speculative rewinds).
         """
-        stream: list[int] = []
-        view: list[int] = []  # the cloud's sequence: rejected draft tokens rewound
-        with self._lock:
-            for r in self.records:
-                if r.direction != "sent" or r.message is None:
-                    continue
-                msg = r.message
-                try:
-                    kind = msg.WhichOneof("kind")
-                except (AttributeError, ValueError):  # not a DecodeRequest
-                    continue
-                if kind == "open":
-                    stream.extend(msg.open.instruction_ids)
-                    view.extend(msg.open.instruction_ids)
-                elif kind == "step":
-                    stream.extend(msg.step.token_ids)
-                    del view[len(view) - min(msg.step.rewind, len(view)):]
-                    view.extend(msg.step.token_ids)
         n, want = len(token_ids), list(token_ids)
-        return n > 0 and any(s[i : i + n] == want for s in (stream, view) for i in range(len(s) - n + 1))
+        return n > 0 and any(s[i : i + n] == want for s in self.sent_token_streams() for i in range(len(s) - n + 1))
 
     def clear(self) -> None:
         with self._lock:

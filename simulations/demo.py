@@ -198,7 +198,7 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
         print(f"  gate: ask the cloud when the device's entropy exceeds {threshold:.3f} nats "
               f"(calibrated on {len(val)} validation tasks for {cfg.gate_call_share:.0%} of tokens)")
         cloud.wait_ready()
-        gen.private_values = {p.user_id: list(p.private_values) for p in fed.profiles}  # each device's own profile
+        # the guard sees each task's private context only: the profiles are the wire audit's answer key
         recorder = _RecordingGenerator(gen)
         tasks = groups["seen_users"] + groups["unseen_users"]
         print(f"  {len(tasks)} tasks of {len({t.user_id for t in tasks})} users ({len(groups['seen_users'])} of "

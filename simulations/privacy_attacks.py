@@ -148,7 +148,7 @@ def cogen_captures(cfg: PrivacyRunConfig, fed: Any, device_run: str | Path) -> d
                               device_lm=device_lm, capture=cap)
             try:
                 for t in fed.tasks_of(uid, "test")[: cfg.cogen_tasks_per_user]:
-                    dev.generate_batch([(t.instruction, t.private_context)], variant, [fed.profile(uid).private_values])
+                    dev.generate_batch([(t.instruction, t.private_context)], variant)
             finally:
                 dev.close()
             out.setdefault(variant, {})[uid] = cap

@@ -17,18 +17,27 @@ device-only answers of the personalised device (no cloud needed).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.client.fusion import FusionGate
 from fedcogen.client.private_spans import PrivateSpanGuard, SpanDetector, private_token_labels
-from fedcogen.models import LoadedModel, shared_model
+from fedcogen.models import LoadedModel, load_model, load_tokenizer, shared_model
 from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
 from fedcogen.simulations.audit import cloud_view_text, collect_secrets, wire_audit
 from fedcogen.simulations.context_leakage import context_leakage, profile_attributes
+from fedcogen.simulations.fact_audit import (
+    CORPORA,
+    CorpusItem,
+    Fact,
+    audit_capture,
+    load_corpus,
+    measure_detector,
+)
 from fedcogen.simulations.federation import load_run_adapter
 from fedcogen.simulations.metrics import (
     bootstrap_ci,
@@ -66,14 +75,13 @@ def _user_secrets(fed: Any, uid: str) -> list[str]:
 
 
 def measure_detectors(tokenizer: Any, answers: Sequence[tuple[Any, Sequence[int]]], fed: Any,
-                      detectors: Mapping[str, SpanDetector] | None = None,
-                      profile_values: bool = False) -> dict[str, dict[str, float]]:
+                      detectors: Mapping[str, SpanDetector] | None = None) -> dict[str, dict[str, float]]:
     """Token precision/recall of each detector, and how many (answer, fact) pairs still leak.
 
     ``answers``: (task, generated token ids) pairs. A token is *withheld* when the guard marked it
     private or never released it; truth = the token overlaps one of the user's private values or
     canaries. ``facts_leaked`` counts private values whose whole text is in the released stream.
-    ``profile_values``: the device also knows its user's stored profile values (not just the context).
+    The guard gets the task's private context only; the user's values are the audit's answer key.
     """
     out: dict[str, dict[str, float]] = {}
     for name, det in (detectors or DETECTORS).items():
@@ -82,8 +90,7 @@ def measure_detectors(tokenizer: Any, answers: Sequence[tuple[Any, Sequence[int]
         for task, ids in answers:
             secrets = _user_secrets(fed, task.user_id)
             truth = private_token_labels(tokenizer, ids, secrets)
-            extra = fed.profile(task.user_id).private_values if profile_values and det.values else ()
-            guard = PrivateSpanGuard.for_context(tokenizer, task.private_context, extra, detector=det)
+            guard = PrivateSpanGuard.for_context(tokenizer, task.private_context, detector=det)
             for t in ids:
                 guard.commit(t)
             withheld = [p or i >= guard.released for i, p in enumerate(guard.private)]
@@ -135,8 +142,9 @@ def _quality(tasks: Sequence[Any], results: Sequence[Any]) -> dict[str, dict[str
 def audit_setting(device: Any, tasks: Sequence[Any], fed: Any, variant: str, *, attacker: Any = None,
                   fields: Sequence[str] = ()) -> dict[str, Any]:
     """One variant with the device's current settings: wire audit, facts seen, attacker, quality."""
-    results = device.generate_batch([(t.instruction, t.private_context) for t in tasks], variant,
-                                    private_values=[_user_secrets(fed, t.user_id) for t in tasks])
+    # the guard sees each task's private context only: the profile values and canaries the audit
+    # searches for below are its answer key, never handed to the device
+    results = device.generate_batch([(t.instruction, t.private_context) for t in tasks], variant)
     device.capture.clear()
     received: dict[str, list[Any]] = {}
     for task, res in zip(tasks, results, strict=True):
@@ -239,3 +247,142 @@ def audit_run_dir(run_dir: Any, fed: Any, *, users: Sequence[str], tasks_per_use
     return audit_adapter(fed, heldout_tasks(fed, users, tasks_per_user), device_model=s["model"],
                          cloud_model=cloud_model, device_lm=device_lm, config=SpanAuditConfig(variants=keep),
                          max_new_tokens=max_new_tokens, seed=seed)
+
+
+# --------------------------------------------------------------------------- corpora: detector + wire, per fact
+
+#: public sentence openers of the scripted device (no word of them near-matches a corpus fact)
+OPENERS = ("Here is one more thing:", "Also,", "Then there is", "And finally", "Worth saying:", "Next up,")
+
+
+class ScriptedLM(torch.nn.Module):
+    """The worst case for the wire: a device model that writes ``script`` (every fact of the user,
+    in sentences) whatever its input. A real (tiny) model underneath keeps the KV cache honest."""
+
+    def __init__(self, inner: torch.nn.Module, eos: int) -> None:
+        super().__init__()
+        self.inner, self.eos, self.step = inner, eos, 0
+        self.script: list[int] = []
+        self.config = inner.config
+
+    def forward(self, input_ids=None, **kw):  # noqa: ANN001, ANN003, ANN201
+        out = self.inner(input_ids=input_ids, **kw)
+        self.step = 0 if input_ids.shape[1] > 1 else self.step + 1
+        logits = torch.full_like(out.logits[:, -1:], -1e4)
+        logits[:, 0, self.script[self.step] if self.step < len(self.script) else self.eos] = 0.0
+        out.logits = logits
+        return out
+
+
+def fact_script(facts: Sequence[Fact]) -> str:
+    """What the scripted device writes: each fact once, every other one in its variant form
+    ("diabetes" for "diabetic"), so the guard must catch forms the context never wrote."""
+    parts = []
+    for i, f in enumerate(facts):
+        form = f.variant if i % 2 and f.variant else f.text
+        parts.append(f"{OPENERS[i % len(OPENERS)]} {form}.")
+    return " ".join(parts)
+
+
+@dataclass
+class CorpusAuditConfig:
+    """``fedcogen privacy corpora``: which corpora and split, the detector, the wire run's settings."""
+
+    corpora: tuple[str, ...] = CORPORA
+    split: str = "test"
+    variants: tuple[str, ...] = PROTECTED
+    wire_items: int = 0  # items per corpus on the wire (0 = all of the split)
+    cloud_model: str = "tiny"
+    detector: SpanDetector = field(default_factory=SpanDetector)
+
+
+def corpus_wire_audit(device: Any, items: Sequence[CorpusItem], variant: str) -> list[dict[str, Any]]:
+    """Each item through ``device`` (a CogenDevice with a :class:`ScriptedLM`): the device writes
+    the item's facts; the guard (if on) knows only the item's context. Per fact: did the cloud see it."""
+    tok, lm = device.tokenizer, device.lm.model
+    out = []
+    for it in items:
+        lm.script = list(tok(fact_script(it.facts), add_special_tokens=False)["input_ids"])
+        device.config.max_new_tokens = len(lm.script) + 1
+        device.capture.clear()
+        res = device.generate_batch([("Write a short update for a friend.", it.context)], variant)[0]
+        facts = audit_capture(res.wire_records, it.facts, tok)
+        out.append({"id": it.id, "private_tokens": res.private_tokens, "facts": facts,
+                    "seen": sum(f["seen"] for f in facts)})
+    return out
+
+
+def run_corpus_audit(config: CorpusAuditConfig | None = None, *, tokenizer: Any = None, cloud_address: str | None = None,
+                     wire: bool = True) -> dict[str, Any]:
+    """Per corpus: the detector's recall/precision on the split (no cloud) and, with ``wire``, the
+    fact audit of logit and gated with protection off and on over gRPC (in-process cloud unless
+    ``cloud_address``). ``facts_on_wire`` is the number of (item, fact) pairs the cloud saw."""
+    cfg = config or CorpusAuditConfig()
+    cloud = None
+    device = None
+    if wire:
+        if cloud_address is None:
+            cloud = start_cloud_server(CloudConfig(model=cfg.cloud_model, insecure=True),
+                                       lm=shared_model(cfg.cloud_model, 0))
+            cloud_address = cloud.address
+        lm = load_model("tiny")
+        device = CogenDevice(DeviceConfig(device_model="tiny", cloud=cloud_address, insecure=True, gated_threshold=-1.0,
+                                          no_repeat_ngram=0, repetition_penalty=1.0, private_spans=cfg.detector),
+                             device_lm=LoadedModel(ScriptedLM(lm.model, lm.tokenizer.eos_token_id), lm.tokenizer,
+                                                   "scripted-tiny", "span corpora"))
+        tokenizer = device.tokenizer
+    tokenizer = tokenizer or load_tokenizer("tiny")
+    corpora: dict[str, Any] = {}
+    try:
+        for name in cfg.corpora:
+            items = load_corpus(name, cfg.split)
+            row: dict[str, Any] = {"detector": measure_detector(tokenizer, items, cfg.detector)}
+            if device is not None:
+                wire_items = items[: cfg.wire_items] if cfg.wire_items else items
+                row["wire"] = {}
+                for variant in cfg.variants:
+                    for protect in (False, True):
+                        device.config.protect_private_spans = protect
+                        per_item = corpus_wire_audit(device, wire_items, variant)
+                        row["wire"][f"{variant}/{'on' if protect else 'off'}"] = {
+                            "items": len(per_item), "facts": sum(len(r["facts"]) for r in per_item),
+                            "facts_on_wire": sum(r["seen"] for r in per_item),
+                            "private_tokens_withheld": sum(r["private_tokens"] for r in per_item),
+                            "per_item": per_item}
+            corpora[name] = row
+    finally:
+        if device is not None:
+            device.close()
+        if cloud is not None:
+            cloud.stop(grace=1.0)
+    wire_rows = [(n, k, w) for n, r in corpora.items() for k, w in r.get("wire", {}).items()]
+    return {"split": cfg.split, "variants": list(cfg.variants), "detector": asdict(cfg.detector), "corpora": corpora,
+            "protected_zero": all(w["facts_on_wire"] == 0 for _, k, w in wire_rows if k.endswith("/on")),
+            "unprotected_leaks": all(w["facts_on_wire"] > 0 for _, k, w in wire_rows if k.endswith("/off"))}
+
+
+def corpus_audit_markdown(res: dict[str, Any]) -> list[str]:
+    """The per-corpus recall/precision table, the wire table and every fact the cloud saw."""
+    lines = [f"Detector on the `{res['split']}` split (guard built from each context alone; answer key read "
+             "by the audit only):", "",
+             "| corpus | items | facts | recall | precision (tokens) | missed |", "|---|---:|---:|---:|---:|---|"]
+    for name, r in res["corpora"].items():
+        d = r["detector"]
+        missed = ", ".join(sorted({m["fact"] for m in d["missed"]})) or "-"
+        lines.append(f"| {name} | {d['items']} | {d['facts']} | {d['recall']:.3f} ({d['facts_found']}/{d['facts']}) "
+                     f"| {d['precision']:.3f} | {missed} |")
+    if any("wire" in r for r in res["corpora"].values()):
+        lines += ["", "Wire (scripted device writes every fact, half in a variant form; fact audit: exact, near "
+                  "and token-id matches):", "",
+                  "| corpus | setting | items | facts on the wire / written | tokens withheld |", "|---|---|---:|---:|---:|"]
+        for name, r in res["corpora"].items():
+            for key, w in r.get("wire", {}).items():
+                lines.append(f"| {name} | {key} | {w['items']} | {w['facts_on_wire']} / {w['facts']} | "
+                             f"{w['private_tokens_withheld']} |")
+        seen = [(name, key, it["id"], f) for name, r in res["corpora"].items()
+                for key, w in r.get("wire", {}).items() if key.endswith("/on")
+                for it in w["per_item"] for f in it["facts"] if f["seen"]]
+        lines += ["", "Facts the cloud saw with protection on: " + (
+            "none." if not seen else "; ".join(f"{n} {k} {i}: {f['fact']!r} ({', '.join(f['found_in'])})"
+                                                for n, k, i, f in seen))]
+    return lines

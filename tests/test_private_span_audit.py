@@ -143,14 +143,16 @@ class ScriptedModel(torch.nn.Module):
 
 def test_speculative_drafts_never_carry_a_private_token(cloud, fed):
     """The logit default drafts several tokens per round: a draft stops before the first private or
-    held token, so no single step on the wire (draft included) carries a private value's tokens."""
+    held token, so no single step on the wire (draft included) carries a private value's tokens. The
+    guard gets the context only; the values it must keep off are all in that context (a value the
+    device writes from elsewhere, e.g. a stored appointment, is beyond a context-only detector)."""
     uid = d.user_ids(fed)[0]
     task = fed.tasks_of(uid, "test")[0]
     values = list(fed.profile(uid).private_values)
     lm = load_model("tiny")
     tok = lm.tokenizer
     script = ("Thanks for the note, it was lovely to hear from you and the whole team. Dear Bjorn Oyelaran, "
-              "the calligraphy class in Malmo starts on Friday at 2:40 pm and I hope that you can join us there. "
+              "the calligraphy class in Malmo starts next to Saffron Biotech and I hope that you can join us there. "
               "With best wishes and many thanks for all of the help you gave us this year.")
     cfg = DeviceConfig(device_model="tiny", cloud=cloud.address, insecure=True, max_new_tokens=80,
                        no_repeat_ngram=0, repetition_penalty=1.0)
@@ -158,7 +160,7 @@ def test_speculative_drafts_never_carry_a_private_token(cloud, fed):
                                                                ["input_ids"], tok.eos_token_id), tok, "scripted", "t"))
     assert dev.config.draft_tokens > 1
     try:
-        ans = dev.generate_batch([(task.instruction, task.private_context)], "logit", private_values=[values])[0]
+        ans = dev.generate_batch([(task.instruction, task.private_context)], "logit")[0]  # context only
     finally:
         dev.close()
     assert ans.text.strip() == script
@@ -166,7 +168,7 @@ def test_speculative_drafts_never_carry_a_private_token(cloud, fed):
     assert ans.cloud_round_trips < ans.cloud_calls / 2  # ... while drafts of several tokens went out
     audit = wire_audit({uid: dev.capture}, fed.profiles, fed.canaries, tokenizer=dev.tokenizer)
     assert audit["pass"], audit["devices"][uid]["hits"]
-    guard = PrivateSpanGuard.for_context(tok, task.private_context, values)
+    guard = PrivateSpanGuard.for_context(tok, task.private_context, values)  # the audit's list, for checking only
     steps = [list(r.message.step.token_ids) for r in dev.capture.records
              if r.direction == "sent" and r.message.WhichOneof("kind") == "step"]
     assert max(len(s) for s in steps) > 4

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen import results_json
+from fedcogen.client.span_detector import SpanDetector, load_span_detector
 from fedcogen.dataset.validate import FieldLimits
 from fedcogen.provenance import provenance
 
@@ -147,8 +148,30 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-protect", dest="protect_private_spans", action="store_false", default=None,
                    help="logit/gated: stream private tokens to the cloud too (UNPROTECTED baseline; default: "
                         "private spans stay on the device, see client/private_spans.py)")
+    p.add_argument("--private-spans", metavar="FILE", dest="private_spans_file",
+                   help="private-span detector config (JSON/TOML/YAML with SpanDetector fields: patterns, "
+                        "extra_values, names, sensitive, pii, ngram; see docs/privacy-spans.md)")
+    p.add_argument("--private-value", action="append", dest="private_value", metavar="TEXT",
+                   help="a value that must never reach the cloud (repeatable; added to --private-spans)")
+    p.add_argument("--private-pattern", action="append", dest="private_pattern", metavar="REGEX",
+                   help="a regular expression whose matches in the private context never reach the cloud (repeatable)")
 
 
 def decoding_settings(args: argparse.Namespace) -> dict[str, Any]:
     names = ("max_new_tokens", "max_prompt_tokens", "repetition_penalty", "no_repeat_ngram", "protect_private_spans")
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    spans = private_spans_settings(args)
+    if spans is not None:
+        out["private_spans"] = spans
+    return out
+
+
+def private_spans_settings(args: argparse.Namespace) -> SpanDetector | None:
+    """The SpanDetector of ``--private-spans FILE`` plus ``--private-value``/``--private-pattern`` (None: defaults)."""
+    path = getattr(args, "private_spans_file", None)
+    values = tuple(getattr(args, "private_value", None) or ())
+    patterns = tuple(getattr(args, "private_pattern", None) or ())
+    if path is None and not values and not patterns:
+        return None
+    det = load_span_detector(path) if path else SpanDetector()
+    return dataclasses.replace(det, extra_values=det.extra_values + values, patterns=det.patterns + patterns)
