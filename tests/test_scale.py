@@ -114,14 +114,25 @@ def test_bench_scale_and_dp_scale_write_their_reports(tmp_path) -> None:
 
     run = DP_SCALE_RUN.replace(model="tiny", num_clients=16, clients_per_round=8, rounds=1, max_seq_len=32,
                                eval_clients=4, lora_targets="q_proj,v_proj")
-    out = run_dp_scale(DPScaleConfig(run=run, noise_multiplier=1.0, attack_canaries=4, n_alternatives=7,
+    out = run_dp_scale(DPScaleConfig(run=run, noise_multipliers=(1.0, 2.0), attack_canaries=4, n_alternatives=7,
                                      mia_max_examples=8, out_dir=str(tmp_path / "dp")))
-    no_dp, with_dp = out["runs"]
-    assert no_dp["epsilon"] is None and 0 < with_dp["epsilon"] < 100
+    no_dp, with_dp, more_noise = out["runs"]
+    assert no_dp["epsilon"] is None and 0 < more_noise["epsilon"] < with_dp["epsilon"] < 100
     assert out["delta"] == pytest.approx(16 ** -1.1)
     assert with_dp["trained_clients"] == 8 and with_dp["canaries"] == 4
     assert 0 <= with_dp["mia"]["auc"] <= 1 and not (tmp_path / "dp" / "no_dp" / "clients").exists()
-    assert "epsilon" in (tmp_path / "dp" / "dp_scale.md").read_text()
+    # the frontier: one point per noise level, each with the share of the no-DP gain it kept
+    front = out["frontier"]
+    assert [p["noise_multiplier"] for p in front["points"]] == [1.0, 2.0]
+    gain0 = no_dp["initial_eval_loss"] - no_dp["final_eval_loss"]
+    assert front["points"][0]["gain_kept"] == pytest.approx(
+        (with_dp["initial_eval_loss"] - with_dp["final_eval_loss"]) / gain0)
+    assert front["no_dp_relative_gain"] == pytest.approx(gain0 / no_dp["initial_eval_loss"])
+    assert front["target_met"] is False  # one round of a tiny random model gains far less than 30 %
+    assert out["provenance"]["commit"] and out["seeds"]["run_seed"] == run.seed
+    assert "amplification" in with_dp and "secret" in with_dp["amplification"]
+    report = (tmp_path / "dp" / "dp_scale.md").read_text()
+    assert "share of no-DP gain kept" in report and "**not met**" in report
 
 
 def test_state_left_by_another_run_does_not_push_out_this_runs_state() -> None:
