@@ -50,7 +50,10 @@ Accounting
 :class:`DPAccountant` wraps ``dp_accounting.rdp.RdpAccountant``: each round composes
 ``PoissonSampledDpEvent(q, GaussianDpEvent(sigma))`` with ``q = clients_per_round / num_clients``.
 Flower samples a fixed number of clients without replacement; Poisson sampling at the same rate is
-the standard approximation used by DP-FedAvg implementations (TF-Privacy, Opacus).
+the standard approximation used by DP-FedAvg implementations (TF-Privacy, Opacus). Amplification
+assumes the adversary does not know who took part: the caller passes ``q`` only where the sample is
+secret (drawn with :func:`secret_rng`, not named in released outputs), and ``q = 1`` where the
+adversary knows it (the server under SecAgg+: :mod:`fedcogen.server.dp_guard`).
 ``target_epsilon``: :func:`check_budget` refuses a run whose planned rounds already exceed the
 target, and :meth:`DPAccountant.would_exceed` lets the driver stop before a round that would.
 """
