@@ -145,3 +145,15 @@ def test_secagg_client_noise_is_not_derivable_from_the_round_seed() -> None:
     vals_a, _ = secure_values(flatten(update), support, dp.DPConfig(mode="client", clip_norm=1.0, noise_multiplier=1.0))
     vals_b, _ = secure_values(flatten(update), support, dp.DPConfig(mode="client", clip_norm=1.0, noise_multiplier=1.0))
     assert not np.array_equal(vals_a, vals_b)
+
+
+def test_privacy_scale_takes_a_noise_frontier_and_refuses_bad_levels(capsys) -> None:
+    from fedcogen.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["privacy", "scale", "--noise", "0.6,1.0", "--lora-mode", "core"])
+    assert args.noise == (0.6, 1.0) and args.lora_mode == "core"
+    for bad in ("0.6,x", "0.6,-1"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["privacy", "scale", "--noise", bad])
+        assert "--noise wants" in capsys.readouterr().err
