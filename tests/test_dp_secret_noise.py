@@ -157,3 +157,17 @@ def test_privacy_scale_takes_a_noise_frontier_and_refuses_bad_levels(capsys) -> 
         with pytest.raises(SystemExit):
             parser.parse_args(["privacy", "scale", "--noise", bad])
         assert "--noise wants" in capsys.readouterr().err
+
+
+def test_fingerprint_names_the_noise_source_and_secagg_accounts_without_amplification() -> None:
+    from fedcogen.server.dp_guard import DPGuard, dp_fingerprint
+
+    dp_run = FLSettings(dp_mode="server", dp_noise_multiplier=1.0)
+    # a checkpoint written while noise came from the seed lacks this key, so it does not resume under DP
+    assert dp_fingerprint(dp_run)["noise_source"] == "os-csprng"
+    assert dp_fingerprint(FLSettings()) == {"mode": "none"}  # runs without DP resume as before
+    assert DPGuard(dp_run).accounted_rate(0.05) == 0.05
+    secure = FLSettings(dp_mode="client", dp_noise_multiplier=1.0, dp_clip_norm=0.1, secagg="secaggplus",
+                        secagg_range=10.0, clients_per_round=3)
+    guard = DPGuard(secure)
+    assert guard.central and guard.accounted_rate(0.05) == 1.0 and guard.amplification.startswith("none")
