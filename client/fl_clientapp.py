@@ -122,7 +122,7 @@ def encoded_split(settings: FLSettings, client_id: str, split: str, tokenizer: A
 
 
 def client_seed(seed: int, server_round: int, partition_id: int) -> int:
-    """Independent, reproducible seed per (run seed, round, client)."""
+    """Independent, reproducible seed per (run seed, round, client): local training only, never DP noise."""
     return int(np.random.SeedSequence([seed, server_round, partition_id, 17]).generate_state(1)[0])
 
 
@@ -245,7 +245,9 @@ def run_train(settings: FLSettings, patch: fm.Patch, server_round: int, partitio
     result = train_local(lm, data, steps=settings.local_steps, batch_size=settings.batch_size,
                          lr=settings.lr, seed=seed)
     update = adapter_sub(get_adapter(lm), broadcast)
-    rng = np.random.default_rng(seed)
+    # DP noise from the OS CSPRNG: the run seed is in every client's config, noise drawn from it could be
+    # subtracted by anyone; without DP the generator draws nothing and the run stays reproducible
+    rng = dp.secret_rng() if settings.dp_mode != "none" else np.random.default_rng(seed)
     schema = codec.TensorSchema.from_shapes(lm.shapes())
     values = None
     if settings.secagg == "off":

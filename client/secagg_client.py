@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcogen.protocols.dp import secret_rng
 from fedcogen.protocols.sparse_codec import CodecConfig, compress
 from fedcogen.secagg import SecAggRunConfig, secure_values, shared_support
 
@@ -45,7 +46,8 @@ def make_client_app(cfg: SecAggRunConfig, update_fn: UpdateFn) -> Any:
             dim = global_flat.size
             update = update_fn(self.partition, rnd, global_flat)
             dp = cfg.dp()
-            rng = np.random.default_rng([cfg.run.seed, 7, self.partition, rnd])
+            # the DP noise share is secret (OS CSPRNG): the server holds the run seed
+            rng = secret_rng() if dp.mode != "none" else np.random.default_rng([cfg.run.seed, 7, self.partition, rnd])
             if cfg.mode == "sparse":
                 corrected = update + self._residual(dim)
                 support = shared_support(int(config["support_seed"]), dim, int(config["k"]))

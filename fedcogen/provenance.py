@@ -35,7 +35,10 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
+import time
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -155,9 +158,18 @@ def _plain(value: Any) -> Any:
 
 def provenance(settings: Mapping[str, Any] | None = None, seeds: Mapping[str, Any] | None = None,
                root: Path | None = None) -> dict[str, Any]:
-    """The record a result JSON carries under ``"provenance"``: code, settings, seeds, versions, machine."""
-    return {"code": code_state(root), "settings": _plain(dict(settings or {})), "seeds": _plain(dict(seeds or {})),
+    """The record a result JSON carries under ``"provenance"``: code, command, settings, seeds, versions, machine."""
+    return {"code": code_state(root), "command": command_line(), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "settings": _plain(dict(settings or {})), "seeds": _plain(dict(seeds or {})),
             "packages": package_versions(), "machine": machine()}
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that made a result, as a user would type it again (``fedcogen ...`` for the CLI)."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and Path(argv[0]).name == "fedcogen":
+        argv[0] = "fedcogen"
+    return shlex.join(argv)
 
 
 def reuse_problems(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:

@@ -19,7 +19,10 @@ Trust model: the server is honest-but-curious (follows the protocol, tries to le
 sees); at least ``n - t`` of the ``n`` sampled clients are honest and do not collude with it
 (``t`` = SecAgg+ reconstruction threshold margin). Under that model the server sees only the sum.
 With ``DPConfig(mode="client")`` each client adds ``N(0, sigma^2 C^2 / n)`` to its ``k`` values, so
-the released sum carries ``N(0, sigma^2 C^2)`` (see :mod:`fedcogen.protocols.dp`).
+the released sum carries ``N(0, sigma^2 C^2)`` (see :mod:`fedcogen.protocols.dp`). The support is
+public and reproducible from the round seed; the noise is not: it is drawn from
+:func:`fedcogen.protocols.dp.secret_rng` (OS CSPRNG), since the server holds the seed and could
+otherwise strip every client's noise from the unmasked sum.
 
 SecAgg+ specifics: Flower's mod quantises each value after clipping it to
 ``[-clipping_range, clipping_range]`` into ``quantization_range`` levels with stochastic rounding,
@@ -46,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcogen.protocols.dp import DPConfig, client_noise_std, clip_dense
+from fedcogen.protocols.dp import DPConfig, client_noise_std, clip_dense, secret_rng
 from fedcogen.run_config import NOISE_HEADROOM, FLSettings
 
 MODES = ("sparse", "dense", "plain")
@@ -114,13 +117,14 @@ def round_seed(base_seed: int, server_round: int) -> int:
 
 
 def secure_values(
-    corrected: np.ndarray, support: np.ndarray, dp: DPConfig, rng: np.random.Generator
+    corrected: np.ndarray, support: np.ndarray, dp: DPConfig, rng: np.random.Generator | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Values a client feeds into SecAgg+ and its new residual.
 
     Clip the ``k`` values at the support (DP sensitivity), add the client's share of noise in
     ``client`` mode; the residual keeps everything that was not released: ``corrected`` minus the
-    clipped values at the support (noise is not fed back into error feedback).
+    clipped values at the support (noise is not fed back into error feedback). ``rng`` defaults to
+    the secret generator (never pass one seeded from public values outside tests).
     """
     vals = corrected[support].astype(np.float32)
     if dp.mode != "none":
@@ -129,7 +133,7 @@ def secure_values(
     residual = corrected.copy()
     residual[support] -= vals
     if dp.mode == "client" and dp.noise_multiplier > 0:
-        vals = vals + rng.normal(0, client_noise_std(dp), vals.shape).astype(np.float32)
+        vals = vals + (rng or secret_rng()).normal(0, client_noise_std(dp), vals.shape).astype(np.float32)
     return vals.astype(np.float32), residual.astype(np.float32)
 
 
@@ -161,7 +165,7 @@ def round_support(settings: FLSettings, server_round: int, dim: int) -> np.ndarr
 
 
 def release_at_support(
-    corrected: np.ndarray, support: np.ndarray, settings: FLSettings, rng: np.random.Generator
+    corrected: np.ndarray, support: np.ndarray, settings: FLSettings, rng: np.random.Generator | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Values a client releases at the shared support, and its new residual (flat vectors).
 
@@ -170,6 +174,7 @@ def release_at_support(
     later. In client-mode DP the client's share of noise is added last and never fed back; the value
     clip then leaves ``NOISE_HEADROOM`` noise standard deviations of room below the range, so SecAgg+
     does not clip the noise (a clipped Gaussian would not carry the guarantee the accountant reports).
+    ``rng`` defaults to the secret generator (:func:`fedcogen.protocols.dp.secret_rng`).
     """
     vals = corrected[support].astype(np.float32)
     if settings.dp_mode != "none":
@@ -184,5 +189,5 @@ def release_at_support(
     residual = corrected.astype(np.float32, copy=True)
     residual[support] -= vals
     if std > 0:
-        vals = vals + rng.normal(0, std, vals.shape).astype(np.float32)
+        vals = vals + (rng or secret_rng()).normal(0, std, vals.shape).astype(np.float32)
     return vals.astype(np.float32), residual

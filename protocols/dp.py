@@ -35,12 +35,25 @@ Two noise placements (``DPConfig.mode``)
   are data-dependent and are released in the clear; they are not covered by the guarantee. Use
   the shared random support (fedcogen.secagg) or server mode with dense noise for a formal claim.
 
+Secret randomness (:func:`secret_rng`)
+--------------------------------------
+The noise only protects if nobody can rebuild it. Every generator that draws DP noise, and the
+training sample whose secrecy the accountant's subsampling amplification relies on, comes from
+:func:`secret_rng`: a fresh generator seeded with 128 bits from the operating system's CSPRNG
+(:mod:`secrets`) at the moment of the draw, never derived from the run seed and never written to a
+checkpoint, metric, log or message. The run seed keeps driving data, initialisation, training and
+every other random choice, so runs without DP stay bit-reproducible; runs with DP do not (two runs
+with the same seed end with different adapters), which is the point.
+
 Accounting
 ----------
 :class:`DPAccountant` wraps ``dp_accounting.rdp.RdpAccountant``: each round composes
 ``PoissonSampledDpEvent(q, GaussianDpEvent(sigma))`` with ``q = clients_per_round / num_clients``.
 Flower samples a fixed number of clients without replacement; Poisson sampling at the same rate is
-the standard approximation used by DP-FedAvg implementations (TF-Privacy, Opacus).
+the standard approximation used by DP-FedAvg implementations (TF-Privacy, Opacus). Amplification
+assumes the adversary does not know who took part: the caller passes ``q`` only where the sample is
+secret (drawn with :func:`secret_rng`, not named in released outputs), and ``q = 1`` where the
+adversary knows it (the server under SecAgg+: :mod:`fedcogen.server.dp_guard`).
 ``target_epsilon``: :func:`check_budget` refuses a run whose planned rounds already exceed the
 target, and :meth:`DPAccountant.would_exceed` lets the driver stop before a round that would.
 """
@@ -51,6 +64,7 @@ import copy
 import dataclasses
 import logging
 import math
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +72,22 @@ from typing import Any
 import numpy as np
 
 DP_MODES = ("none", "client", "server")
+SECRET_SEED_BITS = 128
+NOISE_SOURCE = "os-csprng"  # named in the resume fingerprint and the dp report
+
+
+def secret_rng() -> np.random.Generator:
+    """A generator for privacy randomness (DP noise, the DP training sample), seeded from the OS CSPRNG.
+
+    Why not the run seed: the seed travels in the run config every client receives and in the
+    checkpoint, so noise drawn from it can be recomputed and subtracted (epsilon would be infinite).
+    Why not :func:`secrets` for every value: numpy's Gaussian sampler needs a bit generator; PCG64 is
+    not a CSPRNG itself, so each call starts a new one from fresh 128-bit OS entropy and the caller
+    uses it for one release only (an adversary would have to recover a PCG64 state from outputs
+    that are hidden under the signal they protect). The seed is never stored or returned.
+    """
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(secrets.randbits(SECRET_SEED_BITS))))
+
 
 
 @dataclass
@@ -151,7 +181,7 @@ def server_noise_std(cfg: DPConfig, n_clients: int) -> float:
     return cfg.noise_multiplier * cfg.clip_norm / n_clients
 
 
-def _with_values(sparse: Any, values: np.ndarray) -> Any:
+def with_values(sparse: Any, values: np.ndarray) -> Any:
     """A copy of a SparseTensor-like object (dataclass or namedtuple) with new values."""
     if dataclasses.is_dataclass(sparse):
         return dataclasses.replace(sparse, values=values)
@@ -163,7 +193,7 @@ def _with_values(sparse: Any, values: np.ndarray) -> Any:
 def privatize_sparse(
     sparse: Mapping[str, Any],
     cfg: DPConfig,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None = None,
     n_per_round: int | None = None,
 ) -> dict[str, Any]:
     """Clip (and in ``client`` mode noise) the values a client is about to send.
@@ -176,6 +206,7 @@ def privatize_sparse(
     either way); :func:`privatize_sparse_split` also returns the clipped values before noise, which
     is the better residual base in ``client`` mode (the noise is then not fed back into the next
     round's error feedback, where it would accumulate and be clipped away with the signal).
+    ``rng`` defaults to :func:`secret_rng` (pass one only in tests of the arithmetic).
     """
     return privatize_sparse_split(sparse, cfg, rng, n_per_round)[0]
 
@@ -183,7 +214,7 @@ def privatize_sparse(
 def privatize_sparse_split(
     sparse: Mapping[str, Any],
     cfg: DPConfig,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None = None,
     n_per_round: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(released, clipped)``: what to send, and the same selection clipped but not noised."""
@@ -193,33 +224,34 @@ def privatize_sparse_split(
     clipped, _ = clip_dense(values, cfg.clip_norm)
     released = clipped
     if cfg.mode == "client" and cfg.noise_multiplier > 0:
-        noise = gaussian_noise_like(clipped, client_noise_std(cfg, n_per_round), rng)
+        noise = gaussian_noise_like(clipped, client_noise_std(cfg, n_per_round), rng or secret_rng())
         released = {k: (clipped[k] + noise[k]).astype(clipped[k].dtype, copy=False) for k in clipped}
     return (
-        {k: _with_values(st, released[k]) for k, st in sparse.items()},
-        {k: _with_values(st, clipped[k]) for k, st in sparse.items()},
+        {k: with_values(st, released[k]) for k, st in sparse.items()},
+        {k: with_values(st, clipped[k]) for k, st in sparse.items()},
     )
 
 
 def server_noise(
-    mean_update: Mapping[str, np.ndarray], cfg: DPConfig, n_clients: int, rng: np.random.Generator
+    mean_update: Mapping[str, np.ndarray], cfg: DPConfig, n_clients: int, rng: np.random.Generator | None = None
 ) -> dict[str, np.ndarray]:
     """Central DP: add ``N(0, (sigma*C/n)^2)`` densely to every coordinate of the averaged update.
 
     Only acts in ``server`` mode (returns a copy otherwise). ``n_clients`` is the number of clipped
     updates that were averaged (use the planned number when dividing by a fixed denominator).
+    ``rng`` defaults to :func:`secret_rng` (pass one only in tests of the arithmetic).
     """
     out = {k: np.array(v, copy=True) for k, v in mean_update.items()}
     if cfg.mode != "server" or cfg.noise_multiplier == 0:
         return out
-    noise = gaussian_noise_like(out, server_noise_std(cfg, n_clients), rng)
+    noise = gaussian_noise_like(out, server_noise_std(cfg, n_clients), rng or secret_rng())
     return {k: (out[k] + noise[k]).astype(out[k].dtype, copy=False) for k in out}
 
 
 # --------------------------------------------------------------------------- accounting
 
 
-def _rdp_accountant() -> Any:
+def rdp_accountant() -> Any:
     import dp_accounting
 
     # The library logs a warning per non-converging fractional order; those orders are simply skipped.
@@ -241,7 +273,7 @@ def epsilon_for(noise_multiplier: float, sample_rate: float, rounds: int, delta:
         return 0.0
     if noise_multiplier <= 0:
         return math.inf
-    acc = _rdp_accountant()
+    acc = rdp_accountant()
     acc.compose(_round_event(noise_multiplier, sample_rate), int(rounds))
     return float(acc.get_epsilon(delta))
 
@@ -311,7 +343,7 @@ class DPAccountant:
 
     def __init__(self, cfg: DPConfig) -> None:
         self.cfg = cfg
-        self._acc = _rdp_accountant()
+        self._acc = rdp_accountant()
         self.rounds = 0
 
     def step(self, sample_rate: float, n: int = 1) -> float:

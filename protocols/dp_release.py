@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fedcogen.protocols import sparse_codec as codec
-from fedcogen.protocols.dp import _rdp_accountant, _with_values
+from fedcogen.protocols.dp import rdp_accountant, with_values
 
 SHRINK_TRIES = 30
 
@@ -59,7 +59,7 @@ def encode_within_clip(sparse: Mapping[str, Any], cfg: codec.CodecConfig, clip_n
         if norm <= clip_norm:
             return blob
         factor = (clip_norm / norm) * (1.0 - 1e-6 * 4**attempt)
-        current = {k: _with_values(st, (np.asarray(st.values, np.float64) * factor).astype(np.float32))
+        current = {k: with_values(st, (np.asarray(st.values, np.float64) * factor).astype(np.float32))
                    for k, st in current.items()}
         blob = codec.encode_sparse(current, cfg, schema)
     raise RuntimeError(f"could not encode the update within the DP clip {clip_norm} "
@@ -86,6 +86,6 @@ def local_epsilon(noise_multiplier: float, clients_per_round: int, participation
         return math.inf
     import dp_accounting
 
-    acc = _rdp_accountant()
+    acc = rdp_accountant()
     acc.compose(dp_accounting.GaussianDpEvent(z), int(participations))
     return float(acc.get_epsilon(delta))

@@ -15,6 +15,15 @@ has the sensitivity it assumes. The server therefore does not trust clients for 
 * **Accounting.** Each round's ``(sigma, sampling rate)`` is kept in the checkpoint and replayed on
   resume; the settings that define the guarantee are part of the resume fingerprint
   (:func:`dp_fingerprint`), so a resumed run cannot silently re-account past rounds under new values.
+* **Secret noise and sample.** The noise (here and on the clients) and, under DP, the training
+  sample come from :func:`fedcogen.protocols.dp.secret_rng`, never from the run seed, and nothing
+  about them is checkpointed: a resumed run draws fresh noise, and the accountant continues from
+  the rounds in ``dp_history``. The fingerprint names the noise source, so a checkpoint written by
+  a version that drew noise from the seed (whose past rounds can be denoised) does not resume.
+* **Amplification.** The accountant amplifies by subsampling only where the adversary it protects
+  against does not know the sample (:attr:`DPGuard.amplification`): in ``server`` mode the sample is
+  secret and released outputs do not name it; in ``client`` mode with SecAgg+ the adversary is the
+  server, which chose the sample, so every round is accounted at rate 1 (no amplification).
 * **Reporting.** ``server`` mode reports the central epsilon. ``client`` mode without secure
   aggregation reports no central epsilon: the server sees each noised update, so the guarantee it
   holds is the per-client *local* epsilon (:func:`fedcogen.protocols.dp_release.local_epsilon`); and
@@ -43,7 +52,7 @@ def dp_fingerprint(s: FLSettings) -> dict[str, Any]:
     if s.dp_mode == "none":
         return {"mode": "none"}
     fp = {"mode": s.dp_mode, "noise_multiplier": s.dp_noise_multiplier, "clip_norm": s.dp_clip_norm,
-          "delta": s.dp_delta, "clients_per_round": s.clients_per_round}
+          "delta": s.dp_delta, "clients_per_round": s.clients_per_round, "noise_source": dp.NOISE_SOURCE}
     if s.dp_mode == "client":  # secure aggregation decides between the central and the local guarantee
         fp["secagg"] = s.secagg
     return fp
@@ -92,6 +101,25 @@ class DPGuard:
     # ------------------------------------------------------------------ guarantees
 
     @property
+    def amplified(self) -> bool:
+        """Whether the accountant may claim amplification by subsampling (see the module doc)."""
+        return self.s.dp_mode == "server"
+
+    @property
+    def amplification(self) -> str:
+        """What the report says about amplification by subsampling, and why."""
+        if self.amplified:
+            return ("poisson-subsampling (sample secret: drawn from the OS CSPRNG, not named in metrics, "
+                    "ledger or logs; only the trusted server knows it)")
+        if self.central:
+            return "none (the server, the adversary SecAgg+ guards against, chooses the sample: rate 1)"
+        return "none (local guarantee: the server sees each client's noised update)"
+
+    def accounted_rate(self, sample_rate: float) -> float:
+        """The sampling rate the accountant composes with: the real one if amplified, else 1."""
+        return sample_rate if self.amplified else 1.0
+
+    @property
     def central(self) -> bool:
         """Whether the central (sum-level) epsilon is the guarantee this run holds."""
         return self.s.dp_mode == "server" or self.s.dp_mode == "client" and self.s.secagg == "secaggplus"
@@ -106,6 +134,8 @@ class DPGuard:
         if not self.enabled or accountant is None:
             return None
         out = accountant.to_dict()
+        out["noise_source"] = dp.NOISE_SOURCE + " (fresh 128-bit OS entropy per release, never stored)"
+        out["amplification"] = self.amplification
         if self.central:
             out["guarantee"] = "central (user-level, the server sees only the noised mean)"
             return out

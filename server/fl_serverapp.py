@@ -13,8 +13,12 @@ strategy because three things need control over every message:
   (:mod:`fedcogen.server.aggregation`) and the DP clip (:mod:`fedcogen.server.dp_guard`).
 * **A byte ledger** of every message sent and received, measured with Flower's own serde.
 
-Per round ``r``: train messages to a seeded sample -> validate + FedAvg (or FedAdam/FedYogi) ->
+Per round ``r``: train messages to a sample -> validate + FedAvg (or FedAdam/FedYogi) ->
 broadcast version ``r`` -> evaluation -> atomic checkpoint; ``resume`` continues identically.
+Without DP the sample is seeded by (seed, round) and a run is bit-reproducible; with DP the noise and
+the sample are secret (:func:`fedcogen.protocols.dp.secret_rng`), the released outputs (metrics rows,
+ledger, logs) do not name the sampled clients, and a resume draws fresh noise while the accountant
+continues from the checkpointed rounds.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from fedcogen.server.aggregation import (
     ValidationLimits,
 )
 from fedcogen.server.checkpoint import has_checkpoint
-from fedcogen.server.client_sampling import train_sample
+from fedcogen.server.client_sampling import released_round_fields, train_sample
 from fedcogen.server.dp_guard import DPGuard
 from fedcogen.server.fl_console import error_summary, log_round, progress, show_progress_lines
 from fedcogen.server.fl_evaluate import evaluate_round
@@ -85,6 +89,7 @@ class FederatedServer:
         self.nodes: dict[int, str] = {}  # node id -> client id
         self.accountant: Any = None
         self.stopped_reason = ""
+        self.round_sample: list[str] = []
         self.state = self._initial_state()
 
     # ------------------------------------------------------------------ state
@@ -115,7 +120,9 @@ class FederatedServer:
         return self.accountant
 
     def _sample_rate(self) -> float:
-        return min(1.0, self.s.clients_per_round / max(1, len(self.nodes) or self.s.num_clients))
+        """The rate the accountant composes with (1 where it may not claim amplification: dp_guard)."""
+        rate = min(1.0, self.s.clients_per_round / max(1, len(self.nodes) or self.s.num_clients))
+        return self.guard.accounted_rate(rate)
 
     # ------------------------------------------------------------------ messaging
 
@@ -144,11 +151,12 @@ class FederatedServer:
                     payload += len(rec.get("patch", b"") or b"") + len(rec.get("blob", b"") or b"")
         size = fm.wire_bytes(msg)
         self.state.bytes_total += size
+        hidden = self.guard.enabled and server_round > 0  # under DP the ledger does not name who took part
         self.state.ledger.append({
             "round": server_round,
             "phase": phase,
-            "node_id": int(node_id),
-            "client_id": self.nodes.get(int(node_id), ""),
+            "node_id": -1 if hidden else int(node_id),
+            "client_id": "" if hidden else self.nodes.get(int(node_id), ""),
             "direction": direction,
             "bytes": size,
             "payload_bytes": payload,
@@ -201,7 +209,8 @@ class FederatedServer:
     # ------------------------------------------------------------------ phases
 
     def sample(self, server_round: int) -> list[int]:
-        return train_sample(self.nodes, self.s.clients_per_round, self.s.seed, server_round)
+        """This round's training sample: seeded without DP, secret (OS CSPRNG) with DP."""
+        return train_sample(self.nodes, self.s.clients_per_round, self.s.seed, server_round, secret=self.guard.enabled)
 
     def train_round(self, server_round: int) -> dict[str, Any]:
         started = time.perf_counter()
@@ -243,9 +252,10 @@ class FederatedServer:
         keep = self.s.dp_mode == "none" and keeps_updates(self.s.lora_mode, len(nodes))  # probe: un-noised
         agg = RoundAggregator(self.shapes, self.limits, keep=keep, check=self.guard.check)
         answered = set()
-        for rep in replies:
+        for i, rep in enumerate(replies):
             node = int(rep.metadata.src_node_id)
             cid = self.nodes.get(node, str(node))
+            label = f"sampled client {i + 1}" if self.guard.enabled else cid  # DP: logs do not name the sample
             answered.add(node)
             if rep.has_error():
                 failures[cid] = error_summary(rep.error.reason)
@@ -257,7 +267,7 @@ class FederatedServer:
                 agg.rejected["malformed"] += 1
                 continue
             # under DP every accepted update weighs 1 (a client's claimed example count is ignored)
-            reason = agg.offer(cid, upd["blob"], self.guard.weight(met.get(fm.NUM_EXAMPLES, 0)))
+            reason = agg.offer(label, upd["blob"], self.guard.weight(met.get(fm.NUM_EXAMPLES, 0)))
             self.state.client_versions[cid] = version  # it rebuilt the broadcast it trained on
             if reason is None:
                 self._accepted(cid, met, version, losses, tok_s, bits)
@@ -277,9 +287,8 @@ class FederatedServer:
             if res.kept:  # how inexact separate A/B averaging is this round (lora_mode "lora" only)
                 probe = ab_averaging_error(self.s.lora_alpha / self.s.lora_r, st.global_adapter, res.kept)
             mean = res.mean
-            if self.s.dp_mode == "server":
-                rng = np.random.default_rng(np.random.SeedSequence([self.s.seed, server_round, 5]))
-                mean = dp.server_noise(mean, self._dp(), len(res.accepted), rng)
+            if self.s.dp_mode == "server":  # secret noise: not derivable from the seed, never stored
+                mean = dp.server_noise(mean, self._dp(), len(res.accepted), dp.secret_rng())
             if self.s.dp_mode != "none":
                 self._accountant().step(self._sample_rate())
                 st.dp_history.append([self.s.dp_noise_multiplier, self._sample_rate()])
@@ -292,12 +301,12 @@ class FederatedServer:
                         server_round, len(res.accepted), self.s.min_fit_clients)
         wsum = sum(w for _, w in losses)
         train_loss = sum(loss * w for loss, w in losses) / wsum if wsum else float("nan")
+        self.round_sample = sorted(self.nodes[n] for n in nodes)  # who evaluates with eval_on "round"
         return {
             "round": server_round,
-            "sampled": sorted(self.nodes[n] for n in nodes),
+            **released_round_fields(self.round_sample, failures, secret=self.guard.enabled),
             "accepted": len(res.accepted),
             "rejected": dict(res.rejected),
-            "failures": failures,
             "aborted": aborted,
             "train_loss": train_loss,
             "client_tokens_per_s": float(np.mean(tok_s)) if tok_s else 0.0,
@@ -335,7 +344,10 @@ class FederatedServer:
             if r % max(1, self.s.eval_every) == 0 or r == self.s.rounds:
                 # "round": only this round's clients, who hold the previous broadcast and need a small
                 # delta; "all": every client, some of which need a large catch-up patch first
-                entry.update(self.evaluate(r, entry["sampled"] if self.s.eval_on == "round" else None))
+                entry.update(self.evaluate(r, self.round_sample if self.s.eval_on == "round" else None))
+                if self.guard.enabled and self.s.eval_on == "round":  # the evaluators are the secret sample
+                    hidden = released_round_fields(list(entry["eval_clients"]), entry["eval_failures"], secret=True)
+                    entry.update(eval_clients=hidden["sampled"], eval_failures=hidden["failures"])
             entry["broadcast_gap_norm"] = adapter_norm(adapter_sub(st.global_adapter, st.broadcast))
             if self.accountant is not None:
                 eps = self.accountant.epsilon() if self.guard.central else self.guard.local_epsilon(st.participations)

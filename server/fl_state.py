@@ -159,8 +159,11 @@ def save_state(folder: Path, state: ServerState, settings: FLSettings) -> None:
         "metrics_rows": state.metrics_rows,
         "ledger_rows": state.ledger_rows,
         "bytes_total": state.bytes_total,
-        # All randomness is derived from (seed, round) with SeedSequence, so the seed *is* the RNG state.
-        "rng": {"seed": settings.seed, "scheme": "SeedSequence([seed, round, stream])"},
+        # Non-privacy randomness (data, initialisation, training, the sample without DP) is derived from
+        # (seed, round) with SeedSequence, so the seed is its whole state. DP noise and the DP training
+        # sample are not: they come from the OS CSPRNG at each draw and no state of them is kept here.
+        "rng": {"seed": settings.seed, "scheme": "SeedSequence([seed, round, stream])",
+                "dp_noise": "os-csprng, not stored" if settings.dp_mode != "none" else "none"},
         "fingerprint": _fingerprint(settings),
         "settings": settings.to_config(),
     }

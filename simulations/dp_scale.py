@@ -1,4 +1,4 @@
-"""DP with clients to hide in: a cross-device federation with and without DP, same data, same attacks.
+"""DP with clients to hide in: a cross-device federation without DP and at a few noise levels, same data.
 
 Why this experiment: the noise central DP adds to the mean is ``sigma * C / n`` per coordinate, and
 the sampling rate ``q = n / N`` amplifies privacy, so both the epsilon and the utility cost of DP
@@ -6,14 +6,16 @@ improve with many clients per round drawn from many more clients. With 4 clients
 privacy run) sigma = 1 cost +284 % eval loss; here ``N`` (say 1,000) simulated clients, ``n`` (50)
 per round, each sampled client does cheap local work (1 step), and the report gives:
 
-* epsilon at ``delta = 1 / N^1.1`` from the run's own RDP accountant (Poisson-subsampled Gaussian);
-* the evaluation loss of the DP run vs the no-DP run on the same fixed evaluation cohort
-  (relative cost) and vs round 0 (what training gained);
+* epsilon at ``delta = 1 / N^1.1`` from each DP run's own RDP accountant (Poisson-subsampled
+  Gaussian; the sample is secret, see :mod:`fedcogen.server.client_sampling`);
+* a small frontier, one DP run per noise multiplier: the share of the no-DP run's gain in
+  evaluation loss (round 0 -> last round, same fixed evaluation cohort) that each DP run keeps, and
+  whether the no-DP run gained enough (``MIN_NO_DP_GAIN``) for that share to mean anything;
 * canary exposure (secret sharer) and membership-inference AUC on each run's final adapter, for the
   canaries and tasks of clients that actually trained (the others were never in any update);
 * seconds per round and bytes of every message.
 
-Both runs use the loopback engine (the real apps in one process, every message through Flower's
+Every run uses the loopback engine (the real apps in one process, every message through Flower's
 serde) by default: on a 2-core machine Ray's actors add start-up and scheduling time, not signal.
 """
 
@@ -42,6 +44,10 @@ from fedcogen.simulations.proc_memory import loadavg
 
 log = logging.getLogger(__name__)
 
+MIN_NO_DP_GAIN = 0.30  # the no-DP run must lower eval loss by this much for "share of the gain" to mean much
+TARGET_EPSILON = 4.0
+TARGET_GAIN_KEPT = 0.70
+
 DP_SCALE_RUN = FLSettings(
     model="smollm2-27l", num_clients=1000, clients_per_round=50, rounds=10, local_steps=1, batch_size=4,
     max_seq_len=128, lr=5e-3, lora_r=8, lora_alpha=16, lora_dropout=0.0, density=0.05, quant="int8",
@@ -51,10 +57,10 @@ DP_SCALE_RUN = FLSettings(
 
 @dataclass
 class DPScaleConfig:
-    """The two runs (``sigma = 0`` and ``noise_multiplier``) and the attacks on them."""
+    """The runs (``sigma = 0`` and each of ``noise_multipliers``) and the attacks on them."""
 
     run: FLSettings = field(default_factory=lambda: DP_SCALE_RUN)
-    noise_multiplier: float = 1.0
+    noise_multipliers: tuple[float, ...] = (1.0,)
     canaries_per_user: int = 1
     canary_repeats: int = 2
     attack_canaries: int = 16  # canaries of clients that trained, scored per run
@@ -68,8 +74,10 @@ class DPScaleConfig:
     def __post_init__(self) -> None:
         if self.run.dp_mode != "server":
             raise ValueError("the scale DP experiment reports the central epsilon: dp_mode must be 'server'")
-        if not self.noise_multiplier > 0:
-            raise ValueError("noise_multiplier must be > 0 (the no-DP run is always included)")
+        self.noise_multipliers = tuple(float(x) for x in self.noise_multipliers)
+        if not self.noise_multipliers or not all(x > 0 for x in self.noise_multipliers):
+            raise ValueError(f"noise_multipliers must be > 0 (the no-DP run is always included), "
+                             f"got {list(self.noise_multipliers)}")
 
     @property
     def delta(self) -> float:
@@ -91,12 +99,13 @@ def _finished(run_dir: Path, rounds: int) -> bool:
     return has_checkpoint(run_dir) and int(load_checkpoint(run_dir)[1]["round"]) >= rounds
 
 
-def trained_clients(metrics: dict[str, Any]) -> list[str]:
-    """Clients whose update entered at least one round (sampled, not failed)."""
-    seen: set[str] = set()
-    for m in metrics.get("rounds", []):
-        seen.update(c for c in m.get("sampled", []) if c not in m.get("failures", {}))
-    return sorted(seen)
+def trained_clients(run_dir: Path) -> list[str]:
+    """Clients whose update entered at least one round, from the server's checkpoint.
+
+    Under DP the released metrics do not name the (secret) sample; the experiment plays the trusted
+    server here, which knows whom it sampled (its checkpoint counts each client's accepted updates).
+    """
+    return sorted(c for c, n in load_checkpoint(run_dir)[1]["participations"].items() if int(n) > 0)
 
 
 def attack(run_dir: Path, fed: Any, users: list[str], cfg: DPScaleConfig) -> dict[str, Any]:
@@ -128,7 +137,7 @@ def run_dp_scale(cfg: DPScaleConfig) -> dict[str, Any]:
         d.write_federation(fed, data_dir)
     fed = d.load_federation(data_dir)
     runs = []
-    for sigma in (0.0, cfg.noise_multiplier):
+    for sigma in (0.0, *cfg.noise_multipliers):
         run_dir = out / ("no_dp" if sigma == 0 else f"dp_sigma_{sigma:g}")
         log.info("dp scale: sigma %g, %d clients (%d per round), %d rounds -> %s", sigma, cfg.run.num_clients,
                  cfg.run.clients_per_round, cfg.run.rounds, run_dir)
@@ -144,13 +153,14 @@ def run_dp_scale(cfg: DPScaleConfig) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
         if not cfg.keep_client_state:
             shutil.rmtree(run_dir / "clients", ignore_errors=True)
-        users = trained_clients(metrics)
+        users = trained_clients(run_dir)
         t1 = time.perf_counter()
         attacks = attack(run_dir, fed, users, cfg)
         rounds = [m for m in metrics["rounds"] if m["round"] >= 1]
         runs.append({
             "noise_multiplier": sigma,
             "epsilon": (metrics.get("dp") or {}).get("epsilon") if sigma > 0 else None,
+            "amplification": (metrics.get("dp") or {}).get("amplification") if sigma > 0 else None,
             "planned_epsilon": dp.epsilon_for(sigma, cfg.sample_rate, metrics["completed_rounds"], cfg.delta)
             if sigma > 0 else None,
             "completed_rounds": metrics["completed_rounds"],
@@ -172,18 +182,51 @@ def run_dp_scale(cfg: DPScaleConfig) -> dict[str, Any]:
     return _write(out, cfg, runs, started)
 
 
-def _write(out: Path, cfg: DPScaleConfig, runs: list[dict[str, Any]], started: float) -> dict[str, Any]:
+def gain(run: dict[str, Any]) -> float | None:
+    """What training gained: round-0 eval loss minus final eval loss (``None`` if either is missing)."""
+    a, b = run.get("initial_eval_loss"), run.get("final_eval_loss")
+    ok = isinstance(a, int | float) and isinstance(b, int | float) and math.isfinite(a) and math.isfinite(b)
+    return a - b if ok else None
+
+
+def frontier(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per noise level: epsilon, the share of the no-DP gain kept, and whether it meets the target."""
     base = runs[0]
-    with_dp = runs[1] if len(runs) > 1 else None
-    rel = None
-    if with_dp and base["final_eval_loss"] and math.isfinite(with_dp["final_eval_loss"]):
-        rel = with_dp["final_eval_loss"] / base["final_eval_loss"] - 1.0
+    g0 = gain(base)
+    rel0 = g0 / base["initial_eval_loss"] if g0 is not None and base["initial_eval_loss"] else None
+    points = []
+    for run in runs[1:]:
+        g = gain(run)
+        kept = g / g0 if g is not None and g0 else None
+        eps = run["epsilon"]
+        points.append({
+            "noise_multiplier": run["noise_multiplier"], "epsilon": eps, "gain_kept": kept,
+            "relative_eval_loss_cost": (run["final_eval_loss"] / base["final_eval_loss"] - 1.0
+                                        if base["final_eval_loss"] and math.isfinite(run["final_eval_loss"]) else None),
+            "meets_target": eps is not None and kept is not None and eps <= TARGET_EPSILON
+                            and kept >= TARGET_GAIN_KEPT,
+        })
+    met = [p for p in points if p["meets_target"]]
+    return {
+        "no_dp_relative_gain": rel0,
+        "no_dp_gain_enough": rel0 is not None and rel0 >= MIN_NO_DP_GAIN,
+        "target": {"epsilon_at_most": TARGET_EPSILON, "gain_kept_at_least": TARGET_GAIN_KEPT,
+                   "no_dp_gain_at_least": MIN_NO_DP_GAIN},
+        "points": points,
+        "target_met": bool(met) and rel0 is not None and rel0 >= MIN_NO_DP_GAIN,
+    }
+
+
+def _write(out: Path, cfg: DPScaleConfig, runs: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    front = frontier(runs)
+    best = min((p for p in front["points"] if p["epsilon"] is not None), key=lambda p: p["epsilon"], default=None)
     result = {
         "config": {**{k: v for k, v in asdict(cfg).items() if k != "run"}, "run": cfg.run.to_config()},
+        "seeds": {"run_seed": cfg.run.seed, "dp_noise_and_sample": "OS CSPRNG (not reproducible by design)"},
         "delta": cfg.delta,
         "sample_rate": cfg.sample_rate,
-        "epsilon": with_dp["epsilon"] if with_dp else None,
-        "relative_eval_loss_cost": rel,
+        "frontier": front,
+        "epsilon": best["epsilon"] if best else None,  # the smallest epsilon measured (most noise)
         "runs": runs,
         "seconds": round(time.perf_counter() - started, 1),
         "load_average": loadavg(),
@@ -198,20 +241,41 @@ def _f(x: Any, fmt: str = ".4f") -> str:
     return format(x, fmt) if isinstance(x, int | float) and math.isfinite(x) else "-"
 
 
+def _pct(x: Any, fmt: str = ".1f") -> str:
+    return format(100 * x, fmt) if isinstance(x, int | float) and math.isfinite(x) else "-"
+
+
 def markdown(result: dict[str, Any]) -> str:
-    c, r = result["config"], result["config"]["run"]
+    c, r, f = result["config"], result["config"]["run"], result["frontier"]
+    t = f["target"]
+    verdict = "met" if f["target_met"] else "not met"
     lines = [
         "# DP with clients to hide in",
         "",
-        f"`{r['model']}`, {r['num_clients']} simulated clients, {r['clients_per_round']} per round "
+        f"`{r['model']}` (`lora_mode` {r.get('lora_mode', 'lora')}, r {r['lora_r']}, targets {r['lora_targets']}), "
+        f"{r['num_clients']} simulated clients, {r['clients_per_round']} per round "
         f"(q = {result['sample_rate']:.3g}), {r['rounds']} rounds of {r['local_steps']} local step(s) "
         f"(batch {r['batch_size']}, {r['max_seq_len']} tokens, lr {r['lr']}), density {r['density']} {r['quant']}, "
-        f"server-side DP clip C = {r['dp_clip_norm']}, uniform weights; evaluation cohort {r['eval_clients']} "
-        f"clients; engine `{c['engine']}`. delta = 1/N^1.1 = {result['delta']:.3g}. "
-        f"Load average at the end: {result['load_average']}.",
+        f"server {r['server_opt']} (lr {r['server_lr']}), server-side DP clip C = {r['dp_clip_norm']}, uniform "
+        f"weights; evaluation cohort {r['eval_clients']} clients; engine `{c['engine']}`. delta = 1/N^1.1 = "
+        f"{result['delta']:.3g}. DP noise and the DP sample: OS CSPRNG (secret). Load average at the end: "
+        f"{result['load_average']}.",
         "",
-        f"**epsilon {_f(result['epsilon'], '.2f')} at delta {result['delta']:.3g}; relative eval-loss cost of DP "
-        f"{_f(100 * result['relative_eval_loss_cost'] if result['relative_eval_loss_cost'] is not None else None, '+.2f')} %**",
+        f"Command: `{result['provenance']['command']}` at commit {result['provenance']['code']['commit'][:12]}"
+        f"{' (with uncommitted changes)' if result['provenance']['code']['dirty'] else ''}, "
+        f"{result['seconds']:.0f} s.",
+        "",
+        f"No-DP run lowered eval loss by {_pct(f['no_dp_relative_gain'])} % (needed: >= {_pct(t['no_dp_gain_at_least'], '.0f')} %). "
+        f"Target epsilon <= {t['epsilon_at_most']:g} keeping >= {_pct(t['gain_kept_at_least'], '.0f')} % of the "
+        f"no-DP gain: **{verdict}**.",
+        "",
+        "| noise multiplier | epsilon | share of no-DP gain kept | final eval loss vs no DP | meets target |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for p in f["points"]:
+        lines.append(f"| {p['noise_multiplier']:g} | {_f(p['epsilon'], '.2f')} | {_pct(p['gain_kept'])} % | "
+                     f"{_pct(p['relative_eval_loss_cost'], '+.1f')} % | {'yes' if p['meets_target'] else 'no'} |")
+    lines += [
         "",
         "| run | epsilon | eval loss round 0 | final eval loss | canary exposure mean / max (chance) | "
         "MIA AUC | MIA TPR @1% FPR | clients trained | s / round | bytes (all messages) |",

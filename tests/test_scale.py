@@ -115,18 +115,30 @@ def test_bench_scale_and_dp_scale_write_their_reports(tmp_path) -> None:
 
     run = DP_SCALE_RUN.replace(model="tiny", num_clients=16, clients_per_round=8, rounds=1, max_seq_len=32,
                                eval_clients=4, lora_targets="q_proj,v_proj")
-    out = run_dp_scale(DPScaleConfig(run=run, noise_multiplier=1.0, attack_canaries=4, n_alternatives=7,
+    out = run_dp_scale(DPScaleConfig(run=run, noise_multipliers=(1.0, 2.0), attack_canaries=4, n_alternatives=7,
                                      mia_max_examples=8, out_dir=str(tmp_path / "dp")))
-    no_dp, with_dp = out["runs"]
-    # one round of the Poisson-subsampled Gaussian at q = 8/16, sigma 1, from the run's own accountant
+    no_dp, with_dp, more_noise = out["runs"]
     assert no_dp["epsilon"] is None
+    # one round of the Poisson-subsampled Gaussian at q = 8/16, from the run's own accountant
     assert with_dp["epsilon"] == pytest.approx(dp.epsilon_for(1.0, 0.5, 1, 16 ** -1.1), rel=1e-9)
+    assert more_noise["epsilon"] == pytest.approx(dp.epsilon_for(2.0, 0.5, 1, 16 ** -1.1), rel=1e-9)
     assert out["delta"] == pytest.approx(16 ** -1.1)
     assert with_dp["trained_clients"] == 8 and with_dp["canaries"] == 4
     assert (with_dp["mia"]["n_members"], with_dp["mia"]["n_non_members"]) == (8, 8)  # mia_max_examples each
     assert not (tmp_path / "dp" / "no_dp" / "clients").exists()
-    assert out["provenance"]["settings"]["noise_multiplier"] == 1.0 and out["provenance"]["seeds"] == {"seed": 0}
-    assert "epsilon" in (tmp_path / "dp" / "dp_scale.md").read_text()
+    # the frontier: one point per noise level, each with the share of the no-DP gain it kept
+    front = out["frontier"]
+    assert [p["noise_multiplier"] for p in front["points"]] == [1.0, 2.0]
+    gain0 = no_dp["initial_eval_loss"] - no_dp["final_eval_loss"]
+    assert front["points"][0]["gain_kept"] == pytest.approx(
+        (with_dp["initial_eval_loss"] - with_dp["final_eval_loss"]) / gain0)
+    assert front["no_dp_relative_gain"] == pytest.approx(gain0 / no_dp["initial_eval_loss"])
+    assert front["target_met"] is False  # one round of a tiny random model gains far less than 30 %
+    assert out["provenance"]["code"]["commit"] and out["seeds"]["run_seed"] == run.seed
+    assert out["provenance"]["settings"]["noise_multipliers"] == [1.0, 2.0] and out["provenance"]["seeds"] == {"seed": 0}
+    assert "amplification" in with_dp and "secret" in with_dp["amplification"]
+    report = (tmp_path / "dp" / "dp_scale.md").read_text()
+    assert "share of no-DP gain kept" in report and "**not met**" in report
 
 
 def test_state_left_by_another_run_does_not_push_out_this_runs_state() -> None:
