@@ -39,6 +39,7 @@ from fedcogen.client.lora_training import plain_peft_train, train_local
 from fedcogen.lora_adapter import get_adapter, lora_model, lora_spec, set_adapter
 from fedcogen.protocols import sparse_codec as codec
 from fedcogen.provenance import RUN_LOCATION_KEYS, check_reusable, provenance, recorded
+from fedcogen.server.fl_outputs import read_metrics
 from fedcogen.simulations.comm_variants import DENSE, Variant, pick
 from fedcogen.simulations.federation import SimulationConfig, run_federation
 from fedcogen.simulations.plots import plot_runs
@@ -222,7 +223,7 @@ def _run(cfg: dict[str, Any], reuse: bool, force_reuse: bool = False) -> dict[st
         for d in differences:
             print(f"[bench comm]   FORCED reuse despite: {d}", flush=True)
         print(f"[bench comm]   reusing the finished run in {done.parent}", flush=True)
-        return json.loads(done.read_text())
+        return read_metrics(done)
     return run_federation(sim)
 
 

@@ -32,6 +32,7 @@ from fedcogen.lora_adapter import LoraSpec, lora_model, set_adapter
 from fedcogen.lora_exact import fold_cores
 from fedcogen.run_config import FLSettings, coerce, load_run_config
 from fedcogen.server.checkpoint import load_checkpoint
+from fedcogen.server.fl_outputs import read_metrics
 from fedcogen.server.fl_serverapp import FederatedServer
 from fedcogen.simulations.flower_app import FAULT_CLIENTAPP, FEDCOGEN_CLIENTAPP, app_dir_for
 from fedcogen.simulations.flwr_run import LocalFederation, run_flwr_app
@@ -159,7 +160,7 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     metrics_path = out / "metrics.json"
     if not metrics_path.is_file():
         raise RuntimeError(f"simulation ended without writing {metrics_path}; see the log above")
-    return _with_plots(json.loads(metrics_path.read_text()), out)
+    return _with_plots(read_metrics(metrics_path), out)
 
 
 def _with_plots(result: dict[str, Any], out: Path) -> dict[str, Any]:
