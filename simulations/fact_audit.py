@@ -210,15 +210,18 @@ def replay(tokenizer: Any, context: str, detector: SpanDetector) -> tuple[Privat
 def measure_detector(tokenizer: Any, items: Sequence[CorpusItem], detector: SpanDetector | None = None
                      ) -> dict[str, Any]:
     """Fact recall (share of facts the released text does not show, by :func:`fact_in_text`) and
-    token precision (share of withheld tokens that overlap a fact) of the detector on ``items``."""
+    token precision (share of withheld tokens that overlap a fact) of the detector on ``items``, and
+    the share of the context's tokens it withheld (a detector that withholds everything has perfect
+    recall and is useless: this is its cost)."""
     det = detector or SpanDetector()
-    n_facts = kept = tp = withheld = 0
+    n_facts = kept = tp = withheld = total = 0
     missed: list[dict[str, str]] = []
     for it in items:
         guard, ids, ends = replay(tokenizer, it.context, det)
         decoded = tokenizer.decode(ids, skip_special_tokens=True)
         truth_ranges = [r for f in it.facts for r in _fact_char_ranges(decoded, f)]
         starts = [0, *ends[:-1]]
+        total += len(ids)
         for i in range(len(ids)):
             if guard.private[i] or i >= guard.released:
                 withheld += 1
@@ -234,4 +237,5 @@ def measure_detector(tokenizer: Any, items: Sequence[CorpusItem], detector: Span
                 kept += 1
     return {"items": len(items), "facts": n_facts, "facts_found": kept,
             "recall": kept / n_facts if n_facts else 1.0,
-            "precision": tp / withheld if withheld else 1.0, "tokens_withheld": withheld, "missed": missed}
+            "precision": tp / withheld if withheld else 1.0, "tokens_withheld": withheld, "tokens": total,
+            "withheld_share": withheld / total if total else 0.0, "missed": missed}
