@@ -40,6 +40,9 @@ from fedcogen.text_match import normalise
 
 CORPUS_DIR = Path(__file__).resolve().parent / "span_corpora"
 CORPORA = ("cogenesis", "structured", "freetext")
+#: dev: the detector was tuned on it; test: held out, then seen (tuning data since); heldout2: written
+#: after the detector was frozen and run once (simulations/span_corpora_gen.py)
+SPLITS = ("dev", "test", "heldout2")
 #: fact kinds of which any single word identifies the user
 ANY_WORD_KINDS = frozenset(("name", "place", "employer", "address"))
 #: words that carry no fact ("divorced in 2019": "in")
@@ -75,8 +78,8 @@ def load_contexts(name: str, split: str | None = None, folder: Path | None = Non
         raise ValueError(f"no span corpus {name!r}: {path} does not exist (corpora: {', '.join(CORPORA)})")
     items = [CorpusItem(d["id"], d["split"], d["format"], d["context"])
              for d in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if d]
-    if split is not None and split not in ("dev", "test"):
-        raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     return [it for it in items if split is None or it.split == split]
 
 

@@ -289,7 +289,7 @@ class CorpusAuditConfig:
     """``fedcogen privacy corpora``: which corpora and split, the detector, the wire run's settings."""
 
     corpora: tuple[str, ...] = CORPORA
-    split: str = "test"
+    split: str = "heldout2"
     variants: tuple[str, ...] = PROTECTED
     wire_items: int = 0  # items per corpus on the wire (0 = all of the split)
     cloud_model: str = "tiny"

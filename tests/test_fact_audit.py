@@ -12,6 +12,7 @@ from fedcogen.models import load_tokenizer
 from fedcogen.simulations import span_audit as sa
 from fedcogen.simulations.fact_audit import (
     CORPORA,
+    SPLITS,
     Fact,
     audit_facts,
     load_contexts,
@@ -48,7 +49,7 @@ def test_contexts_carry_no_answer_key():
     for name in CORPORA:
         items = load_contexts(name, "test")
         assert items and all(it.facts == [] for it in items)
-        assert {it.split for it in load_contexts(name)} == {"dev", "test"}
+        assert {it.split for it in load_contexts(name)} == {"dev", "test", "heldout2"}
     with pytest.raises(ValueError, match="no span corpus"):
         load_contexts("nope")
 
@@ -57,10 +58,11 @@ def test_splits_share_no_vocabulary():
     """The held-out split is written from other names, places and conditions than the dev split (US state
     codes excepted: there are only so many)."""
     for name in CORPORA:
-        dev = {f.text for it in load_corpus(name, "dev") for f in it.facts if f.kind not in ("date", "address", "phone")}
-        test = {f.text for it in load_corpus(name, "test") for f in it.facts if f.kind not in ("date", "address", "phone")}
-        shared = {v for v in dev & test if not v.isdigit() and not (v.isupper() and len(v) == 2)}
-        assert not shared, (name, shared)
+        vocab = {split: {f.text for it in load_corpus(name, split) for f in it.facts
+                         if f.kind not in ("date", "address", "phone")} for split in SPLITS}
+        for a, b in (("dev", "test"), ("dev", "heldout2"), ("test", "heldout2")):
+            shared = {v for v in vocab[a] & vocab[b] if not v.isdigit() and not (v.isupper() and len(v) == 2)}
+            assert vocab[a] and vocab[b] and not shared, (name, a, b, shared)
 
 
 def test_detector_measured_per_corpus(tok):
