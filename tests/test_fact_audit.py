@@ -8,6 +8,7 @@ import json
 import pytest
 
 from fedcogen.cli import main
+from fedcogen.client.span_detector import SpanDetector
 from fedcogen.models import load_tokenizer
 from fedcogen.simulations import span_audit as sa
 from fedcogen.simulations.fact_audit import (
@@ -69,6 +70,15 @@ def test_detector_measured_per_corpus(tok):
     for name in CORPORA:
         r = measure_detector(tok, load_corpus(name, "dev"))
         assert r["facts"] > 50 and r["recall"] == 1.0 and r["precision"] > 0.8, (name, r["missed"], r["precision"])
+        # its cost: well under half of the context withheld (a detector that withheld it all would have recall 1)
+        assert r["tokens"] > r["tokens_withheld"] > 0 and 0.1 < r["withheld_share"] < 0.45, (name, r["withheld_share"])
+
+
+def test_withholding_everything_shows_in_precision_and_share(tok):
+    """The precision/share figures can fail: a detector whose user pattern takes every word is flagged."""
+    items = load_corpus("freetext", "dev")[:2]
+    r = measure_detector(tok, items, SpanDetector(patterns=(r"\w+",)))
+    assert r["recall"] == 1.0 and r["withheld_share"] > 0.7 and r["precision"] < 0.5, r
 
 
 def test_guard_never_receives_the_answer_key(monkeypatch):
