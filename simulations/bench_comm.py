@@ -207,11 +207,11 @@ def measure_throughput(base: dict[str, Any], repeats: int = 5, steps: int = 6) -
 
 def _run(cfg: dict[str, Any], reuse: bool) -> dict[str, Any]:
     """Run one federation, or with ``reuse`` read back a finished run of exactly these settings."""
-    sim = SimulationConfig.from_dict(cfg)
+    sim = SimulationConfig.from_dict({**cfg, "overwrite": True})  # the benchmark owns its run folders
     done = Path(sim.run.out_dir) / "metrics.json"
     if reuse and done.is_file():
         old = json.loads(done.read_text())
-        paths = ("out_dir", "data_dir", "client_state_dir")  # resolved to absolute paths by the run
+        paths = ("out_dir", "data_dir", "client_state_dir", "overwrite")  # resolved by the run / how it starts
         want = {k: v for k, v in json.loads(json.dumps(sim.settings().to_config())).items() if k not in paths}
         if {k: v for k, v in old.get("settings", {}).items() if k not in paths} == want:
             print(f"[bench comm]   reusing the finished run in {done.parent}", flush=True)
