@@ -130,8 +130,10 @@ def _snapshot(out: Path) -> dict[str, tuple[int, int]]:
 def test_stopping_simulate_stops_every_process_it_started(tmp_path: Path, sig: int) -> None:
     out = tmp_path / "run"
     marker = f"FLWR_HOME={out / 'flwr-home'}"  # every process of the run inherits the private Flower home
-    proc = subprocess.Popen([FEDCOGEN, "simulate", *QUICK_FLAGS, "--rounds", "40", "--out-dir", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    err = tmp_path / "stderr.txt"
+    with err.open("w") as fh:
+        proc = subprocess.Popen([FEDCOGEN, "simulate", *QUICK_FLAGS, "--rounds", "40", "--out-dir", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=fh, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         journal = out / "rounds.jsonl"
@@ -142,7 +144,9 @@ def test_stopping_simulate_stops_every_process_it_started(tmp_path: Path, sig: i
         started = processes_with_env(marker)
         assert len(started) >= 3, started  # flwr run, the SuperLink, the simulation (+ Ray)
         os.kill(proc.pid, sig)
-        proc.wait(timeout=60)
+        assert proc.wait(timeout=60) != 0
+        if sig == signal.SIGTERM:  # it says so, and how to go on
+            assert "stopped by a signal" in err.read_text() and "--resume" in err.read_text(), err.read_text()
         deadline = time.monotonic() + 60
         while processes_with_env(marker) or any(alive(p, s) for p, s in started.items()):
             assert time.monotonic() < deadline, f"still alive 60 s after {sig!r}: {processes_with_env(marker)}"

@@ -53,6 +53,12 @@ def _run(args: argparse.Namespace) -> int:
     except RunFailed as exc:  # the cause (the ServerApp's own error) is the last thing on screen
         print(f"\nfedcogen simulate: error: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, SystemExit) as exc:  # SIGINT, or SIGTERM/SIGHUP via cleanup_on_signals
+        if isinstance(exc, SystemExit) and exc.code in (None, 0):
+            raise
+        print(f"\nfedcogen simulate: stopped by a signal; every process of the run was stopped. The last "
+              f"checkpoint in {cfg.run.out_dir} continues with the same command and --resume.", file=sys.stderr)
+        raise
     print()
     print(f"rounds completed : {result['completed_rounds']}")
     print(f"final eval loss  : {result['final_eval_loss']:.4f} (ppl {result['final_eval_ppl']:.2f})")
