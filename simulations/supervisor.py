@@ -18,6 +18,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -168,8 +169,6 @@ def guardian(marker: str, timeout: float = 10.0) -> Iterator[subprocess.Popen[by
     closes when this process exits, and then the watcher sweeps (:func:`stop_marked`). On a normal
     exit the sweep finds nothing left and the watcher ends at once.
     """
-    import sys
-
     watcher = subprocess.Popen(
         [sys.executable, "-c", _GUARDIAN, marker, str(timeout)],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
