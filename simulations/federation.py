@@ -136,7 +136,7 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     if cfg.engine == "loopback":
         client_app = fault_app.app if fault else real_app
         grid = _loopback_grid_class()(client_app, settings.num_clients, seed=settings.seed)
-        return _with_plots(FederatedServer(grid, settings).run(), out)
+        return _with_plots(check_result(FederatedServer(grid, settings).run(), settings, out), out)
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     log.info("simulation: %d clients (%d per round), %d rounds, model %s, density %g, out %s",
              settings.num_clients, settings.clients_per_round, settings.rounds, settings.model, settings.density, out)
@@ -166,11 +166,24 @@ def finished_result(out: Path, settings: FLSettings) -> dict[str, Any]:
     metrics_path = out / "metrics.json"
     if not metrics_path.is_file():
         raise RunFailed(f"the federation ended without writing {metrics_path}")
-    result = json.loads(metrics_path.read_text())
+    return check_result(json.loads(metrics_path.read_text()), settings, out)
+
+
+def check_result(result: dict[str, Any], settings: FLSettings, out: Path) -> dict[str, Any]:
+    """``result`` if the run did what was asked: the rounds asked for (unless a stop the settings give:
+    DP budget, target loss), and not every one of them aborted for want of client updates (the
+    clients' own errors are then the cause)."""
     target = settings.rounds if not settings.stop_after else min(settings.rounds, settings.stop_after)
     done = int(result.get("completed_rounds", 0))
     if done < target and not result.get("stopped_reason"):
-        raise RunFailed(f"the federation completed {done} of the {target} rounds asked for ({metrics_path})")
+        raise RunFailed(f"the federation completed {done} of the {target} rounds asked for ({out / 'metrics.json'})")
+    trained = [m for m in result.get("rounds", []) if int(m.get("round", 0)) >= 1]
+    if trained and all(m.get("aborted") for m in trained):
+        last = trained[-1]
+        why = "; ".join(f"{cid}: {reason}" for cid, reason in sorted((last.get("failures") or {}).items()))
+        raise RunFailed(f"every round was aborted (fewer than min_fit_clients={settings.min_fit_clients} "
+                        f"accepted updates; rejected {last.get('rejected') or 'none'}); the model did not change. "
+                        f"Clients in round {last.get('round')}: {why or 'no failures reported'}")
     return result
 
 

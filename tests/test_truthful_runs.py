@@ -177,6 +177,13 @@ def test_missing_model_fails_fast_with_its_name(tmp_path: Path) -> None:
     assert not (out / "flwr-run.log").exists()  # Flower never started
 
 
+def test_a_run_whose_every_round_aborted_fails_with_the_clients_errors(tmp_path: Path) -> None:
+    """SuperNode/ClientApp failures in every round: the model never changed, so the run did not happen."""
+    run = FLSettings(**{**QUICK, "rounds": 2, "fail_nodes": "0,1", "out_dir": str(tmp_path / "run")})
+    with pytest.raises(RunFailed, match=r"every round was aborted.*injected failure"):
+        run_federation(SimulationConfig(run=run, engine="loopback"))
+
+
 # --------------------------------------------------------------------------- 6: resume and re-run
 
 
