@@ -123,12 +123,13 @@ def outcome(out_dir: Path, started: float, log_text: str, log_path: Path) -> Run
     if status is not None and status.status == COMPLETED:
         return status
     if status is not None and status.status == FAILED:
-        cause = status.error
-    elif status is None:
-        cause = cause_from_log(log_text) or "the ServerApp never started (no run-status.json from this run)"
-    else:  # still "running": the ServerApp was stopped before it could say anything
-        cause = cause_from_log(log_text) or "the ServerApp ended without finishing or reporting an error"
-    raise RunFailed(f"the federation failed (full log: {log_path})\nServerApp: {cause}")
+        cause = f"ServerApp: {status.error}"
+    else:  # no record (the ServerApp never ran) or still "running" (it was stopped before it could say why):
+        # the last error in Flower's log (the simulation or a SuperNode's ClientApp) is the best cause there is
+        found = cause_from_log(log_text)
+        what = "the ServerApp never started" if status is None else "the ServerApp ended without finishing"
+        cause = f"{what}; last error in the log: {found}" if found else f"{what} and the log names no error"
+    raise RunFailed(f"the federation failed (full log: {log_path})\n{cause}")
 
 
 # fedcogen's own log lines inside the run's log (after any progress-bar residue on the same line)
