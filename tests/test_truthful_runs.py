@@ -24,9 +24,10 @@ from fedcogen.run_config import FLSettings
 from fedcogen.server.checkpoint import CheckpointError, load_checkpoint
 from fedcogen.server.fl_serverapp import FederatedServer
 from fedcogen.server.fl_state import NOT_RESULT_KEYS, RESULT_KEYS, ServerState, check_resumable, save_state
+from fedcogen.server.run_status import COMPLETED, RunStatus, write_run_status
 from fedcogen.simulations.federation import SimulationConfig, run_federation
 from fedcogen.simulations.flower_app import project_app_dir
-from fedcogen.simulations.flwr_run import LocalFederation, RunFailed, run_flwr_app
+from fedcogen.simulations.flwr_run import LocalFederation, RunFailed, outcome, run_flwr_app
 from fedcogen.simulations.supervisor import alive, processes_with_env, stop_marked
 
 FEDCOGEN = str(Path(sys.executable).parent / "fedcogen")
@@ -66,6 +67,16 @@ def test_serverapp_failure_is_an_error_with_its_cause(tmp_path: Path) -> None:
     assert last.startswith("ServerApp: CheckpointError") and "seed" in last, str(err.value)
     assert (out / "metrics.json").read_text() == old_metrics  # the old result was not relabelled
     assert json.loads((out / "run-status.json").read_text())["status"] == "failed"
+
+
+def test_an_old_record_never_passes_for_this_run(tmp_path: Path) -> None:
+    """No record from this run (an old one is there): the cause is the log's last error, never success."""
+    write_run_status(tmp_path, RunStatus(COMPLETED, started=time.time() - 3600, completed_rounds=3, target_rounds=3))
+    log = "Traceback (most recent call last):\n  ...\nModuleNotFoundError: No module named 'fedcogen.client'\n"
+    with pytest.raises(RunFailed) as err:
+        outcome(tmp_path, time.time(), log, tmp_path / "flwr-run.log")
+    assert str(err.value).splitlines()[-1] == ("the ServerApp never started; last error in the log: "
+                                               "ModuleNotFoundError: No module named 'fedcogen.client'")
 
 
 def test_failed_resume_exits_nonzero_with_the_cause_last(tmp_path: Path) -> None:
