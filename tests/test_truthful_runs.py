@@ -149,7 +149,7 @@ def test_stopping_simulate_stops_every_process_it_started(tmp_path: Path, sig: i
         deadline = time.monotonic() + 240
         journal = out / "rounds.jsonl"
         while not (journal.is_file() and journal.read_text().count("\n") >= 2):  # round 0 and round 1
-            assert proc.poll() is None, "simulate ended before its first round"
+            assert proc.poll() is None, f"simulate ended before its first round: {err.read_text()[-2000:]}"
             assert time.monotonic() < deadline, "no round within 240 s"
             time.sleep(0.5)
         started = processes_with_env(marker)
