@@ -212,7 +212,7 @@ def _run(cfg: dict[str, Any], reuse: bool, force_reuse: bool = False) -> dict[st
     """Run one federation, or with ``reuse`` read back the finished run in its folder: only one made by
     this commit from a clean tree with these settings (:func:`fedcogen.provenance.check_reusable`
     raises otherwise, naming the difference; ``force_reuse`` prints the differences and reuses it)."""
-    sim = SimulationConfig.from_dict(cfg)
+    sim = SimulationConfig.from_dict({**cfg, "overwrite": True})  # the benchmark owns its run folders
     done = Path(sim.run.out_dir) / "metrics.json"
     if (reuse or force_reuse) and done.is_file():
         s = sim.settings()
