@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedcogen.client.fl.fl_clientapp import client_id_for, encoded_split
 from fedcogen.client.fl.lora_training import collate, eval_loss, train_local
+from fedcogen.client.fl.node_data import client_id_for, encoded_split
 from fedcogen.lora_adapter import lora_model, lora_spec, set_adapter
 from fedcogen.lora_exact import core_factors, set_core_factors
 from fedcogen.models import pad_id

@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from fedcogen import results_json
-from fedcogen.client.fl.fl_clientapp import client_id_for, compress_update, encoded_split
 from fedcogen.client.fl.lora_training import plain_peft_train, train_local
+from fedcogen.client.fl.node_data import client_id_for, encoded_split
+from fedcogen.client.fl.update_compression import compress_update
 from fedcogen.lora_adapter import get_adapter, lora_model, lora_spec, set_adapter
 from fedcogen.protocols.codecs import sparse_codec as codec
 from fedcogen.provenance import RUN_LOCATION_KEYS, check_reusable, provenance, recorded

@@ -20,6 +20,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedcogen.client.fl import fl_clientapp as real
+from fedcogen.client.fl.node_data import partition_id, settings_from
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.run_config import FLSettings
 
@@ -46,9 +47,9 @@ def injected_failure(settings: FLSettings, server_round: int, partition_id: int)
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    settings, cfg = real._settings_from(msg, context)
+    settings, cfg = settings_from(msg, context)
     server_round = int(cfg.get("server_round", msg.metadata.group_id or 0))
-    reason = injected_failure(settings, server_round, real._partition_id(context))
+    reason = injected_failure(settings, server_round, partition_id(context))
     if reason:
         raise RuntimeError(reason)
     reply = real.train(msg, context)

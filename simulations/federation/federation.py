@@ -26,7 +26,7 @@ from typing import Any
 
 from fedcogen.accelerator import resolve_device
 from fedcogen.client.fl.fl_clientapp import app as real_app
-from fedcogen.client.fl.fl_clientapp import federation_for
+from fedcogen.client.fl.node_data import federation_for
 from fedcogen.lora_adapter import LoraSpec, lora_model, set_adapter
 from fedcogen.lora_exact import fold_cores
 from fedcogen.run_config import FLSettings, coerce, load_run_config

@@ -13,7 +13,7 @@ from flwr.app import Context, RecordDict
 
 from fedcogen import accelerator
 from fedcogen.accelerator import DeviceError, check_setting, compute_dtype, placement, resolve_device
-from fedcogen.client.fl import fl_clientapp
+from fedcogen.client.fl import fl_clientapp, node_data
 from fedcogen.client.fl.lora_training import encode_examples, eval_loss, train_local
 from fedcogen.lora_adapter import LoraSpec, get_adapter, lora_model
 from fedcogen.models import load_model, shared_model
@@ -101,17 +101,17 @@ def test_device_is_a_client_setting_and_the_node_config_wins():
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     settings = FLSettings(device="cpu")
     assert settings.client_config()["device"] == "cpu"  # the server forwards a non-default device
-    assert fl_clientapp.NODE_LOCAL_KEYS["device"] == "device"
+    assert node_data.NODE_LOCAL_KEYS["device"] == "device"
     msg = fl_clientapp.Message(fm.make_recorddict(config=settings.client_config()), dst_node_id=1,
                                message_type=fm.MSG_QUERY, group_id="1")
     ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "device": "auto"}, state=RecordDict(),
                   run_config={})
-    got, _ = fl_clientapp._settings_from(msg, ctx)
+    got, _ = node_data.settings_from(msg, ctx)
     assert got.device == "auto"
     bad = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "device": "gpu0"}, state=RecordDict(),
                   run_config={})
     with pytest.raises(RunConfigError, match="run config 'device'"):
-        fl_clientapp._settings_from(msg, bad)
+        node_data.settings_from(msg, bad)
 
 
 def test_simulation_shares_gpus_through_ray_resources():

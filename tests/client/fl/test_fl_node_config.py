@@ -9,6 +9,7 @@ from flwr.app import Context, Message, RecordDict
 
 from fedcogen import dataset as sd
 from fedcogen.client.fl import fl_clientapp as ca
+from fedcogen.client.fl.node_data import settings_from
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.run_config import FLSettings
 from fedcogen.simulations.federation import fault_app
@@ -47,7 +48,7 @@ def test_node_config_data_dir_wins_over_server_sent_path(tmp_path: Path, own_dat
     sent = FLSettings(data_dir=str(server_path), client_state_dir=str(server_state), num_clients=2, model="tiny")
     node = {"partition-id": 1, "data-dir": str(folder), "state-dir": str(tmp_path / "mine"), "model": "tiny-large"}
 
-    settings, _ = ca._settings_from(_query(sent), _context(node))
+    settings, _ = settings_from(_query(sent), _context(node))
     assert settings.data_dir == str(folder) and settings.client_state_dir == str(tmp_path / "mine")
     assert settings.model == "tiny-large"
 
@@ -59,7 +60,7 @@ def test_node_config_data_dir_wins_over_server_sent_path(tmp_path: Path, own_dat
 
 def test_without_node_keys_the_run_config_values_are_used(tmp_path: Path) -> None:
     sent = FLSettings(data_dir=str(tmp_path / "sim-data"), client_state_dir="", num_clients=2, model="tiny")
-    settings, _ = ca._settings_from(_query(sent), _context({"partition-id": 0, "num-partitions": 2}))
+    settings, _ = settings_from(_query(sent), _context({"partition-id": 0, "num-partitions": 2}))
     assert settings.data_dir == str(tmp_path / "sim-data") and settings.model == "tiny"
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fedcogen.client.fl.client_state import ClientState
-from fedcogen.client.fl.fl_clientapp import compress_update
+from fedcogen.client.fl.update_compression import compress_update
 from fedcogen.lora_adapter import adapter_digest
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols.codecs import sparse_codec as codec

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fedcogen.client.fl import fl_clientapp, secagg_train
-from fedcogen.client.fl.fl_clientapp import client_seed
+from fedcogen.client.fl.local_round import client_seed
 from fedcogen.protocols.privacy import dp
 from fedcogen.run_config import FLSettings
 from fedcogen.secagg import flatten, round_seed, round_support, secure_values

@@ -12,8 +12,8 @@ import copy
 import numpy as np
 import pytest
 
-from fedcogen.client.fl.fl_clientapp import compress_update
 from fedcogen.client.fl.lora_training import collate, encode_examples, train_local
+from fedcogen.client.fl.update_compression import compress_update
 from fedcogen.lora_adapter import LoraSpec, adapter_add, adapter_sub, get_adapter, lora_model, set_adapter
 from fedcogen.lora_exact import (
     aggregation_error,
