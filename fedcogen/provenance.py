@@ -49,7 +49,7 @@ from fedcogen import SUBPACKAGE_FOLDERS, source_root
 UNKNOWN = "unknown"
 # run-config keys that say where a run lives or how it was started, not what it computes: a finished
 # run read back from another folder path, or resumed, is still the same run (a test keeps them FLSettings keys)
-RUN_LOCATION_KEYS = ("out_dir", "data_dir", "client_state_dir", "resume")
+RUN_LOCATION_KEYS = ("out_dir", "data_dir", "client_state_dir", "resume", "overwrite")  # where and how, not what
 PACKAGES = ("fedcogen", "torch", "flwr", "transformers", "peft", "numpy", "grpcio")
 GIT_TIMEOUT_S = 5.0
 MAX_DIRTY_PATHS = 20  # enough to name what was edited; a huge list would bloat every result file

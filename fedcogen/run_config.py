@@ -61,8 +61,10 @@ class FLSettings:
                              "device wins; docs/gpu.md)")
     data_dir: str = _f("", "folder of the synthetic federation ('' = <out_dir>/data, generated from seed; "
                            "a SuperNode's own node-config data-dir wins)")
-    num_clients: int = _f(3, "number of devices (Flower SuperNodes / partitions)")
-    clients_per_round: int = _f(3, "devices sampled per round")
+    # 2 = the SuperNodes Flower's local simulation starts by default, so `flwr run .` needs no
+    # --federation-config to find every client (the server waits for num_clients nodes)
+    num_clients: int = _f(2, "number of devices (Flower SuperNodes / partitions)")
+    clients_per_round: int = _f(2, "devices sampled per round")
     rounds: int = _f(2, "federated rounds")
     local_steps: int = _f(4, "local AdamW steps per round on each device")
     batch_size: int = _f(4, "examples per local step")
@@ -101,7 +103,10 @@ class FLSettings:
     max_update_bytes: int = _f(64 * 1024 * 1024, "reject client updates whose serialized blob is larger (bytes)")
     out_dir: str = _f("runs/federation", "output folder (metrics.json, ledger.json, checkpoint, plots)")
     client_state_dir: str = _f("", "folder of per-client state ('' = only Flower's context.state)")
-    resume: bool = _f(False, "continue from the checkpoint in out_dir")
+    resume: bool = _f(False, "continue from the checkpoint in out_dir (refused if a result-altering setting "
+                             "differs from the checkpoint's)")
+    overwrite: bool = _f(False, "start afresh in an out_dir that holds a previous run, replacing its checkpoint, "
+                                "metrics, ledger and client state (without it, and without resume, that is refused)")
     dp_mode: str = _f("none", "differential privacy: none, client, server")
     dp_clip_norm: float = _f(1.0, "DP clip norm")
     dp_noise_multiplier: float = _f(0.0, "DP noise multiplier")

@@ -206,7 +206,8 @@ class CogenDevice:
                     if variant in ("logit", "gated") and self.config.protect_private_spans:
                         extra = private_values[i] if private_values else ()
                         row.guard = PrivateSpanGuard.for_context(self.tokenizer, row.context, extra,
-                                                                 detector=self.config.private_spans)
+                                                                 detector=self.config.private_spans,
+                                                                 instruction=row.instruction)
                 self._decode(rows, variant)
             return [self._result(row, variant, started) for row in rows]
         finally:

@@ -15,6 +15,11 @@ matches them four ways:
   one space), so a value split over several tokens or written with other punctuation is found;
 * **roots**: every content word of a value as a word root (nltk's Snowball stemmer), so an
   inflection the context never wrote is private too ("diabetes" when the profile says "diabetic");
+* **near words**: a word sharing a long prefix with a content word of a value (at least
+  ``NEAR_PREFIX`` letters, and all but the last 3 of the shorter word) is private, whatever the
+  stemmer makes of it ("anemia" for "anemic", "anxious" for "anxiety", "garnished" for
+  "garnishment"): as broad as the fact audit's near-match rule, so a form the audit counts as the
+  fact is a form the guard withholds (common words excepted, as in the audit);
 * **value token runs**: a value's token ids inside any word ("Lior" in "Liordi");
 * **copy**: a token that completes an ``ngram``-token run of the private context's token ids
   (copied history text, canaries) is private, with the rest of that run.
@@ -42,12 +47,28 @@ from typing import Any
 from nltk.stem.snowball import SnowballStemmer
 
 from fedcogen.client.cogen.span_detector import PLACEHOLDER, SpanDetector, context_values
-from fedcogen.client.cogen.span_lexicon import sentence_words
+from fedcogen.client.cogen.span_lexicon import sentence_words, stop_words
 from fedcogen.text_match import normalise
 
 __all__ = ["PLACEHOLDER", "PrivateSpanGuard", "SpanDetector", "context_values", "private_token_labels", "value_roots"]
 #: roots shorter than this only match a word whose stem equals them (no prefix match)
 MIN_PREFIX_ROOT = 5
+#: two words are one (inflection, derivation) when they share this many leading letters and all but
+#: the last 3 letters of the shorter one (the fact audit's rule, simulations/privacy/fact_audit.py)
+NEAR_PREFIX = 4
+
+
+def value_words(values: Iterable[str]) -> list[str]:
+    """The content words (4+ letters, not common sentence words) of private values, as written."""
+    common = sentence_words()
+    return sorted({w for v in values for w in normalise(v).split() if len(w) >= 4 and w.isalpha() and w not in common})
+
+
+def near_word(word: str, value_word: str) -> bool:
+    """``word`` and ``value_word`` share at least :data:`NEAR_PREFIX` leading letters and all but the
+    last 3 of the shorter one ("anemia"/"anemic", "anxious"/"anxiety")."""
+    cp = _common_prefix(word, value_word)
+    return cp >= max(NEAR_PREFIX, min(len(word), len(value_word)) - 3)
 
 
 def value_roots(values: Iterable[str], stemmer: Any) -> list[str]:
@@ -93,12 +114,17 @@ class PrivateSpanGuard:
     _norm_values: list[str] = field(default_factory=list)
     _value_runs: list[tuple[int, ...]] = field(default_factory=list)
     roots: list[str] = field(default_factory=list)
+    words: list[str] = field(default_factory=list)
     _stemmer: Any = None
+    _common: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self._stemmer = SnowballStemmer("english")
         if not self.roots:
             self.roots = value_roots(self.values, self._stemmer)
+        if not self.words:
+            self.words = value_words(self.values)
+        self._common = stop_words()
         self._norm_values = sorted({v for v in (normalise(x).strip() for x in self.values) if v}, key=len)
         runs = set()  # each value's token ids, with and without a leading space (as the wire audit searches)
         for v in self.values:
@@ -110,9 +136,11 @@ class PrivateSpanGuard:
 
     @classmethod
     def for_context(cls, tokenizer: Any, context: str, extra_values: Iterable[str] = (),
-                    detector: SpanDetector | None = None) -> PrivateSpanGuard:
+                    detector: SpanDetector | None = None, instruction: str = "") -> PrivateSpanGuard:
+        """The guard of one answer: what is private comes from ``context`` alone; the ``instruction``
+        (which the cloud holds anyway) only keeps its own words out of the rare-word rule."""
         det = detector or SpanDetector()
-        values = context_values(context, det, extra_values)
+        values = context_values(context, det, extra_values, instruction)
         grams: set[tuple[int, ...]] = set()
         if det.ngram > 0:
             ids = tokenizer(context, add_special_tokens=False)["input_ids"]
@@ -176,7 +204,7 @@ class PrivateSpanGuard:
         """Word level: the last words of the text that share a root with a private value are private
         (complete words) or held (a word still being written that could become one)."""
         held = len(self.generated)
-        if not self.roots:
+        if not self.roots and not self.words:
             return held
         starts = [i for i in range(len(norm)) if norm[i] != " " and (i == 0 or norm[i - 1] == " ")][-3:]
         for s in starts:
@@ -187,7 +215,16 @@ class PrivateSpanGuard:
                 continue
             stem = self._stemmer.stem(w)
             private = hold = False
-            for r in self.roots:
+            if w not in self._common:  # near words (the audit's rule); a common word ("more") is never one
+                for vw in self.words:
+                    if near_word(w, vw):
+                        private = complete
+                        hold = not complete
+                        if private:
+                            break
+                    elif not complete and _common_prefix(w, vw) == len(w):  # could still become one
+                        hold = True
+            for r in ([] if private else self.roots):
                 cp = _common_prefix(stem, r)
                 if stem == r or min(len(stem), len(r)) >= MIN_PREFIX_ROOT and cp >= min(len(stem), len(r)) - 1:
                     private = complete or len(r) >= MIN_PREFIX_ROOT and w.startswith(r)

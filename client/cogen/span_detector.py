@@ -19,6 +19,16 @@ private values it finds, each with its kind:
   capitalised words are also one value ("Maria Lopez", "St. David's Medical Center");
 * ``sensitive``: lowercase health, family, job, finance, legal and identity terms of the lexicon,
   matched by root ("diabet" finds "diabetic" and "diabetes");
+* ``cue``: the noun phrase that a contextual cue of free text points at, whatever its words: after
+  "as a", "diagnosed with", "suffers from", "treated for", "owes", "behind on", ... ("works as a
+  court reporter" -> "court reporter"), and before a word that files a private matter ("the wage
+  garnishment letter", "my shingles flared up"); the cues are in :data:`CUES_AFTER`/``CUES_BEFORE``
+  (client/cogen/span_lexicon.py) and generalise to terms no list holds;
+* ``rare``: every word of the context rarer than ``rare_zipf`` on wordfreq's Zipf scale (log10 of
+  uses per billion words; wordfreq ships its English table inside its wheel, nothing is downloaded)
+  that the instruction does not also use. Conditions, jobs, employers and debts a lexicon has never
+  heard of ("glaucoma" 3.0, "forklift" 2.9, "garnishment" 2.2) are rare words; the cloud already
+  holds the instruction, so its words are never withheld;
 * ``user``: the user's own regular expressions and explicit values (:class:`SpanDetector`).
 
 Why names and sensitive terms are found lexically: see client/cogen/span_lexicon.py (no installable NER).
@@ -36,8 +46,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from wordfreq import zipf_frequency
 
-from fedcogen.client.cogen.span_lexicon import NEVER_PRIVATE, TITLES, sensitive_terms, sentence_words
+from fedcogen.client.cogen.span_lexicon import (
+    CUES_AFTER,
+    CUES_BEFORE,
+    NEVER_PRIVATE,
+    TITLES,
+    sensitive_terms,
+    sentence_words,
+)
 from fedcogen.client.cogen.span_structure import line_fields, object_fields
 from fedcogen.text_match import normalise
 
@@ -56,6 +74,13 @@ ADDRESS_RE = re.compile(rf"\b\d{{1,5}}[A-Za-z]?\s+(?:[A-Z][\w'.-]*\s+){{1,3}}{ST
 WORD_RE = re.compile(r"[^\W_][\w'’-]*")
 SENTENCE_END = ".!?:;\"“”()[]{}\n*#>-•|"
 JOINERS = frozenset(("of", "de", "del", "la", "van", "von", "da", "di", "st", "st."))
+#: default rarity threshold (Zipf): ~3 uses per million words. Chosen from the scale, not a corpus:
+#: everyday words ("lovely" 4.7, "deadline" 4.1, "picnic" 3.8) stay public, named conditions and trades
+#: are below it; the measured cost is the share of the context withheld (docs/privacy-spans.md)
+RARE_ZIPF = 3.5
+#: a cue's noun phrase: up to 3 lowercase words (the words that fill the cue, stopped by punctuation,
+#: a capitalised word or a function word)
+NP_WORD = r"[a-z][a-z'’-]*"
 
 
 @dataclass(frozen=True)
@@ -65,7 +90,8 @@ class SpanDetector:
     ``values``: the value detectors below (off = copy detector only); ``ngram``: the copy detector's
     run length (0 = off); ``names``/``sensitive``/``pii``: the name, lexicon and presidio detectors;
     ``patterns``: the user's regular expressions (whole match is private); ``extra_values``: the
-    user's explicit private values.
+    user's explicit private values; ``cues``: the contextual-cue detector; ``rare_zipf``: words rarer
+    than this (wordfreq Zipf) are private unless the instruction uses them (0 = rare-word rule off).
     """
 
     values: bool = True
@@ -76,10 +102,15 @@ class SpanDetector:
     pii: bool = True
     patterns: tuple[str, ...] = ()
     extra_values: tuple[str, ...] = ()
+    cues: bool = True
+    rare_zipf: float = RARE_ZIPF
 
     def __post_init__(self) -> None:
         if self.ngram < 0:
             raise ValueError(f"private spans: ngram must be >= 0 (0 = no copy detector), got {self.ngram}")
+        if not 0.0 <= self.rare_zipf <= 8.0:
+            raise ValueError(f"private spans: rare_zipf must be in [0, 8] (wordfreq's Zipf scale; 0 = off), "
+                             f"got {self.rare_zipf}")
         for p in self.patterns:
             try:
                 re.compile(p)
@@ -262,8 +293,61 @@ def _sensitive(context: str) -> list[Detection]:
     return out
 
 
-def detect(context: str, detector: SpanDetector | None = None) -> list[Detection]:
-    """Every private value the device finds in its own context (see the module docstring)."""
+def _np_words(words: list[str], common: frozenset[str]) -> str:
+    """The noun phrase of a cue: function and common words trimmed from both ends ("" if none is left)."""
+    while words and words[0] in common:
+        words = words[1:]
+    while words and words[-1] in common:
+        words = words[:-1]
+    return " ".join(words)
+
+
+def _cues(context: str) -> list[Detection]:
+    """Noun phrases that contextual cues point at (see the module docstring). Why hand-written: the
+    library that finds such phrases (spaCy's parser) needs a model that is not installable here."""
+    common = sentence_words()
+    out: list[Detection] = []
+    after = rf"\b(?i:{'|'.join(CUES_AFTER)})\s+((?:{NP_WORD} ){{0,2}}{NP_WORD})"  # the cue in any case, the phrase lowercase
+    for m in re.finditer(after, context):
+        words = []
+        for w in m.group(1).split():  # stop at the first function word: "court reporter in Tacoma"
+            if w.lower() in common and words:
+                break
+            words.append(w.lower())
+        np = _np_words(words, common)
+        if np:
+            out.append(Detection(np, "cue", m.start(1)))
+    before = rf"\b((?:{NP_WORD} ){{1,2}})(?:{'|'.join(CUES_BEFORE)})\b"
+    for m in re.finditer(before, context):
+        words = m.group(1).split()
+        cut = max((i + 1 for i, w in enumerate(words) if w in common), default=0)  # "the wage garnishment"
+        np = _np_words(words[cut:], common)
+        if np:
+            out.append(Detection(np, "cue", m.start(1)))
+    return out
+
+
+def _rare(context: str, instruction: str, zipf: float) -> list[Detection]:
+    """Words of the context rarer than ``zipf`` (wordfreq) that the instruction does not use."""
+    common = sentence_words()
+    public = set(normalise(instruction).split())
+    out: list[Detection] = []
+    seen: dict[str, bool] = {}
+    for m in WORD_RE.finditer(context):
+        w = m.group(0).rstrip("'’")
+        low = w.lower()
+        if len(low) < 4 or not low.replace("-", "").replace("'", "").isalpha() or low in common:
+            continue
+        if low not in seen:
+            seen[low] = normalise(low) not in public and zipf_frequency(low, "en") < zipf
+        if seen[low]:
+            out.append(Detection(w, "rare", m.start()))
+    return out
+
+
+def detect(context: str, detector: SpanDetector | None = None, instruction: str = "") -> list[Detection]:
+    """Every private value the device finds in its own context (see the module docstring);
+    ``instruction`` (what the cloud is told anyway) only exempts its words from the rare-word rule."""
     det = detector or SpanDetector()
     out: list[Detection] = [Detection(v, "user") for v in det.extra_values if v.strip()]
     if not det.values:
@@ -279,10 +363,15 @@ def detect(context: str, detector: SpanDetector | None = None) -> list[Detection
         out += _names(context, key_ranges)
     if det.sensitive:
         out += _sensitive(context)
+    if det.cues:
+        out += _cues(context)
+    if det.rare_zipf > 0:
+        out += _rare(context, instruction, det.rare_zipf)
     return out
 
 
-def context_values(context: str, detector: SpanDetector | None = None, extra: Iterable[str] = ()) -> list[str]:
+def context_values(context: str, detector: SpanDetector | None = None, extra: Iterable[str] = (),
+                   instruction: str = "") -> list[str]:
     """The distinct private value strings of :func:`detect` (plus ``extra``), in order found."""
-    vals = [d.text.strip() for d in detect(context, detector)] + [str(v).strip() for v in extra]
+    vals = [d.text.strip() for d in detect(context, detector, instruction)] + [str(v).strip() for v in extra]
     return list(dict.fromkeys(v for v in vals if len(normalise(v)) >= 2 or any(c.isdigit() for c in v)))

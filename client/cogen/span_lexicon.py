@@ -87,6 +87,28 @@ diary journal log dearest darling honey hun
 mom mum dad mother father brother sister son daughter grandma grandpa aunt uncle cousin kids baby
 """.split())
 
+#: contextual cues of free text: the noun phrase after one of these is private whatever its words
+#: ("works as a court reporter", "diagnosed with glaucoma", "owes the bank"); regular expressions,
+#: case-insensitive. Written from how people state a job, a condition, a debt or a legal matter, not
+#: from a corpus
+CUES_AFTER = (
+    r"as an?", r"(?:i'm|i am|being|became|become|retired|trained|qualified) as an?", r"(?:i'm|i am|being) an?",
+    r"job as an?", r"diagnosed with", r"diagnosis of", r"suffer(?:s|ed|ing)? (?:from|with)", r"treated for",
+    r"treatment for", r"(?:medication|meds|pills|surgery|therapy) for", r"living with", r"struggl(?:e|es|ed|ing) with",
+    r"battl(?:e|es|ed|ing)", r"recover(?:s|ed|ing)? from", r"dealing with", r"coping with", r"prescribed",
+    r"allergic to", r"tested positive for", r"owes?", r"owed", r"owing", r"behind on", r"in debt to",
+    r"filed for", r"arrested for", r"charged with", r"convicted of", r"sued for", r"fired from",
+    r"laid off from", r"works? (?:at|for)", r"worked (?:at|for)", r"employed (?:at|by)",
+)
+#: words after which the noun phrase before them is a private matter ("the foreclosure letter",
+#: "my shingles flared up"): documents and events that file a matter, and what a condition does
+CUES_BEFORE = (
+    r"letter", r"letters", r"paperwork", r"papers", r"notice", r"bill", r"bills", r"hearing", r"case",
+    r"claim", r"diagnosis", r"appointment", r"treatment", r"meds", r"medication", r"payments?", r"forms",
+    r"flared", r"flares", r"flare-up", r"is acting up", r"got worse", r"came back", r"again today",
+    r"is back", r"is under control", r"explains",
+)
+
 #: titles before a name ("Dr. Patel"): the next capitalised word is a name wherever it stands
 TITLES = frozenset(("dr", "mr", "mrs", "ms", "miss", "mx", "prof", "professor", "sir", "dame", "rev", "fr",
                     "sr", "sra", "aunt", "auntie", "uncle", "nurse", "coach", "judge", "officer", "captain"))
@@ -103,6 +125,13 @@ def sentence_words() -> frozenset[str]:
     from spacy.lang.en.stop_words import STOP_WORDS
 
     return BASE_SENTENCE_WORDS | frozenset(STOP_WORDS)
+
+
+def stop_words() -> frozenset[str]:
+    """spaCy's English stop words (the fact audit's list of words that only ever match exactly)."""
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    return frozenset(STOP_WORDS)
 
 
 def sensitive_terms() -> list[tuple[str, str]]:

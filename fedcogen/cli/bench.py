@@ -1,5 +1,5 @@
 """`fedcogen bench NAME`: the benchmarks (comm, cogen, fuzz, load, codec, scale, privacy, all); each prints its figures
-and can write JSON. The measurements live in ``fedcogen.simulations.bench_*``; this module holds their flags."""
+and can write JSON. The measurements live in ``fedcogen.simulations.bench``; this module holds their flags."""
 
 from __future__ import annotations
 

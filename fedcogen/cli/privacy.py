@@ -107,7 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "key the guard never sees), then run logit and gated over gRPC with a scripted device that "
                      "writes every fact, protection off and on, and report per fact whether the cloud saw it "
                      "(exact, near and token-id matches). Exit 1 if a fact reached the cloud with protection on.")
-    co.add_argument("--split", choices=("dev", "test"), default="test", help="dev: tuned on; test: held out (default)")
+    co.add_argument("--split", choices=("dev", "test", "heldout2"), default="heldout2",
+                    help="dev, test: tuned on; heldout2: written after the detector was frozen (default)")
     co.add_argument("--corpora", default=None, help="comma-separated corpus names (default: all)")
     co.add_argument("--wire-items", type=int, default=0, help="items per corpus on the wire (0 = all of the split)")
     co.add_argument("--no-wire", action="store_true", help="detector measurement only (no cloud, seconds)")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from fedcogen.cli.flags import add_dataclass_flags, flag_values
 from fedcogen.run_config import FLSettings
 from fedcogen.simulations.federation.federation import SimulationConfig, load_config_file, run_federation
+from fedcogen.simulations.federation.flwr_run import RunFailed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +48,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0
-    result = run_federation(cfg)
+    try:
+        result = run_federation(cfg)
+    except RunFailed as exc:  # the cause (the ServerApp's own error) is the last thing on screen
+        print(f"\nfedcogen simulate: error: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, SystemExit) as exc:  # SIGINT, or SIGTERM/SIGHUP via cleanup_on_signals
+        if isinstance(exc, SystemExit) and exc.code in (None, 0):
+            raise
+        print(f"\nfedcogen simulate: stopped by a signal; every process of the run was stopped. The last "
+              f"checkpoint in {cfg.run.out_dir} continues with the same command and --resume.", file=sys.stderr)
+        raise
     print()
     print(f"rounds completed : {result['completed_rounds']}")
     print(f"final eval loss  : {result['final_eval_loss']:.4f} (ppl {result['final_eval_ppl']:.2f})")

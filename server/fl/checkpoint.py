@@ -49,14 +49,15 @@ def save_checkpoint(folder: str | Path, arrays: Mapping[str, np.ndarray], meta: 
     return target
 
 
-def load_checkpoint(folder: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint`."""
+def load_checkpoint(folder: str | Path, with_arrays: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``with_arrays=False``: its metadata only,
+    cheap enough to check a resume before a federation starts)."""
     path = Path(folder) / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path} (nothing to resume from)")
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: np.array(z[k]) for k in z.files if k != _META_KEY}
+            arrays = {k: np.array(z[k]) for k in z.files if k != _META_KEY and with_arrays}
             meta = json.loads(bytes(z[_META_KEY]).decode())
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from exc

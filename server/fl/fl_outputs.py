@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcogen import results_json
 from fedcogen.lora_adapter import adapter_digest
 from fedcogen.provenance import provenance
 from fedcogen.run_config import FLSettings
@@ -45,8 +46,8 @@ def write_outputs(out: Path, state: ServerState, settings: FLSettings, n_params:
     }
     if dp_report is not None:
         result["dp"] = dict(dp_report)
-    _write_json(out / "metrics.json", result)
-    _write_json(out / "ledger.json", {"summary": ledger, "entries": entries})
+    write_metrics_json(out / "metrics.json", result)
+    write_metrics_json(out / "ledger.json", {"summary": ledger, "entries": entries})
     (out / "metrics.md").write_text(markdown_report(result, ledger))
     return result
 
@@ -112,10 +113,23 @@ def ppl(loss: float) -> float:
     return float(math.exp(min(loss, 50.0))) if math.isfinite(loss) else float("nan")
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default, allow_nan=True))
+def write_metrics_json(path: Path, obj: Any) -> None:
+    """Strict JSON (``null`` for a loss that was not measured), written atomically (tmp file + rename)."""
+    tmp = results_json.write(path.with_suffix(path.suffix + ".tmp"), obj, default=_json_default)
     tmp.replace(path)
+
+
+# The run's float metrics that are NaN in memory when nothing was measured (``null`` in the file).
+NOT_MEASURED_KEYS = frozenset({"final_eval_loss", "final_eval_ppl", "train_loss", "eval_loss", "eval_ppl",
+                               "index_bits_over_bound"})
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A run's ``metrics.json`` as the dict the run returned in memory (``null`` metrics back to NaN), so a
+    run read from disk (the Flower engine, a reused run) and one returned in process compare and format alike."""
+    def nan_for_null(obj: dict[str, Any]) -> dict[str, Any]:
+        return {k: float("nan") if v is None and k in NOT_MEASURED_KEYS else v for k, v in obj.items()}
+    return json.loads(Path(path).read_text(), object_hook=nan_for_null)
 
 
 def _json_default(o: Any) -> Any:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -63,7 +64,9 @@ from fedcogen.server.fl.fl_state import (
     load_state,
     patch_for,
     save_state,
+    start_fresh,
 )
+from fedcogen.server.fl.run_status import COMPLETED, FAILED, RUNNING, RunStatus, write_run_status
 from fedcogen.server.fl.secagg_round import secure_round
 
 log = logging.getLogger("fedcogen.server")
@@ -105,6 +108,9 @@ class FederatedServer:
             return state
         if self.s.resume:
             log.info("resume requested but no checkpoint in %s: starting fresh", self.out)
+        # an earlier run's results are replaced only when asked to (resume without a checkpoint: a run
+        # that crashed before its first checkpoint, nothing to keep)
+        start_fresh(self.out, self.s.replace(overwrite=True) if self.s.resume else self.s)
         clear_journals(self.out)
         return ServerState.fresh(self.layout.initial)
 
@@ -165,15 +171,7 @@ class FederatedServer:
 
     def handshake(self) -> None:
         """Wait for nodes, then learn which client (user) each node is."""
-        deadline = time.monotonic() + max(30.0, self.s.round_timeout)
-        want = max(1, self.s.num_clients)
-        while True:
-            node_ids = sorted(self.grid.get_node_ids())
-            if len(node_ids) >= want or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        if len(node_ids) < max(1, self.s.min_fit_clients):
-            raise RuntimeError(f"only {len(node_ids)} nodes connected, min_fit_clients={self.s.min_fit_clients}")
+        node_ids = self.wait_for_nodes()
         msgs = [Message(fm.make_recorddict(config=self.s.client_config()),
                         dst_node_id=n, message_type=fm.MSG_QUERY, group_id="0") for n in node_ids]
         for rep in self._send(msgs, "query", 0):
@@ -192,6 +190,36 @@ class FederatedServer:
         names = sorted(self.nodes.values())
         log.info("%d clients connected: %s", len(names), ", ".join(names) if len(names) <= 20
                  else f"{', '.join(names[:5])}, ..., {', '.join(names[-2:])}")
+
+    def wait_for_nodes(self, report_every: float = 10.0) -> list[int]:
+        """Wait (up to ``max(30 s, round_timeout)``) for ``num_clients`` nodes, saying what it waits for.
+
+        Why the messages: a federation with fewer SuperNodes than ``num_clients`` (e.g. ``flwr run .``
+        with another ``num-supernodes``) otherwise waits in silence; every ``report_every`` seconds
+        the log names how many nodes are missing and how long the wait may still take.
+        """
+        wait_s = max(30.0, self.s.round_timeout)
+        started = time.monotonic()
+        want = max(1, self.s.num_clients)
+        next_report = started
+        while True:
+            node_ids = sorted(self.grid.get_node_ids())
+            now = time.monotonic()
+            if len(node_ids) >= want or now - started > wait_s:
+                break
+            if now >= next_report:
+                log.info("waiting for %d of %d nodes (%d connected), up to %.0f s (num_clients=%d; "
+                         "a simulation needs as many SuperNodes)", want - len(node_ids), want, len(node_ids),
+                         wait_s - (now - started), want)
+                next_report = now + report_every
+            time.sleep(0.5)
+        if len(node_ids) < max(1, self.s.min_fit_clients):
+            raise RuntimeError(f"only {len(node_ids)} of {want} nodes connected within {wait_s:.0f} s, "
+                               f"min_fit_clients={self.s.min_fit_clients}")
+        if len(node_ids) < want:
+            log.warning("only %d of %d nodes connected within %.0f s: going on with them",
+                        len(node_ids), want, wait_s)
+        return node_ids
 
     # ------------------------------------------------------------------ broadcast
 
@@ -401,11 +429,33 @@ def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        settings = load_run_config(context.run_config, extra)
         show_progress_lines()
-        FederatedServer(grid, settings).run()
+        run_recorded(grid, {**dict(context.run_config), **extra})
 
     return server_app
+
+
+def run_recorded(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the federation and leave its outcome in ``<out_dir>/run-status.json`` (:mod:`.run_status`).
+
+    Why: Flower reports a ServerApp that raised only in its log ("Exit Code: 700") while ``flwr
+    run`` exits 0, so callers (``fedcogen simulate``) read this record to fail with the cause.
+    """
+    out_dir = str(run_config.get("out_dir") or FLSettings().out_dir)  # known even if the config is bad
+    status = RunStatus(RUNNING, started=time.time(), pid=os.getpid())
+    write_run_status(out_dir, status)
+    try:
+        settings = load_run_config(run_config)
+        target = settings.rounds if not settings.stop_after else min(settings.rounds, settings.stop_after)
+        status = status.ended(RUNNING, target_rounds=target)
+        write_run_status(out_dir, status)
+        result = FederatedServer(grid, settings).run()
+    except BaseException as exc:
+        write_run_status(out_dir, status.ended(FAILED, error=f"{type(exc).__name__}: {exc}"))
+        raise
+    write_run_status(out_dir, status.ended(COMPLETED, completed_rounds=int(result["completed_rounds"]),
+                                           stopped_reason=str(result.get("stopped_reason") or "")))
+    return result
 
 
 app = make_server_app()

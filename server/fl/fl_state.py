@@ -32,7 +32,7 @@ from fedcogen.protocols.codecs import sparse_codec as codec
 from fedcogen.protocols.codecs.patch_chain import pack_chain
 from fedcogen.run_config import FLSettings
 from fedcogen.server.fl.catchup import chain_size, keep_delta
-from fedcogen.server.fl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fedcogen.server.fl.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from fedcogen.server.fl.dp_guard import dp_fingerprint
 
 LEDGER_JOURNAL = "ledger.jsonl"
@@ -82,12 +82,96 @@ class ServerState:
 # --------------------------------------------------------------------------- checkpoint mapping
 
 
+# Every FLSettings field that changes what a run computes or records, so a resume that changes one
+# would mix two experiments under the new label (metrics record the settings of the last start).
+# Left out, on purpose: where things are written (out_dir; data_dir and client_state_dir count by
+# their place relative to out_dir, so a moved run still resumes), how long to wait (round_timeout),
+# when to stop (rounds, stop_after, target_eval_loss, dp_target_epsilon: stopping rules do not change
+# the rounds already run) and how to start (resume, overwrite). DP settings enter through
+# dp_fingerprint, which names only those that matter for the DP mode in use.
+RESULT_KEYS = (
+    "model", "seed", "data_dir", "client_state_dir", "num_clients", "clients_per_round", "local_steps",
+    "batch_size", "lr", "max_seq_len", "history_examples", "fact_swaps", "lora_r", "lora_alpha",
+    "lora_dropout", "lora_targets", "lora_mode", "density", "scope", "quant", "index_coding",
+    "down_density", "down_quant", "warmup_rounds", "server_opt", "server_lr", "min_fit_clients",
+    "eval_every", "eval_on", "eval_clients", "max_update_norm", "max_update_bytes", "secagg",
+    "secagg_range", "fail_prob", "fail_nodes",
+)
+NOT_RESULT_KEYS = ("out_dir", "round_timeout", "rounds", "stop_after", "target_eval_loss", "resume",
+                   "overwrite", "dp_mode", "dp_clip_norm", "dp_noise_multiplier", "dp_delta",
+                   "dp_target_epsilon")  # the dp_* ones: through dp_fingerprint
+
+# what a run leaves in out_dir that a fresh run replaces (and so must not replace unasked)
+PREVIOUS_RUN_FILES = (CHECKPOINT_NAME, "metrics.json", "metrics.md", "ledger.json", ROUNDS_JOURNAL, LEDGER_JOURNAL)
+
+
+def _place(path: str, out_dir: str) -> str:
+    """A folder setting as compared on resume: relative to out_dir when inside it."""
+    if not path:
+        return ""
+    p, out = Path(path).resolve(), Path(out_dir).resolve()
+    return str(p.relative_to(out)) if p.is_relative_to(out) else str(p)
+
+
 def _fingerprint(s: FLSettings) -> dict[str, Any]:
-    """Settings that must match for a resume to be meaningful (DP ones: the accountant replays past rounds)."""
-    keys = ("model", "seed", "lora_r", "lora_alpha", "lora_targets", "num_clients", "server_opt")
-    # the aggregation mode decides what the arrays mean (only named when not the default: old checkpoints resume)
-    mode = {"lora_mode": s.lora_mode} if s.lora_mode != "lora" else {}
-    return {**{k: getattr(s, k) for k in keys}, **mode, "dp": dp_fingerprint(s)}
+    """The settings that must match for a resume to continue the same experiment (:data:`RESULT_KEYS`)."""
+    fp = {k: getattr(s, k) for k in RESULT_KEYS}
+    for key in ("data_dir", "client_state_dir"):
+        fp[key] = _place(fp[key], s.out_dir)
+    return {**fp, "dp": dp_fingerprint(s)}
+
+
+def _stored_fingerprint(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The fingerprint of the settings a checkpoint was written with (its full ``settings``, so
+    checkpoints written before a key joined :data:`RESULT_KEYS` compare on it too)."""
+    stored = meta.get("settings")
+    if isinstance(stored, Mapping):
+        known = set(FLSettings.__dataclass_fields__)
+        try:
+            return _fingerprint(FLSettings.from_mapping({k: v for k, v in stored.items() if k in known}))
+        except ValueError:
+            pass
+    return dict(meta.get("fingerprint") or {})
+
+
+def check_resumable(folder: str | Path, settings: FLSettings) -> dict[str, Any]:
+    """Raise :class:`CheckpointError` naming every result-altering setting that differs from the
+    checkpoint's; returns the checkpoint's metadata. Cheap (reads the metadata only) so callers can
+    refuse a changed resume before starting a federation."""
+    _, meta = load_checkpoint(folder, with_arrays=False)
+    old, new = _stored_fingerprint(meta), _fingerprint(settings)
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        changes = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in diff)
+        raise CheckpointError(
+            f"cannot resume the run in {folder}: its settings differ in {', '.join(diff)} ({changes}); "
+            "resume with the checkpoint's settings, or start a new out_dir"
+        )
+    return meta
+
+
+def previous_run_files(folder: str | Path) -> list[str]:
+    """The results of an earlier run in ``folder`` that a fresh start would replace."""
+    out = Path(folder)
+    found = [name for name in PREVIOUS_RUN_FILES if (out / name).exists()]
+    clients = out / "clients"
+    if clients.is_dir() and any(clients.iterdir()):
+        found.append("clients/")
+    return found
+
+
+def start_fresh(folder: str | Path, settings: FLSettings) -> None:
+    """Make room for a fresh run in ``folder``: refused (naming the files) when an earlier run's
+    results are there, unless ``settings.overwrite``; with it, they are removed. ``clients/`` is
+    left to whoever runs the clients (``fedcogen simulate`` removes it)."""
+    found = previous_run_files(folder)
+    if found and not settings.overwrite:
+        raise CheckpointError(
+            f"out_dir {folder} holds a previous run ({', '.join(found)}); continue it with resume "
+            "(--resume), replace it with overwrite (--overwrite), or choose another out_dir"
+        )
+    for name in PREVIOUS_RUN_FILES:
+        (Path(folder) / name).unlink(missing_ok=True)
 
 
 def _append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -171,15 +255,8 @@ def save_state(folder: Path, state: ServerState, settings: FLSettings) -> None:
 
 
 def load_state(folder: Path, settings: FLSettings) -> ServerState:
+    check_resumable(folder, settings)
     arrays, meta = load_checkpoint(folder)
-    if meta.get("fingerprint") != _fingerprint(settings):
-        old, new = meta.get("fingerprint") or {}, _fingerprint(settings)
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise CheckpointError(
-            f"checkpoint in {folder} is from a different run (differs in {', '.join(diff)}: "
-            f"{ {k: old.get(k) for k in diff} } vs { {k: new.get(k) for k in diff} }); "
-            "resume with the same settings or start a new out_dir"
-        )
 
     def group(prefix: str) -> dict[str, np.ndarray]:
         return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + "/")}

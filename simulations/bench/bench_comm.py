@@ -40,6 +40,7 @@ from fedcogen.client.fl.update_compression import compress_update
 from fedcogen.lora_adapter import get_adapter, lora_model, lora_spec, set_adapter
 from fedcogen.protocols.codecs import sparse_codec as codec
 from fedcogen.provenance import RUN_LOCATION_KEYS, check_reusable, provenance, recorded
+from fedcogen.server.fl.fl_outputs import read_metrics
 from fedcogen.simulations.bench.comm_variants import DENSE, Variant, pick
 from fedcogen.simulations.evaluation.plots import plot_runs
 from fedcogen.simulations.evaluation.report import comm_report, met_word
@@ -212,7 +213,7 @@ def _run(cfg: dict[str, Any], reuse: bool, force_reuse: bool = False) -> dict[st
     """Run one federation, or with ``reuse`` read back the finished run in its folder: only one made by
     this commit from a clean tree with these settings (:func:`fedcogen.provenance.check_reusable`
     raises otherwise, naming the difference; ``force_reuse`` prints the differences and reuses it)."""
-    sim = SimulationConfig.from_dict(cfg)
+    sim = SimulationConfig.from_dict({**cfg, "overwrite": True})  # the benchmark owns its run folders
     done = Path(sim.run.out_dir) / "metrics.json"
     if (reuse or force_reuse) and done.is_file():
         s = sim.settings()
@@ -223,7 +224,7 @@ def _run(cfg: dict[str, Any], reuse: bool, force_reuse: bool = False) -> dict[st
         for d in differences:
             print(f"[bench comm]   FORCED reuse despite: {d}", flush=True)
         print(f"[bench comm]   reusing the finished run in {done.parent}", flush=True)
-        return json.loads(done.read_text())
+        return read_metrics(done)
     return run_federation(sim)
 
 

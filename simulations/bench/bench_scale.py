@@ -60,7 +60,7 @@ class ScaleBenchConfig:
             local_steps=self.local_steps, batch_size=self.batch_size, max_seq_len=self.max_seq_len,
             eval_clients=min(n, self.eval_clients), seed=self.seed, lr=5e-3, density=0.05,
             out_dir=str(Path(self.out_dir) / f"{model}-{n}"), data_dir=str(Path(self.out_dir) / f"data-{n}"),
-            round_timeout=1800.0,
+            round_timeout=1800.0, overwrite=True,  # the benchmark owns its run folders
         )
 
 

@@ -151,7 +151,7 @@ class _RecordingGenerator:
 
 def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
     run = cfg.run.replace(data_dir=str(data_dir), out_dir=str(cfg.run_dir / "federation"),
-                          eval_every=max(1, cfg.run.rounds // 2))
+                          eval_every=max(1, cfg.run.rounds // 2), overwrite=True)  # the demo owns its run_dir
     sim = SimulationConfig(run=run, engine="flower", num_cpus_per_client=1.0,
                            num_gpus_per_client=gpu_share(run.device, run.clients_per_round))
     result = run_federation(sim)

@@ -28,9 +28,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fedcogen import results_json
 from fedcogen.accelerator import DeviceError, placement
 from fedcogen.client.fl.lora_training import encode_examples, train_local
 from fedcogen.lora_adapter import LoraSpec, lora_model
+from fedcogen.provenance import provenance
 
 
 @dataclass
@@ -151,5 +153,6 @@ def run_gpu_check(cfg: GpuCheckConfig) -> dict[str, Any]:
         report["stages"][stage] = row
         print(f"gpu-check: {stage}: {'ok' if row['ok'] else 'FAILED'} {json.dumps(row, default=str)}", flush=True)
     report["ok"] = all(row["ok"] for row in report["stages"].values())
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+    report["provenance"] = provenance(settings=asdict(cfg))
+    results_json.write(out / "gpu_check.json", report, indent=2, default=str)
     return report

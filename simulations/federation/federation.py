@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +28,17 @@ from typing import Any
 from fedcogen.accelerator import resolve_device
 from fedcogen.client.fl.fl_clientapp import app as real_app
 from fedcogen.client.fl.node_data import federation_for
-from fedcogen.lora_adapter import LoraSpec, lora_model, set_adapter
+from fedcogen.lora_adapter import LoraSpec, adapter_layout, lora_model, lora_spec, set_adapter
 from fedcogen.lora_exact import fold_cores
 from fedcogen.run_config import FLSettings, coerce, load_run_config
-from fedcogen.server.fl.checkpoint import load_checkpoint
+from fedcogen.server.fl.checkpoint import has_checkpoint, load_checkpoint
+from fedcogen.server.fl.fl_outputs import read_metrics
 from fedcogen.server.fl.fl_serverapp import FederatedServer
+from fedcogen.server.fl.fl_state import check_resumable, previous_run_files, start_fresh
 from fedcogen.simulations.evaluation.plots import plot_federation
 from fedcogen.simulations.federation import fault_app
 from fedcogen.simulations.federation.flower_app import FAULT_CLIENTAPP, FEDCOGEN_CLIENTAPP, app_dir_for
-from fedcogen.simulations.federation.flwr_run import LocalFederation, run_flwr_app
+from fedcogen.simulations.federation.flwr_run import LocalFederation, RunFailed, run_flwr_app
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +139,16 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
                                    for k in ("out_dir", "data_dir", "client_state_dir") if getattr(settings, k)})
     fault = fault_app.needs_fault_app(settings)  # failure hooks live only in the test-only ClientApp
     out = Path(settings.out_dir)
+    preflight(settings)
     out.mkdir(parents=True, exist_ok=True)
-    if not settings.resume:
-        for name in ("checkpoint.npz", "metrics.json", "ledger.json"):
-            (out / name).unlink(missing_ok=True)
-        import shutil
-
+    if not settings.resume or not has_checkpoint(out):
+        start_fresh(out, settings.replace(overwrite=settings.overwrite or settings.resume))
         shutil.rmtree(out / "clients", ignore_errors=True)
     federation_for(settings)  # generate data before any worker starts
     if cfg.engine == "loopback":
         client_app = fault_app.app if fault else real_app
         grid = _loopback_grid_class()(client_app, settings.num_clients, seed=settings.seed)
-        return _with_plots(FederatedServer(grid, settings).run(), out)
+        return _with_plots(check_result(FederatedServer(grid, settings).run(), settings, out), out)
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     log.info("simulation: %d clients (%d per round), %d rounds, model %s, density %g, out %s",
              settings.num_clients, settings.clients_per_round, settings.rounds, settings.model, settings.density, out)
@@ -156,10 +157,47 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
                                  num_gpus_per_client=cfg.num_gpus_per_client,
                                  log_to_driver=verbose, ray_address=cfg.ray_address)
     run_flwr_app(app_dir, settings.to_config(), federation, work_dir=out, echo=verbose)
+    return _with_plots(finished_result(out, settings), out)
+
+
+def preflight(settings: FLSettings) -> None:
+    """Checks that take a second here but would fail only inside the ServerApp, after Flower and Ray
+    started (tens of seconds): the model resolves to an architecture, a resume matches its
+    checkpoint (every result-altering setting), a fresh start does not replace an earlier run unasked.
+    Raises ``ValueError`` subclasses naming the problem."""
+    adapter_layout(settings.model, settings.seed, lora_spec(settings))  # what the ServerApp does first
+    out = Path(settings.out_dir)
+    if settings.resume and has_checkpoint(out):
+        check_resumable(out, settings)
+    elif not settings.resume and not settings.overwrite and previous_run_files(out):
+        start_fresh(out, settings)  # raises, naming the files
+
+
+def finished_result(out: Path, settings: FLSettings) -> dict[str, Any]:
+    """The metrics of the run that just ended in ``out``, refused unless it ran the rounds asked for
+    (or stopped for a reason the settings give: DP budget, target loss)."""
     metrics_path = out / "metrics.json"
     if not metrics_path.is_file():
-        raise RuntimeError(f"simulation ended without writing {metrics_path}; see the log above")
-    return _with_plots(json.loads(metrics_path.read_text()), out)
+        raise RunFailed(f"the federation ended without writing {metrics_path}")
+    return check_result(read_metrics(metrics_path), settings, out)
+
+
+def check_result(result: dict[str, Any], settings: FLSettings, out: Path) -> dict[str, Any]:
+    """``result`` if the run did what was asked: the rounds asked for (unless a stop the settings give:
+    DP budget, target loss), and not every one of them aborted for want of client updates (the
+    clients' own errors are then the cause)."""
+    target = settings.rounds if not settings.stop_after else min(settings.rounds, settings.stop_after)
+    done = int(result.get("completed_rounds", 0))
+    if done < target and not result.get("stopped_reason"):
+        raise RunFailed(f"the federation completed {done} of the {target} rounds asked for ({out / 'metrics.json'})")
+    trained = [m for m in result.get("rounds", []) if int(m.get("round", 0)) >= 1]
+    if trained and all(m.get("aborted") for m in trained):
+        last = trained[-1]
+        why = "; ".join(f"{cid}: {reason}" for cid, reason in sorted((last.get("failures") or {}).items()))
+        raise RunFailed(f"every round was aborted (fewer than min_fit_clients={settings.min_fit_clients} "
+                        f"accepted updates; rejected {last.get('rejected') or 'none'}); the model did not change. "
+                        f"Clients in round {last.get('round')}: {why or 'no failures reported'}")
+    return result
 
 
 def _with_plots(result: dict[str, Any], out: Path) -> dict[str, Any]:

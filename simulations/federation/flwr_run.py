@@ -16,7 +16,13 @@ to call from experiments, tests and CI:
   them (torch included) into a fresh environment for every run;
 * the federation size and Ray resources passed with ``--federation-config``;
 * the SuperLink that Flower leaves running is stopped afterwards with its whole process tree
-  (:class:`~fedcogen.simulations.federation.supervisor.ManagedProcess` tracks it while ``flwr run`` streams).
+  (:class:`~fedcogen.simulations.federation.supervisor.ManagedProcess` tracks it while ``flwr run`` streams),
+  and so is everything the run started when this process is stopped: SIGINT and SIGTERM unwind
+  into that cleanup, and a watcher (:func:`~fedcogen.simulations.federation.supervisor.guardian`) stops every
+  process carrying this run's environment marker when this process dies any other way (SIGKILL);
+* the outcome comes from the ServerApp's own record (:mod:`fedcogen.server.fl.run_status`), not from
+  ``flwr run``'s exit status, which is 0 even when the ServerApp raised: a failed, stopped or
+  missing record raises :class:`RunFailed` with the ServerApp's own error.
 """
 
 from __future__ import annotations
@@ -27,13 +33,22 @@ import re
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedcogen.server.fl.run_status import COMPLETED, FAILED, RunStatus, clear_run_status, read_run_status
 from fedcogen.simulations.federation.flower_app import toml_value
-from fedcogen.simulations.federation.supervisor import DeploymentError, ManagedProcess, free_port
+from fedcogen.simulations.federation.supervisor import (
+    DeploymentError,
+    ManagedProcess,
+    cleanup_on_signals,
+    free_port,
+    guardian,
+    stop_marked,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +101,43 @@ def flwr_run_argv(app_dir: Path, run_config_file: Path, federation: LocalFederat
     return [*argv, "--stream"]
 
 
+# the variable that marks every process of one run (see supervisor.processes_with_env)
+RUN_MARKER_ENV = "FEDCOGEN_FLWR_RUN"
+
+
+class RunFailed(DeploymentError):
+    """The federation did not do what was asked; the message ends with the cause (the ServerApp's
+    own error where it left one)."""
+
+
+# a Python exception line in the run's log (``ValueError: ...``, ``fedcogen.x.CheckpointError: ...``)
+EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+
+
+def cause_from_log(text: str) -> str:
+    """The last exception line in a run's log (what a traceback ends with), or ''."""
+    for line in reversed(text.splitlines()):
+        m = EXCEPTION_LINE.match(line)
+        if m:
+            return f"{m.group(1)}: {m.group(2).strip()}"
+    return ""
+
+
+def outcome(out_dir: Path, started: float, log_text: str, log_path: Path) -> RunStatus:
+    """This run's record, or :class:`RunFailed` naming why there is no completed one."""
+    status = read_run_status(out_dir, not_before=started)
+    if status is not None and status.status == COMPLETED:
+        return status
+    if status is not None and status.status == FAILED:
+        cause = f"ServerApp: {status.error}"
+    else:  # no record (the ServerApp never ran) or still "running" (it was stopped before it could say why):
+        # the last error in Flower's log (the simulation or a SuperNode's ClientApp) is the best cause there is
+        found = cause_from_log(log_text)
+        what = "the ServerApp never started" if status is None else "the ServerApp ended without finishing"
+        cause = f"{what}; last error in the log: {found}" if found else f"{what} and the log names no error"
+    raise RunFailed(f"the federation failed (full log: {log_path})\n{cause}")
+
+
 # fedcogen's own log lines inside the run's log (after any progress-bar residue on the same line)
 # (group 1: the level, group 2: the message)
 OWN_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (INFO|WARNING|ERROR) fedcogen\.\S+: (.*)")
@@ -97,13 +149,21 @@ def run_flwr_app(app_dir: Path | str, run_config: Mapping[str, Any], federation:
 
     ``work_dir`` receives ``flwr-home/`` (the private Flower config, FAB install, SuperLink
     database) and ``flwr-run.log`` (everything ``flwr run --stream`` printed). Raises
-    :class:`DeploymentError` with the log tail when ``flwr run`` fails or times out. ``echo`` copies
-    the streamed log to this process's stdout as well.
+    :class:`DeploymentError` with the log tail when ``flwr run`` fails or times out, and
+    :class:`RunFailed` with the ServerApp's error when the ServerApp did not complete (checked when
+    ``run_config`` names an absolute ``out_dir``, where the ServerApp leaves its record). ``echo``
+    copies the streamed log to this process's stdout as well.
     """
     work = Path(work_dir).resolve()
     home = work / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
+    out_dir = Path(str(run_config.get("out_dir", "")))
+    checked = out_dir.is_absolute()
+    if checked:
+        clear_run_status(out_dir)  # an old record must never pass for this run's
+    started = time.time()
+    marker = f"{RUN_MARKER_ENV}={uuid.uuid4().hex}"
     fd, name = tempfile.mkstemp(prefix="run-config-", suffix=".toml", dir=work)
     with os.fdopen(fd, "w") as fh:
         fh.write("".join(f"{key} = {toml_value(value)}\n" for key, value in run_config.items()))
@@ -118,29 +178,35 @@ def run_flwr_app(app_dir: Path | str, run_config: Mapping[str, Any], federation:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
         **federation.env(),
+        RUN_MARKER_ENV: marker.partition("=")[2],  # every process of this run inherits it
     }
     proc = ManagedProcess(name="flwr-run", argv=flwr_run_argv(Path(app_dir), Path(name), federation),
                           log_path=work / "flwr-run.log", env=env, cwd=Path(app_dir))
     log.info("flwr run %s (%d simulated SuperNodes); log %s", app_dir, federation.num_supernodes, proc.log_path)
-    proc.start()
     deadline = time.monotonic() + timeout
-    try:
-        shown = 0
-        while proc.running:
-            proc.track()  # the detached local SuperLink and its helpers, to stop them afterwards
-            shown = _echo(proc.read_log(), shown, everything=echo)
-            if time.monotonic() > deadline:
-                raise DeploymentError(f"flwr run exceeded {timeout:.0f} s; log tail:\n{proc.log_tail()}")
-            time.sleep(0.5)
-        text = proc.read_log()
-        _echo(text + "\n", shown, everything=echo)
-        if proc.returncode != 0:
-            raise DeploymentError(f"flwr run exited with code {proc.returncode}; log {proc.log_path}:\n"
-                                  f"{proc.log_tail(40)}")
-        return text
-    finally:
-        proc.stop(timeout=15)  # SIGTERM the SuperLink Flower left running, its SuperExec and simulation
-        Path(name).unlink(missing_ok=True)
+    # SIGTERM/SIGHUP unwind like Ctrl-C into the `finally` below; SIGKILL leaves it to the guardian
+    with cleanup_on_signals(), guardian(marker):
+        proc.start()
+        try:
+            shown = 0
+            while proc.running:
+                proc.track()  # the detached local SuperLink and its helpers, to stop them afterwards
+                shown = _echo(proc.read_log(), shown, everything=echo)
+                if time.monotonic() > deadline:
+                    raise DeploymentError(f"flwr run exceeded {timeout:.0f} s; log tail:\n{proc.log_tail()}")
+                time.sleep(0.5)
+            text = proc.read_log()
+            _echo(text + "\n", shown, everything=echo)
+            if checked:
+                outcome(out_dir, started, text, proc.log_path)
+            if proc.returncode != 0:
+                raise DeploymentError(f"flwr run exited with code {proc.returncode}; log {proc.log_path}:\n"
+                                      f"{proc.log_tail(40)}")
+            return text
+        finally:
+            proc.stop(timeout=15)  # SIGTERM the SuperLink Flower left running, its SuperExec and simulation
+            stop_marked(marker, timeout=10)  # whatever the tree walk missed (re-parented helpers)
+            Path(name).unlink(missing_ok=True)
 
 
 def _echo(text: str, shown: int, everything: bool) -> int:

@@ -18,6 +18,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -98,6 +99,88 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def processes_with_env(marker: str) -> dict[int, str]:
+    """Live processes (pid -> start time) whose environment holds ``marker`` (``NAME=value``), this one excepted.
+
+    Why: every process a ``flwr run`` starts (the detached SuperLink, its SuperExec, the ServerApp,
+    the simulation and its Ray workers) inherits the environment, so a unique variable finds them
+    all even after their parents died and they were re-parented to init, where ``/proc`` parent
+    links no longer lead to them.
+    """
+    needle = marker.encode() + b"\0"
+    found: dict[int, str] = {}
+    me = os.getpid()
+    for pid, (_ppid, start) in _proc_table().items():
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = fh.read()
+        except OSError:
+            continue
+        if (b"\0" + env).find(b"\0" + needle) >= 0 and alive(pid, start):
+            found[pid] = start
+    return found
+
+
+def stop_marked(marker: str, timeout: float = 10.0) -> int:
+    """SIGTERM every process carrying ``marker`` (see :func:`processes_with_env`), SIGKILL what is left
+    after ``timeout`` s; rescans so helpers started meanwhile go too. Returns how many were signalled."""
+    signalled: set[int] = set()
+    for _attempt in range(3):
+        procs = processes_with_env(marker)
+        if not procs:
+            break
+        for pid in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        signalled.update(procs)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(alive(p, st) for p, st in procs.items()):
+            time.sleep(0.1)
+        for pid, start in procs.items():
+            if alive(pid, start):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+    return len(signalled)
+
+
+# The guardian's program: block until the parent's end of the pipe closes (the parent finished, or
+# died by any signal, SIGKILL included), then stop every process carrying the marker.
+_GUARDIAN = (
+    "import sys\n"
+    "sys.stdin.buffer.read()\n"
+    "from fedcogen.simulations.federation.supervisor import stop_marked\n"
+    "stop_marked(sys.argv[1], float(sys.argv[2]))\n"
+)
+
+
+@contextlib.contextmanager
+def guardian(marker: str, timeout: float = 10.0) -> Iterator[subprocess.Popen[bytes]]:
+    """While the block runs, a small watcher process stops every process carrying ``marker`` as soon
+    as this process ends, however it ends.
+
+    Why: SIGKILL (and a parent that dies under a service manager) gives this process no chance to
+    clean up, and Flower starts its SuperLink detached, so neither process groups nor
+    ``PR_SET_PDEATHSIG`` reach everything a run started. The watcher sits in its own session (a
+    signal to our group does not stop it) and waits on a pipe only this process writes to: the pipe
+    closes when this process exits, and then the watcher sweeps (:func:`stop_marked`). On a normal
+    exit the sweep finds nothing left and the watcher ends at once.
+    """
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", _GUARDIAN, marker, str(timeout)],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True,
+    )
+    try:
+        yield watcher
+    finally:
+        with contextlib.suppress(OSError):
+            watcher.stdin.close()  # type: ignore[union-attr]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            watcher.wait(timeout=timeout + 5)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -92,7 +92,8 @@ def _settings(cfg: DPScaleConfig, sigma: float, data_dir: Path, out: Path) -> FL
     # evaluation at round 0 and after the last round: the figure is the final loss, and every
     # evaluation costs the cohort a forward pass over its validation split
     return cfg.run.replace(data_dir=str(data_dir), out_dir=str(out), dp_delta=cfg.delta, eval_every=cfg.run.rounds,
-                           dp_mode="server" if sigma > 0 else "none", dp_noise_multiplier=sigma)
+                           dp_mode="server" if sigma > 0 else "none", dp_noise_multiplier=sigma,
+                           overwrite=True)  # an unfinished run folder of this benchmark is redone
 
 
 def _finished(run_dir: Path, rounds: int) -> bool:

@@ -40,6 +40,9 @@ from fedcogen.text_match import normalise
 
 CORPUS_DIR = Path(__file__).resolve().parent / "span_corpora"
 CORPORA = ("cogenesis", "structured", "freetext")
+#: dev: the detector was tuned on it; test: held out, then seen (tuning data since); heldout2: written
+#: after the detector was frozen and run once (simulations/privacy/span_corpora_gen.py)
+SPLITS = ("dev", "test", "heldout2")
 #: fact kinds of which any single word identifies the user
 ANY_WORD_KINDS = frozenset(("name", "place", "employer", "address"))
 #: words that carry no fact ("divorced in 2019": "in")
@@ -75,8 +78,8 @@ def load_contexts(name: str, split: str | None = None, folder: Path | None = Non
         raise ValueError(f"no span corpus {name!r}: {path} does not exist (corpora: {', '.join(CORPORA)})")
     items = [CorpusItem(d["id"], d["split"], d["format"], d["context"])
              for d in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if d]
-    if split is not None and split not in ("dev", "test"):
-        raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     return [it for it in items if split is None or it.split == split]
 
 
@@ -210,15 +213,18 @@ def replay(tokenizer: Any, context: str, detector: SpanDetector) -> tuple[Privat
 def measure_detector(tokenizer: Any, items: Sequence[CorpusItem], detector: SpanDetector | None = None
                      ) -> dict[str, Any]:
     """Fact recall (share of facts the released text does not show, by :func:`fact_in_text`) and
-    token precision (share of withheld tokens that overlap a fact) of the detector on ``items``."""
+    token precision (share of withheld tokens that overlap a fact) of the detector on ``items``, and
+    the share of the context's tokens it withheld (a detector that withholds everything has perfect
+    recall and is useless: this is its cost)."""
     det = detector or SpanDetector()
-    n_facts = kept = tp = withheld = 0
+    n_facts = kept = tp = withheld = total = 0
     missed: list[dict[str, str]] = []
     for it in items:
         guard, ids, ends = replay(tokenizer, it.context, det)
         decoded = tokenizer.decode(ids, skip_special_tokens=True)
         truth_ranges = [r for f in it.facts for r in _fact_char_ranges(decoded, f)]
         starts = [0, *ends[:-1]]
+        total += len(ids)
         for i in range(len(ids)):
             if guard.private[i] or i >= guard.released:
                 withheld += 1
@@ -234,4 +240,5 @@ def measure_detector(tokenizer: Any, items: Sequence[CorpusItem], detector: Span
                 kept += 1
     return {"items": len(items), "facts": n_facts, "facts_found": kept,
             "recall": kept / n_facts if n_facts else 1.0,
-            "precision": tp / withheld if withheld else 1.0, "tokens_withheld": withheld, "missed": missed}
+            "precision": tp / withheld if withheld else 1.0, "tokens_withheld": withheld, "tokens": total,
+            "withheld_share": withheld / total if total else 0.0, "missed": missed}

@@ -182,7 +182,8 @@ def load_config(path: str | Path | None, quick: bool, **overrides: Any) -> Priva
 def _simulation_config(cfg: PrivacyRunConfig, sigma: float, data_dir: Path, out: Path) -> Any:
     run = cfg.run.replace(data_dir=str(data_dir), out_dir=str(out), eval_every=cfg.run.rounds,
                           lora_alpha=2 * cfg.run.lora_r, history_examples=True,  # canaries live in the history texts
-                          dp_mode="none" if sigma == 0 else cfg.run.dp_mode, dp_noise_multiplier=sigma)
+                          dp_mode="none" if sigma == 0 else cfg.run.dp_mode, dp_noise_multiplier=sigma,
+                          overwrite=True)  # the sweep owns its run folders
     return SimulationConfig(run=run, engine=cfg.engine, persist_client_state=False)
 
 

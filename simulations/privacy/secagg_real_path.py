@@ -28,7 +28,7 @@ def compare_real_path(run: FLSettings = REAL_PATH_RUN, out_dir: str | Path = "ru
     out = Path(out_dir)
     rows = []
     for mode in MODES:
-        s = run.replace(secagg=mode, out_dir=str(out / mode), data_dir=str(out / "data"))
+        s = run.replace(secagg=mode, out_dir=str(out / mode), data_dir=str(out / "data"), overwrite=True)
         res = run_federation(SimulationConfig(run=s, engine=engine))
         rounds = [m for m in res["rounds"] if m["round"] >= 1]
         b = res["bytes"]

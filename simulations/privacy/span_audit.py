@@ -289,7 +289,7 @@ class CorpusAuditConfig:
     """``fedcogen privacy corpora``: which corpora and split, the detector, the wire run's settings."""
 
     corpora: tuple[str, ...] = CORPORA
-    split: str = "test"
+    split: str = "heldout2"
     variants: tuple[str, ...] = PROTECTED
     wire_items: int = 0  # items per corpus on the wire (0 = all of the split)
     cloud_model: str = "tiny"
@@ -365,12 +365,13 @@ def corpus_audit_markdown(res: dict[str, Any]) -> list[str]:
     """The per-corpus recall/precision table, the wire table and every fact the cloud saw."""
     lines = [f"Detector on the `{res['split']}` split (guard built from each context alone; answer key read "
              "by the audit only):", "",
-             "| corpus | items | facts | recall | precision (tokens) | missed |", "|---|---:|---:|---:|---:|---|"]
+             "| corpus | items | facts | recall | precision (tokens) | context withheld | missed |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for name, r in res["corpora"].items():
         d = r["detector"]
         missed = ", ".join(sorted({m["fact"] for m in d["missed"]})) or "-"
         lines.append(f"| {name} | {d['items']} | {d['facts']} | {d['recall']:.3f} ({d['facts_found']}/{d['facts']}) "
-                     f"| {d['precision']:.3f} | {missed} |")
+                     f"| {d['precision']:.3f} | {d.get('withheld_share', float('nan')):.1%} | {missed} |")
     if any("wire" in r for r in res["corpora"].values()):
         lines += ["", "Wire (scripted device writes every fact, half in a variant form; fact audit: exact, near "
                   "and token-id matches):", "",

@@ -4,10 +4,13 @@
 Why a procedure of its own: the detector must be measured on text it was not written from, in the
 formats users actually have, with the facts labelled in a separate answer key that only the audit
 reads. This script has its own vocabulary and sentence templates (nothing from fedcogen/dataset, the
-project's training-data generator) and writes each corpus twice over: a ``dev`` split the detector
-may be tuned on and a ``test`` split it is reported on. The splits share no name, place, job,
-condition or employer, and draw from disjoint halves of the sentence templates, so a ``test`` score
-is a score on words and sentences the detector was never adjusted to.
+project's training-data generator) and writes each corpus three times over: a ``dev`` split the
+detector was tuned on, a ``test`` split that was held out until the first detector was reported on
+it (its misses then guided the second detector, so it is tuning data too), and ``heldout2``, whose
+vocabulary and templates were written after that detector was frozen and which was run once. The
+splits share no name, place, job, condition or employer; dev and test draw from disjoint halves of
+the sentence templates, heldout2 from templates of its own, so a ``heldout2`` score is a score on
+words and sentences the detector was never adjusted to.
 
 Corpora (one ``NAME.jsonl`` of contexts + one ``NAME.facts.jsonl`` answer key each):
 
@@ -70,6 +73,28 @@ POOLS = {
         "doctor": ["Kaplan", "Oyelaran", "Duarte", "Fairbanks"],
         "relative": ["Rosalind", "Teodor", "Yusuf", "Imani"],
     },
+    # written after the detector was frozen (issue 23), before anything was run on it: new names,
+    # places, jobs, conditions, family and money matters, employers, streets and sentence templates
+    "heldout2": {
+        "first": ["Beatriz", "Wojciech", "Leila", "Jamal", "Freya", "Takeshi", "Chiara", "Emeka", "Kavya",
+                  "Santiago", "Orla", "Yuri", "Halima", "Sven"],
+        "last": ["Echeverria", "Nowak", "Khoury", "Ashworth", "Bergstrom", "Yamamoto", "Esposito", "Nwosu",
+                 "Krishnan", "Ibarra", "Kavanagh", "Sokolov", "Boateng", "Solberg"],
+        "place": [("Pueblo", "CO"), ("Duluth", "MN"), ("Bangor", "ME"), ("Provo", "UT"), ("Eugene", "OR"),
+                  ("Wichita", "KS"), ("Mobile", "AL"), ("Erie", "PA")],
+        "job": ["locksmith", "phlebotomist", "line cook", "claims adjuster", "roofer", "substitute teacher",
+                "night auditor", "dog groomer"],
+        "health": [("psoriasis", "psoriatic"), ("kidney stones", "kidney stone"), ("tinnitus", "tinnitus"),
+                   ("hypothyroid", "hypothyroidism"), ("vertigo", "vertiginous"), ("gallstones", "gallstone")],
+        "family": [("annulled", "annulment"), ("bereaved", "bereavement"), ("adopted", "adoption"),
+                   ("eloped", "elopement")],
+        "money": [("repossession", "repossessed"), ("tax lien", "tax liens"), ("student loans", "student loan"),
+                  ("medical debt", "medical debts")],
+        "employer": ["Bluefin Marine Supply", "Tallgrass Bakery", "Ironwood Security", "Marlowe Print Works"],
+        "street": ["Quarry Road", "Hawthorne Avenue", "Orchard Lane", "Chestnut Boulevard"],
+        "doctor": ["Lindgren", "Abernathy", "Moreau", "Achebe"],
+        "relative": ["Benedikt", "Marisol", "Tobias", "Ayodele"],
+    },
 }
 
 # sentences with slots; dev items use the even ones, test items the odd ones
@@ -99,6 +124,26 @@ FREETEXT = [
     "My doctor, Dr. {doc}, said the {health} explains the tiredness.",
     "Since I started as a {job} I've hardly seen {Rel}; the {money} doesn't help.",
 ]
+# the heldout2 split's own templates (written with its vocabulary, after the detector was frozen)
+HISTORY2 = [
+    "These days I'm a {job} on the early rota at {employer}, which pays the bills.",
+    "The {health} makes mornings slow; {Rel} helps with the school run.",
+    "We got the {money} sorted out with help from a counsellor in {city}.",
+    "Since becoming {family} I have leaned on {Rel} a lot.",
+    "Mail for {first} {last} goes to {num} {street}, {city}, {state} {zip}.",
+    "Text {phone} or write to {email}; I check both after my shift at {employer}.",
+    "Dr. {doc} changed my prescription for the {health} on {date}.",
+    "Nobody at {employer} knows about the {money}, and I want to keep it that way.",
+]
+FREETEXT2 = [
+    "{Rel}!! Guess who got hired as a {job} at {employer}? Me, {first}!",
+    "Journal, {date}. The {health} kept me up. Appointment with Dr. {doc} is moved.",
+    "To whoever reads this: I'm {first} {last}, I live on {street} in {city}, and the {money} is crushing me.",
+    "ok so {Rel} found out I'm {family}. didn't go well. call me at {phone}",
+    "Reminder - {amount} due for the {money}. Also ask {Rel} about the {city} trip.",
+    "Can't believe I've been a {job} for ten years. Back pain aside, {health} is the hard part.",
+]
+SPLITS = ("dev", "test", "heldout2")
 KEY_STYLES = ["json", "yaml", "dash_eq", "bold"]
 
 
@@ -179,23 +224,32 @@ def freetext(s: dict, rng: random.Random, sentences: list[str]) -> tuple[str, di
     return "\n\n".join(_fill(t, s, facts) for t in rng.sample(sentences, 3)), facts
 
 
+def _templates(split: str) -> tuple[list[str], list[str]]:
+    if split == "heldout2":
+        return HISTORY2, FREETEXT2
+    parity = SPLITS.index(split)
+    return HISTORY[parity::2], FREETEXT[parity::2]
+
+
 def build(n_per_split: int = 12, seed: int = 2311) -> None:
     rng = random.Random(seed)
+    # heldout2 draws from a generator of its own, so dev and test stay byte-identical to before it existed
+    rng2 = random.Random(f"{seed}-heldout2")
     for name in ("cogenesis", "structured", "freetext"):
         contexts, keys = [], []
-        for split, parity in (("dev", 0), ("test", 1)):
-            hist = HISTORY[parity::2]
-            free = FREETEXT[parity::2]
+        for split in SPLITS:
+            hist, free = _templates(split)
+            r = rng2 if split == "heldout2" else rng
             for i in range(n_per_split):
-                s = _slots(POOLS[split], rng)
+                s = _slots(POOLS[split], r)
                 if name == "cogenesis":
-                    ctx, facts = cogenesis(s, rng, hist)
+                    ctx, facts = cogenesis(s, r, hist)
                     fmt = "cogenesis"
                 elif name == "structured":
                     fmt = KEY_STYLES[i % len(KEY_STYLES)]
-                    ctx, facts = structured(s, rng, hist, fmt)
+                    ctx, facts = structured(s, r, hist, fmt)
                 else:
-                    ctx, facts = freetext(s, rng, free)
+                    ctx, facts = freetext(s, r, free)
                     fmt = "freetext"
                 uid = f"{name}-{split}-{i:02d}"
                 contexts.append({"id": uid, "split": split, "format": fmt, "context": ctx})

@@ -29,6 +29,7 @@ from fedcogen.cli.generate import load_tasks
 from fedcogen.dataset import validate_task_file
 from fedcogen.dataset.validate import FieldLimits
 from fedcogen.protocols.security.tls import channel_credentials, server_credentials
+from fedcogen.server.fl import fl_outputs
 from fedcogen.simulations.demo import demo_report
 from fedcogen.simulations.demo.demo import DEMO_RUN, failure_summary
 from fedcogen.simulations.evaluation.evaluate import EvalAnswer, EvalConfig, evaluate
@@ -252,3 +253,16 @@ def test_generate_task_loader_names_file_line_and_field_of_an_oversized_or_non_u
     bad = write_lines(tmp_path / "bad.jsonl", [line, b'{"user_id": "\xff"}'])
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not UTF-8 text"):
         load_tasks(str(bad), "u1")
+
+
+def test_federation_metrics_file_is_strict_json_and_reads_back_as_the_run_returned(tmp_path):
+    """A round without evaluation has NaN losses in memory: ``null`` in metrics.json, NaN again when read."""
+    result = {"final_eval_loss": math.nan, "rounds": [{"round": 1, "train_loss": 2.5, "eval_loss": math.nan}],
+              "stopped_reason": None}
+    path = tmp_path / "metrics.json"
+    fl_outputs.write_metrics_json(path, result)
+    text = path.read_text()
+    assert "NaN" not in text and json.loads(text)["rounds"][0]["eval_loss"] is None
+    back = fl_outputs.read_metrics(path)
+    assert math.isnan(back["final_eval_loss"]) and math.isnan(back["rounds"][0]["eval_loss"])
+    assert back["rounds"][0]["train_loss"] == 2.5 and back["stopped_reason"] is None  # other nulls stay None
