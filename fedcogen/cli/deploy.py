@@ -54,9 +54,12 @@ def adapt_keys(config: dict[str, Any], known: set[str]) -> tuple[dict[str, Any],
     return out, dropped
 
 
-def fedcogen_run_config(out: Path, nodes: int, rounds: int, model: str, seed: int, min_fit: int) -> dict[str, Any]:
-    """Run config for the fedcogen app in a deployment: one partition per SuperNode, state under ``out``."""
+def fedcogen_run_config(out: Path, nodes: int, rounds: int, model: str, seed: int, min_fit: int,
+                        overwrite: bool = False) -> dict[str, Any]:
+    """Run config for the fedcogen app in a deployment: one partition per SuperNode, state under ``out``
+    (``overwrite``: replace an earlier run there, which the ServerApp otherwise refuses)."""
     return {
+        "overwrite": overwrite,
         "model": model,
         "seed": seed,
         "rounds": rounds,
@@ -107,7 +110,8 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
         run_config: dict[str, Any] = {"num-server-rounds": args.rounds, "min-nodes": min_fit,
                                       "result-file": str(out / "probe-result.json")}
     else:
-        run_config = fedcogen_run_config(out, args.nodes, args.rounds, args.model, args.seed, min_fit)
+        run_config = fedcogen_run_config(out, args.nodes, args.rounds, args.model, args.seed, min_fit,
+                                         overwrite=args.overwrite)
     run_config.update(parse_overrides(args.run_config))
     run_config, dropped = adapt_keys(run_config, app_config_keys(app_dir))
     if dropped:
@@ -254,6 +258,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     loc.add_argument("--seed", type=int, default=0, help="run seed")
     loc.add_argument("--min-fit-clients", type=int, default=0, help="replies a round needs (0 = all nodes)")
     loc.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    loc.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier run in --out (without it, the ServerApp refuses to write over one)")
     loc.add_argument("--app", default=None,
                      help="'fedcogen' (default: the project's own app, the project folder as FAB), "
                      "'probe' (model-free plumbing check) or a Flower app folder")

@@ -99,7 +99,8 @@ RESULT_KEYS = (
 )
 NOT_RESULT_KEYS = ("out_dir", "round_timeout", "rounds", "stop_after", "target_eval_loss", "resume",
                    "overwrite", "dp_mode", "dp_clip_norm", "dp_noise_multiplier", "dp_delta",
-                   "dp_target_epsilon")  # the dp_* ones: through dp_fingerprint
+                   "dp_target_epsilon",  # the dp_* ones: through dp_fingerprint
+                   "device")  # where it runs: `auto` resolves per machine, and a run may continue on another one
 
 # what a run leaves in out_dir that a fresh run replaces (and so must not replace unasked)
 PREVIOUS_RUN_FILES = (CHECKPOINT_NAME, "metrics.json", "metrics.md", "ledger.json", ROUNDS_JOURNAL, LEDGER_JOURNAL)
