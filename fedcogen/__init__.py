@@ -10,6 +10,14 @@ Subpackages (mapped from the repository's top-level folders, see pyproject):
 import os
 from pathlib import Path
 
+# The source-tree folder goes on the package's search path first, before any file-system call below can let
+# another thread run: Flower's simulation imports the ServerApp in one thread while another validates the
+# ClientApp, and a thread that finds this package half-initialised searches its subpackages only in the
+# ``__path__`` it has at that moment ("No module named 'fedcogen.client'"). Checked, and kept or removed,
+# at the end of this file.
+_EARLY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+__path__.append(_EARLY_ROOT)  # noqa: F821 - the package's own search path
+
 # Nothing in fedcogen ever fetches from a model hub: models come from the embedded wheel,
 # a local directory, or are built from a config in code.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,4 +47,6 @@ def source_root(package_dir: Path = Path(__file__).resolve().parent) -> Path | N
 
 _root = source_root()
 if _root is not None and not (Path(__file__).resolve().parent / "client").is_dir():
-    __path__.append(str(_root))  # noqa: F821 - the package's own search path
+    __path__[__path__.index(_EARLY_ROOT)] = str(_root)  # noqa: F821 - one step: never without the root
+else:
+    __path__.remove(_EARLY_ROOT)  # noqa: F821 - a wheel: its subpackages are inside this folder
