@@ -259,10 +259,10 @@ class ScriptedLM(torch.nn.Module):
     """The worst case for the wire: a device model that writes ``script`` (every fact of the user,
     in sentences) whatever its input. A real (tiny) model underneath keeps the KV cache honest."""
 
-    def __init__(self, inner: torch.nn.Module, eos: int) -> None:
+    def __init__(self, inner: torch.nn.Module, eos: int, script: Sequence[int] = ()) -> None:
         super().__init__()
         self.inner, self.eos, self.step = inner, eos, 0
-        self.script: list[int] = []
+        self.script: list[int] = list(script)
         self.config = inner.config
 
     def forward(self, input_ids=None, **kw):  # noqa: ANN001, ANN003, ANN201

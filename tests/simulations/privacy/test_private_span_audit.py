@@ -15,7 +15,7 @@ from fedcogen.client.cogen.wire_capture import WireCapture
 from fedcogen.models import LoadedModel, load_model
 from fedcogen.server.cogen.cloud_service import CloudConfig, start_cloud_server
 from fedcogen.simulations.privacy.audit import cloud_view_text, sent_payloads, wire_audit
-from fedcogen.simulations.privacy.span_audit import SpanAuditConfig, run_span_audit
+from fedcogen.simulations.privacy.span_audit import ScriptedLM, SpanAuditConfig, run_span_audit
 from fedcogen.text_match import normalise as norm_text
 
 pytestmark = pytest.mark.timeout(600)
@@ -123,23 +123,6 @@ def test_gate_trainer_sends_no_private_value_or_context_4gram(cloud, fed):
 
 
 
-class ScriptedModel(torch.nn.Module):
-    """A device model that writes a fixed script whatever its input (a real tiny model underneath keeps
-    the KV cache honest): public words with private values inside them."""
-
-    def __init__(self, inner: torch.nn.Module, script: list[int], eos: int) -> None:
-        super().__init__()
-        self.inner, self.script, self.eos, self.step = inner, script, eos, 0
-        self.config = inner.config
-
-    def forward(self, input_ids=None, **kw):  # noqa: ANN001, ANN003, ANN201
-        out = self.inner(input_ids=input_ids, **kw)
-        self.step = 0 if input_ids.shape[1] > 1 else self.step + 1
-        logits = torch.full_like(out.logits[:, -1:], -1e4)
-        logits[:, 0, self.script[self.step] if self.step < len(self.script) else self.eos] = 0.0
-        out.logits = logits
-        return out
-
 
 def test_speculative_drafts_never_carry_a_private_token(cloud, fed):
     """The logit default drafts several tokens per round: a draft stops before the first private or
@@ -156,8 +139,8 @@ def test_speculative_drafts_never_carry_a_private_token(cloud, fed):
               "With best wishes and many thanks for all of the help you gave us this year.")
     cfg = DeviceConfig(device_model="tiny", cloud=cloud.address, insecure=True, max_new_tokens=80,
                        no_repeat_ngram=0, repetition_penalty=1.0)
-    dev = CogenDevice(cfg, device_lm=LoadedModel(ScriptedModel(lm.model, tok(script, add_special_tokens=False)
-                                                               ["input_ids"], tok.eos_token_id), tok, "scripted", "t"))
+    scripted = ScriptedLM(lm.model, tok.eos_token_id, script=tok(script, add_special_tokens=False)["input_ids"])
+    dev = CogenDevice(cfg, device_lm=LoadedModel(scripted, tok, "scripted", "t"))
     assert dev.config.draft_tokens > 1
     try:
         ans = dev.generate_batch([(task.instruction, task.private_context)], "logit")[0]  # context only
