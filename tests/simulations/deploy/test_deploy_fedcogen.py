@@ -107,8 +107,17 @@ def test_fedcogen_deployment_rejects_malformed_and_resumes_after_superlink_kill(
         assert [m["round"] for m in b["rounds"]] == [m["round"] for m in a["rounds"]]
         assert b["global_adapter_digest"] == a["global_adapter_digest"]
         assert b["broadcast_digest"] == a["broadcast_digest"]
-        # evaluation runs on the devices in fresh processes; identical adapters give the same loss up to
-        # float summation order
-        assert b["final_eval_loss"] == pytest.approx(a["final_eval_loss"], rel=1e-5)
+        # evaluation runs on the devices in fresh processes; identical adapters give every device the same
+        # loss up to float summation order. The mean over devices is only comparable when the same devices
+        # answered (a node busy past the timeout in one run shifts it; CI saw 10.8093 vs 10.8127), so the
+        # check is per device, over those that evaluated in both runs.
+        ev_a, ev_b = a["rounds"][-1]["eval_clients"], b["rounds"][-1]["eval_clients"]
+        both = sorted(set(ev_a) & set(ev_b))
+        detail = {"A": (ev_a, a["rounds"][-1]["eval_failures"]), "B": (ev_b, b["rounds"][-1]["eval_failures"])}
+        assert len(both) >= 2, detail
+        for cid in both:
+            assert ev_b[cid]["loss"] == pytest.approx(ev_a[cid]["loss"], rel=1e-5), (cid, detail)
+        if set(ev_a) == set(ev_b):
+            assert b["final_eval_loss"] == pytest.approx(a["final_eval_loss"], rel=1e-5), detail
         all_pids += [p.pid for p in dep.all_processes()]
     assert not [p for p in all_pids if p and dp.alive(p)], "processes left behind"
