@@ -20,7 +20,7 @@ The rule, decided once here:
   refuses is deleted or run again in another ``--out-dir``.
 
 Resuming an *interrupted* run (``resume = true`` after a crash) is not a reuse and is not checked here:
-the checkpoint's settings fingerprint guards it (:mod:`fedcogen.server.fl_state`), and its
+the checkpoint's settings fingerprint guards it (:mod:`fedcogen.server.fl.fl_state`), and its
 ``metrics.json`` records the code that finished it. ``fedcogen privacy scale`` resumes *finished* runs
 to read them back, so it calls :func:`check_reusable` first.
 

@@ -19,9 +19,9 @@ Trust model: the server is honest-but-curious (follows the protocol, tries to le
 sees); at least ``n - t`` of the ``n`` sampled clients are honest and do not collude with it
 (``t`` = SecAgg+ reconstruction threshold margin). Under that model the server sees only the sum.
 With ``DPConfig(mode="client")`` each client adds ``N(0, sigma^2 C^2 / n)`` to its ``k`` values, so
-the released sum carries ``N(0, sigma^2 C^2)`` (see :mod:`fedcogen.protocols.dp`). The support is
+the released sum carries ``N(0, sigma^2 C^2)`` (see :mod:`fedcogen.protocols.privacy.dp`). The support is
 public and reproducible from the round seed; the noise is not: it is drawn from
-:func:`fedcogen.protocols.dp.secret_rng` (OS CSPRNG), since the server holds the seed and could
+:func:`fedcogen.protocols.privacy.dp.secret_rng` (OS CSPRNG), since the server holds the seed and could
 otherwise strip every client's noise from the unmasked sum.
 
 SecAgg+ specifics: Flower's mod quantises each value after clipping it to
@@ -31,9 +31,9 @@ and multiplies by ``num_examples / max_weight`` first. We report ``num_examples=
 ``2 * clipping_range / quantization_range`` per client.
 
 The federated LoRA run itself uses this scheme with ``secagg = "secaggplus"`` (:func:`round_support`,
-:func:`release_at_support`; :mod:`fedcogen.client.secagg_train`, :mod:`fedcogen.server.secagg_round`).
-The stand-alone experiment's Flower apps live in :mod:`fedcogen.client.secagg_client` and :mod:`fedcogen.server.secagg_server`;
-:mod:`fedcogen.simulations.secagg_experiment` runs them. The experiment uses Flower's legacy server path (``LegacyContext`` + ``DefaultWorkflow(fit_workflow=
+:func:`release_at_support`; :mod:`fedcogen.client.fl.secagg_train`, :mod:`fedcogen.server.fl.secagg_round`).
+The stand-alone experiment's Flower apps live in :mod:`fedcogen.simulations.privacy.secagg_client` and :mod:`fedcogen.simulations.privacy.secagg_server`;
+:mod:`fedcogen.simulations.privacy.secagg_experiment` runs them. The experiment uses Flower's legacy server path (``LegacyContext`` + ``DefaultWorkflow(fit_workflow=
 SecAggPlusWorkflow(...))``) and a legacy ``NumPyClient`` behind ``secaggplus_mod`` in the simulation
 engine, in three modes for comparison: ``sparse`` (this scheme), ``dense`` (SecAgg+ over the whole
 adapter vector) and ``plain`` (top-k sparse codec blobs without SecAgg, the non-secure baseline).
@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcogen.protocols.dp import DPConfig, client_noise_std, clip_dense, secret_rng
+from fedcogen.protocols.privacy.dp import DPConfig, client_noise_std, clip_dense, secret_rng
 from fedcogen.run_config import NOISE_HEADROOM, FLSettings
 
 MODES = ("sparse", "dense", "plain")
@@ -174,7 +174,7 @@ def release_at_support(
     later. In client-mode DP the client's share of noise is added last and never fed back; the value
     clip then leaves ``NOISE_HEADROOM`` noise standard deviations of room below the range, so SecAgg+
     does not clip the noise (a clipped Gaussian would not carry the guarantee the accountant reports).
-    ``rng`` defaults to the secret generator (:func:`fedcogen.protocols.dp.secret_rng`).
+    ``rng`` defaults to the secret generator (:func:`fedcogen.protocols.privacy.dp.secret_rng`).
     """
     vals = corrected[support].astype(np.float32)
     if settings.dp_mode != "none":

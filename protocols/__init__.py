@@ -1,1 +1,2 @@
-"""fedcogen.protocols: the contract both sides share (the .proto, wire codecs, message schemas)."""
+"""fedcogen.protocols: the contract both sides share: the two wire contracts (``cogen.proto``, ``fl_messages``),
+``codecs``, ``security`` and ``privacy`` (DP)."""

@@ -13,7 +13,7 @@ Message types (Flower ``message_type``):
   the lossy sparse delta; ``chain``: the deltas of every missed version, in order, for clients a few
   rounds behind; ``overwrite``: set the listed coordinates, lossless catch-up; ``full``: overwrite from
   the seeded initial adapter), plus its sha256 ``digest``. Blobs are addressed by the adapter's
-  tensor schema (:mod:`fedcogen.protocols.tensor_schema`), whose digest each blob carries.
+  tensor schema (:mod:`fedcogen.protocols.codecs.tensor_schema`), whose digest each blob carries.
   Reply: ``update`` ConfigRecord (``blob`` = codec bytes of the sparse, error-fed-back update) and a
   ``metrics`` MetricRecord (``num-examples``, ``train_loss``, tokens, seconds).
 * ``evaluate`` (server -> client): same patch fields (no training). Reply: ``metrics`` with
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from fedcogen.protocols import sparse_codec as codec
-from fedcogen.protocols.patch_chain import unpack_chain
+from fedcogen.protocols.codecs import sparse_codec as codec
+from fedcogen.protocols.codecs.patch_chain import unpack_chain
 
 MSG_QUERY = "query"
 MSG_TRAIN = "train"
@@ -47,7 +47,7 @@ PATCH_NONE = "none"
 PATCH_DELTA = "delta"
 PATCH_OVERWRITE = "overwrite"
 PATCH_FULL = "full"
-PATCH_CHAIN = "chain"  # the missed deltas, in order (protocols/patch_chain.py)
+PATCH_CHAIN = "chain"  # the missed deltas, in order (protocols/codecs/patch_chain.py)
 PATCH_KINDS = (PATCH_NONE, PATCH_DELTA, PATCH_OVERWRITE, PATCH_FULL, PATCH_CHAIN)
 
 NUM_EXAMPLES = "num-examples"

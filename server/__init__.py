@@ -1,1 +1,2 @@
-"""fedcogen.server: what runs in the cloud (CoGenesis service) or on the aggregator (Flower ServerApp)."""
+"""fedcogen.server: what runs on the aggregator, ``fl`` (the Flower ServerApp), and in the cloud, ``cogen``
+(the CoGenesis service); the two never import each other."""

@@ -1,1 +1,2 @@
-"""fedcogen.simulations: experiments, synthetic private data, benchmarks and reports."""
+"""fedcogen.simulations: experiments, one subpackage per family: ``federation``, ``deploy``, ``evaluation``,
+``privacy``, ``bench``, ``demo``."""

@@ -107,7 +107,7 @@ def test_every_file_and_module_a_doc_names_exists(doc: Path) -> None:
 def test_the_checker_catches_moved_files_modules_and_names() -> None:
     text = ("see `fedcogen/cli.py`, `client/gone.py`, `nowhere.py`, `fedcogen.simulations.data`, "
             "`fedcogen.models.no_such_loader`\n```python\nfrom fedcogen.models import load_model, vanished\n```\n"
-            "fine: `client/fl_clientapp.py`, `fl_serverapp.py`, `fedcogen.server`, `fedcogen.models.load_model`, "
+            "fine: `client/fl/fl_clientapp.py`, `fl_serverapp.py`, `fedcogen.server`, `fedcogen.models.load_model`, "
             "`fedcogen.run_config.FLSettings`, `protocols/cogen.proto`")
     assert stale_references(text) == [
         "file client/gone.py", "file fedcogen/cli.py", "file nowhere.py",

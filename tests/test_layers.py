@@ -4,6 +4,10 @@ Layers, lowest first: ``protocols`` <- core ``fedcogen/`` <- ``client``, ``serve
 other) <- ``simulations`` <- CLI modules (anything under ``fedcogen/cli/``, ``fedcogen/cli.py`` or
 named ``*_cli.py``), which may import anything. Imports inside function bodies used to hide cycles,
 so a project import inside a function is an error too (heavy third-party libraries stay lazy).
+
+Concerns: ``client/`` and ``server/`` each hold two products, federated learning (``fl/``) and CoGenesis
+(``cogen/``); a module under an ``fl`` folder never imports one under a ``cogen`` folder, nor the other
+way round (what both need lives below them: ``fedcogen`` core or ``protocols``).
 """
 
 from __future__ import annotations
@@ -67,6 +71,54 @@ def backward_imports() -> list[tuple[str, str]]:
 def test_no_import_runs_against_the_layers():
     bad = [line for _, line in backward_imports()]
     assert bad == [], "imports against the layers:\n" + "\n".join(bad)
+
+
+CONCERNS = ("fl", "cogen")
+
+
+def _concern(parts: tuple[str, ...] | list[str]) -> str | None:
+    """``"fl"`` or ``"cogen"`` when a folder of that name is on the path, else None."""
+    return next((p for p in parts if p in CONCERNS), None)
+
+
+def concern_crossings() -> list[str]:
+    """``"file:line fl -> module"`` for every import from an ``fl`` folder into a ``cogen`` one, or back."""
+    found = []
+    for top in RANK:
+        for path in _modules(top):
+            mine = _concern(path.relative_to(ROOT).parts[:-1])
+            if mine is None:
+                continue
+            rel = path.relative_to(ROOT).as_posix()
+            for node in ast.walk(ast.parse(path.read_text())):
+                for module in _imported(node):
+                    if _target(module) is None:
+                        continue
+                    names = [module] + ([f"{module}.{a.name}" for a in node.names]
+                                        if isinstance(node, ast.ImportFrom) else [])
+                    theirs = {_concern(n.split(".")[2:]) for n in names} - {None, mine}
+                    if theirs:
+                        found.append(f"{rel}:{node.lineno} {mine} -> {module} ({', '.join(sorted(theirs))})")
+    return found
+
+
+def test_federated_learning_and_cogenesis_never_import_each_other():
+    bad = concern_crossings()
+    assert bad == [], "imports across concerns (fl <-> cogen):\n" + "\n".join(bad)
+
+
+def test_client_and_server_are_split_by_concern():
+    """Every module of ``client/`` and ``server/`` sits in ``fl/`` or ``cogen/`` (the check above sees it)."""
+    loose = [p.relative_to(ROOT).as_posix() for top in ("client", "server") for p in _modules(top)
+             if p.name != "__init__.py" and _concern(p.relative_to(ROOT).parts[:-1]) is None]
+    assert loose == [], "modules outside fl/ and cogen/:\n" + "\n".join(loose)
+
+
+def test_the_concern_check_reads_the_folders():
+    assert _concern(("client", "fl")) == "fl"
+    assert _concern(("server", "cogen")) == "cogen"
+    assert _concern(("simulations", "federation")) is None
+    assert _concern("fedcogen.client.cogen.fusion".split(".")[2:]) == "cogen"
 
 
 def _function_imports(path: Path) -> list[str]:

@@ -1,5 +1,5 @@
 """`fedcogen bench NAME`: the benchmarks (comm, cogen, fuzz, load, codec, scale, privacy, all); each prints its figures
-and can write JSON. The measurements live in ``fedcogen.simulations.bench_*``; this module holds their flags."""
+and can write JSON. The measurements live in ``fedcogen.simulations.bench``; this module holds their flags."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from fedcogen.cli.bench_scale import add_scale
 from fedcogen.cli.common import add_command, add_group, add_json_out, module_doc, write_json
 from fedcogen.cli.flags import add_device_flag
-from fedcogen.simulations.comm_variants import VARIANTS
+from fedcogen.simulations.bench.comm_variants import VARIANTS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Benchmarks with honest measurements. Each subcommand prints a table and can write JSON.",
     )
     p = add_command(bsub, "comm", "bytes each compressed run needs to reach dense fp32 LoRA FedAvg's loss (within 1 percent)",
-                    description=module_doc("fedcogen.simulations.bench_comm"), func=_comm)
+                    description=module_doc("fedcogen.simulations.bench.bench_comm"), func=_comm)
     p.add_argument("--quick", action="store_true", help="tiny model, 4 clients (minutes)")
     add_json_out(p)
     p.add_argument("--out-dir", default="runs/bench_comm", help="folder for runs, plots, bench_comm.md/.json")
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "made by other code or settings (differences printed; e.g. outside a git checkout)")
 
     p = add_command(bsub, "cogen", "CoGenesis: wire bytes per token, top-k fidelity, variant speed, cloud batching",
-                    description=module_doc("fedcogen.simulations.bench_cogen"), func=_cogen)
+                    description=module_doc("fedcogen.simulations.bench.bench_cogen"), func=_cogen)
     p.add_argument("--quick", action="store_true", help="tiny models (seconds) instead of SmolLM2 (minutes)")
     p.add_argument("--out", default="runs/bench-cogen", help="folder for bench_cogen.json / bench_cogen.md")
     p.add_argument("--cloud-model", help="override the cloud model of the chosen mode")
@@ -49,14 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_flag(p, "both models")
 
     p = add_command(bsub, "fuzz", "malformed blobs vs the sparse/logit decoders and the server's update validation",
-                    description=module_doc("fedcogen.simulations.bench_fuzz"), func=_fuzz)
+                    description=module_doc("fedcogen.simulations.bench.bench_fuzz"), func=_fuzz)
     p.add_argument("--blobs", type=int, default=10_000, help="how many malformed inputs in all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="1,000 blobs")
     add_json_out(p)
 
     p = add_command(bsub, "load", "32 concurrent CoGenesis sessions for 60 s against one TLS + token cloud: errors, "
-                    "p50/p99", description=module_doc("fedcogen.simulations.bench_load"), func=_load)
+                    "p50/p99", description=module_doc("fedcogen.simulations.bench.bench_load"), func=_load)
     p.add_argument("--sessions", type=int, default=32)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--tokens", type=int, default=16, help="steps per session before it closes and reopens")
@@ -65,12 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_out(p)
 
     p = add_command(bsub, "codec", "sparse codec: index bits vs the log2 C(n,k) bound, encode+decode speed",
-                    description=module_doc("fedcogen.simulations.bench_codec"), func=_codec)
+                    description=module_doc("fedcogen.simulations.bench.bench_codec"), func=_codec)
     p.add_argument("--seed", type=int, default=0)
     add_json_out(p)
 
     p = add_command(bsub, "adapters", "per-step learning of LoRA, FFA-LoRA and the Fed-SB core on one client (why "
-                    "the core misses dense's loss)", description=module_doc("fedcogen.simulations.bench_adapters"),
+                    "the core misses dense's loss)", description=module_doc("fedcogen.simulations.bench.bench_adapters"),
                     func=_adapters)
     p.add_argument("--steps", type=int, default=6, help="local AdamW steps per form")
     p.add_argument("--quick", action="store_true", help="tiny model (seconds)")
@@ -90,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _adapters(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.bench_adapters import report, run_probe
+    from fedcogen.simulations.bench.bench_adapters import report, run_probe
 
     result = run_probe(args.out_dir, steps=args.steps, quick=args.quick)
     Path(args.out_dir, "bench_adapters.md").write_text(report(result))
@@ -100,7 +100,7 @@ def _adapters(args: argparse.Namespace) -> int:
 
 
 def _comm(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.bench_comm import print_table, run_bench
+    from fedcogen.simulations.bench.bench_comm import print_table, run_bench
 
     result = run_bench(quick=args.quick, out_dir=args.out_dir, variants=args.variants, engine=args.engine,
                        rounds=args.rounds, max_rounds=args.max_rounds, local_steps=args.local_steps,
@@ -114,7 +114,7 @@ def _comm(args: argparse.Namespace) -> int:
 
 
 def _cogen(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.bench_cogen import CogenBenchConfig, run_cogen_bench
+    from fedcogen.simulations.bench.bench_cogen import CogenBenchConfig, run_cogen_bench
 
     cfg = CogenBenchConfig.for_mode(args.quick)
     if args.cloud_model:
@@ -132,7 +132,7 @@ def _cogen(args: argparse.Namespace) -> int:
 
 
 def _fuzz(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.bench_fuzz import FuzzConfig, run_fuzz
+    from fedcogen.simulations.bench.bench_fuzz import FuzzConfig, run_fuzz
 
     result = run_fuzz(FuzzConfig(blobs=1000 if args.quick else args.blobs, seed=args.seed))
     print(json.dumps(result, indent=1))
@@ -141,7 +141,7 @@ def _fuzz(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.bench_load import LoadConfig, run_load
+    from fedcogen.simulations.bench.bench_load import LoadConfig, run_load
 
     cfg = LoadConfig(sessions=args.sessions, seconds=args.seconds, tokens=args.tokens, model=args.model)
     if args.quick:
@@ -153,7 +153,7 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _codec(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.bench_codec import markdown, run_benchmark
+    from fedcogen.simulations.bench.bench_codec import markdown, run_benchmark
 
     result = run_benchmark(seed=args.seed)
     print(markdown(result))
@@ -162,14 +162,14 @@ def _codec(args: argparse.Namespace) -> int:
 
 
 def _privacy(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.bench_all import run_privacy_bench, write_suite
+    from fedcogen.simulations.bench.bench_all import run_privacy_bench, write_suite
 
     write_suite({"privacy": run_privacy_bench(args.quick, args.out_dir)}, args.json_out, Path(args.out_dir))
     return 0
 
 
 def _all(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.bench_all import run_all, write_suite
+    from fedcogen.simulations.bench.bench_all import run_all, write_suite
 
     write_suite(run_all(args.quick, args.out_dir), args.json_out, Path(args.out_dir))
     return 0

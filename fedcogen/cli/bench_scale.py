@@ -1,6 +1,6 @@
 """`fedcogen bench scale`: peak memory, seconds and bytes per round for 10 / 100 / 1,000 simulated clients.
 
-The measurement lives in :mod:`fedcogen.simulations.bench_scale`; this module holds its flags (the
+The measurement lives in :mod:`fedcogen.simulations.bench.bench_scale`; this module holds its flags (the
 ``bench`` group in :mod:`fedcogen.cli.bench` adds it).
 """
 
@@ -14,7 +14,7 @@ from fedcogen.cli.common import add_command, add_json_out, module_doc, write_jso
 
 def add_scale(bsub: argparse._SubParsersAction) -> None:
     p = add_command(bsub, "scale", "peak RSS, seconds and bytes per round for 10 / 100 / 1,000 simulated clients",
-                    description=module_doc("fedcogen.simulations.bench_scale"), func=_scale)
+                    description=module_doc("fedcogen.simulations.bench.bench_scale"), func=_scale)
     p.add_argument("--models", default="tiny,smollm2-27l", help="comma-separated models, one column each")
     p.add_argument("--clients", default="10,100,1000", help="comma-separated numbers of simulated clients")
     p.add_argument("--clients-per-round", type=int, default=10, help="clients sampled per round")
@@ -33,7 +33,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _scale(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.bench_scale import ScaleBenchConfig, markdown, run_bench
+    from fedcogen.simulations.bench.bench_scale import ScaleBenchConfig, markdown, run_bench
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     clients = _ints(args.clients)

@@ -1,5 +1,5 @@
 """``fedcogen certs``: every certificate and key a fedcogen deployment needs, in one folder
-(the bundle itself is made by :mod:`fedcogen.simulations.certs`)."""
+(the bundle itself is made by :mod:`fedcogen.simulations.deploy.certs`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from fedcogen.cli.common import add_command
-from fedcogen.simulations.certs import DEFAULT_HOSTS, INDEX_FILE, create_cert_bundle
+from fedcogen.simulations.deploy.certs import DEFAULT_HOSTS, INDEX_FILE, create_cert_bundle
 
 
 def _cmd_certs(args: argparse.Namespace) -> int:

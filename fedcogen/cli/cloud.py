@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
+    from fedcogen.server.cogen.cloud_service import CloudConfig, start_cloud_server
 
     if args.insecure and args.tls_dir:
         raise ValueError("choose either --tls-dir (TLS) or --insecure (plaintext), not both")

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen import results_json
-from fedcogen.client.span_detector import SpanDetector, load_span_detector
+from fedcogen.client.cogen.span_detector import SpanDetector, load_span_detector
 from fedcogen.dataset.validate import FieldLimits
 from fedcogen.provenance import provenance
 
 Handler = Callable[[argparse.Namespace], int]
 
-# The device model wherever a command asks for one: the demo's (simulations/demo.py DEMO_RUN.model;
-# tests/test_truthful_cli.py keeps the two equal). A constant here, not an import, so --help stays fast.
+# The device model wherever a command asks for one: the demo's (simulations/demo/demo.py DEMO_RUN.model;
+# tests/cli/test_truthful_cli.py keeps the two equal). A constant here, not an import, so --help stays fast.
 DEVICE_MODEL = "smollm2-27l"
 
 
@@ -123,7 +123,7 @@ def add_token_args(p: argparse.ArgumentParser, file_help: str = "file (mode 0600
 
 
 def token_of(args: argparse.Namespace) -> str | None:
-    from fedcogen.protocols.secrets_io import resolve_token
+    from fedcogen.protocols.security.secrets_io import resolve_token
 
     return resolve_token(getattr(args, "token_file", None), getattr(args, "token", None))
 
@@ -138,7 +138,7 @@ def add_size_limit_args(p: argparse.ArgumentParser) -> None:
 
 def add_decoding_args(p: argparse.ArgumentParser) -> None:
     """Answer length, prompt budget and repetition control; unset flags keep DeviceConfig's defaults
-    (one source of truth, documented in client/decoding.py)."""
+    (one source of truth, documented in client/cogen/decoding.py)."""
     p.add_argument("--max-new-tokens", type=int, help="answer length cap (default 160: fits ~150-token references)")
     p.add_argument("--max-prompt-tokens", type=int,
                    help="device prompt budget; longer private contexts keep the profile and newest texts (default 3072)")
@@ -147,7 +147,7 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-repeat-ngram", type=int, help="ban repeating any n-gram of this size, 0 = off (default 4)")
     p.add_argument("--no-protect", dest="protect_private_spans", action="store_false", default=None,
                    help="logit/gated: stream private tokens to the cloud too (UNPROTECTED baseline; default: "
-                        "private spans stay on the device, see client/private_spans.py)")
+                        "private spans stay on the device, see client/cogen/private_spans.py)")
     p.add_argument("--private-spans", metavar="FILE", dest="private_spans_file",
                    help="private-span detector config (JSON/TOML/YAML with SpanDetector fields: patterns, "
                         "extra_values, names, sensitive, pii, ngram; see docs/privacy-spans.md)")

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         formatter=argparse.HelpFormatter,
     )
-    p.add_argument("--config", help="TOML/JSON file with demo settings (see simulations/demo.py DemoConfig)")
+    p.add_argument("--config", help="TOML/JSON file with demo settings (see simulations/demo/demo.py DemoConfig)")
     p.add_argument("--quick", action="store_true", help="tiny random models, one-minute smoke run")
     p.add_argument("--name", default=None, help="run name (default: demo or demo-quick)")
     p.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.demo import run_demo
+    from fedcogen.simulations.demo.demo import run_demo
 
     result = run_demo(config_from_args(args))
     print(f"\nreport:  {result['report']}\nmetrics: {result['metrics']}")
@@ -66,7 +66,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     as ``users``); anything else is an error naming the key.
     """
     from fedcogen.run_config import FLSettings
-    from fedcogen.simulations.demo import DEMO_RUN, RUN_ALIASES, DemoConfig
+    from fedcogen.simulations.demo.demo import DEMO_RUN, RUN_ALIASES, DemoConfig
 
     values: dict[str, Any] = {}
     if getattr(args, "config", None):

@@ -3,7 +3,7 @@
 Input validation is delegated to :mod:`fedcogen.dataset` (one validator for the whole
 project); this module decides what to do with invalid lines (``--on-invalid skip`` or ``reject``).
 Generation is delegated to the device-side CoGenesis generator; scoring and aggregation to
-:mod:`fedcogen.simulations.evaluate`.
+:mod:`fedcogen.simulations.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def load_tasks(path: Path, on_invalid: str, limits: FieldLimits | None = None) -
 
 def load_profiles(path: Path | None, dataset: Path) -> tuple[dict[str, Any], str | None]:
     """user id -> StyleMarkers from a profiles JSONL; (markers, the file used or None)."""
-    from fedcogen.simulations.metrics import StyleMarkers
+    from fedcogen.simulations.evaluation.metrics import StyleMarkers
 
     if path is None:
         candidate = dataset.with_name("profiles.jsonl")
@@ -199,8 +199,8 @@ def load_profiles(path: Path | None, dataset: Path) -> tuple[dict[str, Any], str
 
 
 def build_generator(args: argparse.Namespace, cloud_address: str | None, variants: Sequence[str]) -> Any:
-    """The real device-side CoGenesis generator (``fedcogen.client.cogen_device``) behind the protocol."""
-    from fedcogen.simulations.cogen_generator import CogenGenerator
+    """The real device-side CoGenesis generator (``fedcogen.client.cogen.cogen_device``) behind the protocol."""
+    from fedcogen.simulations.evaluation.cogen_generator import CogenGenerator
 
     return CogenGenerator.create(
         device_model=args.device_model,
@@ -221,9 +221,9 @@ def build_generator(args: argparse.Namespace, cloud_address: str | None, variant
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.evaluate import EvalConfig, evaluate
-    from fedcogen.simulations.processes import spawned_cloud
-    from fedcogen.simulations.report import write_report
+    from fedcogen.simulations.evaluation.evaluate import EvalConfig, evaluate
+    from fedcogen.simulations.evaluation.report import write_report
+    from fedcogen.simulations.federation.processes import spawned_cloud
 
     variants = parse_variants(args.variants, adapter=args.adapter)
     if args.max_tasks is not None and args.max_tasks < 1:
@@ -311,7 +311,7 @@ def failure_lines(rows: Sequence[dict[str, Any]], *, allow_fallback: bool) -> li
 def _print_summary(data: dict[str, Any]) -> None:
     """One line per variant: its means over the answers that ran as that variant, and how many did
     (``scored``), fell back to the device alone, or failed."""
-    from fedcogen.simulations.report import fmt_ci
+    from fedcogen.simulations.evaluation.report import fmt_ci
 
     print(f"{'variant':<20} {'ROUGE-L':>22} {'fact recall':>22} {'leaked':>8} {'bytes':>10} {'latency s':>10} "
           f"{'scored':>7} {'fell back':>9} {'failed':>6}")

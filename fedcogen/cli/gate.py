@@ -3,7 +3,7 @@
 Why a command of its own: every figure before it used a fixed fusion weight of 0.5, and the only
 trainer (``train_gate``) streamed the user's private target answers to the cloud. This command draws
 fake users from the data generator (a seed of their own: data the cloud may see), screens them on
-the device against the user's own private texts and profile (``client/public_gate.py``), trains
+the device against the user's own private texts and profile (``client/cogen/public_gate.py``), trains
 the gate over the cloud's ``Decode`` stream and saves it as ``<adapter>/fusion_gate.pt``.
 """
 
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", help="gate file (default: <adapter>/fusion_gate.pt)")
 
     c = add_command(ps, "calibrate", "choose the gated variant's uncertainty threshold on validation tasks",
-                    func=_calibrate, description=module_doc("fedcogen.simulations.gate_calibration"))
+                    func=_calibrate, description=module_doc("fedcogen.simulations.evaluation.gate_calibration"))
     c.add_argument("--device-model", default=DEVICE_MODEL, help="device model name or local folder")
     c.add_argument("--cloud-model", default="smollm2")
     c.add_argument("--users", type=int, default=6, help="synthetic users whose validation tasks are used")
@@ -52,10 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from fedcogen import dataset as d
-    from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
-    from fedcogen.client.public_gate import gate_path, train_public_gate
+    from fedcogen.client.cogen.cogen_device import CogenDevice, DeviceConfig
+    from fedcogen.client.cogen.public_gate import gate_path, train_public_gate
     from fedcogen.models import shared_model
-    from fedcogen.server.cloud_service import CloudConfig, start_cloud_server
+    from fedcogen.server.cogen.cloud_service import CloudConfig, start_cloud_server
 
     fed = d.load_federation(args.data)
     private = [t.private_context for s in ("train", "val", "test") for t in fed.tasks_of(args.user, s)]
@@ -86,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.gate_calibration import CalibrationConfig, calibrate
+    from fedcogen.simulations.evaluation.gate_calibration import CalibrationConfig, calibrate
 
     cfg = CalibrationConfig(device_model=args.device_model, cloud_model=args.cloud_model, users=args.users,
                             tasks_per_user=args.tasks_per_user, max_tokens=args.max_tokens,

@@ -100,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-model", default=DEVICE_MODEL, help="device model name or local folder")
     add_device_flag(p, "the device model")
     add_decoding_args(p)
-    # defaults mirror DeviceConfig (tests/test_speculative.py checks they stay equal)
+    # defaults mirror DeviceConfig (tests/client/cogen/test_speculative.py checks they stay equal)
     p.add_argument("--k", type=int, default=32, help="top-k size of the cloud's distributions (packed8: the most)")
     p.add_argument("--encoding", choices=("packed8", "fp16", "int8", "fp32", "full"), default="packed8",
                    help="value encoding (packed8: uint16 ids + uint8 codes, k adapting to the cloud's spread)")
@@ -127,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from fedcogen.client.cogen_device import CogenDevice, DeviceConfig
+    from fedcogen.client.cogen.cogen_device import CogenDevice, DeviceConfig
 
     if args.variant != "device" and not args.cloud:
         raise ValueError(f"--variant {args.variant} needs --cloud HOST:PORT")

@@ -11,7 +11,7 @@ from fedcogen.cli.flags import device_setting
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "gpu-check", "verify the GPU paths on a CUDA machine (demo, federation, cogen bench)",
-                    description=module_doc("fedcogen.simulations.gpu_check"), func=_run)
+                    description=module_doc("fedcogen.simulations.deploy.gpu_check"), func=_run)
     p.add_argument("--device", type=device_setting, default="cuda", help="CUDA device to check (cuda or cuda:N)")
     p.add_argument("--out", default="runs/gpu-check", help="folder for gpu_check.json and each stage's output")
     p.add_argument("--stages", default="probe,demo,federation,bench_cogen",
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.gpu_check import GpuCheckConfig, run_gpu_check
+    from fedcogen.simulations.deploy.gpu_check import GpuCheckConfig, run_gpu_check
 
     cfg = GpuCheckConfig(device=args.device, out=args.out, stage_timeout_s=args.stage_timeout,
                          stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()),

@@ -102,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     co = add_command(ps, "corpora", "private-span detector recall/precision per corpus + per-fact wire audit",
                      func=_corpora,
-                     description="Measure the private-span detector on the span corpora (simulations/span_corpora: "
+                     description="Measure the private-span detector on the span corpora (simulations/privacy/span_corpora: "
                      "CoGenesis-style profiles, JSON/YAML/key-value profiles, free text; facts in a separate answer "
                      "key the guard never sees), then run logit and gated over gRPC with a scripted device that "
                      "writes every fact, protection off and on, and report per fact whether the cloud saw it "
@@ -133,7 +133,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _write(path: str | None, result: Any, args: argparse.Namespace | None = None) -> None:
-    from fedcogen.simulations.privacy_run import _json_default
+    from fedcogen.simulations.privacy.privacy_run import _json_default
 
     if path:
         write_json(path, result, indent=2, default=_json_default, args=args)
@@ -141,7 +141,7 @@ def _write(path: str | None, result: Any, args: argparse.Namespace | None = None
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.privacy_run import load_config, run_privacy
+    from fedcogen.simulations.privacy.privacy_run import load_config, run_privacy
 
     sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else None
     cfg = load_config(
@@ -163,8 +163,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_context(run_dir: str, data: str | None) -> tuple[Any, Any]:
     from fedcogen.dataset import load_federation
-    from fedcogen.server.checkpoint import load_checkpoint
-    from fedcogen.simulations.privacy_run import quick_config
+    from fedcogen.server.fl.checkpoint import load_checkpoint
+    from fedcogen.simulations.privacy.privacy_run import quick_config
 
     _, meta = load_checkpoint(run_dir)
     s = meta.get("settings", {})
@@ -177,8 +177,8 @@ def _run_context(run_dir: str, data: str | None) -> tuple[Any, Any]:
 
 def _exposure(args: argparse.Namespace) -> int:
     from fedcogen.dataset import canary_records, random_canary_like
-    from fedcogen.simulations.attacks import canary_exposure
-    from fedcogen.simulations.federation import load_run_adapter
+    from fedcogen.simulations.federation.federation import load_run_adapter
+    from fedcogen.simulations.privacy.attack_metrics import canary_exposure
 
     fed, _ = _run_context(args.run_dir, args.data)
     lm, _ = load_run_adapter(args.run_dir)
@@ -191,9 +191,9 @@ def _exposure(args: argparse.Namespace) -> int:
 
 
 def _mia(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.attacks import membership_inference
-    from fedcogen.simulations.federation import load_run_adapter
-    from fedcogen.simulations.privacy_attacks import mia_pairs
+    from fedcogen.simulations.federation.federation import load_run_adapter
+    from fedcogen.simulations.privacy.attack_metrics import membership_inference
+    from fedcogen.simulations.privacy.attack_runs import mia_pairs
 
     fed, _ = _run_context(args.run_dir, args.data)
     lm, _ = load_run_adapter(args.run_dir)
@@ -206,7 +206,7 @@ def _mia(args: argparse.Namespace) -> int:
 
 
 def _epsilon(args: argparse.Namespace) -> int:
-    from fedcogen.protocols import dp
+    from fedcogen.protocols.privacy import dp
 
     eps = dp.epsilon_for(args.noise_multiplier, args.sample_rate, args.rounds, args.delta)
     out: dict[str, Any] = {"epsilon": eps, "delta": args.delta, "noise_multiplier": args.noise_multiplier,
@@ -221,10 +221,10 @@ def _epsilon(args: argparse.Namespace) -> int:
 
 
 def _spans(args: argparse.Namespace) -> int:
-    from fedcogen.client.public_gate import gate_path
+    from fedcogen.client.cogen.public_gate import gate_path
     from fedcogen.dataset import load_federation, user_ids
-    from fedcogen.simulations.report import span_audit_markdown
-    from fedcogen.simulations.span_audit import audit_adapter, heldout_tasks
+    from fedcogen.simulations.evaluation.report import span_audit_markdown
+    from fedcogen.simulations.privacy.span_audit import audit_adapter, heldout_tasks
 
     fed = load_federation(args.data)
     users = args.users.split(",") if args.users else user_ids(fed)[-args.last_users:]
@@ -244,9 +244,13 @@ def _spans(args: argparse.Namespace) -> int:
 def _corpora(args: argparse.Namespace) -> int:
     import subprocess
 
-    from fedcogen.client.span_detector import SpanDetector, load_span_detector
-    from fedcogen.simulations.fact_audit import CORPORA
-    from fedcogen.simulations.span_audit import CorpusAuditConfig, corpus_audit_markdown, run_corpus_audit
+    from fedcogen.client.cogen.span_detector import SpanDetector, load_span_detector
+    from fedcogen.simulations.privacy.fact_audit import CORPORA
+    from fedcogen.simulations.privacy.span_audit import (
+        CorpusAuditConfig,
+        corpus_audit_markdown,
+        run_corpus_audit,
+    )
 
     corpora = tuple(args.corpora.split(",")) if args.corpora else CORPORA
     detector = load_span_detector(args.private_spans) if args.private_spans else SpanDetector()
@@ -275,7 +279,7 @@ def _secagg(args: argparse.Namespace) -> int:
     from fedcogen.secagg import SecAggRunConfig
 
     if args.real_path:
-        from fedcogen.simulations.secagg_real_path import REAL_PATH_RUN, compare_real_path, markdown
+        from fedcogen.simulations.privacy.secagg_real_path import REAL_PATH_RUN, compare_real_path, markdown
 
         n = args.num_clients
         res = compare_real_path(REAL_PATH_RUN.replace(num_clients=n, clients_per_round=n, rounds=args.rounds,
@@ -283,7 +287,7 @@ def _secagg(args: argparse.Namespace) -> int:
         print(markdown(res))
         _write(args.json, res, args)
         return 0
-    from fedcogen.simulations.secagg_experiment import adapter_flat, compare_modes
+    from fedcogen.simulations.privacy.secagg_experiment import adapter_flat, compare_modes
 
     dim = args.dim or int(adapter_flat(args.model).size)
     res = compare_modes(SecAggRunConfig(dim=dim).with_run(num_clients=args.num_clients, clients_per_round=args.num_clients,

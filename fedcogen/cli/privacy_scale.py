@@ -1,6 +1,6 @@
 """`fedcogen privacy scale`: DP at cross-device scale: epsilon, utility cost, canary exposure and MIA.
 
-The experiment lives in :mod:`fedcogen.simulations.dp_scale`; this module holds its flags (the
+The experiment lives in :mod:`fedcogen.simulations.privacy.dp_scale`; this module holds its flags (the
 ``privacy`` group in :mod:`fedcogen.cli.privacy` adds it).
 """
 
@@ -15,7 +15,7 @@ from fedcogen.cli.common import add_command, module_doc, write_json
 
 def add_scale(ps: argparse._SubParsersAction) -> None:
     p = add_command(ps, "scale", "cross-device DP: a no-DP run and one DP run per noise level over many clients; "
-                    "epsilon at 1/N^1.1, share of the no-DP gain kept, canary exposure, MIA", description=module_doc("fedcogen.simulations.dp_scale"), func=_scale)
+                    "epsilon at 1/N^1.1, share of the no-DP gain kept, canary exposure, MIA", description=module_doc("fedcogen.simulations.privacy.dp_scale"), func=_scale)
     p.add_argument("--model", default="smollm2-27l", help="device model")
     p.add_argument("--num-clients", type=int, default=1000, help="simulated clients N (delta = 1/N^1.1)")
     p.add_argument("--clients-per-round", type=int, default=50, help="clients sampled per round")
@@ -59,7 +59,7 @@ def _noise_list(text: str) -> tuple[float, ...]:
 
 
 def _scale(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.dp_scale import DP_SCALE_RUN, DPScaleConfig, markdown, run_dp_scale
+    from fedcogen.simulations.privacy.dp_scale import DP_SCALE_RUN, DPScaleConfig, markdown, run_dp_scale
 
     run = DP_SCALE_RUN.replace(model=args.model, num_clients=args.num_clients,
                                clients_per_round=args.clients_per_round, rounds=args.rounds, dp_clip_norm=args.clip,

@@ -2,7 +2,7 @@
 
 Settings come from defaults < a config file (``--config run.toml`` / ``.json``) < flags; every
 field of :class:`fedcogen.run_config.FLSettings` and of
-:class:`fedcogen.simulations.federation.SimulationConfig` has a flag, built from the dataclasses.
+:class:`fedcogen.simulations.federation.federation.SimulationConfig` has a flag, built from the dataclasses.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 from fedcogen.cli.flags import add_dataclass_flags, flag_values
 from fedcogen.run_config import FLSettings
-from fedcogen.simulations.federation import SimulationConfig, load_config_file, run_federation
-from fedcogen.simulations.flwr_run import RunFailed
+from fedcogen.simulations.federation.federation import SimulationConfig, load_config_file, run_federation
+from fedcogen.simulations.federation.flwr_run import RunFailed
 
 
 def register(sub: argparse._SubParsersAction) -> None:

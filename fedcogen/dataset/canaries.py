@@ -76,7 +76,7 @@ CANARY_PLANTING = "P.S. Note to self: {canary}."
 
 
 def canary_records(fed: Federation) -> list[dict[str, Any]]:
-    """One dict per canary, ready for ``fedcogen.simulations.attacks.canary_exposure``.
+    """One dict per canary, ready for ``fedcogen.simulations.privacy.attack_metrics.canary_exposure``.
 
     Keys: ``canary_id``, ``owner``, ``text`` (the canary), ``prefix`` (the history text it was first
     planted in, up to the secret: exposure is then measured on exactly the sequence the model was

@@ -1,0 +1,79 @@
+"""Device-side generation settings (``fedcogen generate`` flags map onto these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fedcogen.accelerator import check_setting
+from fedcogen.client.cogen.decoding import RepetitionControl
+from fedcogen.client.cogen.span_detector import SpanDetector
+from fedcogen.protocols.codecs import logit_codec
+
+
+@dataclass
+class DeviceConfig:
+    """Device-side generation settings (``fedcogen generate`` flags map onto these)."""
+
+    device_model: str = "smollm2-24l"
+    seed: int = 0
+    # the accelerator the device model runs on: auto | cpu | cuda | cuda:N | mps (fedcogen.accelerator)
+    device: str = "auto"
+    adapter: str | None = None
+    cloud: str | None = None
+    tls_dir: str | None = None
+    token: str | None = None
+    insecure: bool = False
+    # packed8 (uint16 ids + uint8 codes, k adapting to the cloud's spread) at k <= 32: ~110 B/token with
+    # >= 99.5% top-1 agreement with full-vocabulary fusion for smollm2-24l/27l (docs/cogenesis-speed.md)
+    k: int = 32
+    encoding: str = "packed8"
+    weight: float = 0.5
+    # logit variant: > 0 = speculative rounds (device drafts up to this many tokens, the cloud scores them in
+    # one forward; same tokens as per-token fusion under greedy decoding); 0 = one round trip per token.
+    # Sampling, the full-vocabulary baseline and k > 1024 always run per token.
+    draft_tokens: int = 8
+    draft_min_p: float = 0.5  # draft only tokens the device gives at least this probability (speculative.py)
+    gate_path: str | None = None
+    max_new_tokens: int = 160  # fits ~150-token references; trained devices stop at EOS well before
+    max_prompt_tokens: int = 3072  # longer private contexts are shrunk (fit_context); SmolLM2 reads 8192
+    repetition_penalty: float = RepetitionControl.penalty
+    no_repeat_ngram: int = RepetitionControl.no_repeat_ngram
+    sample: bool = False
+    temperature: float = 1.0
+    gated_metric: str = "entropy"  # or "margin"
+    # entropy (nats) above / margin below this -> ask the cloud. 5.0 = the cloud for ~20% of tokens with the
+    # default device smollm2-24l (`fedcogen gate calibrate`, docs/cogenesis-speed.md)
+    gated_threshold: float = 5.0
+    step_timeout_s: float = 20.0
+    sketch_timeout_s: float = 120.0
+    sketch_max_new_tokens: int = 96
+    protect_private_spans: bool = True  # logit/gated: private tokens never go on the wire (client/cogen/private_spans.py)
+    # what the guard treats as private in each context (detectors, the user's patterns and values)
+    private_spans: SpanDetector = field(default_factory=SpanDetector)
+
+    def validate(self) -> None:
+        self.device = check_setting(self.device)
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"--weight must be in [0, 1] or 'learned', got {self.weight}")
+        if self.gated_metric not in ("entropy", "margin"):
+            raise ValueError(f"gated metric must be 'entropy' or 'margin', got {self.gated_metric}")
+        logit_codec.CodecConfig(self.k, self.encoding).encoding_value()
+        if self.draft_tokens < 0:
+            raise ValueError(f"--draft-tokens must be >= 0 (0 = per-token fusion), got {self.draft_tokens}")
+        if not 0.0 <= self.draft_min_p <= 1.0:
+            raise ValueError(f"--draft-min-p must be in [0, 1], got {self.draft_min_p}")
+        if self.k < 1:
+            raise ValueError(f"--k must be >= 1, got {self.k}")
+
+    def fit_vocabulary(self, vocab_size: int) -> str | None:
+        """Switch ``packed8`` to ``fp16`` when the model pair's vocabulary needs ids above uint16.
+
+        packed8 packets carry 16-bit token ids (the smallest packets, and the default); pairs with larger
+        vocabularies (Qwen2.5: 151,665 tokens, Llama 3: 128,256) would be refused by the cloud at session
+        open. Returns a line saying what changed, or None.
+        """
+        if self.encoding == "packed8" and vocab_size > logit_codec.PACKED_MAX_VOCAB:
+            self.encoding = "fp16"
+            return (f"packed8 packets index at most {logit_codec.PACKED_MAX_VOCAB} tokens and this model pair has "
+                    f"{vocab_size}: using fp16 packets (k={self.k})")
+        return None

@@ -1,0 +1,1 @@
+"""Transport and identity: TLS material, Flower node keys, secrets read from files."""

@@ -1,0 +1,1 @@
+"""Benchmarks: communication, codec, CoGenesis speed and wire, load, fuzz, scale, adapters, and the whole suite."""

@@ -1,0 +1,1 @@
+"""Running the federation: Flower simulation and ``flwr run`` drivers, the app as shipped, process supervision, the fault-injecting test ClientApp."""

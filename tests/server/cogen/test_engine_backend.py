@@ -1,0 +1,112 @@
+"""The production-engine backend: top-k log-probs round-trip over real HTTP on loopback (a minimal
+OpenAI-compatible server over a real model), and a cloud on that backend serves devices through the
+unchanged gRPC contract and auth with the tokens of the in-process cloud."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import torch
+
+from fedcogen.client.cogen.cloud_client import CloudClient, CloudRefused
+from fedcogen.client.cogen.cogen_device import CogenDevice, DeviceConfig
+from fedcogen.models import load_model
+from fedcogen.server.cogen.cloud_service import CloudConfig, start_cloud_server
+from fedcogen.server.cogen.engine_backend import EngineClient, EngineConfig, EngineError
+from fedcogen.simulations.deploy.reference_engine import ReferenceEngine
+
+INSTRUCTION = "Write a short note to my landlord about the broken heater."
+CONTEXT = "Landlord: Mr. Osei. Flat 4B, heater broken since Monday."
+
+
+@pytest.fixture(scope="module")
+def cloud_lm():
+    return load_model("tiny-large")
+
+
+@pytest.fixture(scope="module")
+def engine(cloud_lm):
+    srv = ReferenceEngine(cloud_lm.model, cloud_lm.tokenizer, "tiny-large", api_key="engine-key").start()
+    yield srv
+    srv.stop()
+
+
+def test_topk_logprobs_round_trip_over_http(engine, cloud_lm):
+    client = EngineClient(EngineConfig(engine.url, "tiny-large", api_key="engine-key"), cloud_lm.tokenizer,
+                          cloud_lm.vocab_size)
+    seq = [1, 500, 900, 1300, 77]
+    try:
+        one = client.score(seq, 1, 8)  # no echo: the distribution after the whole sequence
+        three = client.score(seq, 3, 8)  # echo: after seq[:3], seq[:4] and seq
+        with torch.inference_mode():
+            full = torch.log_softmax(cloud_lm.model(input_ids=torch.tensor([seq])).logits[0].float(), -1)
+        for got, want in ((one[0], full[-1]), (three[0], full[2]), (three[1], full[3]), (three[2], full[4])):
+            vals, ids = torch.topk(want, 8)
+            assert torch.equal(torch.topk(got, 8).indices, ids)
+            assert torch.allclose(got[ids], vals, atol=1e-5)
+            assert abs(float(got.exp().sum()) - 1.0) < 1e-3  # the rest of the mass is spread, not lost
+        assert client.generate(seq, 4, frozenset()) == [int(torch.argmax(full[-1]))] + client.generate(
+            seq + [int(torch.argmax(full[-1]))], 3, frozenset())
+        bad = EngineClient(EngineConfig(engine.url, "tiny-large", api_key="wrong"), cloud_lm.tokenizer, 10)
+        with pytest.raises(EngineError, match="HTTP 401"):
+            bad.score(seq, 1, 4)
+        bad.close()
+    finally:
+        client.close()
+
+
+def test_cloud_on_the_engine_backend_keeps_the_contract_and_the_tokens(engine, cloud_lm):
+    device_lm = load_model("tiny")
+    common = dict(model="tiny-large", insecure=True, token="device-token", sketch_max_new_tokens=8)
+    native = start_cloud_server(CloudConfig(**common), lm=cloud_lm)
+    backed = start_cloud_server(CloudConfig(**common, engine_url=engine.url, engine_model="tiny-large",
+                                            engine_api_key="engine-key"), lm=cloud_lm)
+    answers = {}
+    try:
+        before = engine.requests
+        for name, srv in (("native", native), ("engine", backed)):
+            for draft in (0, 4):
+                dev = CogenDevice(DeviceConfig(device_model="tiny", cloud=srv.address, insecure=True,
+                                               token="device-token", k=16, max_new_tokens=12, draft_tokens=draft,
+                                               draft_min_p=0.0), device_lm=device_lm)
+                try:
+                    answers[name, draft] = dev.generate(INSTRUCTION, CONTEXT, "logit")
+                    if draft == 0:
+                        answers[name, "sketch"] = dev.generate(INSTRUCTION, CONTEXT, "sketch")
+                finally:
+                    dev.close()
+        assert engine.requests > before  # the engine did the work
+        assert answers["engine", 0].token_ids == answers["native", 0].token_ids
+        assert answers["engine", 4].token_ids == answers["native", 0].token_ids
+        assert answers["engine", "sketch"].sketch == answers["native", "sketch"].sketch
+        assert not any(a.fell_back for a in answers.values())
+        intruder = CloudClient(backed.address, insecure=True, token="wrong")  # auth is unchanged
+        with pytest.raises(CloudRefused) as err:
+            intruder.sketch(INSTRUCTION, 4, timeout=10)
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+        intruder.close()
+        too_big = CloudClient(backed.address, insecure=True, token="device-token")
+        s = too_big.open_session(INSTRUCTION, k=64)  # above the engine's max_logprobs (20)
+        with pytest.raises(CloudRefused, match="k must be in"):
+            s.latest()
+        too_big.close()
+    finally:
+        native.stop(grace=1)
+        backed.stop(grace=1)
+
+
+def test_an_engine_without_prompt_logprobs_scores_drafts_per_position(engine, cloud_lm, monkeypatch):
+    """llama.cpp's server returns no prompt log-probs for echo: the backend falls back to one request per
+    draft position and gets the same distributions."""
+    client = EngineClient(EngineConfig(engine.url, "tiny-large", api_key="engine-key"), cloud_lm.tokenizer,
+                          cloud_lm.vocab_size)
+    seq = [1, 500, 900, 1300, 77]
+    try:
+        with_echo = client.score(seq, 3, 8)
+        real = engine.complete
+        monkeypatch.setattr(engine, "complete", lambda body: real({**body, "echo": False}))
+        without = client.score(seq, 3, 8)
+        assert not client.echo_ok
+    finally:
+        client.close()
+    assert torch.allclose(with_echo, without, atol=1e-5)
