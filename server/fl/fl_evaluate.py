@@ -1,45 +1,48 @@
-"""The evaluation phase of a round: who evaluates, their patches, and the token-weighted mean loss."""
+"""The evaluation half of a round as Flower's two verbs: who evaluates with which patch, and the
+token-weighted mean loss of their answers.
+
+Functions of what they need rather than of the server object, so the round loop
+(:class:`fedcogen.server.fl.fl_serverapp.FederatedServer`) reads configure -> send -> aggregate.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flwr.app import Message
 
 from fedcogen.protocols import fl_messages as fm
-from fedcogen.server.fl.client_sampling import eval_cohort
 from fedcogen.server.fl.fl_console import error_summary
 from fedcogen.server.fl.fl_outputs import ppl
-from fedcogen.server.fl.fl_state import forget_if_stale
+from fedcogen.server.fl.fl_state import ServerState
 
 
-def evaluate_round(server: Any, server_round: int, only: Iterable[str] | None = None) -> dict[str, Any]:
-    """Every client (or the cohort of ``eval_clients``, or the clients named in ``only``) scores the
-    current broadcast adapter on its private validation split; clients that hold an older version get
-    their catch-up patch first, and a client whose rebuild fails is marked unknown (full patch next)."""
-    msgs = []
-    keep = None if only is None else set(only)
-    cohort = eval_cohort(set(server.nodes.values()), server.s.eval_clients, server.s.seed)
-    if cohort is not None:
-        keep = cohort if keep is None else keep & cohort
-    for n in sorted(server.nodes):
-        if keep is not None and server.nodes[n] not in keep:
-            continue
-        cfg = {**server._client_config(server_round), **fm.patch_fields(server.patch_for(server.nodes[n]))}
-        msgs.append(Message(fm.make_recorddict(config=cfg), dst_node_id=n, message_type=fm.MSG_EVALUATE,
-                            group_id=str(server_round)))
+def configure_evaluate(client_of: Mapping[int, str], keep: set[str] | None, server_round: int,
+                       config_for: Callable[[str], dict[str, Any]]) -> list[Message]:
+    """One evaluate message per node whose client is in ``keep`` (every node when None), carrying
+    ``config_for(client)``: the round's settings and the patch to the current broadcast (clients that
+    hold an older version catch up first)."""
+    return [Message(fm.make_recorddict(config=config_for(client_of[n])), dst_node_id=n,
+                    message_type=fm.MSG_EVALUATE, group_id=str(server_round))
+            for n in sorted(client_of) if keep is None or client_of[n] in keep]
+
+
+def aggregate_evaluate(replies: list[Message], client_of: Mapping[int, str], state: ServerState) -> dict[str, Any]:
+    """Per-client losses and the token-weighted mean; a client that answered holds the current broadcast.
+
+    (A client whose rebuild failed was already marked unknown by the grid's reply hook: full patch next.)
+    """
     per_client: dict[str, dict[str, float]] = {}
     failures: dict[str, str] = {}
     tot = tok = 0.0
-    for rep in server._send(msgs, "evaluate", server_round):
-        cid = server.nodes.get(int(rep.metadata.src_node_id), "?")
+    for rep in replies:
+        cid = client_of.get(int(rep.metadata.src_node_id), "?")
         if rep.has_error():
             failures[cid] = error_summary(rep.error.reason)
-            forget_if_stale(server.state, cid, rep.error.reason)
             continue
-        server.state.client_versions[cid] = server.state.version
+        state.client_versions[cid] = state.version
         met = fm.metrics_of(rep.content)
         loss, n_tok = met.get("eval_loss", float("nan")), met.get("eval_tokens", 0.0)
         per_client[cid] = {"loss": loss, "ppl": ppl(loss), "tokens": n_tok}

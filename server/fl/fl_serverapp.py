@@ -11,10 +11,13 @@ strategy because three things need control over every message:
   ``B`` travels along; a client that rebuilds something else reports an error.
 * **Validation before aggregation** with the expected shapes, size and norm caps
   (:mod:`fedcogen.server.fl.aggregation`) and the DP clip (:mod:`fedcogen.server.fl.dp_guard`).
-* **A byte ledger** of every message sent and received, measured with Flower's own serde.
+* **One byte ledger** of every message sent and received, measured with Flower's own serde
+  (:mod:`fedcogen.server.fl.byte_ledger`): every phase, SecAgg+'s stages included, sends through it.
 
-Per round ``r``: train messages to a sample -> validate + FedAvg (or FedAdam/FedYogi) ->
-broadcast version ``r`` -> evaluation -> atomic checkpoint; ``resume`` continues identically.
+A round reads as Flower's strategy verbs: ``configure_train`` (sample + per-client config with its
+broadcast patch) -> send -> ``aggregate_train`` (validate + FedAvg, or FedAdam/FedYogi, + DP) ->
+broadcast version ``r`` -> ``configure_evaluate`` -> send -> ``aggregate_evaluate`` -> atomic
+checkpoint; ``resume`` continues identically.
 Without DP the sample is seeded by (seed, round) and a run is bit-reproducible; with DP the noise and
 the sample are secret (:func:`fedcogen.protocols.privacy.dp.secret_rng`), the released outputs (metrics rows,
 ledger, logs) do not name the sampled clients, and a resume draws fresh noise while the accountant
@@ -33,7 +36,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
@@ -50,11 +52,12 @@ from fedcogen.server.fl.aggregation import (
     ServerOptimizer,
     ValidationLimits,
 )
+from fedcogen.server.fl.byte_ledger import ByteLedger, LedgerGrid
 from fedcogen.server.fl.checkpoint import has_checkpoint
-from fedcogen.server.fl.client_sampling import released_round_fields, train_sample
+from fedcogen.server.fl.client_sampling import eval_cohort, released_round_fields, train_sample
 from fedcogen.server.fl.dp_guard import DPGuard
 from fedcogen.server.fl.fl_console import error_summary, log_round, progress, show_progress_lines
-from fedcogen.server.fl.fl_evaluate import evaluate_round
+from fedcogen.server.fl.fl_evaluate import aggregate_evaluate, configure_evaluate
 from fedcogen.server.fl.fl_outputs import write_outputs
 from fedcogen.server.fl.fl_state import (
     ServerState,
@@ -66,8 +69,9 @@ from fedcogen.server.fl.fl_state import (
     save_state,
     start_fresh,
 )
+from fedcogen.server.fl.round_tally import RoundTally
 from fedcogen.server.fl.run_status import COMPLETED, FAILED, RUNNING, RunStatus, write_run_status
-from fedcogen.server.fl.secagg_round import secure_round
+from fedcogen.server.fl.secagg_round import SecureRoundInputs, secagg_phase, secure_round
 
 log = logging.getLogger("fedcogen.server")
 
@@ -94,6 +98,8 @@ class FederatedServer:
         self.stopped_reason = ""
         self.round_sample: list[str] = []
         self.state = self._initial_state()
+        # under DP the ledger does not name who took part (the sample is secret)
+        self.ledger = ByteLedger(self.state, self.nodes, hidden=lambda rnd: self.guard.enabled and rnd > 0)
 
     # ------------------------------------------------------------------ state
 
@@ -137,44 +143,25 @@ class FederatedServer:
         cfg["server_round"] = server_round
         return cfg
 
-    def _send(self, messages: list[Message], phase: str, server_round: int) -> list[Message]:
-        """Send, wait (``round_timeout``), and book every message both ways in the ledger."""
-        if not messages:
-            return []
-        replies = list(self.grid.send_and_receive(messages, timeout=self.s.round_timeout))
-        for msg in messages:
-            self._book(server_round, phase, msg.metadata.dst_node_id, "down", msg)
-        for rep in replies:
-            self._book(server_round, phase, rep.metadata.src_node_id, "up", rep)
-        return replies
+    def grid_for(self, server_round: int, phase: str | Any) -> LedgerGrid:
+        """The grid this round's ``phase`` sends through: every message booked both ways."""
+        return LedgerGrid(self.grid, self.ledger, server_round, phase, on_reply=self._forget_if_failed)
 
-    def _book(self, server_round: int, phase: str, node_id: int, direction: str, msg: Message) -> None:
-        payload = 0
-        if msg.has_content():
-            for key in (fm.CONFIG, fm.UPDATE):
-                if key in msg.content.config_records:
-                    rec = msg.content.config_records[key]
-                    payload += len(rec.get("patch", b"") or b"") + len(rec.get("blob", b"") or b"")
-        size = fm.wire_bytes(msg)
-        self.state.bytes_total += size
-        hidden = self.guard.enabled and server_round > 0  # under DP the ledger does not name who took part
-        self.state.ledger.append({
-            "round": server_round,
-            "phase": phase,
-            "node_id": -1 if hidden else int(node_id),
-            "client_id": "" if hidden else self.nodes.get(int(node_id), ""),
-            "direction": direction,
-            "bytes": size,
-            "payload_bytes": payload,
-            "error": bool(msg.has_error()),
-        })
+    def _forget_if_failed(self, rep: Message) -> None:
+        """A client whose rebuild of the broadcast failed gets a full patch next time."""
+        if rep.has_error():
+            forget_if_stale(self.state, self.nodes.get(int(rep.metadata.src_node_id), ""), rep.error.reason)
+
+    def send(self, messages: list[Message], phase: str, server_round: int) -> list[Message]:
+        """Send, wait (``round_timeout``), and book every message both ways in the ledger."""
+        return self.grid_for(server_round, phase).send_and_receive(messages, timeout=self.s.round_timeout)
 
     def handshake(self) -> None:
         """Wait for nodes, then learn which client (user) each node is."""
         node_ids = self.wait_for_nodes()
         msgs = [Message(fm.make_recorddict(config=self.s.client_config()),
                         dst_node_id=n, message_type=fm.MSG_QUERY, group_id="0") for n in node_ids]
-        for rep in self._send(msgs, "query", 0):
+        for rep in self.send(msgs, "query", 0):
             if rep.has_error():
                 log.warning("node %s failed the handshake: %s", rep.metadata.src_node_id, rep.error.reason)
                 continue
@@ -184,9 +171,7 @@ class FederatedServer:
                             rep.metadata.src_node_id, cid)
                 continue
             self.nodes[int(rep.metadata.src_node_id)] = cid
-        for entry in self.state.ledger:
-            if entry["round"] == 0 and entry["phase"] == "query" and not entry["client_id"]:
-                entry["client_id"] = self.nodes.get(entry["node_id"], "")
+        self.ledger.name_clients(0, "query")
         names = sorted(self.nodes.values())
         log.info("%d clients connected: %s", len(names), ", ".join(names) if len(names) <= 20
                  else f"{', '.join(names[:5])}, ..., {', '.join(names[-2:])}")
@@ -240,43 +225,47 @@ class FederatedServer:
         """This round's training sample: seeded without DP, secret (OS CSPRNG) with DP."""
         return train_sample(self.nodes, self.s.clients_per_round, self.s.seed, server_round, secret=self.guard.enabled)
 
-    def train_round(self, server_round: int) -> dict[str, Any]:
-        started = time.perf_counter()
-        nodes = self.sample(server_round)
-        version = self.state.version
-        configs = {n: {**self._client_config(server_round), **fm.patch_fields(self.patch_for(self.nodes[n]))}
-                   for n in nodes}
-        failures: dict[str, str] = {}
-        losses: list[tuple[float, float]] = []
-        tok_s: list[float] = []
-        bits = [0.0, 0.0]
-        if self.s.secagg == "secaggplus":  # the server learns only the mean of the values at a shared support
-            mean, info = secure_round(self, server_round, nodes, configs)
-            failures.update(info["failures"])
-            for met in info["metrics"]:
-                self._accepted(str(met["client_id"]), met, version, losses, tok_s, bits)
-            res = RoundAggregate(mean, list(info["accepted"]), Counter(), float(len(info["accepted"])))
-        else:
-            res = self._plain_round(server_round, nodes, configs, failures, losses, tok_s, bits)
-        return self._apply_round(server_round, nodes, res, failures, losses, tok_s, bits, started)
+    def configure_train(self, server_round: int) -> dict[int, dict[str, Any]]:
+        """This round's sample, each sampled node with its train config (settings + its broadcast patch)."""
+        return {n: {**self._client_config(server_round), **fm.patch_fields(self.patch_for(self.nodes[n]))}
+                for n in self.sample(server_round)}
 
-    def _accepted(self, cid: str, met: Mapping[str, Any], version: int, losses: list, tok_s: list,
-                  bits: list) -> None:
+    def train_round(self, server_round: int) -> dict[str, Any]:
+        """configure_train -> send -> aggregate_train -> DP noise + server step; the round's metrics row."""
+        started = time.perf_counter()
+        configs = self.configure_train(server_round)
+        nodes = list(configs)
+        tally = RoundTally()
+        if self.s.secagg == "secaggplus":  # the server learns only the mean of the values at a shared support
+            res = self._secure_train(server_round, configs, tally)
+        else:
+            msgs = [Message(fm.make_recorddict(config=configs[n]), dst_node_id=n, message_type=fm.MSG_TRAIN,
+                            group_id=str(server_round)) for n in nodes]
+            res = self.aggregate_train(server_round, nodes, self.send(msgs, "train", server_round), tally)
+        return self._apply_round(server_round, nodes, res, tally, started)
+
+    def _secure_train(self, server_round: int, configs: dict[int, dict[str, Any]], tally: RoundTally) -> RoundAggregate:
+        """SecAgg+ sends and aggregates inside Flower's workflow (:mod:`.secagg_round`); its stages are
+        booked in the same ledger."""
+        version = self.state.version
+        inputs = SecureRoundInputs(settings=self.s, server_round=server_round, configs=configs,
+                                   client_of=self.nodes, shapes=self.shapes)
+        mean, info = secure_round(self.grid_for(server_round, secagg_phase), inputs)
+        tally.failures.update(info["failures"])
+        for met in info["metrics"]:
+            self._accept(str(met["client_id"]), met, version, tally)
+        return RoundAggregate(mean, list(info["accepted"]), Counter(), float(len(info["accepted"])))
+
+    def _accept(self, cid: str, met: Mapping[str, Any], version: int, tally: RoundTally) -> None:
         """Book an accepted update: the client holds ``version`` now; its metrics enter the round's."""
         self.state.client_versions[cid] = version
         self.state.participations[cid] = self.state.participations.get(cid, 0) + 1
-        losses.append((float(met.get("train_loss", float("nan"))), float(met.get(fm.NUM_EXAMPLES, 1.0))))
-        tok_s.append(float(met.get("tokens_per_s", 0.0)))
-        bits[0] += float(met.get("index_bits", 0.0))
-        bits[1] += float(met.get("bound_bits", 0.0))
+        tally.add(met)
 
-    def _plain_round(self, server_round: int, nodes: list[int], configs: dict[int, dict[str, Any]],
-                     failures: dict[str, str], losses: list, tok_s: list, bits: list) -> RoundAggregate:
-        """Train messages out, codec blobs back: each update validated (DP clip included) and aggregated."""
+    def aggregate_train(self, server_round: int, nodes: list[int], replies: list[Message],
+                        tally: RoundTally) -> RoundAggregate:
+        """Codec blobs back: each update validated (DP clip included) and aggregated; failures tallied."""
         version = self.state.version
-        msgs = [Message(fm.make_recorddict(config=configs[n]), dst_node_id=n, message_type=fm.MSG_TRAIN,
-                        group_id=str(server_round)) for n in nodes]
-        replies = self._send(msgs, "train", server_round)
         keep = self.s.dp_mode == "none" and keeps_updates(self.s.lora_mode, len(nodes))  # probe: un-noised
         agg = RoundAggregator(self.shapes, self.limits, keep=keep, check=self.guard.check)
         answered = set()
@@ -285,9 +274,8 @@ class FederatedServer:
             cid = self.nodes.get(node, str(node))
             label = f"sampled client {i + 1}" if self.guard.enabled else cid  # DP: logs do not name the sample
             answered.add(node)
-            if rep.has_error():
-                failures[cid] = error_summary(rep.error.reason)
-                forget_if_stale(self.state, cid, rep.error.reason)
+            if rep.has_error():  # (a failed rebuild was already forgotten by the grid's reply hook)
+                tally.failures[cid] = error_summary(rep.error.reason)
                 continue
             upd = rep.content.config_records.get(fm.UPDATE)
             met = fm.metrics_of(rep.content)
@@ -298,14 +286,14 @@ class FederatedServer:
             reason = agg.offer(label, upd["blob"], self.guard.weight(met.get(fm.NUM_EXAMPLES, 0)))
             self.state.client_versions[cid] = version  # it rebuilt the broadcast it trained on
             if reason is None:
-                self._accepted(cid, met, version, losses, tok_s, bits)
+                self._accept(cid, met, version, tally)
         for n in nodes:
             if n not in answered:
-                failures[self.nodes[n]] = f"no reply within {self.s.round_timeout:.0f} s"
+                tally.failures[self.nodes[n]] = f"no reply within {self.s.round_timeout:.0f} s"
         return agg.result()
 
-    def _apply_round(self, server_round: int, nodes: list[int], res: RoundAggregate, failures: dict[str, str],
-                     losses: list, tok_s: list, bits: list, started: float) -> dict[str, Any]:
+    def _apply_round(self, server_round: int, nodes: list[int], res: RoundAggregate, tally: RoundTally,
+                     started: float) -> dict[str, Any]:
         """DP noise + accounting, the server optimiser step, and the round's metrics row."""
         aborted = len(res.accepted) < max(1, self.s.min_fit_clients)
         st = self.state
@@ -327,27 +315,37 @@ class FederatedServer:
         else:
             log.warning("round %d aborted: %d accepted updates < min_fit_clients=%d (model unchanged)",
                         server_round, len(res.accepted), self.s.min_fit_clients)
-        wsum = sum(w for _, w in losses)
-        train_loss = sum(loss * w for loss, w in losses) / wsum if wsum else float("nan")
         self.round_sample = sorted(self.nodes[n] for n in nodes)  # who evaluates with eval_on "round"
+        sums = tally.fields()
         return {
             "round": server_round,
-            **released_round_fields(self.round_sample, failures, secret=self.guard.enabled),
+            **released_round_fields(self.round_sample, tally.failures, secret=self.guard.enabled),
             "accepted": len(res.accepted),
             "rejected": dict(res.rejected),
             "aborted": aborted,
-            "train_loss": train_loss,
-            "client_tokens_per_s": float(np.mean(tok_s)) if tok_s else 0.0,
+            "train_loss": sums["train_loss"],
+            "client_tokens_per_s": sums["client_tokens_per_s"],
             "update_norm": update_norm,
             **probe,
-            "index_bits_over_bound": bits[0] / bits[1] if bits[1] > 0 else float("nan"),
+            "index_bits_over_bound": sums["index_bits_over_bound"],
             "train_seconds": time.perf_counter() - started,
         }
 
     def evaluate(self, server_round: int, only: Iterable[str] | None = None) -> dict[str, Any]:
         """Every client (or the cohort, or the clients named in ``only``) scores the current broadcast
-        adapter on its private validation split (:func:`fedcogen.server.fl.fl_evaluate.evaluate_round`)."""
-        return evaluate_round(self, server_round, only)
+        adapter on its private validation split: configure_evaluate -> send -> aggregate_evaluate
+        (:mod:`fedcogen.server.fl.fl_evaluate`)."""
+        msgs = configure_evaluate(self.nodes, self._eval_cohort(only), server_round,
+                                  lambda cid: {**self._client_config(server_round), **fm.patch_fields(self.patch_for(cid))})
+        return aggregate_evaluate(self.send(msgs, "evaluate", server_round), self.nodes, self.state)
+
+    def _eval_cohort(self, only: Iterable[str] | None) -> set[str] | None:
+        """Which clients evaluate: every one, the ``eval_clients`` cohort, ``only``, or both (None: all)."""
+        keep = None if only is None else set(only)
+        cohort = eval_cohort(set(self.nodes.values()), self.s.eval_clients, self.s.seed)
+        if cohort is not None:
+            keep = cohort if keep is None else keep & cohort
+        return keep
 
     # ------------------------------------------------------------------ main loop
 
@@ -356,7 +354,7 @@ class FederatedServer:
         st = self.state
         if st.round == 0 and not st.metrics:
             entry = {"round": 0, **self.evaluate(0)}
-            entry.update(self._bytes_of_round(0))
+            entry.update(self.ledger.round_bytes(0))
             st.metrics.append(entry)
             log.info("round 0: eval loss %.4f", entry["eval_loss"])
         last = self.s.rounds if not self.s.stop_after else min(self.s.rounds, self.s.stop_after)
@@ -380,7 +378,7 @@ class FederatedServer:
             if self.accountant is not None:
                 eps = self.accountant.epsilon() if self.guard.central else self.guard.local_epsilon(st.participations)
                 entry["dp_epsilon" if self.guard.central else "dp_local_epsilon"] = float(eps)
-            entry.update(self._bytes_of_round(r))
+            entry.update(self.ledger.round_bytes(r))
             entry["round_seconds"] = time.perf_counter() - started  # training, broadcast and evaluation
             st.metrics.append(entry)
             save_state(self.out, st, self.s)
@@ -399,13 +397,6 @@ class FederatedServer:
             return self._accountant().would_exceed(self.s.dp_target_epsilon, self._sample_rate())
         self._accountant()
         return self.guard.local_epsilon(self.state.participations, extra=1) > self.s.dp_target_epsilon
-
-    def _bytes_of_round(self, server_round: int) -> dict[str, int]:
-        """This round's bytes (its rows are still pending: the journal gets them at the checkpoint)."""
-        rows = [e for e in self.state.ledger if e["round"] == server_round]
-        up = sum(e["bytes"] for e in rows if e["direction"] == "up")
-        down = sum(e["bytes"] for e in rows if e["direction"] == "down")
-        return {"bytes_up": up, "bytes_down": down, "cum_bytes": self.state.bytes_total}
 
     def write_outputs(self) -> dict[str, Any]:
         if self.s.dp_mode != "none":

@@ -3,7 +3,7 @@
 The server keeps the true global adapter ``G`` and the broadcast adapter ``B`` every up-to-date
 client has rebuilt. Each round's broadcast is the top-k of ``G - B`` (whatever was not sent stays
 in the gap, the server residual); clients that missed rounds get the ``chain`` of broadcast deltas
-they missed (the last ``catchup.KEEP`` deltas are kept, checkpointed) or, where smaller, a lossless
+they missed (the last :data:`KEEP_DELTAS` deltas are kept, checkpointed) or, where smaller, a lossless
 ``overwrite`` of every coordinate changed since their version; unknown clients a chain or ``full``
 patch from the seeded initial adapter.
 
@@ -31,7 +31,6 @@ from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols.codecs import sparse_codec as codec
 from fedcogen.protocols.codecs.patch_chain import pack_chain
 from fedcogen.run_config import FLSettings
-from fedcogen.server.fl.catchup import chain_size, keep_delta
 from fedcogen.server.fl.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from fedcogen.server.fl.dp_guard import dp_fingerprint
 
@@ -39,6 +38,25 @@ LEDGER_JOURNAL = "ledger.jsonl"
 ROUNDS_JOURNAL = "rounds.jsonl"
 
 UNKNOWN = -1
+
+# A chain re-sends every delta a client missed, so it only pays for clients a few versions behind;
+# keeping the last KEEP_DELTAS deltas bounds the server's memory and checkpoint, and clients further
+# behind (or new ones, once version 1 is gone) get the lossless overwrite patch.
+KEEP_DELTAS = 32
+
+
+def keep_delta(deltas: dict[int, bytes], version: int, blob: bytes, keep: int = KEEP_DELTAS) -> None:
+    """Keep ``blob`` as version ``version``'s broadcast delta, dropping all but the last ``keep``."""
+    deltas[version] = bytes(blob)
+    for old in sorted(deltas)[:-keep]:
+        del deltas[old]
+
+
+def chain_size(deltas: dict[int, bytes], base: int, cur: int) -> int | None:
+    """Bytes of the chain from version ``base`` to ``cur`` (None if a delta is no longer kept)."""
+    if cur <= base or any(v not in deltas for v in range(base + 1, cur + 1)):
+        return None
+    return sum(len(deltas[v]) for v in range(base + 1, cur + 1))
 
 
 @dataclass

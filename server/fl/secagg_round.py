@@ -5,7 +5,7 @@ sharing, masked upload, unmasking) that asks a legacy ``Strategy`` whom to train
 unmasked result. :class:`_RoundStrategy` is that strategy for one round of our own loop: it returns the
 sampled nodes with a ``FitIns`` whose config is our train config (settings + the sparse broadcast
 patch: the download stays the sparse broadcast), and keeps the aggregate. Every message of every
-stage goes through the server's ledger (:meth:`FederatedServer._send`), booked under its stage.
+stage goes through the server's ledger grid (:mod:`fedcogen.server.fl.byte_ledger`), booked under its stage.
 
 What the server gets is the uniform mean of the clients' values at the round's shared random
 support (weights 1, ``max_weight`` 1); it cannot check any single update (that is the point), so
@@ -15,12 +15,14 @@ clipping is the clients' job, done before the values leave them (:mod:`fedcogen.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from fedcogen.run_config import FLSettings
 from fedcogen.secagg import round_support, unflatten
-from fedcogen.server.fl.fl_state import forget_if_stale
 
 log = logging.getLogger(__name__)
 
@@ -29,35 +31,31 @@ MODULUS_RANGE = 2**32  # sums of up to 2**10 clients fit
 RECONSTRUCTION_THRESHOLD = 0.6  # share of a node's neighbours needed to unmask it
 
 
-class _LedgerGrid:
-    """The server's grid, with every send booked in its ledger under the SecAgg+ stage."""
+def secagg_phase(msg: Any) -> str:
+    """The ledger phase of a SecAgg+ message: its workflow stage (the masked upload is the training)."""
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
-    def __init__(self, server: Any, server_round: int) -> None:
-        self._server = server
-        self._round = server_round
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._server.grid, name)
-
-    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
-        from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
-
-        messages = list(messages)
-        stage = "train"
-        if messages and RECORD_KEY_CONFIGS in messages[0].content.config_records:
-            stage = str(messages[0].content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE, "train"))
-        phase = "train" if stage == "collect_masked_vectors" else f"secagg_{stage}"
-        replies = self._server._send(messages, phase, self._round)
-        for rep in replies:  # as in the plain path: a client that lost its broadcast gets a full patch next time
-            if rep.has_error():
-                cid = self._server.nodes.get(int(rep.metadata.src_node_id), "")
-                forget_if_stale(self._server.state, cid, rep.error.reason)
-        return replies
+    stage = "train"
+    if msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
+        stage = str(msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE, "train"))
+    return "train" if stage == "collect_masked_vectors" else f"secagg_{stage}"
 
 
-def secure_round(server: Any, server_round: int, nodes: list[int],
-                 configs: dict[int, dict[str, Any]]) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
-    """Run SecAgg+ over ``nodes`` (train config per node); returns (mean adapter or None, round info).
+@dataclass(frozen=True)
+class SecureRoundInputs:
+    """What a SecAgg+ round needs from the server: settings, the sampled nodes' train configs, who is who,
+    and the adapter's shapes."""
+
+    settings: FLSettings
+    server_round: int
+    configs: Mapping[int, dict[str, Any]]  # sampled node -> train config
+    client_of: Mapping[int, str]
+    shapes: Mapping[str, tuple[int, ...]]
+
+
+def secure_round(grid: Any, inputs: SecureRoundInputs) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
+    """Run SecAgg+ over the sampled nodes through ``grid`` (the server's ledger grid, phases by
+    :func:`secagg_phase`); returns (mean adapter or None, round info).
 
     The info holds ``accepted`` (client ids whose masked vector entered the sum), ``metrics`` (their
     FitRes metrics) and ``failures`` (clients that dropped).
@@ -71,7 +69,7 @@ def secure_round(server: Any, server_round: int, nodes: list[int],
     from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
     from flwr.server.workflow.constant import Key as WorkflowKey
 
-    grid = _LedgerGrid(server, server_round)
+    server_round, configs, nodes = inputs.server_round, inputs.configs, list(inputs.configs)
     info: dict[str, Any] = {"accepted": [], "metrics": [], "failures": {}, "mean": None}
 
     class _RoundStrategy(Strategy):
@@ -106,21 +104,21 @@ def secure_round(server: Any, server_round: int, nodes: list[int],
     state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
     base = Context(run_id=0, node_id=0, node_config={}, state=state, run_config={})
     legacy = LegacyContext(context=base, config=ServerConfig(num_rounds=1), strategy=_RoundStrategy())
-    s = server.s
+    s = inputs.settings
     workflow = SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=RECONSTRUCTION_THRESHOLD, max_weight=1.0,
                                   clipping_range=s.secagg_range, quantization_range=QUANTIZATION_RANGE,
                                   modulus_range=MODULUS_RANGE, timeout=s.round_timeout)
     workflow(grid, legacy)
     accepted = set(info["accepted"])
-    info["failures"] = {server.nodes[n]: "dropped out of SecAgg+" for n in nodes if server.nodes[n] not in accepted}
+    info["failures"] = {inputs.client_of[n]: "dropped out of SecAgg+" for n in nodes if inputs.client_of[n] not in accepted}
     if info["mean"] is None:
         return None, info
-    dim = int(sum(np.prod(v) for v in server.shapes.values()))
+    dim = int(sum(np.prod(v) for v in inputs.shapes.values()))
     support = round_support(s.round_settings(server_round), server_round, dim)  # warm-up rounds: every entry
     if info["mean"].size != support.size:
         raise RuntimeError(f"SecAgg+ returned {info['mean'].size} values for a support of {support.size}")
     flat = np.zeros(dim, np.float32)
     flat[support] = info["mean"]
-    return unflatten(flat, server.shapes), info
+    return unflatten(flat, dict(inputs.shapes)), info
 
 

@@ -1,5 +1,5 @@
 """The server side of sparse secure aggregation: a FedAvg strategy over the flat adapter behind
-Flower's ``SecAggPlusWorkflow``, and a recording grid that counts every message's bytes.
+Flower's ``SecAggPlusWorkflow``, and a recording grid that books every message in the server's byte ledger.
 
 The server learns only the masked vectors and, after unmasking, the mean at the public support
 (see :mod:`fedcogen.secagg`). The masked vectors it received are kept for inspection (tests check
@@ -8,7 +8,6 @@ they reveal nothing).
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,91 +16,59 @@ import numpy as np
 
 from fedcogen.protocols.codecs.sparse_codec import decode_sparse, densify
 from fedcogen.secagg import SecAggRunConfig, round_seed, shared_support
+from fedcogen.server.fl.byte_ledger import ByteLedger, LedgerGrid, by_phase
 
 
 @dataclass
 class Recorder:
-    """What the server side saw: bytes per stage/direction, masked vectors, aggregates, timings."""
+    """What the server side saw: every message booked in a byte ledger (:mod:`fedcogen.server.fl.byte_ledger`,
+    the same one the federated server uses), masked vectors, aggregates, timings."""
 
-    bytes_down: dict[str, int] = field(default_factory=dict)
-    bytes_up: dict[str, int] = field(default_factory=dict)
-    messages: int = 0
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+    bytes_total: int = 0
     masked_vectors: list[dict[str, Any]] = field(default_factory=list)
     aggregates: list[dict[str, Any]] = field(default_factory=list)
     round_seconds: list[float] = field(default_factory=list)
     keep_masked: bool = True
     final: np.ndarray | None = None  # the global vector after the last round
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, direction: str, stage: str, n: int) -> None:
-        with self._lock:
-            book = self.bytes_down if direction == "down" else self.bytes_up
-            book[stage] = book.get(stage, 0) + int(n)
-            self.messages += 1
 
     def summary(self) -> dict[str, Any]:
+        down, up = by_phase(self.ledger, "down"), by_phase(self.ledger, "up")
         return {
-            "bytes_down": dict(self.bytes_down),
-            "bytes_up": dict(self.bytes_up),
-            "total_bytes_down": int(sum(self.bytes_down.values())),
-            "total_bytes_up": int(sum(self.bytes_up.values())),
-            "messages": self.messages,
+            "bytes_down": down,
+            "bytes_up": up,
+            "total_bytes_down": int(sum(down.values())),
+            "total_bytes_up": int(sum(up.values())),
+            "messages": len(self.ledger),
             "round_seconds": list(self.round_seconds),
         }
 
 
-def _stage_of(content: Any) -> str:
+def _stage_of(msg: Any) -> str:
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
-    cfgs = content.config_records
+    cfgs = msg.content.config_records if msg.has_content() else {}
     if RECORD_KEY_CONFIGS in cfgs and Key.STAGE in cfgs[RECORD_KEY_CONFIGS]:
         return str(cfgs[RECORD_KEY_CONFIGS][Key.STAGE])
     return "fit"
 
 
-def _message_bytes(msg: Any) -> int:
-    from flwr.common.serde import message_to_proto, recorddict_to_proto
+def recording_grid(grid: Any, recorder: Recorder, server_round: int) -> LedgerGrid:
+    """The server's Grid with every message booked by stage, keeping the masked vectors it received."""
 
-    try:
-        return int(message_to_proto(msg).ByteSize())
-    except Exception:  # noqa: BLE001 - an outgoing message without full metadata: payload only
-        return int(recorddict_to_proto(msg.content).ByteSize())
-
-
-class RecordingGrid:
-    """Wraps the server's Grid: counts serialized bytes of every message and keeps masked vectors."""
-
-    def __init__(self, grid: Any, recorder: Recorder, server_round: int) -> None:
-        self._grid = grid
-        self._rec = recorder
-        self._round = server_round
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-    def send_and_receive(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+    def keep_masked(rep: Any) -> None:
         from flwr.common import bytes_to_ndarray
         from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
-        messages = list(messages)
-        stages = {}
-        for m in messages:
-            stage = _stage_of(m.content)
-            stages[m.metadata.dst_node_id] = stage
-            self._rec.add("down", stage, _message_bytes(m))
-        replies = list(self._grid.send_and_receive(messages, *args, **kwargs))
-        for r in replies:
-            stage = stages.get(r.metadata.src_node_id, "fit")
-            self._rec.add("up", stage, _message_bytes(r))
-            if r.has_error() or not self._rec.keep_masked:
-                continue
-            cfgs = r.content.config_records
-            if RECORD_KEY_CONFIGS in cfgs and Key.MASKED_PARAMETERS in cfgs[RECORD_KEY_CONFIGS]:
-                vecs = [bytes_to_ndarray(b) for b in cfgs[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
-                self._rec.masked_vectors.append(
-                    {"round": self._round, "node_id": int(r.metadata.src_node_id), "vectors": vecs}
-                )
-        return replies
+        if rep.has_error() or not recorder.keep_masked:
+            return
+        cfgs = rep.content.config_records
+        if RECORD_KEY_CONFIGS in cfgs and Key.MASKED_PARAMETERS in cfgs[RECORD_KEY_CONFIGS]:
+            vecs = [bytes_to_ndarray(b) for b in cfgs[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
+            recorder.masked_vectors.append({"round": server_round, "node_id": int(rep.metadata.src_node_id),
+                                            "vectors": vecs})
+
+    return LedgerGrid(grid, ByteLedger(recorder), server_round, _stage_of, on_reply=keep_masked)
 
 
 def make_server_app(cfg: SecAggRunConfig, recorder: Recorder, initial: np.ndarray) -> Any:
@@ -158,7 +125,7 @@ def make_server_app(cfg: SecAggRunConfig, recorder: Recorder, initial: np.ndarra
 
             rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][WfKey.CURRENT_ROUND])
             t0 = time.perf_counter()
-            self.inner(RecordingGrid(grid, recorder, rnd), context)
+            self.inner(recording_grid(grid, recorder, rnd), context)
             recorder.round_seconds.append(time.perf_counter() - t0)
 
     app = ServerApp()
