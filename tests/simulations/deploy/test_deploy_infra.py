@@ -285,7 +285,7 @@ def test_deploy_local_cli_probe_writes_report_and_cleans_up(tmp_path: Path) -> N
 def test_deploy_local_run_config_keys_are_all_app_config_keys_and_overwrite_is_passed(tmp_path):
     """Flower rejects --run-config keys the app does not declare: every key deploy local sends must be one."""
     cfg = fedcogen_run_config(tmp_path, nodes=2, rounds=1, model="tiny", seed=0, min_fit=2, overwrite=True)
-    assert cfg["overwrite"] is True
+    assert cfg["output.overwrite"] is True
     assert set(cfg) <= set(app_config_keys(Path(__file__).resolve().parents[3]))
     args = build_parser().parse_args(["deploy", "local", "--overwrite", "--out", str(tmp_path)])
     assert args.overwrite is True
