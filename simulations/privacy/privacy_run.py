@@ -31,8 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fedcogen import dataset as d
 from fedcogen import results_json
 from fedcogen.protocols.privacy import dp
@@ -287,15 +285,9 @@ def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 1),
         "provenance": provenance(settings=cfg.to_dict(), seeds={"seed": cfg.run.seed}),
     }
-    results_json.write(out / "privacy.json", result, indent=2, default=_json_default)
+    # numpy scalars and arrays are converted by results_json itself; anything else JSON lacks is written as text
+    results_json.write(out / "privacy.json", result, indent=2, default=str)
     plots = privacy_plots(result, out)
     (out / "privacy.md").write_text(privacy_report(result, plots))
     return result
 
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.integer | np.floating):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
