@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import logging
 import os
 import shutil
@@ -28,6 +27,7 @@ from typing import Any
 from fedcogen.accelerator import resolve_device
 from fedcogen.client.fl.fl_clientapp import app as real_app
 from fedcogen.client.fl.node_data import federation_for
+from fedcogen.config_file import read_config_file
 from fedcogen.lora_adapter import LoraSpec, adapter_layout, lora_model, lora_spec, set_adapter
 from fedcogen.lora_exact import fold_cores
 from fedcogen.run_config import RUN_KEYS, FLSettings, attributes_of, coerce, flatten, load_run_config
@@ -116,17 +116,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     holding all of it is accepted as well. Flat run keys from before the grouping are errors naming
     the new key (:func:`fedcogen.run_config.attribute_for`).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"config file {p} does not exist")
-    if p.suffix == ".json":
-        data = json.loads(p.read_text())
-    else:
-        import tomllib
-
-        data = tomllib.loads(p.read_text())
-    if isinstance(data.get("simulation"), dict):
-        data = data["simulation"]
+    data = read_config_file(path, table="simulation")
     own = {f.name for f in dataclasses.fields(SimulationConfig)} - {"run"}
     values = flatten(data)
     return {**attributes_of({k: v for k, v in values.items() if k not in own}),

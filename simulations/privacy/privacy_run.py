@@ -23,7 +23,6 @@ What ``fedcogen privacy run`` does, and why each step is there:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 from fedcogen import dataset as d
 from fedcogen import results_json
+from fedcogen.config_file import read_config_file
 from fedcogen.protocols.privacy import dp
 from fedcogen.provenance import provenance
 from fedcogen.run_config import FLSettings
@@ -157,19 +157,7 @@ def quick_config(**overrides: Any) -> PrivacyRunConfig:
 
 def load_config(path: str | Path | None, quick: bool, **overrides: Any) -> PrivacyRunConfig:
     """Defaults (or quick defaults), then a JSON/TOML file (``[privacy]`` table accepted), then overrides."""
-    values: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} does not exist")
-        if p.suffix == ".json":
-            values = json.loads(p.read_text())
-        else:
-            import tomllib
-
-            values = tomllib.loads(p.read_text())
-        if isinstance(values.get("privacy"), dict):
-            values = values["privacy"]
+    values = read_config_file(path, table="privacy") if path else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return quick_config(**values) if quick else PrivacyRunConfig.from_flat(values)
 
