@@ -111,7 +111,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """A TOML or JSON config file as :meth:`SimulationConfig.from_dict` reads it.
 
     Run settings are written as in pyproject's ``[tool.flwr.app.config]`` (grouped keys, dotted
-    ``lora.r = 4`` or tables ``[lora]``), so one file serves ``flwr run --run-config`` and this; the
+    ``lora.r = 4`` or tables ``[lora]``), the same keys ``flwr run --run-config`` takes; the
     engine's own fields (``engine``, ``num_cpus_per_client``...) by name. A ``[simulation]`` table
     holding all of it is accepted as well. Flat run keys from before the grouping are errors naming
     the new key (:func:`fedcogen.run_config.attribute_for`).
