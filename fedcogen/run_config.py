@@ -1,15 +1,31 @@
-"""The run configuration of a federated sparse-LoRA run: one dataclass, one loader.
+"""The run configuration of a federated sparse-LoRA run: one dataclass, one key map, one loader.
 
 Why one place: the same settings reach the ServerApp from ``flwr run .`` (pyproject
 ``[tool.flwr.app.config]`` plus ``--run-config`` overrides), from ``fedcogen simulate`` (flags and
 config files) and from experiment configs (privacy, secure aggregation, demo) that *hold* an
 :class:`FLSettings` instead of copying its fields. Defaults, ranges, enums and the help text of
-every knob live here; a test checks pyproject's table equals :class:`FLSettings` defaults, and the
-CLI builds its flags from the field metadata.
+every knob live here; the CLI builds its flags from the field metadata.
 
-Strictness: :meth:`FLSettings.from_mapping` rejects unknown keys and malformed values with an error
-naming the key, so a typo in ``--run-config`` fails before a round runs instead of silently
-training on a default.
+Two spellings of one setting, both defined here:
+
+* **run-config keys**, grouped by concern as Flower's flowertune apps do (``lora.r``,
+  ``compress.density``, ``dp.noise-multiplier``, ...; :data:`RUN_KEYS`): what a user writes in
+  pyproject, ``flwr run --run-config`` and ``fedcogen simulate --config`` files. A test checks
+  pyproject's table equals :func:`app_config`.
+* **attribute names** (``lora_r``, ``density``): the Python fields, the flags of ``fedcogen
+  simulate`` (``--lora-r``), the keys inside train/evaluate messages and the ``settings`` recorded in
+  checkpoints and result files, so the modules that read settings need not know about the groups.
+
+Test-only knobs (fault injection, ``testing.*``) are fields too, so the test-only ClientApp receives
+them like any setting, but they are not in the project's table: ``flwr run .`` cannot turn on
+failures (Flower rejects overrides of keys the table lacks); the one-file app of the fault ClientApp
+declares them.
+
+Strictness: unknown keys and malformed values are errors naming the key, so a typo in
+``--run-config`` fails before a round runs instead of silently training on a default. A pre-grouping
+flat key (``lora_r``) is an error naming its new key (``lora.r``), not a warning: Flower itself
+rejects it against the grouped pyproject table, so accepting it elsewhere would make one config
+file work with ``fedcogen simulate`` and fail with ``flwr run``.
 """
 
 from __future__ import annotations
@@ -47,7 +63,7 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass(frozen=True)
 class FLSettings:
-    """Every knob of a federated run, as flat run-config keys (``[tool.flwr.app.config]``).
+    """Every knob of a federated run (run-config keys: :data:`RUN_KEYS`; ``[tool.flwr.app.config]``).
 
     The ServerApp reads them from ``context.run_config`` through :func:`load_run_config` and
     forwards the client-relevant ones (:data:`CLIENT_KEYS`) inside every ``train``/``evaluate``
@@ -202,12 +218,28 @@ class FLSettings:
         for raw_key, raw in values.items():
             key = str(raw_key).replace("-", "_")
             if key not in names:
-                raise RunConfigError(f"unknown run config key '{raw_key}' (known: {', '.join(sorted(names))})")
+                hint = (f"; '{raw_key}' is a grouped run-config key, here settings go by attribute name "
+                        f"('{ATTRIBUTES[raw_key]}')" if raw_key in ATTRIBUTES else "")
+                raise RunConfigError(f"unknown setting '{raw_key}' (known: {', '.join(sorted(names))}){hint}")
             kwargs[key] = coerce(key, names[key].default, raw)
         return cls(**kwargs)
 
+    @classmethod
+    def from_run_config(cls, values: Mapping[str, Any]) -> FLSettings:
+        """Typed settings from grouped run-config keys (dotted, or nested tables as TOML reads them)."""
+        return cls.from_mapping(attributes_of(values))
+
     def to_config(self) -> dict[str, Any]:
+        """Every setting by attribute name (what checkpoints and result files record)."""
         return dataclasses.asdict(self)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Every setting by grouped run-config key, in pyproject's order; test-only keys only when set
+        (the project's app does not declare them, and Flower rejects overrides of undeclared keys)."""
+        values = self.to_config()
+        defaults = _defaults()
+        return {key: values[name] for name, key in RUN_KEYS.items()
+                if name not in TEST_ONLY or values[name] != defaults[name]}
 
     def replace(self, **changes: Any) -> FLSettings:
         return dataclasses.replace(self, **changes)
@@ -261,6 +293,110 @@ CLIENT_KEYS = (
 )
 
 
+# Attribute name -> grouped run-config key, in the order of pyproject's [tool.flwr.app.config]. Groups
+# follow what a reader looks for (flowertune's model.* / train.* / strategy.*); the leaf is the old
+# name without its group prefix, hyphenated as Flower's own keys are.
+RUN_KEYS: dict[str, str] = {
+    "seed": "seed",
+    "model": "model.name",
+    "device": "model.device",
+    "data_dir": "data.dir",
+    "history_examples": "data.history-examples",
+    "fact_swaps": "data.fact-swaps",
+    "num_clients": "strategy.num-clients",
+    "clients_per_round": "strategy.clients-per-round",
+    "rounds": "strategy.rounds",
+    "min_fit_clients": "strategy.min-fit-clients",
+    "round_timeout": "strategy.round-timeout",
+    "server_opt": "strategy.server-opt",
+    "server_lr": "strategy.server-lr",
+    "max_update_norm": "strategy.max-update-norm",
+    "max_update_bytes": "strategy.max-update-bytes",
+    "stop_after": "strategy.stop-after",
+    "local_steps": "train.local-steps",
+    "batch_size": "train.batch-size",
+    "lr": "train.lr",
+    "max_seq_len": "train.max-seq-len",
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "lora_targets": "lora.targets",
+    "lora_mode": "lora.mode",
+    "density": "compress.density",
+    "scope": "compress.scope",
+    "quant": "compress.quant",
+    "index_coding": "compress.index-coding",
+    "down_density": "compress.down-density",
+    "down_quant": "compress.down-quant",
+    "warmup_rounds": "compress.warmup-rounds",
+    "eval_every": "eval.every",
+    "eval_on": "eval.on",
+    "eval_clients": "eval.clients",
+    "target_eval_loss": "eval.target-loss",
+    "dp_mode": "dp.mode",
+    "dp_clip_norm": "dp.clip-norm",
+    "dp_noise_multiplier": "dp.noise-multiplier",
+    "dp_delta": "dp.delta",
+    "dp_target_epsilon": "dp.target-epsilon",
+    "secagg": "secagg.mode",
+    "secagg_range": "secagg.range",
+    "out_dir": "output.dir",
+    "client_state_dir": "output.client-state-dir",
+    "resume": "output.resume",
+    "overwrite": "output.overwrite",
+    "fail_prob": "testing.fail-prob",
+    "fail_nodes": "testing.fail-nodes",
+}
+# test-only knobs: read by the fault-injection ClientApp only, never declared by the project's app
+TEST_ONLY = ("fail_prob", "fail_nodes")
+ATTRIBUTES: dict[str, str] = {key: name for name, key in RUN_KEYS.items()}  # grouped key -> attribute name
+
+
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(FLSettings)}
+
+
+def app_config(testing: bool = False) -> dict[str, Any]:
+    """The ``[tool.flwr.app.config]`` table of an app (flat dotted keys, as Flower flattens it): every
+    default; the test-only ``testing.*`` keys only for the fault-injection app (``testing=True``)."""
+    defaults = _defaults()
+    return {key: defaults[name] for name, key in RUN_KEYS.items() if testing or name not in TEST_ONLY}
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables (``{"lora": {"r": 8}}``, as TOML reads ``[lora]``) as dotted keys (``lora.r``).
+
+    The rule of Flower's ``flwr.common.config.flatten_dict`` (a test keeps them equal), written out
+    because importing Flower costs ``fedcogen --help`` most of a second.
+    """
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def attribute_for(key: str) -> str:
+    """The attribute name of a grouped run-config key (``_`` accepted for ``-``); an unknown key, or a
+    flat key from before the grouping, raises :class:`RunConfigError` naming the key to use."""
+    name = ATTRIBUTES.get(key.replace("_", "-"))
+    if name is not None:
+        return name
+    old = key.rsplit(".", 1)[-1].replace("-", "_")  # `lora_r`, or `run.lora_r` from an old [run] table
+    if old in RUN_KEYS:
+        raise RunConfigError(f"run config key '{key}' is now '{RUN_KEYS[old]}' (run-config keys are grouped; "
+                             "see [tool.flwr.app.config] in pyproject.toml)")
+    raise RunConfigError(f"unknown run config key '{key}' (known: {', '.join(RUN_KEYS.values())})")
+
+
+def attributes_of(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Grouped run-config values (dotted keys or nested tables) by attribute name; see :func:`attribute_for`."""
+    return {attribute_for(key): value for key, value in flatten(values).items()}
+
+
 def coerce(key: str, default: Any, raw: Any) -> Any:
     """``raw`` as the type of ``default``; bools accept true/false/1/0/yes/no only."""
     try:
@@ -290,12 +426,12 @@ def coerce(key: str, default: Any, raw: Any) -> Any:
 
 
 def load_run_config(run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> FLSettings:
-    """The one loader: a Flower ``context.run_config`` (plus overrides) -> validated settings.
+    """The one loader: a Flower ``context.run_config`` (plus overrides; grouped keys) -> validated settings.
 
     ``data_dir`` ``''`` resolves to ``<out_dir>/data`` here so every process of the run (server,
     simulated clients) agrees on one folder.
     """
-    settings = FLSettings.from_mapping({**dict(run_config), **dict(overrides or {})})
+    settings = FLSettings.from_mapping({**attributes_of(run_config), **attributes_of(overrides or {})})
     if not settings.data_dir:
         settings = settings.replace(data_dir=str(Path(settings.out_dir) / "data"))
     return settings

@@ -1,13 +1,16 @@
 """Every source file and module the README and docs/ name exists, so a move or a rename cannot leave a
 doc pointing at nothing (docs/DEVELOPING.md once named ``fedcogen/cli.py`` long after it became a package).
 
-What is checked, in README.md and docs/*.md:
+What is checked, in README.md and every markdown file under docs/ (docs/results/ included):
 
 * ``path/to/file.py`` (and ``.proto``): the file exists under the repository root; a bare ``name.py``
   exists somewhere in the source tree;
 * ``fedcogen.x.y[.name]``: the dotted module exists (``fedcogen.client`` is the ``client/`` folder, as
   pyproject's package-dir maps it), and a trailing name after the module is defined at its top level;
-* ``from fedcogen.x import a, b``: each imported name is defined at the module's top level.
+* ``from fedcogen.x import a, b``: each imported name is defined at the module's top level;
+* a relative markdown link ``[text](path)`` resolves from the doc's own folder, and a path under
+  ``docs/`` named in the text (``docs/results/dp_scale.json``) exists: a figure must cite a result file
+  that is committed, and a doc that moves must take its links along.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 PACKAGE_DIRS = {"client": "client", "server": "server", "protocols": "protocols", "simulations": "simulations"}
 SKIP_DIRS = {".venv", ".git", "runs", "node_modules", "__pycache__"}
 
 FILE_RE = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*[\w-]+\.(?:py|proto))\b")
 DOTTED_RE = re.compile(r"\bfedcogen(?:\.[A-Za-z_]\w*)+")
+LINK_RE = re.compile(r"\]\(([^)\s]+)\)")
+DOCS_PATH_RE = re.compile(r"(?<![\w./-])(docs/[\w./-]*\w)(?![\w./{-])")  # not a shell pattern (`x-{a,b}.json`)
 FROM_RE = re.compile(r"^[ \t]*from[ \t]+(fedcogen(?:\.\w+)*)[ \t]+import[ \t]+(?:\(([^)]*)\)|([\w \t,]+))", re.M)
 
 
@@ -71,9 +76,16 @@ def _resolve(dotted: str) -> tuple[Path | None, list[str]]:
     return here / "__init__.py", parts[i:]
 
 
-def stale_references(text: str) -> list[str]:
-    """What ``text`` names that does not exist."""
+def stale_references(text: str, folder: Path = ROOT) -> list[str]:
+    """What ``text`` (a doc in ``folder``) names that does not exist."""
     stale = []
+    for target in sorted(set(LINK_RE.findall(text))):
+        path = target.split("#", 1)[0]
+        if path and "://" not in path and not path.startswith("mailto:") and not (folder / path).exists():
+            stale.append(f"link {target}")
+    for path in sorted(set(DOCS_PATH_RE.findall(text))):
+        if not (ROOT / path).exists():
+            stale.append(f"file {path}")
     for path in sorted(set(FILE_RE.findall(text))):
         if "/" in path:
             if not (ROOT / path).is_file():
@@ -101,7 +113,7 @@ def stale_references(text: str) -> list[str]:
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_file_and_module_a_doc_names_exists(doc: Path) -> None:
-    assert stale_references(doc.read_text(encoding="utf-8")) == []
+    assert stale_references(doc.read_text(encoding="utf-8"), doc.parent) == []
 
 
 def test_the_checker_catches_moved_files_modules_and_names() -> None:
@@ -115,3 +127,12 @@ def test_the_checker_catches_moved_files_modules_and_names() -> None:
         "module fedcogen.simulations.data",
         "name vanished imported from fedcogen.models",
     ]
+
+
+def test_the_checker_catches_broken_links_and_uncommitted_result_files() -> None:
+    docs = ROOT / "docs"
+    text = ("[ok](results/dp_scale.json), [anchor](scale-and-dp.md#dp-at-cross-device-scale), "
+            "[web](https://flower.ai), `docs/results/dp_scale.json`; broken: [moved](docs/gpu.md), "
+            "[gone](results/bench_comm.json), `docs/results/never-committed.json`")
+    assert stale_references(text, docs) == ["link docs/gpu.md", "link results/bench_comm.json",
+                                            "file docs/results/never-committed.json"]

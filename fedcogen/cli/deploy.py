@@ -23,6 +23,7 @@ from typing import Any
 from fedcogen import results_json
 from fedcogen.cli.common import DEVICE_MODEL, cli_settings
 from fedcogen.provenance import provenance
+from fedcogen.run_config import RUN_KEYS, attributes_of, flatten
 from fedcogen.simulations.deploy import (
     FEDCOGEN_CLIENTAPP,
     Deployment,
@@ -35,9 +36,10 @@ DEFAULT_OUT = Path("runs/deploy")
 
 
 def app_config_keys(app_dir: Path) -> set[str]:
-    """Keys of ``[tool.flwr.app.config]``: Flower rejects ``--run-config`` keys not listed there."""
+    """Keys of ``[tool.flwr.app.config]`` as Flower flattens them (``lora.r``): Flower rejects
+    ``--run-config`` keys not listed there."""
     data = tomllib.loads((app_dir / "pyproject.toml").read_text())
-    return set(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+    return set(flatten(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})))
 
 
 def adapt_keys(config: dict[str, Any], known: set[str]) -> tuple[dict[str, Any], list[str]]:
@@ -56,9 +58,9 @@ def adapt_keys(config: dict[str, Any], known: set[str]) -> tuple[dict[str, Any],
 
 def fedcogen_run_config(out: Path, nodes: int, rounds: int, model: str, seed: int, min_fit: int,
                         overwrite: bool = False) -> dict[str, Any]:
-    """Run config for the fedcogen app in a deployment: one partition per SuperNode, state under ``out``
-    (``overwrite``: replace an earlier run there, which the ServerApp otherwise refuses)."""
-    return {
+    """Run config (grouped keys) for the fedcogen app in a deployment: one partition per SuperNode,
+    state under ``out`` (``overwrite``: replace an earlier run there, which the ServerApp otherwise refuses)."""
+    values = {
         "overwrite": overwrite,
         "model": model,
         "seed": seed,
@@ -70,6 +72,7 @@ def fedcogen_run_config(out: Path, nodes: int, rounds: int, model: str, seed: in
         "out_dir": str(out / "server"),
         "client_state_dir": str(out / "clients"),
     }
+    return {RUN_KEYS[name]: value for name, value in values.items()}
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -112,7 +115,10 @@ def run_local(args: argparse.Namespace) -> dict[str, Any]:
     else:
         run_config = fedcogen_run_config(out, args.nodes, args.rounds, args.model, args.seed, min_fit,
                                          overwrite=args.overwrite)
-    run_config.update(parse_overrides(args.run_config))
+    overrides = parse_overrides(args.run_config)
+    if not probe and args.app in (None, "fedcogen"):
+        attributes_of(overrides)  # an unknown or pre-grouping key: an error naming the key to use
+    run_config.update(overrides)
     run_config, dropped = adapt_keys(run_config, app_config_keys(app_dir))
     if dropped:
         print(f"note: the app at {app_dir} has no run-config keys {dropped}; not passed")
@@ -217,10 +223,10 @@ def print_commands(args: argparse.Namespace) -> str:
     lines += [
         "",
         "# ---- operator: run the fedcogen app on the federation (from the project folder)",
-        f"flwr run . {args.connection} --stream --run-config 'rounds={args.rounds} model=\"{args.model}\" "
-        f"num_clients={args.nodes} clients_per_round={args.nodes}'",
-        "# after a SuperLink crash: restart it with the same --database and re-submit with resume=true",
-        f"flwr run . {args.connection} --stream --run-config 'resume=true rounds={args.rounds}'",
+        f"flwr run . {args.connection} --stream --run-config 'strategy.rounds={args.rounds} "
+        f"model.name=\"{args.model}\" strategy.num-clients={args.nodes} strategy.clients-per-round={args.nodes}'",
+        "# after a SuperLink crash: restart it with the same --database and re-submit with output.resume=true",
+        f"flwr run . {args.connection} --stream --run-config 'output.resume=true strategy.rounds={args.rounds}'",
     ]
     text = "\n".join(lines)
     print(text)

@@ -133,10 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _write(path: str | None, result: Any, args: argparse.Namespace | None = None) -> None:
-    from fedcogen.simulations.privacy.privacy_run import _json_default
-
-    if path:
-        write_json(path, result, indent=2, default=_json_default, args=args)
+    if path:  # numpy values are converted by fedcogen.results_json; anything else JSON lacks is written as text
+        write_json(path, result, indent=2, default=str, args=args)
         print(f"wrote {path}")
 
 

@@ -1,8 +1,9 @@
 """`fedcogen simulate`: run a federated sparse-LoRA simulation with the real Flower apps.
 
-Settings come from defaults < a config file (``--config run.toml`` / ``.json``) < flags; every
-field of :class:`fedcogen.run_config.FLSettings` and of
-:class:`fedcogen.simulations.federation.federation.SimulationConfig` has a flag, built from the dataclasses.
+Settings come from defaults < a config file (``--config run.toml`` / ``.json``, run settings by
+their grouped pyproject keys) < flags; every field of :class:`fedcogen.run_config.FLSettings` and of
+:class:`fedcogen.simulations.federation.federation.SimulationConfig` has a flag, built from the
+dataclasses (``lora.r`` is ``--lora-r``, ``compress.density`` is ``--density``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--config", help="TOML or JSON file with SimulationConfig fields (TOML may use [simulation])")
+    p.add_argument("--config", help="TOML or JSON file: run settings by their grouped pyproject keys (lora.r, "
+                                    "compress.density, ...), engine fields by name (TOML may use [simulation]); "
+                                    "--print-config shows one")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     add_dataclass_flags(p, FLSettings)
     add_dataclass_flags(p, SimulationConfig, skip=("run",))
@@ -46,7 +49,7 @@ def build_config(args: argparse.Namespace) -> SimulationConfig:
 def _run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=1))
+        print(json.dumps(cfg.to_file_values(), indent=1))
         return 0
     try:
         result = run_federation(cfg)

@@ -43,7 +43,7 @@ from fedcogen.lora_adapter import adapter_layout, adapter_norm, adapter_sub, lor
 from fedcogen.protocols import fl_messages as fm
 from fedcogen.protocols.codecs import sparse_codec as codec
 from fedcogen.protocols.privacy import dp
-from fedcogen.run_config import FLSettings, load_run_config
+from fedcogen.run_config import RUN_KEYS, FLSettings, load_run_config
 from fedcogen.server.fl.agg_probe import ab_averaging_error, keeps_updates
 from fedcogen.server.fl.aggregation import (
     RoundAggregate,
@@ -409,7 +409,7 @@ class FederatedServer:
 
 
 def make_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
-    """A ServerApp whose settings are ``context.run_config`` updated with ``overrides``.
+    """A ServerApp whose settings are ``context.run_config`` updated with ``overrides`` (grouped run-config keys).
 
     ``flwr run`` (``flwr run .``, ``fedcogen simulate``, deployments) uses the module-level :data:`app`:
     pyproject ``[tool.flwr.app.config]`` plus ``--run-config`` overrides, validated by the one loader
@@ -432,7 +432,7 @@ def run_recorded(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     Why: Flower reports a ServerApp that raised only in its log ("Exit Code: 700") while ``flwr
     run`` exits 0, so callers (``fedcogen simulate``) read this record to fail with the cause.
     """
-    out_dir = str(run_config.get("out_dir") or FLSettings().out_dir)  # known even if the config is bad
+    out_dir = str(run_config.get(RUN_KEYS["out_dir"]) or FLSettings().out_dir)  # known even if the config is bad
     status = RunStatus(RUNNING, started=time.time(), pid=os.getpid())
     write_run_status(out_dir, status)
     try:

@@ -42,6 +42,17 @@ from fedcogen.simulations.federation.supervisor import (
 log = logging.getLogger(__name__)
 
 
+def flwr_run_args(app_dir: Path, connection: str, run_config: Mapping[str, Any]) -> list[str]:
+    """``flwr`` arguments that submit a run with ``run_config``: every ``k=v`` in *one* ``--run-config``.
+
+    Why one: Flower parses each ``--run-config`` into a nested dict and merges them one level deep, so
+    ``--run-config output.dir=A --run-config output.resume=true`` keeps only ``output.resume`` (the second
+    ``output`` table replaces the first); a single space-separated string is parsed as one table.
+    ``format_run_config`` refuses values with spaces, so the joined string splits back unambiguously.
+    """
+    items = format_run_config(run_config)
+    return ["run", str(app_dir), connection, *(["--run-config", " ".join(items)] if items else [])]
+
 class Deployment:
     """A local multi-process Flower deployment on loopback; use as a context manager.
 
@@ -291,11 +302,8 @@ class Deployment:
             raise DeploymentError(f"`flwr {' '.join(args)}` printed invalid JSON ({exc}): {text[-500:]}") from exc
 
     def submit_run(self, run_config: Mapping[str, Any] | None = None, follow: bool = True) -> int:
-        """``flwr run APP CONNECTION -c k=v ...``; returns the run id (and follows its log into logs/)."""
-        args = ["run", str(self.config.app_dir), self.config.connection]
-        for item in format_run_config(run_config or {}):
-            args += ["--run-config", item]
-        data = self.flwr_json(args)
+        """``flwr run APP CONNECTION --run-config 'k=v ...'``; returns the run id (and follows its log into logs/)."""
+        data = self.flwr_json(flwr_run_args(self.config.app_dir, self.config.connection, run_config or {}))
         if not data.get("success") or data.get("run-id") is None:
             raise DeploymentError(f"flwr run did not start a run: {data}")
         run_id = int(data["run-id"])

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import logging
 import os
 import shutil
@@ -28,9 +27,10 @@ from typing import Any
 from fedcogen.accelerator import resolve_device
 from fedcogen.client.fl.fl_clientapp import app as real_app
 from fedcogen.client.fl.node_data import federation_for
+from fedcogen.config_file import read_config_file
 from fedcogen.lora_adapter import LoraSpec, adapter_layout, lora_model, lora_spec, set_adapter
 from fedcogen.lora_exact import fold_cores
-from fedcogen.run_config import FLSettings, coerce, load_run_config
+from fedcogen.run_config import RUN_KEYS, FLSettings, attributes_of, coerce, flatten, load_run_config
 from fedcogen.server.fl.checkpoint import has_checkpoint, load_checkpoint
 from fedcogen.server.fl.fl_outputs import read_metrics
 from fedcogen.server.fl.fl_serverapp import FederatedServer
@@ -91,35 +91,36 @@ class SimulationConfig:
         kwargs = {k: coerce(k, getattr(cls, k), v) for k, v in flat.items() if k in own}
         return cls(run=FLSettings.from_mapping(run_values), **kwargs)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Flat view (what ``--print-config`` shows and ``from_dict`` reads back)."""
+    def to_file_values(self) -> dict[str, Any]:
+        """The config-file view: grouped run keys and this class's own fields (what ``--print-config``
+        shows and :func:`load_config_file` reads back)."""
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "run"}
-        return {**self.run.to_config(), **own}
+        return {**self.run.to_run_config(), **own}
 
     def settings(self) -> FLSettings:
         """The run config the ServerApp receives (data and client-state folders resolved under out_dir)."""
         state = self.run.client_state_dir or str(Path(self.run.out_dir) / "clients")
-        return load_run_config(self.run.to_config(),
-                               {"client_state_dir": state if self.persist_client_state else ""})
+        return load_run_config(self.run.to_run_config(),
+                               {RUN_KEYS["client_state_dir"]: state if self.persist_client_state else ""})
 
 
 ENGINES = ("flower", "loopback")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or JSON config file (a ``[simulation]`` table in TOML is accepted as well)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"config file {p} does not exist")
-    if p.suffix == ".json":
-        data = json.loads(p.read_text())
-    else:
-        import tomllib
+    """A TOML or JSON config file as :meth:`SimulationConfig.from_dict` reads it.
 
-        data = tomllib.loads(p.read_text())
-    if isinstance(data.get("simulation"), dict):
-        data = data["simulation"]
-    return data
+    Run settings are written as in pyproject's ``[tool.flwr.app.config]`` (grouped keys, dotted
+    ``lora.r = 4`` or tables ``[lora]``), the same keys ``flwr run --run-config`` takes; the
+    engine's own fields (``engine``, ``num_cpus_per_client``...) by name. A ``[simulation]`` table
+    holding all of it is accepted as well. Flat run keys from before the grouping are errors naming
+    the new key (:func:`fedcogen.run_config.attribute_for`).
+    """
+    data = read_config_file(path, table="simulation")
+    own = {f.name for f in dataclasses.fields(SimulationConfig)} - {"run"}
+    values = flatten(data)
+    return {**attributes_of({k: v for k, v in values.items() if k not in own}),
+            **{k: v for k, v in values.items() if k in own}}
 
 
 def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
@@ -156,7 +157,7 @@ def run_federation(cfg: SimulationConfig) -> dict[str, Any]:
     federation = LocalFederation(num_supernodes=settings.num_clients, num_cpus_per_client=cfg.num_cpus_per_client,
                                  num_gpus_per_client=cfg.num_gpus_per_client,
                                  log_to_driver=verbose, ray_address=cfg.ray_address)
-    run_flwr_app(app_dir, settings.to_config(), federation, work_dir=out, echo=verbose)
+    run_flwr_app(app_dir, settings.to_run_config(), federation, work_dir=out, echo=verbose)
     return _with_plots(finished_result(out, settings), out)
 
 

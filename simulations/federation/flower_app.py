@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen import source_root
-from fedcogen.run_config import FLSettings
+from fedcogen.run_config import app_config
 
 FEDCOGEN_SERVERAPP = "fedcogen.server.fl.fl_serverapp:app"
 FEDCOGEN_CLIENTAPP = "fedcogen.client.fl.fl_clientapp:app"
@@ -54,10 +54,11 @@ def write_app(folder: Path | str, clientapp: str = FEDCOGEN_CLIENTAPP,
     """Write a one-file Flower app (``pyproject.toml`` only) for the *installed* fedcogen package.
 
     Its components are the project's ServerApp and ``clientapp``; its ``[tool.flwr.app.config]`` is
-    every :class:`FLSettings` default (updated with ``overrides``), so any knob can be overridden
-    with ``flwr run --run-config`` exactly as on the project folder.
+    the project's table (:func:`fedcogen.run_config.app_config`, grouped keys, updated with
+    ``overrides``), so any knob can be overridden with ``flwr run --run-config`` exactly as on the
+    project folder; the fault-injection app alone also declares the test-only ``testing.*`` keys.
     """
-    config = {**FLSettings().to_config(), **(overrides or {})}
+    config = {**app_config(testing=clientapp == FAULT_CLIENTAPP), **(overrides or {})}
     lines = [
         "[build-system]", 'requires = ["setuptools>=68"]', 'build-backend = "setuptools.build_meta"', "",
         "[project]", 'name = "fedcogenapp"', 'version = "1.0.0"',

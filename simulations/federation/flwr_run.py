@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedcogen.run_config import RUN_KEYS
 from fedcogen.server.fl.run_status import COMPLETED, FAILED, RunStatus, clear_run_status, read_run_status
 from fedcogen.simulations.federation.flower_app import toml_value
 from fedcogen.simulations.federation.supervisor import (
@@ -145,7 +146,7 @@ OWN_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (INFO|WARNING|ERROR) 
 
 def run_flwr_app(app_dir: Path | str, run_config: Mapping[str, Any], federation: LocalFederation,
                  work_dir: Path | str, timeout: float = 1800.0, echo: bool = False) -> str:
-    """Run ``flwr run`` on ``app_dir`` with ``run_config`` overrides; returns its log text.
+    """Run ``flwr run`` on ``app_dir`` with ``run_config`` overrides (grouped keys); returns its log text.
 
     ``work_dir`` receives ``flwr-home/`` (the private Flower config, FAB install, SuperLink
     database) and ``flwr-run.log`` (everything ``flwr run --stream`` printed). Raises
@@ -158,7 +159,7 @@ def run_flwr_app(app_dir: Path | str, run_config: Mapping[str, Any], federation:
     home = work / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
-    out_dir = Path(str(run_config.get("out_dir", "")))
+    out_dir = Path(str(run_config.get(RUN_KEYS["out_dir"], "")))
     checked = out_dir.is_absolute()
     if checked:
         clear_run_status(out_dir)  # an old record must never pass for this run's

@@ -23,7 +23,6 @@ What ``fedcogen privacy run`` does, and why each step is there:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -31,10 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fedcogen import dataset as d
 from fedcogen import results_json
+from fedcogen.config_file import read_config_file
 from fedcogen.protocols.privacy import dp
 from fedcogen.provenance import provenance
 from fedcogen.run_config import FLSettings
@@ -159,19 +157,7 @@ def quick_config(**overrides: Any) -> PrivacyRunConfig:
 
 def load_config(path: str | Path | None, quick: bool, **overrides: Any) -> PrivacyRunConfig:
     """Defaults (or quick defaults), then a JSON/TOML file (``[privacy]`` table accepted), then overrides."""
-    values: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} does not exist")
-        if p.suffix == ".json":
-            values = json.loads(p.read_text())
-        else:
-            import tomllib
-
-            values = tomllib.loads(p.read_text())
-        if isinstance(values.get("privacy"), dict):
-            values = values["privacy"]
+    values = read_config_file(path, table="privacy") if path else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return quick_config(**values) if quick else PrivacyRunConfig.from_flat(values)
 
@@ -287,15 +273,9 @@ def run_privacy(cfg: PrivacyRunConfig) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 1),
         "provenance": provenance(settings=cfg.to_dict(), seeds={"seed": cfg.run.seed}),
     }
-    results_json.write(out / "privacy.json", result, indent=2, default=_json_default)
+    # numpy scalars and arrays are converted by results_json itself; anything else JSON lacks is written as text
+    results_json.write(out / "privacy.json", result, indent=2, default=str)
     plots = privacy_plots(result, out)
     (out / "privacy.md").write_text(privacy_report(result, plots))
     return result
 
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.integer | np.floating):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)

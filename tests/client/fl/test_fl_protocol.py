@@ -32,12 +32,11 @@ def test_pyproject_flower_config_matches_settings() -> None:
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert cfg["components"] == {"serverapp": "fedcogen.server.fl.fl_serverapp:app",
                                  "clientapp": "fedcogen.client.fl.fl_clientapp:app"}
-    fields = {f.name for f in dataclasses.fields(FLSettings)}
-    assert set(cfg["config"]) == fields
-    settings = FLSettings.from_mapping(cfg["config"])
+    # grouped keys (tests/core/test_run_config.py checks the table key for key)
+    settings = FLSettings.from_run_config(cfg["config"])
+    assert cfg["config"]["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05, "targets": "q_proj,v_proj", "mode": "lora"}
     assert settings.lora_r == 8 and settings.lora_alpha == 16 and settings.lora_targets == "q_proj,v_proj"
-    # the pyproject table is the dataclass defaults, key for key and value for value
-    assert settings == FLSettings() and cfg["config"] == FLSettings().to_config()
+    assert settings == FLSettings()
     # SimulationConfig holds the run config instead of copying its fields
     sim_only = {"num_cpus_per_client", "num_gpus_per_client", "engine", "persist_client_state", "ray_address"}
     assert {f.name for f in dataclasses.fields(SimulationConfig)} - sim_only == {"run"}
@@ -141,12 +140,14 @@ def test_simulate_cli_config_file_and_flags(tmp_path) -> None:
     from fedcogen.cli import simulate as simulate_cli
 
     cfg_file = tmp_path / "run.toml"
-    cfg_file.write_text('[simulation]\nrounds = 7\ndensity = 0.02\nmodel = "tiny"\n')
+    cfg_file.write_text('[simulation]\nstrategy.rounds = 7\ncompress.density = 0.02\nmodel.name = "tiny"\n'
+                        'engine = "loopback"\n')
     parser = argparse.ArgumentParser()
     simulate_cli.register(parser.add_subparsers())
     args = parser.parse_args(["simulate", "--config", str(cfg_file), "--density", "0.05", "--resume"])
     cfg = simulate_cli.build_config(args)
     assert cfg.run.rounds == 7 and cfg.run.density == 0.05 and cfg.run.resume is True and cfg.run.model == "tiny"
+    assert cfg.engine == "loopback"
     (tmp_path / "bad.json").write_text(json.dumps({"roundz": 3}))
     args = parser.parse_args(["simulate", "--config", str(tmp_path / "bad.json")])
     with pytest.raises(ValueError, match="roundz"):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from fedcogen.run_config import RUN_KEYS
 from fedcogen.simulations import deploy as dp
 
 pytestmark = pytest.mark.slow
@@ -38,8 +39,10 @@ FAST = {  # smallest settings that still train, evaluate and checkpoint (spawn t
 
 
 def _config(tmp: Path, name: str, **extra: object) -> dict[str, object]:
-    return {**FAST, "data_dir": str(tmp / "data"), "out_dir": str(tmp / name / "server"),
-            "client_state_dir": str(tmp / name / "clients"), **extra}
+    """The run config ``flwr run --run-config`` sends (grouped keys) for settings named by attribute."""
+    values = {**FAST, "data_dir": str(tmp / "data"), "out_dir": str(tmp / name / "server"),
+              "client_state_dir": str(tmp / name / "clients"), **extra}
+    return {RUN_KEYS[key]: value for key, value in values.items()}
 
 
 def _metrics(tmp: Path, name: str) -> dict:

@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+from flwr.common.config import parse_config_args
 
 from fedcogen.cli import build_parser
 from fedcogen.cli.deploy import app_config_keys, fedcogen_run_config
 from fedcogen.simulations import deploy as dp
 from fedcogen.simulations.deploy.certs import create_cert_bundle, load_bundle
+from fedcogen.simulations.deploy.deployment import flwr_run_args
 
 
 def _mode(path: Path) -> int:
@@ -285,7 +287,17 @@ def test_deploy_local_cli_probe_writes_report_and_cleans_up(tmp_path: Path) -> N
 def test_deploy_local_run_config_keys_are_all_app_config_keys_and_overwrite_is_passed(tmp_path):
     """Flower rejects --run-config keys the app does not declare: every key deploy local sends must be one."""
     cfg = fedcogen_run_config(tmp_path, nodes=2, rounds=1, model="tiny", seed=0, min_fit=2, overwrite=True)
-    assert cfg["overwrite"] is True
+    assert cfg["output.overwrite"] is True
     assert set(cfg) <= set(app_config_keys(Path(__file__).resolve().parents[3]))
     args = build_parser().parse_args(["deploy", "local", "--overwrite", "--out", str(tmp_path)])
     assert args.overwrite is True
+
+
+def test_a_submitted_run_keeps_every_grouped_key() -> None:
+    """Flower merges several --run-config items one level deep: `output.dir` then `output.resume` kept only the
+    second, so a deployment's resumed run wrote to the default folder. One item holds them all."""
+    cfg = {"output.dir": "/tmp/a", "output.resume": True, "strategy.rounds": 2, "strategy.num-clients": 3}
+    args = flwr_run_args(Path("/app"), "fed", cfg)
+    assert args[:3] == ["run", "/app", "fed"] and args.count("--run-config") == 1
+    assert parse_config_args(args[args.index("--run-config") + 1:]) == cfg
+    assert flwr_run_args(Path("/app"), "fed", {}) == ["run", "/app", "fed"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fedcogen.provenance import source_digest
-from fedcogen.run_config import FLSettings, RunConfigError, load_run_config
+from fedcogen.run_config import FLSettings, RunConfigError, app_config, flatten, load_run_config
 from fedcogen.simulations.federation import supervisor
 from fedcogen.simulations.federation.flower_app import project_app_dir
 from fedcogen.simulations.federation.flwr_run import LocalFederation, run_flwr_app
@@ -28,20 +28,21 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_project_folder_is_the_flower_app() -> None:
     assert project_app_dir() == ROOT
     app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    assert app["config"] == FLSettings().to_config()
+    assert flatten(app["config"]) == app_config()
     # what the ServerApp does with `--run-config` overrides: validated, data folder resolved
-    settings = load_run_config(app["config"], {"rounds": 1, "out_dir": "/tmp/x"})
+    settings = load_run_config(flatten(app["config"]), {"strategy.rounds": 1, "output.dir": "/tmp/x"})
     assert settings.rounds == 1 and settings.data_dir == "/tmp/x/data"
+    assert settings.replace(rounds=2, out_dir=FLSettings().out_dir, data_dir="") == FLSettings()
     with pytest.raises(RunConfigError, match="roundz"):
-        load_run_config(app["config"], {"roundz": 1})
+        load_run_config(app["config"], {"strategy.roundz": 1})
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_flwr_run_dot_finishes_rounds_and_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    overrides = {"rounds": 2, "local_steps": 1, "batch_size": 2, "max_seq_len": 64, "num_clients": 2,
-                 "clients_per_round": 2, "out_dir": str(out)}
+    overrides = {"strategy.rounds": 2, "train.local-steps": 1, "train.batch-size": 2, "train.max-seq-len": 64,
+                 "strategy.num-clients": 2, "strategy.clients-per-round": 2, "output.dir": str(out)}
     seen: list[int] = []
     original_track = supervisor.ManagedProcess.track
 

@@ -61,7 +61,7 @@ def test_serverapp_failure_is_an_error_with_its_cause(tmp_path: Path) -> None:
     old_metrics = (out / "metrics.json").read_text()
     changed = FLSettings(**{**QUICK, "rounds": 3, "seed": 1, "resume": True, "out_dir": str(out)})
     with pytest.raises(RunFailed) as err:
-        run_flwr_app(project_app_dir(), changed.to_config(), LocalFederation(2, num_cpus_per_client=1.0),
+        run_flwr_app(project_app_dir(), changed.to_run_config(), LocalFederation(2, num_cpus_per_client=1.0),
                      work_dir=out, timeout=240)
     last = str(err.value).splitlines()[-1]
     assert last.startswith("ServerApp: CheckpointError") and "seed" in last, str(err.value)
