@@ -16,9 +16,9 @@ from fedcogen.client.fl.client_state import ClientState
 from fedcogen.lora_adapter import LoraSpec, adapter_layout, get_adapter, lora_model
 from fedcogen.models import shared_model
 from fedcogen.protocols.privacy import dp
-from fedcogen.server.fl.fl_state import KEEP_DELTAS as KEEP
 from fedcogen.server.fl.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fedcogen.server.fl.client_sampling import eval_cohort
+from fedcogen.server.fl.fl_state import KEEP_DELTAS as KEEP
 from fedcogen.simulations.federation.federation import SimulationConfig, run_federation
 
 pytestmark = pytest.mark.timeout(900)
