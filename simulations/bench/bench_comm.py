@@ -14,7 +14,7 @@ with the real Flower apps, the same data and seeds, and bytes from the server's 
 4. **Every variant** on every seed until its first evaluation at or below that seed's hardest level (or
    its cap); cost-to-target at each level = bytes of every message both ways up to that evaluation
    (down and up apart, and FlowerTune's FitIns + FitRes), ratio = dense / variant on the same seed, then
-   mean and a Student-t 95 % interval over the seeds.
+   the geometric mean over the seeds with a Student-t 95 % interval of the logs.
 
 Outputs in ``out_dir``: ``bench_comm.json`` (everything, with the preset and a provenance record),
 ``bench_comm.md`` (:mod:`fedcogen.simulations.bench.comm_report`), ``loss_vs_bytes.png`` / ``loss_vs_round.png``

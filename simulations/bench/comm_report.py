@@ -13,20 +13,22 @@ def _num(x: float | None, fmt: str = ",.0f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def _ratio_cell(iv: dict[str, Any], reached: int, of: int) -> str:
+def _ratio_cell(iv: dict[str, Any], of: int) -> str:
+    """Geometric mean [interval], and (n/N) when only n of the N seeds give a ratio (not reached, or met
+    by dense before training)."""
     if not iv["n"]:
         return f"- (0/{of})"
     core = f"{iv['mean']:.1f}x"
     if iv["lo"] is not None:
         core += f" [{iv['lo']:.1f}, {iv['hi']:.1f}]"
-    return core + (f" ({reached}/{of})" if reached < of else "")
+    return core + (f" ({iv['n']}/{of})" if iv["n"] < of else "")
 
 
 def ratio_table(r: dict[str, Any], key: str = "ratio") -> list[str]:
     names = r["level_names"]
     lines = ["| run | lr | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
     for row in r["runs"]:
-        cells = [_ratio_cell(row["levels"][n][key], row["levels"][n]["reached"], row["levels"][n]["of"])
+        cells = [_ratio_cell(row["levels"][n][key], row["levels"][n]["of"])
                  if row["name"] != "dense" else "1x" for n in names]
         lines.append(f"| {row['name']} | {row['lr']:g} | " + " | ".join(cells) + " |")
     return lines
@@ -45,6 +47,14 @@ def bytes_table(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _down_share(row: dict[str, Any]) -> str:
+    full = [n for n, c in row["levels"].items() if c["reached"] == c["of"] and c["bytes_all"]["mean"]]
+    if not full:
+        return "-"
+    c = max((row["levels"][n] for n in full), key=lambda c: c["bytes_all"]["mean"])
+    return f"{100 * c['bytes_down']['mean'] / c['bytes_all']['mean']:.0f} %"
+
+
 def target_lines(r: dict[str, Any]) -> list[str]:
     out = []
     names = r["level_names"]
@@ -61,8 +71,19 @@ def target_lines(r: dict[str, Any]) -> list[str]:
         met = r["meets"][target_key]
         miss = "" if met else f", missed by {target / iv['mean']:.1f}x"
         out.append(f"- **>= {target:g}x at {label}: {'met' if met else 'NOT met'}**: best {name}, "
-                   f"{iv['mean']:.1f}x{span} over {iv['n']} seeds{miss}.")
+                   f"{iv['mean']:.1f}x{span} over {iv['n']} of {row['levels'][level]['of']} seeds{miss}."
+                   + _weak_level_note(r, level))
     return out
+
+
+def _weak_level_note(r: dict[str, Any], level: str) -> str:
+    """A warning when a level asks for little of dense's improvement on some seed (below 25 %): on a model
+    whose loss barely moves, "final + 1 %" can sit at or above the loss before training."""
+    shares = [s["level_share_of_improvement"][level] for s in r["runs"][0]["seeds"]]
+    if min(shares) >= 0.25:
+        return ""
+    return (f" This level asks for only {', '.join(f'{100 * x:.0f} %' for x in shares)} of dense's improvement "
+            "on the seeds: it says little here.")
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -85,7 +106,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"{p['sweep_seed']}; lowest final loss wins.",
         "",
         "## Ratio dense bytes / run bytes, every message both ways (geometric mean [95 % t-interval of the logs] "
-        "over seeds; (n/N) when only n of N seeds reached the level)",
+        "over seeds; (n/N) when only n of N seeds gave a ratio: not reached, or met by dense before training)",
         "",
         *ratio_table(r),
         "",
@@ -120,6 +141,8 @@ def markdown(r: dict[str, Any]) -> str:
         losses = [lr["final_eval_loss_by_lr"].get(f"{x:g}") for x in p["lr_grid"]]
         edge = " (grid edge)" if lr["at_grid_edge"] else ""
         lines.append(f"| {name} | " + " | ".join(_num(v, ".4f") for v in losses) + f" | {lr['lr']:g}{edge} |")
+    lines += ["", "Downlink share of the bytes to the hardest level every seed reached (mean): " + ", ".join(
+        f"{row['name']} {_down_share(row)}" for row in r["runs"]) + ".", ""]
     lines += ["", "## Overheads (first seed's runs)", "", "| run | fixed B/message | share of upload | "
               "record headers | index bits / bound | value bits per sent value |", "|---|---:|---:|---:|---:|---:|"]
     for name, o in r["overhead"].items():
