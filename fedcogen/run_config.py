@@ -40,7 +40,7 @@ from fedcogen.accelerator import SETTINGS_HELP, DeviceError, check_setting
 from fedcogen.protocols.fl_messages import SchemaError
 
 SCOPES = ("per_tensor", "global")
-QUANTS = ("fp32", "fp16", "int8", "int4")
+QUANTS = ("fp32", "fp16", "int8", "int4", "sign1")
 LORA_MODES = ("lora", "freeze_a", "core", "core_rand")  # fedcogen.lora_exact (kept equal by a test)
 INDEX_CODINGS = ("auto", "bitmap", "delta_varint", "rice")
 SERVER_OPTS = ("fedavg", "fedadam", "fedyogi")
@@ -102,7 +102,7 @@ class FLSettings:
                                 "factors from a public-data gradient, exact), core_rand (core, random factors)")
     density: float = _f(0.01, "fraction of each client update sent (top-k; 1.0 = dense)")
     scope: str = _f("per_tensor", "top-k per_tensor or global")
-    quant: str = _f("int8", "value precision on the wire: fp32, fp16, int8, int4")
+    quant: str = _f("int8", "value precision on the wire: fp32, fp16, int8, int4, sign1 (1 bit + a per-tensor scale)")
     index_coding: str = _f("auto", "index code: auto, bitmap, delta_varint, rice")
     down_density: float = _f(0.0, "broadcast density (0 = density x clients_per_round)")
     down_quant: str = _f("", "broadcast precision ('' = same as quant)")

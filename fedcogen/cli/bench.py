@@ -10,7 +10,7 @@ from pathlib import Path
 from fedcogen.cli.bench_scale import add_scale
 from fedcogen.cli.common import add_command, add_group, add_json_out, module_doc, write_json
 from fedcogen.cli.flags import add_device_flag
-from fedcogen.simulations.bench.comm_variants import VARIANTS
+from fedcogen.simulations.bench.comm_config import CommBenchConfig, preset
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,19 +19,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="BENCH",
         description="Benchmarks with honest measurements. Each subcommand prints a table and can write JSON.",
     )
-    p = add_command(bsub, "comm", "bytes each compressed run needs to reach dense fp32 LoRA FedAvg's loss (within 1 percent)",
-                    description=module_doc("fedcogen.simulations.bench.bench_comm"), func=_comm)
-    p.add_argument("--quick", action="store_true", help="tiny model, 4 clients (minutes)")
+    p = add_command(bsub, "comm", "cost-to-target: bytes each compressed run needs to reach converged dense fp32 LoRA "
+                    "FedAvg's quality levels, over seeds", description=module_doc("fedcogen.simulations.bench.bench_comm"),
+                    func=_comm)
+    p.add_argument("--config", help="benchmark preset (TOML: [recipe] + [bench]); default "
+                   "simulations/bench/comm_full.toml (SmolLM2, full size), comm_quick.toml with --quick")
+    p.add_argument("--quick", action="store_true", help="the quick preset: random tiny model (about 25 min on 2 cores)")
     add_json_out(p)
     p.add_argument("--out-dir", default="runs/bench_comm", help="folder for runs, plots, bench_comm.md/.json")
-    p.add_argument("--variants", default="", help="comma-separated variants, each optionally NAME:N with its own "
-                   "round cap N (default: sparse-int8,core-int4 at "
-                   "full size, more with --quick); known: " + ", ".join(VARIANTS))
-    p.add_argument("--rounds", type=int, help="dense rounds (default 6)")
-    p.add_argument("--max-rounds", type=int, help="cap for the other runs (default 3 x dense rounds)")
-    p.add_argument("--local-steps", type=int, help="local steps per round (default 6)")
-    p.add_argument("--throughput", action=argparse.BooleanOptionalAction, default=None,
-                   help="also measure training throughput vs a plain PEFT loop (default: only with --quick)")
+    p.add_argument("--variants", default="", help="variants to compare, comma-separated names, each optionally NAME:N "
+                   "with its own round cap N (default: the preset's list)")
+    p.add_argument("--variants-file", help="TOML file defining the variants (default: the preset's, "
+                   "simulations/bench/comm_variants.toml)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
+    p.add_argument("--lr-grid", help="comma-separated learning rates every run family is swept over (default: the preset's)")
+    p.add_argument("--throughput", action=argparse.BooleanOptionalAction, default=False,
+                   help="also measure training throughput vs a plain PEFT loop")
     p.add_argument("--engine", default="loopback", choices=["loopback", "flower"],
                    help="loopback: same apps in one process (no Ray noise); flower: Ray simulation engine")
     p.add_argument("--reuse", action="store_true", help="read back runs already finished in --out-dir instead of "
@@ -99,12 +102,23 @@ def _adapters(args: argparse.Namespace) -> int:
     return 0
 
 
-def _comm(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.bench.bench_comm import print_table, run_bench
+def _csv(text: str | None, kind: type) -> tuple | None:
+    return tuple(kind(x) for x in text.split(",") if x.strip()) if text else None
 
-    result = run_bench(quick=args.quick, out_dir=args.out_dir, variants=args.variants, engine=args.engine,
-                       rounds=args.rounds, max_rounds=args.max_rounds, local_steps=args.local_steps,
-                       throughput=args.throughput, reuse=args.reuse, force_reuse=args.force_reuse)
+
+def comm_config(args: argparse.Namespace) -> CommBenchConfig:
+    """The preset (``--config`` or the full/quick one), then the flags that were given."""
+    cfg = CommBenchConfig.from_file(args.config) if args.config else preset(args.quick)
+    return cfg.with_overrides(variants=_csv(args.variants, str), seeds=_csv(args.seeds, int),
+                              lr_grid=_csv(args.lr_grid, float), variants_file=args.variants_file)
+
+
+def _comm(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.bench.bench_comm import run_bench
+    from fedcogen.simulations.bench.comm_report import print_table
+
+    result = run_bench(comm_config(args), out_dir=args.out_dir, engine=args.engine, reuse=args.reuse,
+                       force_reuse=args.force_reuse, throughput=args.throughput)
     print_table(result)
     if args.json_out:
         write_json(args.json_out, result, args=args)

@@ -21,7 +21,7 @@ MAX_NAME_BYTES = 1024
 
 CODINGS: dict[str, int] = {"none": 0, "dense": 1, "bitmap": 2, "delta_varint": 3, "rice": 4}
 CODING_NAMES: dict[int, str] = {v: k for k, v in CODINGS.items()}
-QUANTS: dict[str, int] = {"fp32": 0, "fp16": 1, "int8": 2, "int4": 3}
+QUANTS: dict[str, int] = {"fp32": 0, "fp16": 1, "int8": 2, "int4": 3, "sign1": 4}
 QUANT_NAMES: dict[int, str] = {v: k for k, v in QUANTS.items()}
 SELECTABLE_CODINGS = ("bitmap", "delta_varint", "rice")
 
@@ -68,6 +68,7 @@ class CodecConfig:
     density: float = 0.01  # fraction of entries sent; 1.0 = dense
     scope: str = "per_tensor"  # "per_tensor" | "global" top-k selection
     quant: str = "int8"  # "fp32" | "fp16" | "int8" (symmetric, per-tensor scale) | "int4" (sign + 3-bit level)
+    # | "sign1" (one bit + one f32 scale per tensor)
     index_coding: str = "auto"  # "auto" | "bitmap" | "delta_varint" | "rice"
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""Value quantisation of the sparse update format: fp32, fp16 (saturated), symmetric int8, or int4.
+"""Value quantisation of the sparse update format: fp32, fp16 (saturated), symmetric int8, int4, or sign1.
 
 Why hand-written: the values are the top-k entries of an error-fed-back update, a few thousand
 floats per tensor, and the quantiser must be bit-reproducible on both sides, bounded by a stated
@@ -11,6 +11,13 @@ occur. Each value is a sign bit and a 3-bit magnitude level ``q`` in 0..7 on the
 ``|v| = lo + q * step`` (``lo`` = smallest sent magnitude, ``step = (max - lo) / 7``), two per byte
 (first value in the low nibble). The error per value is at most ``step / 2``; error feedback carries
 it into the next round.
+
+``sign1`` sends one bit per value (set = negative, first value in the lowest bit) and one f32 scale per
+tensor, the mean magnitude of the sent values, so every value decodes to ``+-scale`` (EF-signSGD's
+scaled sign, Karimireddy et al. 2019: the scale keeps the tensor's L1 mass). Its error per value is not
+bounded by a small step (``| |v| - scale |``, up to the largest magnitude); the client's error feedback
+(``corrected - decoded``) carries the whole of it into the next round, which is what makes 1-bit values
+converge at all.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ FP16_MAX = 65504.0
 INT4_LEVELS = 7  # magnitude levels 0..7 (3 bits) plus a sign bit
 
 # how many float32 parameters each quantisation stores in a record header
-QUANT_PARAMS: dict[str, int] = {"fp32": 0, "fp16": 0, "int8": 1, "int4": 2}
+QUANT_PARAMS: dict[str, int] = {"fp32": 0, "fp16": 0, "int8": 1, "int4": 2, "sign1": 1}
 
 
 def value_bytes(quant: str, k: int) -> int:
@@ -36,6 +43,8 @@ def value_bytes(quant: str, k: int) -> int:
         return 2 * k
     if quant == "int8":
         return k
+    if quant == "sign1":
+        return (k + 7) // 8
     return (k + 1) // 2
 
 
@@ -53,7 +62,16 @@ def quantise(values: np.ndarray, quant: str) -> tuple[tuple[float, ...], bytes]:
             return (0.0,), np.zeros(v.size, dtype=np.int8).tobytes()
         q = np.clip(np.rint(v.astype(np.float64) / scale), -127, 127).astype(np.int8)
         return (scale,), q.tobytes()
+    if quant == "sign1":
+        return _quantise_sign1(v)
     return _quantise_int4(v)
+
+
+def _quantise_sign1(v: np.ndarray) -> tuple[tuple[float, ...], bytes]:
+    scale = float(np.float32(np.abs(v.astype(np.float64)).mean())) if v.size else 0.0
+    if not math.isfinite(scale):
+        raise ValueError("sign1 quantisation of non-finite values")
+    return (scale,), np.packbits(np.signbit(v), bitorder="little").tobytes()
 
 
 def _quantise_int4(v: np.ndarray) -> tuple[tuple[float, ...], bytes]:
@@ -86,6 +104,12 @@ def dequantise(payload: bytes | memoryview, quant: str, params: tuple[float, ...
             raise UpdateRejected("malformed", f"tensor {name!r}: int8 value -128 is outside symmetric range", name)
         with np.errstate(over="ignore"):  # a hostile scale may overflow: rejected as nonfinite below
             vals = q.astype(np.float32) * np.float32(params[0])
+    elif quant == "sign1":
+        bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8), bitorder="little")
+        if bits[k:].any():
+            raise UpdateRejected("malformed", f"tensor {name!r}: sign1 padding bits are not zero", name)
+        with np.errstate(over="ignore"):
+            vals = np.where(bits[:k].astype(bool), -np.float32(params[0]), np.float32(params[0])).astype(np.float32)
     else:
         raw = np.frombuffer(payload, dtype=np.uint8)
         nib = np.empty(2 * raw.size, dtype=np.uint8)
@@ -116,4 +140,6 @@ def error_bound(quant: str, params: tuple[float, ...]) -> float:
         return params[0] / 2
     if quant == "int4":
         return params[1] / 2
+    if quant == "sign1":
+        return math.inf  # | |v| - scale | is unbounded by the params; error feedback carries it
     return 0.0

@@ -48,6 +48,7 @@ SPARSE_KINDS = (
     "flip", "flip_crc", "truncate", "extend", "garbage", "nan", "inf", "wrong_schema", "unknown_tensor",
     "oversize", "huge_k", "lying_index_len", "short_values", "huge_count", "rice_long", "rice_param",
     "varint_long", "bitmap_bits", "duplicate", "out_of_range", "huge_gap", "int4_params", "int4_padding",
+    "sign1_scale", "sign1_padding",
 )
 LOGIT_KINDS = (
     "nan", "inf", "int8_scale", "dup_ids", "id_range", "huge_vocab", "value_bytes", "no_ids", "too_many_ids",
@@ -77,7 +78,7 @@ def _record(gap: int, k: int, coding: str, idx: bytes, vals: bytes, **kw: Any) -
     body = bytearray()
     ic.write_varint(body, kw.pop("count", 1))
     quant = kw.pop("quant", "fp32")
-    params = kw.pop("params", {"int8": (1.0,), "int4": (0.5, 0.25)}.get(quant, ()))
+    params = kw.pop("params", {"int8": (1.0,), "int4": (0.5, 0.25), "sign1": (1.0,)}.get(quant, ()))
     digest = kw.pop("digest", _DIGEST)
     codec._append_record(body, gap, k, coding, quant, params, idx, vals, **kw)
     return codec._assemble(bytes(body), digest)
@@ -87,7 +88,7 @@ def _make_good_blob(rng: np.random.Generator) -> bytes:
     update = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
     cfg = codec.CodecConfig(
         density=float(rng.choice([0.01, 0.1, 0.5])),
-        quant=str(rng.choice(["fp32", "fp16", "int8", "int4"])),
+        quant=str(rng.choice(["fp32", "fp16", "int8", "int4", "sign1"])),
         index_coding=str(rng.choice(["auto", "rice", "delta_varint", "bitmap"])),
     )
     return codec.encode_sparse(codec.topk_sparsify(update, cfg), cfg, SHAPES)
@@ -171,6 +172,12 @@ def malformed_sparse(rng: np.random.Generator, kind: str, max_bytes: int) -> byt
     if kind == "int4_padding":  # an odd k leaves a high nibble that must be zero
         return _record(0, 3, "delta_varint", bytes([1, 2, 3]), bytes([0x11, int(rng.integers(0x10, 0x100))]),
                        quant="int4")
+    if kind == "sign1_scale":  # NaN, infinite or negative scale of the 1-bit values
+        params = (float(rng.choice([np.nan, np.inf, -1.0])),)
+        return _record(0, 4, "delta_varint", bytes([1, 2, 3, 4]), b"\x05", quant="sign1", params=params)
+    if kind == "sign1_padding":  # k = 3 signs in one byte: the 5 high bits must be zero
+        return _record(0, 3, "delta_varint", bytes([1, 2, 3]), bytes([int(rng.integers(1, 32)) << 3 | 0x5]),
+                       quant="sign1", params=(1.0,))
     raise ValueError(f"unknown sparse fuzz kind {kind!r}")
 
 

@@ -1,100 +1,102 @@
-"""The runs `fedcogen bench comm` compares: dense fp32 LoRA FedAvg and named compressed variants.
+"""The runs `fedcogen bench comm` compares, read from a TOML file (``simulations/bench/comm_variants.toml``).
 
-Why a registry: the benchmark, its CLI and the README name variants the same way, and a variant is
-nothing but run-config overrides (:class:`fedcogen.run_config.FLSettings` keys) on top of the
-benchmark's shared recipe, so every variant runs the real apps with the same data and seeds.
+Why data, not code: a variant is nothing but run-config overrides (:class:`fedcogen.run_config.FLSettings`
+keys) on top of the benchmark's shared recipe, so adding one is an edit of a config file in the folder of
+its experiment, and every variant runs the real apps with the same data and seeds. Its learning rate is
+not part of it: the benchmark's sweep tunes every run family's rate the same way
+(:mod:`fedcogen.simulations.bench.comm_protocol`).
+
+File format: one table per variant, named by the variant; ``help`` (one line, required) and ``max_rounds``
+(optional round cap of its own) are the variant's; every other key is a run-config override.
+The table ``dense`` is the baseline every other run is compared with.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fedcogen.run_config import FLSettings
 
+VARIANTS_FILE = Path(__file__).with_name("comm_variants.toml")
+DENSE_NAME = "dense"
+OWN_KEYS = ("help", "max_rounds")  # a variant's own keys; every other key is a run-config override
+
 
 @dataclass(frozen=True)
 class Variant:
-    """A named set of run-config overrides; ``lr_scale`` multiplies the recipe's local learning rate."""
+    """A named set of run-config overrides, with an optional round cap of its own (0 = the benchmark's)."""
 
     name: str
     help: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
-    lr_scale: float = 1.0
-    max_rounds: int = 0  # this variant's own cap (0 = the benchmark's)
+    max_rounds: int = 0
 
-    def settings(self, base: Mapping[str, Any]) -> dict[str, Any]:
+    def settings(self, base: Mapping[str, Any], lr: float | None = None) -> dict[str, Any]:
+        """The recipe with this variant's overrides (and the learning rate the sweep chose)."""
         cfg = {**base, **self.overrides}
-        cfg["lr"] = float(base["lr"]) * self.lr_scale
+        if lr is not None:
+            cfg["lr"] = float(lr)
         return cfg
 
 
-DENSE = Variant("dense", "dense fp32 LoRA FedAvg: every client sends and receives the whole adapter in fp32",
-                {"lora_mode": "lora", "density": 1.0, "quant": "fp32", "down_density": 1.0, "down_quant": "fp32"})
-
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("sparse-int8", "today's default: LoRA A and B, top-10% + error feedback, int8 values",
-            {"lora_mode": "lora", "density": 0.1, "quant": "int8"}),
-    Variant("sparse-int4", "LoRA A and B, top-10% + error feedback, int4 values",
-            {"lora_mode": "lora", "density": 0.1, "quant": "int4"}),
-    Variant("sparse-int4-down10", "LoRA A and B, top-10% + error feedback, int4; the broadcast also top-10% "
-            "(server error feedback keeps the rest)", {"lora_mode": "lora", "density": 0.1, "quant": "int4",
-                                                      "down_density": 0.1}),
-    Variant("sparse-int4-d5", "LoRA A and B, top-5% + error feedback, int4 values",
-            {"lora_mode": "lora", "density": 0.05, "quant": "int4"}),
-    Variant("freeze-a", "FFA-LoRA (exact): only B trained, top-5% + error feedback, int4 values",
-            {"lora_mode": "freeze_a", "density": 0.05, "quant": "int4"}),
-    Variant("freeze-a-int4", "FFA-LoRA (exact): only B trained, every B entry sent both ways, int4 values",
-            {"lora_mode": "freeze_a", "density": 1.0, "quant": "int4", "down_density": 1.0}),
-    Variant("freeze-a-lr2", "FFA-LoRA (exact): only B trained, top-5% + error feedback, int4 values, lr x2",
-            {"lora_mode": "freeze_a", "density": 0.05, "quant": "int4"}, lr_scale=2.0),
-    Variant("freeze-a-lr2-down5", "FFA-LoRA (exact): only B, top-5% + error feedback both ways (broadcast top-5% "
-            "too), int4 values, lr x2", {"lora_mode": "freeze_a", "density": 0.05, "quant": "int4",
-                                         "down_density": 0.05}, lr_scale=2.0),
-    Variant("freeze-a-d2-lr2", "FFA-LoRA (exact): only B, top-2% + error feedback, int4 values, lr x2",
-            {"lora_mode": "freeze_a", "density": 0.02, "quant": "int4"}, lr_scale=2.0),
-    Variant("freeze-a-d2-lr2-down2", "FFA-LoRA (exact): only B, top-2% + error feedback both ways, int4, lr x2",
-            {"lora_mode": "freeze_a", "density": 0.02, "quant": "int4", "down_density": 0.02}, lr_scale=2.0),
-    Variant("core-int8", "Fed-SB-style r x r core (exact), every core entry sent, int8 values",
-            {"lora_mode": "core", "density": 1.0, "quant": "int8", "down_density": 1.0}, lr_scale=2.0),
-    Variant("core-int4", "Fed-SB-style r x r core (exact), every core entry sent, int4 values",
-            {"lora_mode": "core", "density": 1.0, "quant": "int4", "down_density": 1.0}, lr_scale=2.0),
-    Variant("core-int4-lr10", "Fed-SB-style r x r core (exact), every entry sent, int4 values, lr x3.3",
-            {"lora_mode": "core", "density": 1.0, "quant": "int4", "down_density": 1.0}, lr_scale=10 / 3),
-    Variant("core32-int4", "Fed-SB-style core of rank 32 (1,024 values per module, exact), int4 values",
-            {"lora_mode": "core", "lora_r": 32, "lora_alpha": 64, "density": 1.0, "quant": "int4",
-             "down_density": 1.0}, lr_scale=2.0),
-    Variant("core-top50-int4", "Fed-SB-style core (exact), top-50% + error feedback, int4 values",
-            {"lora_mode": "core", "density": 0.5, "quant": "int4", "down_density": 1.0}, lr_scale=2.0),
-    Variant("sparse-int8-warmup", "today's sparse 10% int8 after 2 warm-up rounds that send every entry",
-            {"lora_mode": "lora", "density": 0.1, "quant": "int8", "warmup_rounds": 2}),
-    Variant("sparse-int8-adam", "today's sparse 10% int8 with FedAdam on the sparse aggregate (server momentum)",
-            {"lora_mode": "lora", "density": 0.1, "quant": "int8", "server_opt": "fedadam", "server_lr": 0.003}),
-)}
-
-QUICK_DEFAULT = ("sparse-int8", "sparse-int4", "sparse-int8-warmup", "sparse-int8-adam", "freeze-a", "core-int8",
-                 "core-int4", "core-top50-int4")
-FULL_DEFAULT = ("sparse-int8", "core-int4")
-
-
-def pick(names: str | None, quick: bool) -> list[Variant]:
-    """Variants by comma-separated name, each optionally ``name:N`` with its own round cap N (``None`` or
-    empty: the default list for the mode)."""
-    wanted = [n.strip() for n in (names or "").split(",") if n.strip()] or list(QUICK_DEFAULT if quick else FULL_DEFAULT)
-    out = []
-    for item in wanted:
-        name, _, cap = item.partition(":")
-        if name not in VARIANTS:
-            raise ValueError(f"unknown comm variant {name!r}; known: {', '.join(VARIANTS)}")
-        if cap and not (cap.isdigit() and int(cap) >= 1):
-            raise ValueError(f"variant {item!r}: the round cap after ':' must be a positive integer")
-        out.append(dataclasses.replace(VARIANTS[name], max_rounds=int(cap or 0)))
+def parse_variants(data: Mapping[str, Any], source: str = "variants") -> dict[str, Variant]:
+    """Variants from the parsed TOML tables; bad input raises ValueError naming the variant and key."""
+    out: dict[str, Variant] = {}
+    for name, table in data.items():
+        if not isinstance(table, Mapping):
+            raise ValueError(f"{source}: {name!r} must be a table ([{name}]) of run-config overrides")
+        if not isinstance(table.get("help"), str) or not table["help"].strip():
+            raise ValueError(f"{source}: variant {name!r} needs a one-line `help` saying what it sends")
+        cap = table.get("max_rounds", 0)
+        if not isinstance(cap, int) or cap < 0:
+            raise ValueError(f"{source}: variant {name!r}: max_rounds must be an integer >= 0 (got {cap!r})")
+        overrides = {k: v for k, v in table.items() if k not in OWN_KEYS}
+        if "lr" in overrides:
+            raise ValueError(f"{source}: variant {name!r} sets lr; the benchmark's sweep (lr_grid) chooses it")
+        try:
+            FLSettings.from_mapping(overrides)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: variant {name!r}: {e}") from e
+        out[name] = Variant(name, table["help"].strip(), overrides, cap)
+    if DENSE_NAME not in out:
+        raise ValueError(f"{source}: no [{DENSE_NAME}] table (the baseline every run is compared with)")
     return out
 
 
-def check_registry() -> None:
-    """Every variant's overrides are valid run-config keys and values (tested)."""
-    for v in (DENSE, *VARIANTS.values()):
-        FLSettings.from_mapping(dict(v.overrides))
+def load_variants(path: str | Path = VARIANTS_FILE) -> dict[str, Variant]:
+    """Every variant of a TOML file (validated: unknown run-config keys or bad values name the variant)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"variants file {p} does not exist")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"variants file {p}: {e}") from e
+    return parse_variants(data, str(p))
+
+
+def pick(names: str | list[str] | tuple[str, ...], registry: Mapping[str, Variant]) -> list[Variant]:
+    """Variants by name (a list, or a comma-separated string), each optionally ``name:N`` with its own round
+    cap N. The baseline is not a variant to pick: it always runs."""
+    wanted = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    out = []
+    for item in wanted:
+        name, _, cap = item.partition(":")
+        if name == DENSE_NAME:
+            raise ValueError(f"{DENSE_NAME!r} is the baseline and always runs; list only the variants to compare")
+        if name not in registry:
+            raise ValueError(f"unknown comm variant {name!r}; known: {', '.join(n for n in registry if n != DENSE_NAME)}")
+        if cap and not (cap.isdigit() and int(cap) >= 1):
+            raise ValueError(f"variant {item!r}: the round cap after ':' must be a positive integer")
+        v = registry[name]
+        out.append(Variant(v.name, v.help, v.overrides, int(cap) if cap else v.max_rounds))
+    if len({v.name for v in out}) != len(out):
+        raise ValueError(f"variants listed twice: {wanted}")
+    return out
+
+
+__all__ = ["Variant", "VARIANTS_FILE", "DENSE_NAME", "parse_variants", "load_variants", "pick"]
