@@ -4,7 +4,10 @@ unchanged gRPC contract and auth with the tokens of the in-process cloud."""
 
 from __future__ import annotations
 
+import json
+
 import grpc
+import httpx
 import pytest
 import torch
 
@@ -110,3 +113,71 @@ def test_an_engine_without_prompt_logprobs_scores_drafts_per_position(engine, cl
     finally:
         client.close()
     assert torch.allclose(with_echo, without, atol=1e-5)
+
+
+class _TextOnlyEngine:
+    """Answers like llama-cpp-python's server: text prompts only (422 for token ids), text log-prob keys with
+    control tokens rendered as "", ``usage.prompt_tokens`` from its own tokenizer."""
+
+    def __init__(self, tokenizer, rows, extra_prompt_tokens: int = 0) -> None:
+        self.tokenizer, self.rows, self.extra = tokenizer, rows, extra_prompt_tokens
+        self.bodies: list[dict] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        if not isinstance(body["prompt"], str):
+            return httpx.Response(422, json={"detail": [{"loc": ["body", "prompt"], "msg": "Input should be a valid "
+                                                         "string"}]})
+        n = len(self.tokenizer(body["prompt"], add_special_tokens=False)["input_ids"]) + self.extra
+        return httpx.Response(200, json={"choices": [{"text": " the end", "logprobs": {
+            "tokens": [" the"], "top_logprobs": self.rows}}], "usage": {"prompt_tokens": n, "completion_tokens": 1}})
+
+
+def _mocked(cfg: EngineConfig, tokenizer, handler) -> EngineClient:
+    client = EngineClient(cfg, tokenizer, 49152)
+    client.http.close()
+    client.http = httpx.Client(base_url="http://engine.test/v1", transport=httpx.MockTransport(handler))
+    return client
+
+
+def test_llama_cpp_flavour_sends_text_and_reads_text_keys():
+    tok = load_model("tiny").tokenizer
+    the = tok(" the", add_special_tokens=False)["input_ids"][0]
+    engine = _TextOnlyEngine(tok, [{" the": -0.5, "": -1.5, "\u00e9t\u00e9 multi words": -4.0}])
+    client = _mocked(EngineConfig("http://engine.test/v1", "smollm2", flavour="llama-cpp-python"), tok, engine)
+    seq = [1, 500, 900, 2, 198]  # special tokens inside: they must reach the engine as their text
+    row = client.score(seq, 1, 3)[0]
+    body = engine.bodies[-1]
+    assert body["prompt"] == tok.decode(seq, skip_special_tokens=False)
+    assert body["repeat_penalty"] == 1.0  # its default 1.1 would change greedy tokens
+    assert body["logit_bias"] == {str(i): -100.0 for i in tok.all_special_ids}  # never stop before reporting
+    assert not client.echo_ok  # its echo is slower than per-position requests: off by default
+    assert row[the] == pytest.approx(-0.5) and row[tok.eos_token_id] == pytest.approx(-1.5)  # "" = end of turn
+    assert client.unmapped_keys == 1  # the multi-token text is dropped, not guessed
+    assert torch.topk(row, 2).indices.tolist() == [the, tok.eos_token_id]
+    assert client.generate(seq, 8, frozenset()) == tok(" the end", add_special_tokens=False)["input_ids"]
+    assert "logit_bias" not in engine.bodies[-1]  # a sketch stops on end tokens as usual
+    client.close()
+
+
+def test_llama_cpp_flavour_refuses_a_prompt_the_engine_tokenizes_differently():
+    tok = load_model("tiny").tokenizer
+    engine = _TextOnlyEngine(tok, [{" the": -0.5}], extra_prompt_tokens=1)
+    client = _mocked(EngineConfig("http://engine.test/v1", "smollm2", flavour="llama-cpp-python"), tok, engine)
+    with pytest.raises(EngineError, match="read the text prompt as 6 tokens, not the cloud's 5"):
+        client.score([1, 500, 900, 1300, 77], 1, 4)
+    client.close()
+
+
+def test_an_openai_flavour_cloud_on_a_text_only_engine_names_the_flavour_to_use():
+    tok = load_model("tiny").tokenizer
+    client = _mocked(EngineConfig("http://engine.test/v1", "smollm2"), tok, _TextOnlyEngine(tok, [{" the": -0.5}]))
+    with pytest.raises(EngineError, match="HTTP 422.*--engine-flavour llama-cpp-python"):
+        client.score([1, 500], 1, 4)
+    client.close()
+    with pytest.raises(ValueError, match="flavour must be one of openai, llama-cpp-python"):
+        EngineConfig("http://x/v1", "m", flavour="ollama").validate()
+    with pytest.raises(ValueError, match="--engine-flavour must be one of"):
+        CloudConfig(model="tiny-large", insecure=True, engine_url="http://x/v1", engine_model="m",
+                    engine_flavour="ollama").validate()
