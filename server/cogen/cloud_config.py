@@ -50,6 +50,8 @@ class CloudConfig:
     engine_timeout_s: float = 60.0
     # how the engine reads prompts and names tokens: openai (vLLM, SGLang) | llama-cpp-python (engine_backend)
     engine_flavour: str = "openai"
+    # score a draft in one request with echo (prompt log-probs); None = the flavour's default (openai: yes)
+    engine_echo: bool | None = None
 
     def validate(self) -> None:
         self.device = check_setting(self.device)  # a malformed setting fails before the model loads

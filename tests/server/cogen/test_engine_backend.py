@@ -11,6 +11,7 @@ import httpx
 import pytest
 import torch
 
+from fedcogen.cli import build_parser
 from fedcogen.client.cogen.cloud_client import CloudClient, CloudRefused
 from fedcogen.client.cogen.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.models import load_model
@@ -159,6 +160,16 @@ def test_llama_cpp_flavour_sends_text_and_reads_text_keys():
     assert client.generate(seq, 8, frozenset()) == tok(" the end", add_special_tokens=False)["input_ids"]
     assert "logit_bias" not in engine.bodies[-1]  # a sketch stops on end tokens as usual
     client.close()
+    forced = _mocked(EngineConfig("http://engine.test/v1", "smollm2", flavour="llama-cpp-python", echo=True), tok,
+                     engine)
+    assert forced.echo_ok  # --engine-echo overrides the flavour's default
+    forced.close()
+
+
+def test_engine_flags_parse():
+    args = build_parser().parse_args(["cloud", "serve", "--insecure", "--engine-url", "http://127.0.0.1:9/v1",
+                              "--engine-model", "smollm2", "--engine-flavour", "llama-cpp-python", "--no-engine-echo"])
+    assert (args.engine_flavour, args.engine_echo) == ("llama-cpp-python", False)
 
 
 def test_llama_cpp_flavour_refuses_a_prompt_the_engine_tokenizes_differently():
