@@ -82,12 +82,15 @@ def cloud_lm():
 @pytest.mark.slow
 @needs_engine
 def test_start_waits_for_the_api_and_stop_ends_the_process_tree():
-    srv = LlamaCppServer(LlamaCppConfig(api_key="k", n_threads=1, start_timeout_s=120)).start()
+    key = "stop-test-" + secrets.token_hex(8)
+    srv = LlamaCppServer(LlamaCppConfig(api_key=key, n_threads=1, start_timeout_s=120)).start()
     proc = srv.process
     assert proc is not None and proc.running
-    assert httpx.get(f"{srv.url}/models", headers={"Authorization": "Bearer k"}).status_code == 200
+    assert httpx.get(f"{srv.url}/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     assert httpx.get(f"{srv.url}/models").status_code == 401  # the engine's own key protects the hop behind the cloud
-    assert "k" not in proc.argv  # the key travels in a private config file, not on the command line
+    assert key not in " ".join(proc.argv)  # the key travels in a private config file, not on the command line
+    conf = Path(proc.argv[-1])
+    assert conf.stat().st_mode & 0o777 == 0o600
     srv.stop()
     assert not proc.running and not port_open("127.0.0.1", srv.port)
     srv.stop()  # idempotent
