@@ -197,9 +197,10 @@ class EngineClient:
         return torch.stack([self._row(row) for row in rows])
 
     def generate(self, prompt: list[int], max_new: int, stop: frozenset[int]) -> list[int]:
-        choice = self._post(prompt, {"max_tokens": max_new, "logprobs": 1})
         if self.llama_cpp:  # it stops on end tokens itself and its token keys are texts: read the text back
+            choice = self._post(prompt, {"max_tokens": max_new})  # (no log-probs: each costs it a full sort)
             return list(self.tokenizer(choice.get("text") or "", add_special_tokens=False)["input_ids"])[:max_new]
+        choice = self._post(prompt, {"max_tokens": max_new, "logprobs": 1})
         out = []
         for t in (choice.get("logprobs") or {}).get("tokens") or []:
             tok = self.token_id(t)

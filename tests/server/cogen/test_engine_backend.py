@@ -158,7 +158,7 @@ def test_llama_cpp_flavour_sends_text_and_reads_text_keys():
     assert client.unmapped_keys == 1  # the multi-token text is dropped, not guessed
     assert torch.topk(row, 2).indices.tolist() == [the, tok.eos_token_id]
     assert client.generate(seq, 8, frozenset()) == tok(" the end", add_special_tokens=False)["input_ids"]
-    assert "logit_bias" not in engine.bodies[-1]  # a sketch stops on end tokens as usual
+    assert "logit_bias" not in engine.bodies[-1] and "logprobs" not in engine.bodies[-1]  # a sketch: text only
     client.close()
     forced = _mocked(EngineConfig("http://engine.test/v1", "smollm2", flavour="llama-cpp-python", echo=True), tok,
                      engine)
