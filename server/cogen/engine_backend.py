@@ -19,16 +19,21 @@ Engines differ where the OpenAI API leaves room; ``EngineConfig.flavour`` names 
 knows. ``openai`` (vLLM, SGLang): token-id prompts, ``token_id:N`` keys, prompt log-probs with echo.
 ``llama-cpp-python`` (its ``llama_cpp.server``, measured here on a build of 0.3.36):
 
-* its request schema takes a prompt only as text, so the sequence is decoded (special tokens kept) and
-  the engine's ``usage.prompt_tokens`` is checked against the sequence's length: a sequence that does not
-  survive the text round trip is refused with an error rather than scored on other tokens;
+* its request schema takes a prompt only as text, so the sequence is decoded (special tokens kept). A
+  device's tokens need not be the canonical tokenisation of their text, so the engine may read the text
+  as other tokens (seen in the first answers tried: 41 for the cloud's 42). The distribution after the
+  text is still the one a step needs, so such a step is answered, counted (``retokenized``, its
+  ``usage.prompt_tokens`` differs) and its draft scored per position, never from misaligned echo rows;
 * it stops on an end-of-generation token without reporting that position's log-probs, so scoring
   requests bias the tokenizer's special tokens to -100 (its log-probs come from the raw logits, not the
   sampler's biased copy) and the position is always reported;
 * its default ``repeat_penalty`` is 1.1, which changes greedy tokens: requests send 1.0;
 * its log-prob keys are token texts, and control tokens render as ``""``: ``""`` is read as the
-  tokenizer's end-of-turn token, the only control token a chat answer produces (the texts of two
-  control tokens in one top-k collide in its reply; the lower value survives);
+  tokenizer's end-of-turn token, the only control token a chat answer produces. It is ambiguous: a
+  byte token that is an incomplete UTF-8 character (the first half of an emoji) renders as ``""`` too,
+  and equal texts collide in its reply (the lower value survives). Measured: SmolLM2 after a chat prompt
+  puts the emoji prefix ``ðŁ`` third at -3.2, which this reading takes for end of turn at p = 0.04; the
+  alternative, dropping ``""``, would hide every end of turn from the device;
 * with echo it log-softmaxes and fully sorts every prompt position in Python, which costs more than
   one request per draft position with its prefix cache, so echo is off by default for it.
 """
@@ -104,6 +109,7 @@ class EngineClient:
         self.echo_ok = cfg.echo if cfg.echo is not None else not self.llama_cpp
         self.requests = 0
         self.unmapped_keys = 0  # top-k entries whose text is not one token of the cloud's tokenizer (dropped)
+        self.retokenized = 0  # text prompts the engine read as a different number of tokens (llama-cpp-python)
         self._stats_lock = threading.Lock()
 
     def close(self) -> None:
@@ -132,21 +138,29 @@ class EngineClient:
             choice = reply["choices"][0]
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise EngineError(f"engine reply has no choices: {r.text[:300]}") from exc
-        if self.llama_cpp:
-            got = (reply.get("usage") or {}).get("prompt_tokens")
-            if got is not None and got != len(seq):
-                raise EngineError(f"engine read the text prompt as {got} tokens, not the cloud's {len(seq)}: this "
-                                  "sequence does not survive a text round trip through the engine's tokenizer "
-                                  "(an engine that takes token-id prompts, vLLM or SGLang, has no such limit)")
+        got = (reply.get("usage") or {}).get("prompt_tokens")
+        choice["fedcogen_aligned"] = not self.llama_cpp or got is None or got == len(seq)
+        if not choice["fedcogen_aligned"]:
+            # The text holds tokens the engine's tokenizer merges differently (a device draft need not be the
+            # canonical tokenisation). The distribution after the text is still the one asked for; only
+            # echo rows would no longer line up with the sequence's positions (score() then asks per position).
+            with self._stats_lock:
+                self.retokenized += 1
+                first = self.retokenized == 1
+            if first:
+                log.warning("engine read a text prompt as %s tokens, not the cloud's %d (another tokenisation of the "
+                            "same text); echo rows are not used for such sequences", got, len(seq))
         return choice
 
-    def _logprobs(self, seq: list[int], body: dict[str, Any]) -> dict[str, Any]:
+    def _logprobs(self, seq: list[int], body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The reply's ``logprobs`` and whether the engine read the prompt as the same tokens."""
         if self.llama_cpp:  # never stop on an end token: that position's log-probs would be missing
             body = {**body, "logit_bias": dict.fromkeys(map(str, self.tokenizer.all_special_ids), -100.0)}
-        lp = self._post(seq, body).get("logprobs")
+        choice = self._post(seq, body)
+        lp = choice.get("logprobs")
         if not isinstance(lp, dict):
             raise EngineError(f"engine reply has no logprobs (got {type(lp).__name__})")
-        return lp
+        return lp, bool(choice["fedcogen_aligned"])
 
     def token_id(self, key: str) -> int | None:
         """The cloud's token id of a log-prob key; None when a text key is not one token of its tokenizer."""
@@ -183,14 +197,15 @@ class EngineClient:
     def score(self, seq: list[int], n: int, k: int) -> torch.Tensor:
         """Distributions after each of the last ``n`` tokens of ``seq`` ([n, V] log-probs)."""
         rows: list[Any] = []
+        aligned = True
         if n == 1 or self.echo_ok:
-            lp = self._logprobs(seq, {"max_tokens": 1, "logprobs": k, "echo": n > 1})
+            lp, aligned = self._logprobs(seq, {"max_tokens": 1, "logprobs": k, "echo": n > 1})
             rows = (lp.get("top_logprobs") or [])[-n:]  # echo: one per prompt token (the first None), then the new one
-        if n > 1 and (len(rows) < n or any(not row for row in rows)):
-            if self.echo_ok:
+        if n > 1 and (not aligned or len(rows) < n or any(not row for row in rows)):
+            if aligned and self.echo_ok:
                 log.warning("engine returns no prompt log-probs (echo); scoring drafts one position per request")
-            self.echo_ok = False  # one request per draft position (the engine's prefix cache keeps each cheap)
-            rows = [(self._logprobs(seq[: len(seq) - n + 1 + i], {"max_tokens": 1, "logprobs": k})
+                self.echo_ok = False  # one request per draft position (the engine's prefix cache keeps each cheap)
+            rows = [(self._logprobs(seq[: len(seq) - n + 1 + i], {"max_tokens": 1, "logprobs": k})[0]
                      .get("top_logprobs") or [None])[0] for i in range(n)]
         if len(rows) < n or any(not row for row in rows):
             raise EngineError(f"engine returned log-probs for {len(rows)} of {n} needed positions")

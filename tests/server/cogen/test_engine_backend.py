@@ -132,7 +132,7 @@ class _TextOnlyEngine:
                                                          "string"}]})
         n = len(self.tokenizer(body["prompt"], add_special_tokens=False)["input_ids"]) + self.extra
         return httpx.Response(200, json={"choices": [{"text": " the end", "logprobs": {
-            "tokens": [" the"], "top_logprobs": self.rows}}], "usage": {"prompt_tokens": n, "completion_tokens": 1}})
+            "tokens": [" the"], "top_logprobs": self.rows if body.get("echo") else self.rows[-1:]}}], "usage": {"prompt_tokens": n, "completion_tokens": 1}})
 
 
 def _mocked(cfg: EngineConfig, tokenizer, handler) -> EngineClient:
@@ -172,12 +172,20 @@ def test_engine_flags_parse():
     assert (args.engine_flavour, args.engine_echo) == ("llama-cpp-python", False)
 
 
-def test_llama_cpp_flavour_refuses_a_prompt_the_engine_tokenizes_differently():
+def test_llama_cpp_flavour_never_uses_echo_rows_of_a_prompt_the_engine_tokenizes_differently():
+    """A device's tokens need not be the canonical tokenisation of their text: the engine then reads other
+    tokens. The distribution after the text is still right, echo rows would not line up: per position."""
     tok = load_model("tiny").tokenizer
-    engine = _TextOnlyEngine(tok, [{" the": -0.5}], extra_prompt_tokens=1)
-    client = _mocked(EngineConfig("http://engine.test/v1", "smollm2", flavour="llama-cpp-python"), tok, engine)
-    with pytest.raises(EngineError, match="read the text prompt as 6 tokens, not the cloud's 5"):
-        client.score([1, 500, 900, 1300, 77], 1, 4)
+    engine = _TextOnlyEngine(tok, [None, {" the": -0.5}, {" the": -0.7}, {" the": -0.9}], extra_prompt_tokens=1)
+    client = _mocked(EngineConfig("http://engine.test/v1", "smollm2", flavour="llama-cpp-python", echo=True), tok,
+                     engine)
+    seq = [1, 500, 900, 1300, 77]
+    rows = client.score(seq, 3, 4)
+    assert [b.get("echo") for b in engine.bodies] == [True, None, None, None]  # echo tried, then per position
+    assert [b["prompt"] for b in engine.bodies[1:]] == [tok.decode(seq[:j], skip_special_tokens=False)
+                                                         for j in (3, 4, 5)]
+    assert client.retokenized == 4 and client.echo_ok  # counted; echo stays on for sequences that line up
+    assert rows.shape[0] == 3
     client.close()
 
 
