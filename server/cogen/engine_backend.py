@@ -28,12 +28,11 @@ knows. ``openai`` (vLLM, SGLang): token-id prompts, ``token_id:N`` keys, prompt 
   requests bias the tokenizer's special tokens to -100 (its log-probs come from the raw logits, not the
   sampler's biased copy) and the position is always reported;
 * its default ``repeat_penalty`` is 1.1, which changes greedy tokens: requests send 1.0;
-* its log-prob keys are token texts, and control tokens render as ``""``: ``""`` is read as the
-  tokenizer's end-of-turn token, the only control token a chat answer produces. It is ambiguous: a
-  byte token that is an incomplete UTF-8 character (the first half of an emoji) renders as ``""`` too,
-  and equal texts collide in its reply (the lower value survives). Measured: SmolLM2 after a chat prompt
-  puts the emoji prefix ``ðŁ`` third at -3.2, which this reading takes for end of turn at p = 0.04; the
-  alternative, dropping ``""``, would hide every end of turn from the device;
+* its log-prob keys are token texts; control tokens (the end of turn among them) and byte tokens that
+  are an incomplete UTF-8 character (the first byte of an emoji) all render as ``""``, and equal texts
+  collide in its reply (the lower value survives). Reading ``""`` as the end of turn cut a birthday
+  message after "Sister:" (the emoji prefix at -0.89 taken for the end); dropping it hides every end of
+  turn. So a row with ``""`` costs one more request that tells the two apart (``_resolve_blank``);
 * with echo it log-softmaxes and fully sorts every prompt position in Python, which costs more than
   one request per draft position with its prefix cache, so echo is off by default for it.
 """
@@ -110,6 +109,7 @@ class EngineClient:
         self.requests = 0
         self.unmapped_keys = 0  # top-k entries whose text is not one token of the cloud's tokenizer (dropped)
         self.retokenized = 0  # text prompts the engine read as a different number of tokens (llama-cpp-python)
+        self.blank_probes = 0  # extra requests asking what a "" key stands for (llama-cpp-python)
         self._stats_lock = threading.Lock()
 
     def close(self) -> None:
@@ -166,8 +166,6 @@ class EngineClient:
         """The cloud's token id of a log-prob key; None when a text key is not one token of its tokenizer."""
         if key.startswith("token_id:"):
             return int(key[len("token_id:"):])
-        if key == "" and self.llama_cpp:
-            return int(self.tokenizer.eos_token_id)  # its control tokens render as "" (module docstring)
         if self._vocab_map is None:
             self._vocab_map = dict(self.tokenizer.get_vocab())
         if key in self._vocab_map:
@@ -194,6 +192,25 @@ class EngineClient:
             raise EngineError(f"none of the engine's top log-prob keys is a token of the cloud's tokenizer: {row}")
         return dense_logprobs(top, self.vocab)
 
+    def _resolve_blank(self, prefix: list[int], row: dict[str, float]) -> dict[str, float]:
+        """llama-cpp-python renders control tokens and incomplete UTF-8 bytes alike as ``""``: ask which.
+
+        One more request after the same prefix, the tokens ranked above ``""`` biased away: if greedy decoding
+        then stops at once, the best remaining token is an end-of-generation token and ``""`` is read as the
+        end of turn; otherwise ``""`` was a byte of a longer character and is dropped."""
+        row = dict(row)
+        blank = row.pop("")
+        above = {tok for key, value in row.items() if value >= blank and (tok := self.token_id(key)) is not None}
+        choice = self._post(prefix, {"max_tokens": 1, "logit_bias": {str(t): -100.0 for t in sorted(above)}})
+        with self._stats_lock:
+            self.blank_probes += 1
+        if choice.get("finish_reason") == "stop" and not choice.get("text"):
+            row[f"token_id:{int(self.tokenizer.eos_token_id)}"] = blank
+        else:
+            with self._stats_lock:
+                self.unmapped_keys += 1
+        return row
+
     def score(self, seq: list[int], n: int, k: int) -> torch.Tensor:
         """Distributions after each of the last ``n`` tokens of ``seq`` ([n, V] log-probs)."""
         rows: list[Any] = []
@@ -209,6 +226,9 @@ class EngineClient:
                      .get("top_logprobs") or [None])[0] for i in range(n)]
         if len(rows) < n or any(not row for row in rows):
             raise EngineError(f"engine returned log-probs for {len(rows)} of {n} needed positions")
+        if self.llama_cpp:  # row i is the distribution after seq[: len(seq) - n + 1 + i]
+            rows = [self._resolve_blank(seq[: len(seq) - n + 1 + i], row) if "" in row else row
+                    for i, row in enumerate(rows)]
         return torch.stack([self._row(row) for row in rows])
 
     def generate(self, prompt: list[int], max_new: int, stop: frozenset[int]) -> list[int]:

@@ -120,8 +120,8 @@ class _TextOnlyEngine:
     """Answers like llama-cpp-python's server: text prompts only (422 for token ids), text log-prob keys with
     control tokens rendered as "", ``usage.prompt_tokens`` from its own tokenizer."""
 
-    def __init__(self, tokenizer, rows, extra_prompt_tokens: int = 0) -> None:
-        self.tokenizer, self.rows, self.extra = tokenizer, rows, extra_prompt_tokens
+    def __init__(self, tokenizer, rows, extra_prompt_tokens: int = 0, blank_is_end: bool = True) -> None:
+        self.tokenizer, self.rows, self.extra, self.blank_is_end = tokenizer, rows, extra_prompt_tokens, blank_is_end
         self.bodies: list[dict] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -131,6 +131,10 @@ class _TextOnlyEngine:
             return httpx.Response(422, json={"detail": [{"loc": ["body", "prompt"], "msg": "Input should be a valid "
                                                          "string"}]})
         n = len(self.tokenizer(body["prompt"], add_special_tokens=False)["input_ids"]) + self.extra
+        if "logprobs" not in body and "logit_bias" in body:  # what "" is: greedy stops at once on an end token
+            end = self.blank_is_end
+            return httpx.Response(200, json={"choices": [{"text": "" if end else "\u00f0", "logprobs": None,
+                                                          "finish_reason": "stop" if end else "length"}]})
         return httpx.Response(200, json={"choices": [{"text": " the end", "logprobs": {
             "tokens": [" the"], "top_logprobs": self.rows if body.get("echo") else self.rows[-1:]}}], "usage": {"prompt_tokens": n, "completion_tokens": 1}})
 
@@ -149,14 +153,19 @@ def test_llama_cpp_flavour_sends_text_and_reads_text_keys():
     client = _mocked(EngineConfig("http://engine.test/v1", "smollm2", flavour="llama-cpp-python"), tok, engine)
     seq = [1, 500, 900, 2, 198]  # special tokens inside: they must reach the engine as their text
     row = client.score(seq, 1, 3)[0]
-    body = engine.bodies[-1]
+    body = engine.bodies[0]  # the scoring request (a probe follows it)
     assert body["prompt"] == tok.decode(seq, skip_special_tokens=False)
     assert body["repeat_penalty"] == 1.0  # its default 1.1 would change greedy tokens
     assert body["logit_bias"] == {str(i): -100.0 for i in tok.all_special_ids}  # never stop before reporting
     assert not client.echo_ok  # its echo is slower than per-position requests: off by default
     assert row[the] == pytest.approx(-0.5) and row[tok.eos_token_id] == pytest.approx(-1.5)  # "" = end of turn
+    probe = engine.bodies[-1]  # "" was resolved by one more request with the tokens above it biased away
+    assert probe["logit_bias"] == {str(the): -100.0} and "logprobs" not in probe and client.blank_probes == 1
     assert client.unmapped_keys == 1  # the multi-token text is dropped, not guessed
     assert torch.topk(row, 2).indices.tolist() == [the, tok.eos_token_id]
+    engine.blank_is_end = False  # "" was the first byte of an emoji: dropped, not read as the end of turn
+    row = client.score(seq, 1, 3)[0]
+    assert row[tok.eos_token_id] < -4.0 and client.unmapped_keys == 3 and client.blank_probes == 2
     assert client.generate(seq, 8, frozenset()) == tok(" the end", add_special_tokens=False)["input_ids"]
     assert "logit_bias" not in engine.bodies[-1] and "logprobs" not in engine.bodies[-1]  # a sketch: text only
     client.close()
