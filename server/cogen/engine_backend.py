@@ -32,7 +32,9 @@ knows. ``openai`` (vLLM, SGLang): token-id prompts, ``token_id:N`` keys, prompt 
   are an incomplete UTF-8 character (the first byte of an emoji) all render as ``""``, and equal texts
   collide in its reply (the lower value survives). Reading ``""`` as the end of turn cut a birthday
   message after "Sister:" (the emoji prefix at -0.89 taken for the end); dropping it hides every end of
-  turn. So a row with ``""`` costs one more request that tells the two apart (``_resolve_blank``);
+  turn. So a row with ``""`` costs one more request that tells the two apart (``_resolve_blank``). A row
+  whose keys all collapse into one ``""`` (seen after "Sister:": the top-20 were emoji bytes) carries no
+  readable token: it is sent as a flat distribution (``empty_rows``), so the device decides that position;
 * with echo it log-softmaxes and fully sorts every prompt position in Python, which costs more than
   one request per draft position with its prefix cache, so echo is off by default for it.
 """
@@ -110,6 +112,7 @@ class EngineClient:
         self.unmapped_keys = 0  # top-k entries whose text is not one token of the cloud's tokenizer (dropped)
         self.retokenized = 0  # text prompts the engine read as a different number of tokens (llama-cpp-python)
         self.blank_probes = 0  # extra requests asking what a "" key stands for (llama-cpp-python)
+        self.empty_rows = 0  # positions whose whole top-k was unreadable: sent as a flat distribution
         self._stats_lock = threading.Lock()
 
     def close(self) -> None:
@@ -188,8 +191,12 @@ class EngineClient:
                                 "for token ids: vLLM/SGLang return_tokens_as_token_ids)", key)
                 continue
             top[tok] = float(value)
-        if not top:
+        if not top and not self.llama_cpp:
             raise EngineError(f"none of the engine's top log-prob keys is a token of the cloud's tokenizer: {row}")
+        if not top:  # every key of its top-k rendered as "" (emoji bytes): no information, the device decides
+            with self._stats_lock:
+                self.empty_rows += 1
+            return torch.full((self.vocab,), -math.log(self.vocab), dtype=torch.float32)
         return dense_logprobs(top, self.vocab)
 
     def _resolve_blank(self, prefix: list[int], row: dict[str, float]) -> dict[str, float]:

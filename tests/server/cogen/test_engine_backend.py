@@ -166,6 +166,9 @@ def test_llama_cpp_flavour_sends_text_and_reads_text_keys():
     engine.blank_is_end = False  # "" was the first byte of an emoji: dropped, not read as the end of turn
     row = client.score(seq, 1, 3)[0]
     assert row[tok.eos_token_id] < -4.0 and client.unmapped_keys == 3 and client.blank_probes == 2
+    engine.rows = [{"": -0.9}]  # the whole top-k collapsed into "" (emoji bytes): a flat row, the device decides
+    row = client.score(seq, 1, 3)[0]
+    assert client.empty_rows == 1 and torch.allclose(row, torch.full_like(row, row[0])) and row[0] < -10
     assert client.generate(seq, 8, frozenset()) == tok(" the end", add_special_tokens=False)["input_ids"]
     assert "logit_bias" not in engine.bodies[-1] and "logprobs" not in engine.bodies[-1]  # a sketch: text only
     client.close()
