@@ -162,6 +162,7 @@ def run_engine_bench(cfg: EngineBenchConfig) -> dict[str, Any]:
                 row["identical_answers"] = sum(a.token_ids == b.token_ids for a, b in pairs)
                 if name == "sketch":
                     row["identical_sketches"] = sum(a.sketch == b.sketch for a, b in pairs)
+                row["texts"] = [{"builtin": a.text, "engine": b.text} for a, b in pairs]
                 variants[name] = row
             seqs = []
             for (instruction, _), a in zip(tasks, answers["logit_per_token", "builtin"], strict=True):
@@ -169,7 +170,10 @@ def run_engine_bench(cfg: EngineBenchConfig) -> dict[str, Any]:
                 seqs.append((prompt + a.token_ids, len(prompt)))
             top1 = top1_agreement(client, cloud_lm, seqs, cfg.k)
             cost = scoring_cost(client, seqs[0][0], cfg.draft, cfg.k)
-            requests, unmapped = client.requests, client.unmapped_keys
+            served = clouds["engine"].service.batcher.client  # the cloud's own engine client
+            stats = {name: {"requests": c.requests, "unmapped_keys": c.unmapped_keys, "blank_probes": c.blank_probes,
+                            "empty_rows": c.empty_rows, "retokenized": c.retokenized}
+                     for name, c in (("cloud", served), ("measurements", client))}
         finally:
             client.close()
             for srv in clouds.values():
@@ -184,6 +188,6 @@ def run_engine_bench(cfg: EngineBenchConfig) -> dict[str, Any]:
         "variants": variants,
         "top1": top1,
         "scoring": cost,
-        "engine_client": {"requests": requests, "unmapped_keys": unmapped},
+        "engine_client": stats,
         "provenance": provenance(settings=asdict(cfg)),
     }
