@@ -80,6 +80,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default="runs/bench_adapters", help="folder for the data and bench_adapters.md")
     add_json_out(p)
 
+    p = add_command(bsub, "engine", "the cloud on llama.cpp's server vs the built-in scheduler (needs `make engine`)",
+                    description=module_doc("fedcogen.simulations.bench.bench_engine"), func=_engine)
+    p.add_argument("--tasks", type=int, default=3, help="tasks (1-4), each answered by every variant on both clouds")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--k", type=int, default=20, help="top-k log-probs per position")
+    p.add_argument("--threads", type=int, default=1, help="torch threads here and llama.cpp threads in the engine")
+    add_json_out(p)
+
     add_scale(bsub)
 
     for name, help_, out_dir, func in (
@@ -142,6 +150,17 @@ def _cogen(args: argparse.Namespace) -> int:
     print(json.dumps({"speed": speed, "aggregate_tokens_per_s": result["aggregate_tokens_per_s"],
                       "targets": result["targets"], "machine": result["machine_start"]}, indent=2))
     print(f"report: {Path(args.out) / 'bench_cogen.md'}")
+    return 0
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.bench.bench_engine import EngineBenchConfig, run_engine_bench
+
+    result = run_engine_bench(EngineBenchConfig(tasks=args.tasks, max_new_tokens=args.max_new_tokens, k=args.k,
+                                                threads=args.threads))
+    print(json.dumps({key: result[key] for key in ("engine", "variants", "top1", "scoring", "engine_client")},
+                     indent=1))
+    write_json(args.json_out, result, args=args)
     return 0
 
 

