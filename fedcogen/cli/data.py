@@ -6,18 +6,22 @@ import argparse
 import json
 from pathlib import Path
 
-from fedcogen.cli.common import add_command, add_group
+from fedcogen import results_json
+from fedcogen.cli.common import add_command, add_group, cli_settings
 from fedcogen.dataset import (
     SPLITS,
     TASK_KINDS,
+    VARIETIES,
     DataValidationError,
     FederationConfig,
     find_leaks,
     generate_federation,
     load_federation,
     validate_task_file,
+    variety_report,
     write_federation,
 )
+from fedcogen.provenance import provenance
 
 GENERATE_HELP = """\
 Generate a deterministic federation of N users (each a Flower client) with private profiles,
@@ -52,6 +56,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--canaries", type=int, default=2, help="canaries per user (default 2; 0 = none)")
     g.add_argument("--canary-repeats", type=int, default=1,
                    help="history texts carrying each canary (default 1; more = easier to memorise)")
+    g.add_argument("--variety", choices=VARIETIES, default="basic",
+                   help="basic (default: the 18 scenarios every earlier figure used) or rich (many task kinds, "
+                   "profile formats, fact kinds and free-text histories; issue 26)")
+    g.add_argument("--max-context-words", type=int, default=1400,
+                   help="rich: longest private context in words (default 1400, ~2,000 tokens)")
+    g.add_argument("--distractor-facts", type=int, default=4,
+                   help="rich: up to this many facts the task does not need in each context (default 4; 0 = none)")
+    g.add_argument("--absent-fact-percent", type=int, default=15,
+                   help="rich: share of tasks whose context lacks one fact, answered without it (default 15)")
+    g.add_argument("--no-format-variety", dest="format_variety", action="store_false",
+                   help="rich: every profile as plain 'key: value' lines (ablation)")
     g.add_argument("--force", action="store_true", help="write into a non-empty folder, replacing our files")
 
     i = add_command(
@@ -73,6 +88,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("file", type=Path, help="task .jsonl file, or a federation folder")
     v.add_argument("--profiles", type=Path, help="profiles.jsonl whose user ids are the only valid ones")
 
+    r = add_command(
+        dsub, "variety", "distinct n-gram ratios and template reuse across users of federations", func=_variety,
+        description="Measure how varied a federation's texts are (fedcogen.dataset.variety): distinct-1/2/3 of "
+        "references, contexts, instructions and history; the share of reference sentences whose skeleton "
+        "(private values masked) another user also wrote; task kinds, context layouts and context lengths. "
+        "Without folders, generates one federation per --varieties entry with the same size and seed, so the "
+        "figures compare like with like.",
+    )
+    r.add_argument("folders", nargs="*", type=Path, help="federation folders to measure (default: generate)")
+    r.add_argument("--varieties", default="basic,rich", help="generator varieties to compare (default basic,rich)")
+    r.add_argument("--users", type=int, default=12, help="users per generated federation (default 12)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the generated federations (default 0)")
+    r.add_argument("--json", dest="json_out", type=Path, help="write the figures (with a provenance record) here")
+
 
 def _generate(args: argparse.Namespace) -> int:
     from rich.console import Console
@@ -88,7 +117,9 @@ def _generate(args: argparse.Namespace) -> int:
         n_users=args.num_clients, seed=args.seed, history_per_user=args.history,
         train_tasks_per_user=args.train_tasks, val_tasks_per_user=args.val_tasks,
         test_tasks_per_user=args.test_tasks, canaries_per_user=args.canaries,
-        canary_repeats=args.canary_repeats,
+        canary_repeats=args.canary_repeats, variety=args.variety, max_context_words=args.max_context_words,
+        distractor_facts=args.distractor_facts, absent_fact_percent=args.absent_fact_percent,
+        format_variety=args.format_variety,
     )
     fed = generate_federation(cfg, progress=True)
     leaks = find_leaks(fed)
@@ -191,6 +222,31 @@ def _inspect(args: argparse.Namespace) -> int:
             print(f"  {line}")
         return 1
     print("validation: OK (sha256, fields and user ids of every file; no private value in any instruction)")
+    return 0
+
+
+def _variety(args: argparse.Namespace) -> int:
+    if args.folders:
+        reports = {str(f): variety_report(load_federation(f)) for f in args.folders}
+    else:
+        names = [v.strip() for v in args.varieties.split(",") if v.strip()]
+        bad = [v for v in names if v not in VARIETIES]
+        if bad or not names:
+            raise ValueError(f"--varieties: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(VARIETIES)}")
+        reports = {v: variety_report(generate_federation(FederationConfig(n_users=args.users, seed=args.seed,
+                                                                          variety=v))) for v in names}
+    for name, rep in reports.items():
+        d, t = rep["distinct_n"], rep["template_reuse"]
+        print(f"{name}: {rep['users']} users, {rep['tasks']} tasks, {rep['task_kinds']} task kinds, "
+              f"{rep['context_layouts']} context layouts; references distinct-2/3 "
+              f"{d['references']['distinct_2']:.3f}/{d['references']['distinct_3']:.3f}; contexts distinct-3 "
+              f"{d['contexts']['distinct_3']:.3f}; sentence skeletons shared across users "
+              f"{t['sentence_skeletons_shared_across_users']:.3f} ({t['distinct_sentence_skeletons']} distinct); "
+              f"context words mean {rep['context_words']['mean']}, max {rep['context_words']['max']}")
+    if args.json_out:
+        doc = {"reports": reports, "provenance": provenance(settings=cli_settings(args), seeds={"seed": args.seed})}
+        results_json.write(args.json_out, doc, indent=1)
+        print(f"wrote {args.json_out}")
     return 0
 
 
