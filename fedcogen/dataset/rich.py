@@ -311,7 +311,8 @@ def rich_context(profile: UserProfile, task: RichTask, slots: dict[str, str], ab
     hidden = [v.casefold() for v in _absent_values(slots, absent)]
     pool = [h for h in history if not any(v in h.text.casefold() for v in hidden)]
     r = rng.random()
-    budget = cfg.max_context_words - len(blocks[0].split())
+    # the history header (up to 5 words) counts against the cap too
+    budget = cfg.max_context_words - len(blocks[0].split()) - max(len(h.split()) for h in HISTORY_HEADERS)
     target = min(budget, rng.randint(0, 60) if r < 0.35 else rng.randint(100, 450) if r < 0.75
                  else rng.randint(450, max(451, cfg.max_context_words)))
     picked, words = [], 0
