@@ -9,6 +9,7 @@ from pathlib import Path
 from fedcogen import results_json
 from fedcogen.cli.common import add_command, add_group, cli_settings
 from fedcogen.dataset import (
+    KIND_LABELS,
     SPLITS,
     TASK_KINDS,
     VARIETIES,
@@ -105,7 +106,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
 
     out: Path = args.out
@@ -127,17 +127,10 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError(f"generated data violates a privacy invariant: {leaks[0]}")
     folder = write_federation(fed, out)
     console = Console()
-    table = Table(title=f"federation: {cfg.n_users} users, seed {cfg.seed}")
-    table.add_column("split")
-    for k in TASK_KINDS:
-        table.add_column(k, justify="right")
-    table.add_column("total", justify="right")
-    kinds = [h.kind for h in fed.history]
-    table.add_row("history", *[str(kinds.count(k)) for k in TASK_KINDS], str(len(kinds)))
-    for s in SPLITS:
-        tk = [t.task_type for t in fed.tasks[s]]
-        table.add_row(s, *[str(tk.count(k)) for k in TASK_KINDS], str(len(tk)))
-    console.print(table)
+    counts = {"history": [h.kind for h in fed.history]} | {sp: [t.task_type for t in fed.tasks[sp]] for sp in SPLITS}
+    console.print(kind_table(f"federation: {cfg.n_users} users, seed {cfg.seed}", kinds_of(fed),
+                             {name: {k: items.count(k) for k in kinds_of(fed)} | {"total": len(items)}
+                              for name, items in counts.items()}))
     n_can = sum(len(v) for v in fed.canaries.values())
     print(f"canaries: {n_can} ({cfg.canaries_per_user} per user, each in {cfg.canary_repeats} training text(s))")
     print("privacy check: no private value in any instruction; canaries only in their owner's history")
@@ -145,16 +138,45 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def kind_table(title: str, kinds: list[str], counts: dict[str, dict[str, int]]):  # noqa: ANN201 - a rich Table
+    """Counts per kind and split: kinds as columns for the basic four, as rows for the rich federation's many."""
+    from rich.table import Table
+
+    splits = ["history", *SPLITS]
+    table = Table(title=title)
+    if len(kinds) <= 6:
+        table.add_column("split")
+        for k in kinds:
+            table.add_column(k, justify="right")
+        table.add_column("total", justify="right")
+        for sp in splits:
+            table.add_row(sp, *[str(counts[sp][k]) for k in kinds], str(counts[sp]["total"]))
+        return table
+    table.add_column("kind")
+    for sp in splits:
+        table.add_column(sp, justify="right")
+    for k in [*kinds, "total"]:
+        table.add_row(k, *[str(counts[sp][k]) for sp in splits])
+    return table
+
+
+def kinds_of(fed) -> list[str]:
+    """The task kinds a federation has: the basic four, or every kind the rich generator wrote."""
+    present = {h.kind for h in fed.history} | {t.task_type for s in SPLITS for t in fed.tasks[s]}
+    return list(TASK_KINDS) if present <= set(TASK_KINDS) else [k for k in KIND_LABELS if k in present]
+
+
 def _summary(fed, user: str | None) -> dict:
+    shown = kinds_of(fed)
 
     def count(items):
         items = list(items)
-        return {k: items.count(k) for k in TASK_KINDS} | {"total": len(items)}
+        return {k: items.count(k) for k in shown} | {"total": len(items)}
 
     hist = [h for h in fed.history if user is None or h.user_id == user]
     tasks = {s: [t for t in fed.tasks[s] if user is None or t.user_id == user] for s in SPLITS}
     samples = {}
-    for k in TASK_KINDS:
+    for k in shown:
         for s in SPLITS:
             hit = next((t for t in tasks[s] if t.task_type == k), None)
             if hit:
@@ -178,7 +200,6 @@ def _summary(fed, user: str | None) -> dict:
 
 def _inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
 
     try:
@@ -197,15 +218,8 @@ def _inspect(args: argparse.Namespace) -> int:
         return 1 if leaks else 0
     console = Console()
     who = f"user {args.user}" if args.user else f"{summary['users']} users"
-    table = Table(title=f"{args.folder}: {who}, seed {summary['seed']}")
-    table.add_column("split")
-    for k in TASK_KINDS:
-        table.add_column(k, justify="right")
-    table.add_column("total", justify="right")
-    for s in ("history", *SPLITS):
-        c = summary["counts"][s]
-        table.add_row(s, *[str(c[k]) for k in TASK_KINDS], str(c["total"]))
-    console.print(table)
+    shown = [k for k in summary["counts"]["history"] if k != "total"]
+    console.print(kind_table(f"{args.folder}: {who}, seed {summary['seed']}", shown, summary["counts"]))
     if "profile" in summary:
         for key, val in summary["profile"].items():
             print(f"  {key:<15} {val}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +170,8 @@ def load_federation(folder: str | Path) -> Federation:
 
     profiles = []
     ppath = root / PROFILES_FILE
-    for i, obj in enumerate(_read_jsonl(ppath, tuple(f.name for f in fields(UserProfile))), start=1):
+    required = tuple(f.name for f in fields(UserProfile) if f.default is MISSING and f.default_factory is MISSING)
+    for i, obj in enumerate(_read_jsonl(ppath, required), start=1):
         if not isinstance(obj.get("private_values"), list):
             raise DataValidationError(ppath, [(i, "private_values", "expected a list of strings")])
         profiles.append(UserProfile.from_json(obj))

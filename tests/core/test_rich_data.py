@@ -184,3 +184,13 @@ def test_data_generate_cli_writes_a_rich_federation(tmp_path):
                  "--max-context-words", "200"]) == 0
     fed = D.load_federation(tmp_path / "r")
     assert fed.config.variety == "rich" and fed.config.max_context_words == 200
+
+
+def test_data_inspect_counts_the_rich_kinds(rich, tmp_path, capsys):
+    folder = D.write_federation(rich, tmp_path / "rich")
+    assert main(["data", "inspect", str(folder), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    train = summary["counts"]["train"]
+    assert train["total"] == len(rich.tasks["train"])
+    assert sum(v for k, v in train.items() if k != "total") == train["total"]  # every kind has a column
+    assert "cover_letter" in summary["samples"] or "speech" in summary["samples"]
