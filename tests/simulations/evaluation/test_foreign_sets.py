@@ -14,6 +14,7 @@ from fedcogen.cli import main
 from fedcogen.dataset import pools, rich_pools
 from fedcogen.simulations.evaluation import foreign_sets_gen as gen
 from fedcogen.simulations.evaluation import metrics as m
+from fedcogen.simulations.evaluation.compare_runs import compare_runs
 from fedcogen.simulations.evaluation.evaluate import EvalAnswer, EvalConfig, evaluate, group_summaries
 
 SETS = Path(gen.__file__).resolve().parent / "foreign_sets"
@@ -158,3 +159,24 @@ def test_cap_tasks_keeps_the_first_k_of_each_user():
     assert len(one) == 12 and len({t.user_id for t in one}) == 12
     assert eval_cli.cap_tasks(tasks, 5, 1) == one[:5]
     assert eval_cli.set_names([Path("a/x.jsonl"), Path("b/x.jsonl")]) == ["a/x", "b/x"]
+
+
+def test_compare_runs_pairs_two_result_files_per_set():
+    tasks = [t for name in NAMES for t in D.validate_task_file(SETS / f"{name}.jsonl", strict=True)[:4]]
+    cfg = EvalConfig(resamples=50, progress=False)
+    groups = {"cogenesis": {t.user_id for t in tasks if t.user_id.startswith("cg-")},
+              "threads": {t.user_id for t in tasks if t.user_id.startswith("th-")}}
+    runs = {}
+    for variant in ("device", "device_personalised"):
+        r = evaluate(tasks, NameDropper(), [variant], config=cfg, foreign_terms=D.names_and_places()).to_dict()
+        r["sets"] = group_summaries(r, groups, [variant], cfg)
+        runs[variant] = r
+    out = compare_runs(runs["device_personalised"], "device_personalised", runs["device"], "device", cfg=cfg)
+    assert set(out) == set(NAMES)
+    for name in NAMES:
+        assert out[name]["users"] == len(groups[name]) and out[name]["missing_users"] == 0
+        assert out[name]["paired"]["foreign_facts"]["mean"] == pytest.approx(2.0)
+        assert out[name]["paired"]["foreign_facts"]["n"] == len(groups[name])
+        assert out[name]["b"]["rouge_l"]["mean"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="variant 'cloud'"):
+        compare_runs(runs["device"], "cloud", runs["device"], "device")
