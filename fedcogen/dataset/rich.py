@@ -36,6 +36,7 @@ from fedcogen.dataset.rich_pools import (
     GENERIC_OPENERS,
     HABITS,
     KEY_STYLES,
+    LEADS,
     MARKERS,
     MONTHS,
     NOTE_OPENERS,
@@ -46,6 +47,7 @@ from fedcogen.dataset.rich_pools import (
     RECIPIENT_ROLES,
     STREETS,
     SYNONYMS,
+    TAILS,
     TOPICS,
     VENUES,
 )
@@ -127,7 +129,9 @@ def make_rich_profile(user_id: str, seed: int, taken_names: set[str]) -> UserPro
                "voice": {"words": {w: rng.choice(alts) for w, alts in SYNONYMS.items()},
                          "markers": rng.sample(MARKERS, 3), "marker_rate": round(rng.uniform(0.1, 0.4), 2),
                          "exclaim": rng.random() < (0.5 if p.style["formality"] == "casual" else 0.1),
-                         "openers": rng.sample(GENERIC_OPENERS, 3), "closings": rng.sample(GENERIC_CLOSINGS, 3)}}
+                         "openers": rng.sample(GENERIC_OPENERS, 3), "closings": rng.sample(GENERIC_CLOSINGS, 3),
+                         "leads": rng.sample(LEADS, 4), "tails": rng.sample(TAILS, 4),
+                         "lead_rate": round(rng.uniform(0.05, 0.3), 2), "tail_rate": round(rng.uniform(0.05, 0.3), 2)}}
     p.private_values = dedupe([*p.private_values, birthday, p.extra["habit"], p.extra["pet_name"],
                                p.extra["street"], p.extra["venue"], event_date])
     return p
@@ -154,10 +158,14 @@ def _voice(profile: UserProfile, text: str, protect: tuple[str, ...] = (), rng: 
     if profile.style.get("contractions"):
         for long, short in CONTRACTIONS:
             text = text.replace(long, short)
+    first = text.split(" ", 1)[0]
+    lowered = text if first in ("I", "I'm", "I'll") or "\x00" in first else text[:1].lower() + text[1:]
     if rng is not None and voice.get("markers") and rng.random() < voice.get("marker_rate", 0.0):
-        first = text.split(" ", 1)[0]
-        lowered = text if first in ("I", "I'm", "I'll") or "\x00" in first else text[:1].lower() + text[1:]
         text = f"{rng.choice(voice['markers'])} {lowered}"
+    elif rng is not None and voice.get("leads") and rng.random() < voice.get("lead_rate", 0.0):
+        text = f"{rng.choice(voice['leads'])} {lowered}"
+    if rng is not None and voice.get("tails") and text.endswith(".") and rng.random() < voice.get("tail_rate", 0.0):
+        text = text[:-1] + rng.choice(voice["tails"]) + "."
     if rng is not None and voice.get("exclaim") and text.endswith(".") and rng.random() < 0.3:
         text = text[:-1] + "!"
     for i, v in enumerate(marks):

@@ -136,3 +136,14 @@ GENERIC_CLOSINGS: tuple[str, ...] = (
     "I will leave it there for now.", "Speak soon, I hope.", "Until next time.", "Let us see how it goes.",
     "Fingers crossed it all works out.", "Shout if you have questions.",
 )
+#: Time lead-ins and tails a user attaches to some sentences (each user keeps a few of each).
+LEADS: tuple[str, ...] = (
+    "Last week,", "These days,", "Since the spring,", "Lately,", "This year,", "Over the summer,", "Right now,",
+    "After a long month,", "For once,", "Once again,", "As of this week,", "By now,", "More and more,",
+    "Every so often,", "At the moment,", "Looking back,",
+)
+TAILS: tuple[str, ...] = (
+    ", at least for now", ", as usual", ", which helped a lot", ", believe it or not", ", to my surprise",
+    ", more or less", ", if I'm honest", ", for what it is worth", ", touch wood", ", all things considered",
+    ", give or take", ", as far as I can tell", ", which says a lot", ", thankfully",
+)
