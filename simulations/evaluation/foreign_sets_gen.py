@@ -1,5 +1,6 @@
 """Writes the foreign-format evaluation task files of ``simulations/evaluation/foreign_sets/``
-(``python -m fedcogen.simulations.evaluation.foreign_sets_gen``; deterministic, seed fixed below).
+(``python -c "from fedcogen.simulations.evaluation.foreign_sets_gen import build; build()"``; deterministic,
+seed fixed below).
 
 Why a procedure of its own: an adapter trained on ``fedcogen.dataset`` must be measured on users that
 generator did not write (issue 26), or a gain may only mean it learned the generator. This module has its
@@ -249,6 +250,3 @@ def build(out: Path = HERE) -> dict[str, int]:
         counts[name] = len(rows)
     return counts
 
-
-if __name__ == "__main__":
-    print(build())
