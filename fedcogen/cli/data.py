@@ -6,18 +6,23 @@ import argparse
 import json
 from pathlib import Path
 
-from fedcogen.cli.common import add_command, add_group
+from fedcogen import results_json
+from fedcogen.cli.common import add_command, add_group, cli_settings
 from fedcogen.dataset import (
+    KIND_LABELS,
     SPLITS,
     TASK_KINDS,
+    VARIETIES,
     DataValidationError,
     FederationConfig,
     find_leaks,
     generate_federation,
     load_federation,
     validate_task_file,
+    variety_report,
     write_federation,
 )
+from fedcogen.provenance import provenance
 
 GENERATE_HELP = """\
 Generate a deterministic federation of N users (each a Flower client) with private profiles,
@@ -52,6 +57,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--canaries", type=int, default=2, help="canaries per user (default 2; 0 = none)")
     g.add_argument("--canary-repeats", type=int, default=1,
                    help="history texts carrying each canary (default 1; more = easier to memorise)")
+    g.add_argument("--variety", choices=VARIETIES, default="basic",
+                   help="basic (default: the 18 scenarios every earlier figure used) or rich (many task kinds, "
+                   "profile formats, fact kinds and free-text histories; issue 26)")
+    g.add_argument("--max-context-words", type=int, default=1400,
+                   help="rich: longest private context in words (default 1400, ~2,000 tokens)")
+    g.add_argument("--distractor-facts", type=int, default=4,
+                   help="rich: up to this many facts the task does not need in each context (default 4; 0 = none)")
+    g.add_argument("--absent-fact-percent", type=int, default=15,
+                   help="rich: share of tasks whose context lacks one fact, answered without it (default 15)")
+    g.add_argument("--no-format-variety", dest="format_variety", action="store_false",
+                   help="rich: every profile as plain 'key: value' lines (ablation)")
     g.add_argument("--force", action="store_true", help="write into a non-empty folder, replacing our files")
 
     i = add_command(
@@ -73,10 +89,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("file", type=Path, help="task .jsonl file, or a federation folder")
     v.add_argument("--profiles", type=Path, help="profiles.jsonl whose user ids are the only valid ones")
 
+    r = add_command(
+        dsub, "variety", "distinct n-gram ratios and template reuse across users of federations", func=_variety,
+        description="Measure how varied a federation's texts are (fedcogen.dataset.variety): distinct-1/2/3 of "
+        "references, contexts, instructions and history; the share of reference sentences whose skeleton "
+        "(private values masked) another user also wrote; task kinds, context layouts and context lengths. "
+        "Without folders, generates one federation per --varieties entry with the same size and seed, so the "
+        "figures compare like with like.",
+    )
+    r.add_argument("folders", nargs="*", type=Path, help="federation folders to measure (default: generate)")
+    r.add_argument("--varieties", default="basic,rich", help="generator varieties to compare (default basic,rich)")
+    r.add_argument("--users", type=int, default=12, help="users per generated federation (default 12)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the generated federations (default 0)")
+    r.add_argument("--json", dest="json_out", type=Path, help="write the figures (with a provenance record) here")
+
 
 def _generate(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
 
     out: Path = args.out
@@ -88,7 +117,9 @@ def _generate(args: argparse.Namespace) -> int:
         n_users=args.num_clients, seed=args.seed, history_per_user=args.history,
         train_tasks_per_user=args.train_tasks, val_tasks_per_user=args.val_tasks,
         test_tasks_per_user=args.test_tasks, canaries_per_user=args.canaries,
-        canary_repeats=args.canary_repeats,
+        canary_repeats=args.canary_repeats, variety=args.variety, max_context_words=args.max_context_words,
+        distractor_facts=args.distractor_facts, absent_fact_percent=args.absent_fact_percent,
+        format_variety=args.format_variety,
     )
     fed = generate_federation(cfg, progress=True)
     leaks = find_leaks(fed)
@@ -96,17 +127,10 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError(f"generated data violates a privacy invariant: {leaks[0]}")
     folder = write_federation(fed, out)
     console = Console()
-    table = Table(title=f"federation: {cfg.n_users} users, seed {cfg.seed}")
-    table.add_column("split")
-    for k in TASK_KINDS:
-        table.add_column(k, justify="right")
-    table.add_column("total", justify="right")
-    kinds = [h.kind for h in fed.history]
-    table.add_row("history", *[str(kinds.count(k)) for k in TASK_KINDS], str(len(kinds)))
-    for s in SPLITS:
-        tk = [t.task_type for t in fed.tasks[s]]
-        table.add_row(s, *[str(tk.count(k)) for k in TASK_KINDS], str(len(tk)))
-    console.print(table)
+    counts = {"history": [h.kind for h in fed.history]} | {sp: [t.task_type for t in fed.tasks[sp]] for sp in SPLITS}
+    console.print(kind_table(f"federation: {cfg.n_users} users, seed {cfg.seed}", kinds_of(fed),
+                             {name: {k: items.count(k) for k in kinds_of(fed)} | {"total": len(items)}
+                              for name, items in counts.items()}))
     n_can = sum(len(v) for v in fed.canaries.values())
     print(f"canaries: {n_can} ({cfg.canaries_per_user} per user, each in {cfg.canary_repeats} training text(s))")
     print("privacy check: no private value in any instruction; canaries only in their owner's history")
@@ -114,16 +138,45 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def kind_table(title: str, kinds: list[str], counts: dict[str, dict[str, int]]):  # noqa: ANN201 - a rich Table
+    """Counts per kind and split: kinds as columns for the basic four, as rows for the rich federation's many."""
+    from rich.table import Table
+
+    splits = ["history", *SPLITS]
+    table = Table(title=title)
+    if len(kinds) <= 6:
+        table.add_column("split")
+        for k in kinds:
+            table.add_column(k, justify="right")
+        table.add_column("total", justify="right")
+        for sp in splits:
+            table.add_row(sp, *[str(counts[sp][k]) for k in kinds], str(counts[sp]["total"]))
+        return table
+    table.add_column("kind")
+    for sp in splits:
+        table.add_column(sp, justify="right")
+    for k in [*kinds, "total"]:
+        table.add_row(k, *[str(counts[sp][k]) for sp in splits])
+    return table
+
+
+def kinds_of(fed) -> list[str]:
+    """The task kinds a federation has: the basic four, or every kind the rich generator wrote."""
+    present = {h.kind for h in fed.history} | {t.task_type for s in SPLITS for t in fed.tasks[s]}
+    return list(TASK_KINDS) if present <= set(TASK_KINDS) else [k for k in KIND_LABELS if k in present]
+
+
 def _summary(fed, user: str | None) -> dict:
+    shown = kinds_of(fed)
 
     def count(items):
         items = list(items)
-        return {k: items.count(k) for k in TASK_KINDS} | {"total": len(items)}
+        return {k: items.count(k) for k in shown} | {"total": len(items)}
 
     hist = [h for h in fed.history if user is None or h.user_id == user]
     tasks = {s: [t for t in fed.tasks[s] if user is None or t.user_id == user] for s in SPLITS}
     samples = {}
-    for k in TASK_KINDS:
+    for k in shown:
         for s in SPLITS:
             hit = next((t for t in tasks[s] if t.task_type == k), None)
             if hit:
@@ -147,7 +200,6 @@ def _summary(fed, user: str | None) -> dict:
 
 def _inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
 
     try:
@@ -166,15 +218,8 @@ def _inspect(args: argparse.Namespace) -> int:
         return 1 if leaks else 0
     console = Console()
     who = f"user {args.user}" if args.user else f"{summary['users']} users"
-    table = Table(title=f"{args.folder}: {who}, seed {summary['seed']}")
-    table.add_column("split")
-    for k in TASK_KINDS:
-        table.add_column(k, justify="right")
-    table.add_column("total", justify="right")
-    for s in ("history", *SPLITS):
-        c = summary["counts"][s]
-        table.add_row(s, *[str(c[k]) for k in TASK_KINDS], str(c["total"]))
-    console.print(table)
+    shown = [k for k in summary["counts"]["history"] if k != "total"]
+    console.print(kind_table(f"{args.folder}: {who}, seed {summary['seed']}", shown, summary["counts"]))
     if "profile" in summary:
         for key, val in summary["profile"].items():
             print(f"  {key:<15} {val}")
@@ -191,6 +236,31 @@ def _inspect(args: argparse.Namespace) -> int:
             print(f"  {line}")
         return 1
     print("validation: OK (sha256, fields and user ids of every file; no private value in any instruction)")
+    return 0
+
+
+def _variety(args: argparse.Namespace) -> int:
+    if args.folders:
+        reports = {str(f): variety_report(load_federation(f)) for f in args.folders}
+    else:
+        names = [v.strip() for v in args.varieties.split(",") if v.strip()]
+        bad = [v for v in names if v not in VARIETIES]
+        if bad or not names:
+            raise ValueError(f"--varieties: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(VARIETIES)}")
+        reports = {v: variety_report(generate_federation(FederationConfig(n_users=args.users, seed=args.seed,
+                                                                          variety=v))) for v in names}
+    for name, rep in reports.items():
+        d, t = rep["distinct_n"], rep["template_reuse"]
+        print(f"{name}: {rep['users']} users, {rep['tasks']} tasks, {rep['task_kinds']} task kinds, "
+              f"{rep['context_layouts']} context layouts; references distinct-2/3 "
+              f"{d['references']['distinct_2']:.3f}/{d['references']['distinct_3']:.3f}; contexts distinct-3 "
+              f"{d['contexts']['distinct_3']:.3f}; sentence skeletons shared across users "
+              f"{t['sentence_skeletons_shared_across_users']:.3f} ({t['distinct_sentence_skeletons']} distinct); "
+              f"context words mean {rep['context_words']['mean']}, max {rep['context_words']['max']}")
+    if args.json_out:
+        doc = {"reports": reports, "provenance": provenance(settings=cli_settings(args), seeds={"seed": args.seed})}
+        results_json.write(args.json_out, doc, indent=1)
+        print(f"wrote {args.json_out}")
     return 0
 
 

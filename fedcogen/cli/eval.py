@@ -27,6 +27,7 @@ from fedcogen.cli.common import (
     token_of,
 )
 from fedcogen.cli.flags import add_device_flag
+from fedcogen.dataset import names_and_places
 from fedcogen.dataset.validate import FieldLimits, jsonl_file_lines
 from fedcogen.models import check_model_pair
 from fedcogen.provenance import provenance
@@ -59,7 +60,8 @@ variants:
 metrics (per variant; mean per user, then over users, 95% bootstrap CI resampling users):
   ROUGE-L F1, private-fact recall, style match (needs profiles), leaked facts (private facts
   found in the bytes the cloud received), bytes sent/received, tokens/s, latency, cloud-call
-  fraction; plus paired per-user differences between variants.
+  fraction, foreign facts (names / places of other users or of the data generator's pools in the
+  answer that its own context lacks: invented, not read); plus paired per-user differences.
 
 fallbacks: a cloud variant whose cloud was unreachable, refused or timed out ends on the device
 alone. Such an answer is not the variant's: by default it is a failed generation (exit 1, the
@@ -72,6 +74,9 @@ exit codes: 0 ok; 1 results written but some generations failed or fell back (wi
 examples:
   fedcogen eval --dataset runs/fed/tasks.jsonl --spawn-cloud --json runs/eval.json --report runs/eval.md
   fedcogen eval --dataset tasks.jsonl --variants device,logit --cloud 127.0.0.1:50051 --json out.json
+  fedcogen eval --dataset simulations/evaluation/foreign_sets/cogenesis.jsonl \
+      --dataset simulations/evaluation/foreign_sets/threads.jsonl --variants device,device_personalised \
+      --adapter runs/demo/federation/adapter --max-tasks-per-user 1 --json runs/foreign.json
 """
 
 
@@ -84,7 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "results as JSON (and a markdown report with plots).",
         epilog=EPILOG,
     )
-    p.add_argument("--dataset", required=True, type=Path, help="task file (JSONL, format below)")
+    p.add_argument("--dataset", required=True, type=Path, action="append",
+                   help="task file (JSONL, format below); repeat it to evaluate several sets in one run, each "
+                   "reported on its own users (\"sets\" in the JSON, one table per set in the report), e.g. the "
+                   "foreign-format sets in simulations/evaluation/foreign_sets/")
     p.add_argument("--variants", default=DEFAULT_VARIANTS,
                    help=f"comma-separated variants to run (default: {DEFAULT_VARIANTS})")
     cloud = p.add_mutually_exclusive_group()
@@ -108,7 +116,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", type=Path, help="federated LoRA adapter dir (enables device_personalised)")
     p.add_argument("--profiles", type=Path, help="profiles.jsonl with style markers "
                    "(default: profiles.jsonl next to the dataset if it exists)")
-    p.add_argument("--max-tasks", type=int, help="evaluate only the first N valid tasks")
+    p.add_argument("--max-tasks", type=int, help="evaluate only the first N valid tasks of each dataset")
+    p.add_argument("--max-tasks-per-user", type=int,
+                   help="evaluate at most K tasks of each user (first ones; applied before --max-tasks): more users "
+                   "for the same time gives tighter per-user intervals")
+    p.add_argument("--foreign-terms", type=Path,
+                   help="extra names / places (one a line) counted as foreign facts when an answer has one its own "
+                   "context lacks; always counted: the generator's name and place pools and every task's "
+                   "capitalised private facts")
     add_decoding_args(p)
     p.add_argument("--batch-size", type=int, default=8, help="answers decoded in lockstep (faster on CPU)")
     p.add_argument("--on-invalid", choices=("skip", "reject"), default="skip",
@@ -173,6 +188,36 @@ def load_tasks(path: Path, on_invalid: str, limits: FieldLimits | None = None) -
     return list(records), problems
 
 
+def cap_tasks(tasks: Sequence[Any], max_tasks: int | None, per_user: int | None) -> list[Any]:
+    """At most ``per_user`` tasks of each user (first ones), then the first ``max_tasks`` of those."""
+    out, seen = [], {}
+    for t in tasks:
+        n = seen.get(str(t.user_id), 0)
+        if per_user is None or n < per_user:
+            out.append(t)
+            seen[str(t.user_id)] = n + 1
+    return out[:max_tasks] if max_tasks else out
+
+
+def set_names(paths: Sequence[Path]) -> list[str]:
+    """A name per dataset: its file stem, or parent/stem where two files share a stem."""
+    stems = [p.stem for p in paths]
+    names = [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--dataset names a file twice: {', '.join(str(p) for p in paths)}")
+    return names
+
+
+def read_terms(path: Path | None) -> list[str]:
+    """Names / places from a file, one a line (blank lines and # comments skipped)."""
+    if path is None:
+        return []
+    if not path.is_file():
+        raise FileNotFoundError(f"--foreign-terms {path} does not exist")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
 def load_profiles(path: Path | None, dataset: Path) -> tuple[dict[str, Any], str | None]:
     """user id -> StyleMarkers from a profiles JSONL; (markers, the file used or None)."""
     from fedcogen.simulations.evaluation.metrics import StyleMarkers
@@ -221,7 +266,7 @@ def build_generator(args: argparse.Namespace, cloud_address: str | None, variant
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from fedcogen.simulations.evaluation.evaluate import EvalConfig, evaluate
+    from fedcogen.simulations.evaluation.evaluate import EvalConfig, evaluate, group_summaries
     from fedcogen.simulations.evaluation.report import write_report
     from fedcogen.simulations.federation.processes import spawned_cloud
 
@@ -235,12 +280,30 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"variant(s) {', '.join(needs_cloud)} need a cloud: pass --cloud HOST:PORT or --spawn-cloud")
     if args.cloud and not (args.insecure or args.tls_dir):
         raise ValueError("--cloud needs --tls-dir DIR (with --token) or an explicit --insecure for plaintext")
-    tasks, problems = load_tasks(args.dataset, args.on_invalid, FieldLimits.from_specs(args.max_chars))
-    if not tasks:
-        raise ValueError(f"no valid tasks in {args.dataset} ({len(problems)} invalid line(s))")
-    if args.max_tasks:
-        tasks = tasks[: args.max_tasks]
-    profiles, profiles_file = load_profiles(args.profiles, args.dataset)
+    if args.max_tasks_per_user is not None and args.max_tasks_per_user < 1:
+        raise ValueError(f"--max-tasks-per-user must be >= 1, got {args.max_tasks_per_user}")
+    datasets: list[Path] = list(args.dataset)
+    names = set_names(datasets)
+    foreign_terms = [*names_and_places(), *read_terms(args.foreign_terms)]
+    tasks, problems, groups, profiles, profile_files = [], [], {}, {}, []
+    for name, path in zip(names, datasets, strict=True):
+        set_tasks, set_problems = load_tasks(path, args.on_invalid, FieldLimits.from_specs(args.max_chars))
+        if not set_tasks:
+            raise ValueError(f"no valid tasks in {path} ({len(set_problems)} invalid line(s))")
+        set_tasks = cap_tasks(set_tasks, args.max_tasks, args.max_tasks_per_user)
+        users = {str(t.user_id) for t in set_tasks}
+        clash = sorted(users & {u for g in groups.values() for u in g})
+        if clash:  # every set is reported on its own users: a user id must belong to one set
+            raise ValueError(f"user id {clash[0]} is in {path} and in an earlier --dataset: user ids must differ "
+                             "between sets")
+        groups[name] = users
+        tasks += set_tasks
+        problems += set_problems
+        set_profiles, set_profiles_file = load_profiles(args.profiles, path)
+        profiles.update(set_profiles)
+        if set_profiles_file and set_profiles_file not in profile_files:
+            profile_files.append(set_profiles_file)
+    profiles_file = ", ".join(profile_files) or None
     if needs_cloud and args.spawn_cloud:
         check_model_pair(args.device_model, args.cloud_model)  # a mismatched pair fails before any model loads
 
@@ -262,11 +325,17 @@ def run_eval(args: argparse.Namespace) -> int:
             cloud.wait_ready()
         cfg = EvalConfig(resamples=args.resamples, seed=args.seed, progress=not args.no_progress,
                          batch_size=args.batch_size, allow_fallback=args.allow_fallback)
-        result = evaluate(tasks, generator, variants, profiles=profiles, config=cfg)
+        result = evaluate(tasks, generator, variants, profiles=profiles, config=cfg, foreign_terms=foreign_terms)
 
     data = result.to_dict()
+    data["sets"] = group_summaries(data, groups, variants, cfg)
+    for name, path in zip(names, datasets, strict=True):
+        data["sets"][name]["dataset"] = str(path)
+    set_of = {u: name for name, users in groups.items() for u in users}
+    for row in data["rows"]:
+        row["set"] = set_of.get(str(row["user_id"]))
     data["meta"].update({
-        "dataset": str(args.dataset),
+        "dataset": ", ".join(str(p) for p in datasets),
         "profiles": profiles_file,
         "device_model": args.device_model,
         "cloud": args.cloud or (f"spawned {args.cloud_model}" if args.spawn_cloud else None),
@@ -313,12 +382,20 @@ def _print_summary(data: dict[str, Any]) -> None:
     (``scored``), fell back to the device alone, or failed."""
     from fedcogen.simulations.evaluation.report import fmt_ci
 
-    print(f"{'variant':<20} {'ROUGE-L':>22} {'fact recall':>22} {'leaked':>8} {'bytes':>10} {'latency s':>10} "
-          f"{'scored':>7} {'fell back':>9} {'failed':>6}")
-    for v in data["variants"]:
-        o, c = data["overall"][v], data["counts"][v]
-        print(f"{v:<20} {fmt_ci(o['rouge_l'], 3):>22} {fmt_ci(o['fact_recall'], 3):>22} "
-              f"{fmt_ci(o['leaked_facts'], 2).split(' ')[0]:>8} {fmt_ci(o['bytes_total'], 0).split(' ')[0]:>10} "
-              f"{fmt_ci(o['latency_s'], 2).split(' ')[0]:>10} {c['scored']:>7} {c['fell_back']:>9} {c['failed']:>6}")
+    sets = data.get("sets") or {}
+    groups = [("all tasks", data)] + (list(sets.items()) if len(sets) > 1 else [])
+    for title, part in groups:
+        if len(groups) > 1:
+            print(f"== {title} ({len(part.get('users', [])) or data['meta'].get('users')} users)")
+        print(f"{'variant':<20} {'ROUGE-L':>22} {'fact recall':>22} {'foreign':>8} {'leaked':>8} {'bytes':>10} "
+              f"{'latency s':>10} {'scored':>7} {'fell back':>9} {'failed':>6}")
+        for v in data["variants"]:
+            o, c = part["overall"].get(v, {}), part["counts"][v]
+            print(f"{v:<20} {fmt_ci(o.get('rouge_l'), 3):>22} {fmt_ci(o.get('fact_recall'), 3):>22} "
+                  f"{fmt_ci(o.get('foreign_facts'), 2).split(' ')[0]:>8} "
+                  f"{fmt_ci(o.get('leaked_facts'), 2).split(' ')[0]:>8} "
+                  f"{fmt_ci(o.get('bytes_total'), 0).split(' ')[0]:>10} "
+                  f"{fmt_ci(o.get('latency_s'), 2).split(' ')[0]:>10} {c['scored']:>7} {c['fell_back']:>9} "
+                  f"{c['failed']:>6}")
     for note in data["notes"]:
         print(f"note: {note}")

@@ -55,10 +55,10 @@ the word pools in :mod:`fedcogen.dataset.pools`, :func:`load_federation`, :func:
 
 from __future__ import annotations
 
+from fedcogen.dataset.build import generate_federation
 from fedcogen.dataset.canaries import canary_records, canary_secret, load_canaries, random_canary_like
 from fedcogen.dataset.examples import client_examples, partition_by_user, swap_private_values, to_hf_dataset
 from fedcogen.dataset.files import load_federation, write_federation
-from fedcogen.dataset.generator import generate_federation
 from fedcogen.dataset.leaks import find_leaks, private_values
 from fedcogen.dataset.pools import LENGTHS
 from fedcogen.dataset.schema import (
@@ -71,6 +71,7 @@ from fedcogen.dataset.schema import (
     SPLITS,
     TASK_FILES,
     TASK_KINDS,
+    VARIETIES,
     DataValidationError,
     Federation,
     FederationConfig,
@@ -81,6 +82,8 @@ from fedcogen.dataset.schema import (
     user_ids,
 )
 from fedcogen.dataset.validate import validate_task_file
+from fedcogen.dataset.variety import distinct_n, template_reuse, variety_report
+from fedcogen.dataset.vocabulary import names_and_places
 
 __all__ = [
     "CANARIES_FILE",
@@ -96,6 +99,7 @@ __all__ = [
     "SPLITS",
     "TASK_FILES",
     "TASK_KINDS",
+    "VARIETIES",
     "TaskRecord",
     "UserProfile",
     "make_user_id",
@@ -115,4 +119,8 @@ __all__ = [
     "partition_by_user",
     "swap_private_values",
     "to_hf_dataset",
+    "distinct_n",
+    "template_reuse",
+    "variety_report",
+    "names_and_places",
 ]

@@ -6,6 +6,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from fedcogen.dataset.generator import article, make_profile
+from fedcogen.dataset.rich import make_rich_profile, rich_fake_fields
 from fedcogen.dataset.schema import KIND_LABELS, Federation, HistoryText, TaskRecord, UserProfile, split_tasks
 from fedcogen.prompts import device_prompt, history_prompt
 
@@ -46,7 +47,7 @@ def _fields(p: UserProfile, n_rel: int, n_sched: int, n_hobbies: int) -> list[st
     for i in range(n_sched):
         a = cyc(p.schedule, i)
         out += [a["with"], f"{a['day']} at {a['time']}"]
-    return out + [cyc(p.hobbies, i) for i in range(n_hobbies)]
+    return out + [cyc(p.hobbies, i) for i in range(n_hobbies)] + rich_fake_fields(p)
 
 
 def swap_private_values(task: TaskRecord, profile: UserProfile, seed: int) -> tuple[str, str]:
@@ -62,7 +63,9 @@ def swap_private_values(task: TaskRecord, profile: UserProfile, seed: int) -> tu
     shape = (len(profile.relatives), len(profile.schedule), len(profile.hobbies))
     real = _fields(profile, *shape)
     # several fake profiles, so that each value can get a replacement different from itself
-    fakes = [_fields(make_profile(f"swap-{seed}-{k}", seed, {profile.name}), *shape) for k in range(4)]
+    # a rich profile's extra facts (birthday, pet, venue, ...) are swapped too, from rich fakes
+    maker = make_rich_profile if profile.extra else make_profile
+    fakes = [_fields(maker(f"swap-{seed}-{k}", seed, {profile.name}), *shape) for k in range(4)]
     pairs, used = [], set(real)
     for j, old in enumerate(real):
         new = next((f[j] for f in fakes if f[j] not in used), None)

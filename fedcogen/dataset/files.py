@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,8 @@ def _canary_doc(fed: Federation) -> dict[str, Any]:
 def federation_files(fed: Federation) -> dict[str, bytes]:
     """The bytes of every data file (manifest excluded), keyed by relative path."""
     files = {
-        PROFILES_FILE: _jsonl(asdict(p) for p in fed.profiles),
+        # "extra" only where a profile has extra facts: basic federations keep their bytes from before it existed
+        PROFILES_FILE: _jsonl({k: v for k, v in asdict(p).items() if k != "extra" or v} for p in fed.profiles),
         HISTORY_FILE: _jsonl(asdict(h) for h in fed.history),
         **{TASK_FILES[s]: _jsonl(t.to_json() for t in fed.tasks[s]) for s in SPLITS},
         CANARIES_FILE: (json.dumps(_canary_doc(fed), sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode(),
@@ -112,7 +113,8 @@ def write_federation(fed: Federation, out_dir: str | Path) -> Path:
         "user_ids": user_ids(fed),
         "counts": _counts(fed),
         "files": meta,
-        "task_kinds": {k: KIND_LABELS[k] for k in TASK_KINDS},
+        "task_kinds": {k: KIND_LABELS[k] for k in KIND_LABELS
+                       if k in TASK_KINDS or any(t.task_type == k for s in SPLITS for t in fed.tasks[s])},
     }
     manifest_path.write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n", encoding="utf-8")
     return out
@@ -168,7 +170,8 @@ def load_federation(folder: str | Path) -> Federation:
 
     profiles = []
     ppath = root / PROFILES_FILE
-    for i, obj in enumerate(_read_jsonl(ppath, tuple(f.name for f in fields(UserProfile))), start=1):
+    required = tuple(f.name for f in fields(UserProfile) if f.default is MISSING and f.default_factory is MISSING)
+    for i, obj in enumerate(_read_jsonl(ppath, required), start=1):
         if not isinstance(obj.get("private_values"), list):
             raise DataValidationError(ppath, [(i, "private_values", "expected a list of strings")])
         profiles.append(UserProfile.from_json(obj))
@@ -181,7 +184,7 @@ def load_federation(folder: str | Path) -> Federation:
     for i, obj in enumerate(_read_jsonl(hpath, ("user_id", "text_id", "kind", "text")), start=1):
         if obj["user_id"] not in known:
             raise DataValidationError(hpath, [(i, "user_id", f"unknown user '{obj['user_id']}'")])
-        if obj["kind"] not in TASK_KINDS:
+        if obj["kind"] not in KIND_LABELS:
             raise DataValidationError(hpath, [(i, "kind", f"unknown kind '{obj['kind']}'")])
         if not isinstance(obj["text"], str) or not obj["text"].strip():
             raise DataValidationError(hpath, [(i, "text", "expected a non-empty string")])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-from fedcogen.dataset.canaries import CANARY_PLANTING, new_canary
+from fedcogen.dataset.canaries import CANARY_PLANTING
 from fedcogen.dataset.pools import (
     APPOINTMENTS,
     CITIES,
@@ -36,23 +36,19 @@ from fedcogen.dataset.pools import (
 )
 from fedcogen.dataset.scenarios import SCENARIOS_BY_KIND, Scenario
 from fedcogen.dataset.schema import (
-    CANARY_PREFIXES,
     FORMAT_VERSION,
     KIND_LABELS,
     SEED_NAMESPACE,
-    SPLITS,
     TASK_KINDS,
-    Federation,
     FederationConfig,
     HistoryText,
     TaskRecord,
     UserProfile,
-    make_user_id,
 )
 
 
 # --------------------------------------------------------------------------- generation
-def _rng(seed: int, user_id: str, purpose: str) -> random.Random:
+def user_rng(seed: int, user_id: str, purpose: str) -> random.Random:
     """An independent generator per user and purpose (string seeds are hashed with SHA-512)."""
     return random.Random(f"{SEED_NAMESPACE}:{FORMAT_VERSION}:{seed}:{user_id}:{purpose}")
 
@@ -65,7 +61,7 @@ def _amount(rng: random.Random) -> str:
     return f"\u20ac{rng.randrange(80, 4800):,}"
 
 
-def _dedupe(values: Iterable[str]) -> list[str]:
+def dedupe(values: Iterable[str]) -> list[str]:
     seen: dict[str, None] = {}
     for v in values:
         if v and v not in seen:
@@ -74,7 +70,7 @@ def _dedupe(values: Iterable[str]) -> list[str]:
 
 
 def make_profile(user_id: str, seed: int, taken_names: set[str]) -> UserProfile:
-    rng = _rng(seed, user_id, "profile")
+    rng = user_rng(seed, user_id, "profile")
     while True:
         first, last = rng.choice(GIVEN_NAMES), rng.choice(SURNAMES)
         if f"{first} {last}" not in taken_names:
@@ -119,7 +115,7 @@ def make_profile(user_id: str, seed: int, taken_names: set[str]) -> UserProfile:
     city = rng.choice(CITIES)
     employer = f"{rng.choice(EMPLOYER_PREFIXES)} {rng.choice(EMPLOYER_SUFFIXES)}"
     role = rng.choice(ROLES)
-    private_values = _dedupe([
+    private_values = dedupe([
         full, first, last, city, employer, role, manager,
         *[r["name"] for r in relatives],
         *[s["with"] for s in schedule], *[f"{s['day']} at {s['time']}" for s in schedule],
@@ -133,7 +129,7 @@ def make_profile(user_id: str, seed: int, taken_names: set[str]) -> UserProfile:
     )
 
 
-def _slots(profile: UserProfile, rng: random.Random) -> dict[str, str]:
+def task_slots(profile: UserProfile, rng: random.Random) -> dict[str, str]:
     rel = rng.choice(profile.relatives)
     appt = rng.choice(profile.schedule)
     return {
@@ -151,7 +147,7 @@ def _sign(template: str, profile: UserProfile) -> str:
     return template.format(full=profile.name, first=profile.first_name, initial=profile.first_name[0])
 
 
-def _one_line_sign_off(profile: UserProfile) -> str:
+def one_line_sign_off(profile: UserProfile) -> str:
     return _sign(profile.style["sign_off_template"], profile).replace("\n", " ")
 
 
@@ -172,7 +168,7 @@ def _compose(profile: UserProfile, sc: Scenario, slots: dict[str, str], rng: ran
         greeting = st["greeting_template"].format(name=who) if who else st["greeting_anonymous"]
         tail = f" {st['emoji']}" if st["emoji"] else ""
         text = " ".join([body, *fillers[:1], phrases[0]]) + tail
-        return f"{greeting}\n{text}\n{_one_line_sign_off(profile)}"
+        return f"{greeting}\n{text}\n{one_line_sign_off(profile)}"
     if sc.kind == "social_post":
         tags = " ".join(st["hashtags"])
         text = " ".join([body, *fillers, *phrases])
@@ -180,7 +176,7 @@ def _compose(profile: UserProfile, sc: Scenario, slots: dict[str, str], rng: ran
     # article: title, body paragraph, a closing paragraph, byline
     title = rng.choice(sc.titles).format(**slots)
     closing = " ".join([*fillers, *phrases]) if fillers else " ".join(phrases)
-    return f"{title}\n\n{body}\n\n{closing}\n\n{_one_line_sign_off(profile)}"
+    return f"{title}\n\n{body}\n\n{closing}\n\n{one_line_sign_off(profile)}"
 
 
 def _fact_lines(facts: tuple[str, ...], slots: dict[str, str]) -> list[str]:
@@ -209,7 +205,7 @@ def _context(profile: UserProfile, sc: Scenario, slots: dict[str, str], snippet:
     lines = [
         f"me: {profile.name}",
         f"style: {st['formality']}, {st['length']} texts; greeting \"{st['greeting_template']}\"; "
-        f"sign-off \"{_one_line_sign_off(profile)}\"; "
+        f"sign-off \"{one_line_sign_off(profile)}\"; "
         f"phrases: {'; '.join(st['favourite_phrases'])}",
         *_fact_lines(sc.facts, slots),
     ]
@@ -231,29 +227,35 @@ def _pick_kind(profile: UserProfile, rng: random.Random) -> str:
     return rng.choices(TASK_KINDS, weights=[profile.kind_mix[k] for k in TASK_KINDS])[0]
 
 
-def _make_history(profile: UserProfile, cfg: FederationConfig, canaries: list[str]) -> tuple[
+def make_history(profile: UserProfile, cfg: FederationConfig, canaries: list[str]) -> tuple[
         list[HistoryText], dict[str, list[str]]]:
-    rng = _rng(cfg.seed, profile.user_id, "history")
+    rng = user_rng(cfg.seed, profile.user_id, "history")
     texts = []
     for i in range(cfg.history_per_user):
         kind = _pick_kind(profile, rng)
         sc = rng.choice(SCENARIOS_BY_KIND[kind])
-        slots = _slots(profile, rng)
+        slots = task_slots(profile, rng)
         texts.append(HistoryText(profile.user_id, f"{profile.user_id}-h{i:03d}", kind,
                                  _compose(profile, sc, slots, rng)))
+    return texts, plant_canaries(texts, canaries, cfg.canary_repeats, rng)
+
+
+def plant_canaries(texts: list[HistoryText], canaries: list[str], repeats: int,
+                   rng: random.Random) -> dict[str, list[str]]:
+    """Append each canary to ``repeats`` randomly chosen texts (in place); canary -> text ids."""
     planted: dict[str, list[str]] = {}
-    slots_for = rng.sample(range(len(texts)), len(canaries) * cfg.canary_repeats)
+    slots_for = rng.sample(range(len(texts)), len(canaries) * repeats)
     for j, idx in enumerate(slots_for):
         canary = canaries[j % len(canaries)]
         h = texts[idx]
         h.text = f"{h.text}\n{CANARY_PLANTING.format(canary=canary)}"
         planted.setdefault(canary, []).append(h.text_id)
-    return texts, planted
+    return planted
 
 
-def _make_tasks(profile: UserProfile, cfg: FederationConfig, history: list[HistoryText],
+def make_tasks(profile: UserProfile, cfg: FederationConfig, history: list[HistoryText],
                 planted_ids: set[str]) -> dict[str, list[TaskRecord]]:
-    rng = _rng(cfg.seed, profile.user_id, "tasks")
+    rng = user_rng(cfg.seed, profile.user_id, "tasks")
     clean_history = [h for h in history if h.text_id not in planted_ids]
     seen: set[str] = set()  # references: no target repeats within a user (e.g. train -> test)
     out: dict[str, list[TaskRecord]] = {}
@@ -263,7 +265,7 @@ def _make_tasks(profile: UserProfile, cfg: FederationConfig, history: list[Histo
             for _attempt in range(200):
                 kind = _pick_kind(profile, rng)
                 sc = rng.choice(SCENARIOS_BY_KIND[kind])
-                slots = _slots(profile, rng)
+                slots = task_slots(profile, rng)
                 instruction = _instruction(sc, slots, rng)
                 reference = _compose(profile, sc, slots, rng)
                 if reference not in seen:
@@ -284,38 +286,3 @@ def _make_tasks(profile: UserProfile, cfg: FederationConfig, history: list[Histo
                 raise RuntimeError(f"{rec.task_id}: facts {missing} missing from reference or context")
             out[split].append(rec)
     return out
-
-
-def generate_federation(cfg: FederationConfig | None = None, *, progress: bool = False) -> Federation:
-    """Generate the whole federation in memory (well under a second for the default 16 users)."""
-    cfg = cfg or FederationConfig()
-    ids = [make_user_id(i, cfg.n_users) for i in range(cfg.n_users)]
-    iterator: Iterable[str] = ids
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(ids, desc="generating users", unit="user")
-    profiles, history, canaries, planted_in = [], [], {}, {}
-    tasks: dict[str, list[TaskRecord]] = {s: [] for s in SPLITS}
-    taken_names: set[str] = set()
-    all_canaries: set[str] = set()
-    for uid in iterator:
-        prof = make_profile(uid, cfg.seed, taken_names)
-        crng = _rng(cfg.seed, uid, "canaries")
-        mine: list[str] = []
-        for prefix in crng.sample(CANARY_PREFIXES, cfg.canaries_per_user):
-            c = new_canary(crng, prefix)
-            while c in all_canaries:  # astronomically rare, but uniqueness is a promise
-                c = new_canary(crng, prefix)
-            all_canaries.add(c)
-            mine.append(c)
-        hist, planted = _make_history(prof, cfg, mine)
-        user_tasks = _make_tasks(prof, cfg, hist, {t for ids_ in planted.values() for t in ids_})
-        profiles.append(prof)
-        history.extend(hist)
-        canaries[uid] = mine
-        planted_in[uid] = planted
-        for s in SPLITS:
-            tasks[s].extend(user_tasks[s])
-    return Federation(config=cfg, profiles=profiles, history=history, tasks=tasks, canaries=canaries,
-                      planted_in=planted_in)

@@ -6,9 +6,11 @@ Shared by the generator, the reader/writer and the validator, and by every reade
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from fedcogen.dataset.rich_tasks import RICH_KIND_LABELS
 
 FORMAT_VERSION = 1
 GENERATOR = "fedcogen.dataset"
@@ -17,13 +19,18 @@ GENERATOR = "fedcogen.dataset"
 SEED_NAMESPACE = "fedcogen.simulations.data"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TASK_KINDS: tuple[str, ...] = ("email", "message", "social_post", "article")
-#: How a kind is named inside prompts ("Write a social media post in my usual style.").
+#: How a kind is named inside prompts ("Write a social media post in my usual style."): the basic kinds,
+#: then the kinds only the rich federation writes (``FederationConfig.variety = "rich"``).
 KIND_LABELS: dict[str, str] = {
     "email": "email",
     "message": "text message",
     "social_post": "social media post",
     "article": "short article",
+    **{k: v for k, v in RICH_KIND_LABELS.items() if k not in TASK_KINDS},
 }
+#: Generator variants: ``basic`` = the original 18 scenarios and one context layout (figures of earlier
+#: runs were measured on it); ``rich`` = many task kinds, context formats, fact kinds and free-text history.
+VARIETIES: tuple[str, ...] = ("basic", "rich")
 TASK_FILES: dict[str, str] = {s: f"{s}.jsonl" for s in SPLITS}
 PROFILES_FILE = "profiles.jsonl"
 HISTORY_FILE = "history.jsonl"
@@ -118,14 +125,16 @@ class UserProfile:
     style: dict[str, Any]
     kind_mix: dict[str, float]
     private_values: list[str]
+    #: rich federation only: birthday, habit, pet, street, hosted event (all also in ``private_values``)
+    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> UserProfile:
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in obj]
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [n for n in required if n not in obj]
         if missing:
             raise KeyError(missing[0])
-        return cls(**{n: obj[n] for n in names})
+        return cls(**{f.name: obj[f.name] for f in fields(cls) if f.name in obj})
 
 
 @dataclass
@@ -141,14 +150,30 @@ class FederationConfig:
     test_tasks_per_user: int = 4
     canaries_per_user: int = 2
     canary_repeats: int = 1
+    #: "basic" (default: the generator every earlier figure was measured on) or "rich" (issue 26)
+    variety: str = "basic"
+    # rich only, each switchable so an ablation can tell which part matters:
+    max_context_words: int = 1400  # longest private context (~2,000 SmolLM2 tokens)
+    distractor_facts: int = 4  # up to this many profile facts the task does not need, in its context
+    absent_fact_percent: int = 15  # tasks whose context lacks one fact; the reference must not invent it
+    format_variety: bool = True  # profiles as key-value lines of any key style, prose, JSON or YAML
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if not isinstance(v, int) or isinstance(v, bool):
+            kind = type(f.default)
+            if kind is int and (not isinstance(v, int) or isinstance(v, bool)):
                 raise ValueError(f"FederationConfig.{f.name} must be an int, got {v!r}")
-            if f.name != "seed" and v < 0:
+            if kind is not int and not isinstance(v, kind):
+                raise ValueError(f"FederationConfig.{f.name} must be a {kind.__name__}, got {v!r}")
+            if kind is int and f.name != "seed" and v < 0:
                 raise ValueError(f"FederationConfig.{f.name} must be >= 0, got {v}")
+        if self.variety not in VARIETIES:
+            raise ValueError(f"FederationConfig.variety must be one of {', '.join(VARIETIES)}, got {self.variety!r}")
+        if self.absent_fact_percent > 100:
+            raise ValueError(f"FederationConfig.absent_fact_percent must be <= 100, got {self.absent_fact_percent}")
+        if self.max_context_words < 50:
+            raise ValueError(f"FederationConfig.max_context_words must be >= 50, got {self.max_context_words}")
         if self.n_users < 1:
             raise ValueError("FederationConfig.n_users must be at least 1")
         if self.canaries_per_user and self.canary_repeats < 1:

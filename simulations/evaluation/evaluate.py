@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,10 +43,12 @@ METRICS: dict[str, bool] = {
     "latency_s": False,
     "cloud_call_fraction": False,
     "repeat_4gram": False,
+    # names and places of other users (or of the generator's pools) in the answer, absent from its context
+    "foreign_facts": False,
 }
 # metrics compared pairwise between variants (quality and privacy are what needs telling apart)
 PAIRED_METRICS: tuple[str, ...] = ("rouge_l", "fact_recall", "style_match", "leaked_facts", "latency_s",
-                                   "repeat_4gram")
+                                   "repeat_4gram", "foreign_facts")
 
 
 @dataclass
@@ -143,9 +146,13 @@ def score_answer(
     *,
     markers: m.StyleMarkers | None,
     use_stemmer: bool = True,
+    foreign: re.Pattern[str] | None = None,
 ) -> dict[str, Any]:
-    """All per-task metrics of one generation (``None`` = not applicable / not measured)."""
+    """All per-task metrics of one generation (``None`` = not applicable / not measured); ``foreign``: the
+    names and places counted by ``foreign_facts`` when absent from the task's own context."""
     text = str(getattr(result, "text", "") or "")
+    own = f"{getattr(task, 'private_context', '')}\n{getattr(task, 'instruction', '')}"
+    alien = m.foreign_facts(text, foreign, own)
     facts = list(getattr(task, "private_facts", None) or [])
     style = m.style_match(text, markers, getattr(task, "task_type", None) or None)
     leaked = m.leaked_facts(getattr(result, "cloud_received", None), facts)
@@ -168,6 +175,8 @@ def score_answer(
         "latency_s": float(getattr(result, "latency_s", 0.0) or 0.0),
         "cloud_call_fraction": float(getattr(result, "cloud_call_fraction", 0.0) or 0.0),
         "repeat_4gram": m.repeated_ngram_share(m.normalise(text).split(), 4),
+        "foreign_facts": None if alien is None else len(alien),
+        "foreign": alien,
     }
 
 
@@ -210,6 +219,7 @@ def evaluate(
     *,
     profiles: Mapping[str, m.StyleMarkers] | None = None,
     config: EvalConfig | None = None,
+    foreign_terms: Sequence[str] = (),
 ) -> EvalResult:
     """Answer every task with every variant, score, aggregate per user and overall with CIs.
 
@@ -218,6 +228,11 @@ def evaluate(
     left out of the means, unless ``config.fail_fast``. An answer that fell back is a failed row too
     (``error`` and ``fell_back``), or with ``config.allow_fallback`` a scored row marked ``fell_back`` that
     the means leave out (see the module docstring).
+
+    ``foreign_facts`` counts, per answer, names and places it contains that its own context and instruction
+    do not: from ``foreign_terms`` (e.g. the generator's name and place pools,
+    :func:`fedcogen.dataset.names_and_places`) and from the capitalised private facts of every task in
+    ``tasks`` (other users' names, places, employers).
     """
     cfg = config or EvalConfig()
     if not variants:
@@ -227,6 +242,8 @@ def evaluate(
     if not tasks:
         raise ValueError("no tasks to evaluate (the dataset is empty or every line was invalid)")
     profiles = profiles or {}
+    task_facts = [f for t in tasks for f in (getattr(t, "private_facts", None) or []) if f[:1].isupper()]
+    foreign = m.foreign_pattern([*foreign_terms, *task_facts])
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -260,7 +277,7 @@ def evaluate(
                         row["error"] = f"fell back to the device alone: {row['fallback_reason']}"
                     else:
                         row.update(score_answer(task, result, markers=profiles.get(user),
-                                                use_stemmer=cfg.use_stemmer))
+                                                use_stemmer=cfg.use_stemmer, foreign=foreign))
                         if cfg.keep_text:
                             row["text"] = str(getattr(result, "text", ""))
                     by_row[(ids[lo + j], variant)] = row
@@ -364,3 +381,27 @@ def _notes(
     if len(users) < 5:
         notes.append(f"only {len(users)} user(s): confidence intervals over users are wide or degenerate")
     return notes
+
+
+def group_summaries(result: Mapping[str, Any], groups: Mapping[str, Iterable[str]], variants: Sequence[str],
+                    cfg: EvalConfig) -> dict[str, dict[str, Any]]:
+    """Per group of users (a task set, or seen / unseen users): overall means with CIs, paired per-user
+    differences and answer counts, from one evaluation's JSON dict (``EvalResult.to_dict()``).
+
+    Why from one evaluation: every set is decoded in the same batches by the same loaded models, and each
+    set is still reported on its own users only (no set's users dilute another's interval).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, users in groups.items():
+        keep = {str(u) for u in users}
+        per_user = {v: {u: vals for u, vals in by_user.items() if u in keep}
+                    for v, by_user in result["per_user"].items()}
+        out[name] = {
+            "users": sorted(keep),
+            "tasks": len({r["task_id"] for r in result["rows"] if str(r["user_id"]) in keep}),
+            "overall": {v: {k: ci.to_dict() for k, ci in metrics.items()}
+                        for v, metrics in aggregate_overall(per_user, cfg).items()},
+            "paired": [p.to_dict() for p in paired_differences(per_user, variants, cfg)],
+            "counts": answer_counts(result["rows"], variants, keep),
+        }
+    return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -71,6 +72,31 @@ def private_fact_recall(answer: str, facts: Sequence[str] | None) -> float | Non
     if not facts:
         return None
     return sum(contains_phrase(answer, f) for f in facts) / len(facts)
+
+
+def foreign_pattern(terms: Iterable[str]) -> re.Pattern[str] | None:
+    """One case-sensitive whole-word pattern over proper-noun ``terms`` (longest first); ``None`` if none.
+
+    Case-sensitive on purpose: these are names and places ("Cork", "Nelson"), and a lower-case "cork" in an
+    answer is a word, not a place someone invented.
+    """
+    uniq = sorted({t.strip() for t in terms if t and t.strip()}, key=len, reverse=True)
+    if not uniq:
+        return None
+    return re.compile(r"(?<![\w])(?:" + "|".join(re.escape(t) for t in uniq) + r")(?![\w])")
+
+
+def foreign_facts(answer: str, pattern: re.Pattern[str] | None, own_text: str) -> list[str] | None:
+    """Names and places of *other* users in an answer: terms of ``pattern`` found in ``answer`` that the
+    task's own text (``own_text``: its private context and instruction) does not contain.
+
+    Why: an adapter that learned its training users writes their names and cities into anyone's answer
+    (issue 26: "Tampere with Eleanor Stone" for a user who never mentioned either). ``None`` = no vocabulary.
+    """
+    if pattern is None:
+        return None
+    found = dict.fromkeys(m.group(0) for m in pattern.finditer(answer))
+    return [t for t in found if not contains_phrase(own_text, t)]
 
 
 @dataclass(frozen=True)

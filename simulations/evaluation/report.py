@@ -22,6 +22,7 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("fact_recall", "fact recall", 3),
     ("style_match", "style match", 3),
     ("leaked_facts", "leaked facts / answer", 2),
+    ("foreign_facts", "foreign facts / answer", 2),
     ("bytes_total", "bytes on wire", 0),
     ("tokens_per_s", "tokens/s", 1),
     ("latency_s", "latency s", 2),
@@ -56,7 +57,7 @@ def summary_table(result: Mapping[str, Any], columns: Sequence[tuple[str, str, i
 
 
 def paired_table(result: Mapping[str, Any], metrics: Sequence[str] = ("rouge_l", "fact_recall",
-                                                                       "leaked_facts")) -> str:
+                                                                       "leaked_facts", "foreign_facts")) -> str:
     """Markdown table of paired per-user differences (a - b) with CIs and a verdict."""
     rows = [p for p in result.get("paired", []) if p["metric"] in metrics]
     if not rows:
@@ -71,6 +72,22 @@ def paired_table(result: Mapping[str, Any], metrics: Sequence[str] = ("rouge_l",
             verdict = "no"
         lines.append(f"| {p['a']} | {p['b']} | {p['metric']} | {p['n']} | {fmt_ci(p, 3)} | {verdict} |")
     return "\n".join(lines)
+
+
+def sets_markdown(result: Mapping[str, Any]) -> list[str]:
+    """One summary and one paired table per task set, when the run had more than one (``result["sets"]``)."""
+    sets = result.get("sets") or {}
+    if len(sets) < 2:
+        return []
+    parts = ["## Per task set", "",
+             "Each set on its own users only. *Foreign facts*: names and places in an answer that its own context "
+             "lacks (other users', or the data generator's pools): written from training, not from the context.", ""]
+    for name, part in sets.items():
+        view = {"variants": result["variants"], "overall": part["overall"], "counts": part["counts"],
+                "paired": part["paired"]}
+        parts += [f"### {name} ({len(part['users'])} users, {part['tasks']} tasks; {part.get('dataset', '')})", "",
+                  summary_table(view), "", paired_table(view), ""]
+    return parts
 
 
 def write_report(result: Mapping[str, Any], path: str | Path, title: str = "fedcogen evaluation") -> Path:
@@ -106,6 +123,7 @@ def write_report(result: Mapping[str, Any], path: str | Path, title: str = "fedc
         paired_table(result),
         "",
     ]
+    parts += sets_markdown(result)
     if result.get("notes"):
         parts += ["## Notes", "", *[f"- {n}" for n in result["notes"]], ""]
     skipped = result.get("invalid_lines") or []
