@@ -120,9 +120,15 @@ class SpeculativeDecoder:
 
     def _receive(self, i: int, rnd: _Round) -> list[torch.Tensor]:
         row, link = self.rows[i], self.links[i]
-        if not link.owed0:
+        # Every reply owed before the draft's block is about the committed prefix: the open's, a catch-up
+        # step's and, after a reconnect, the replay's. Only the newest is the distribution at the committed
+        # end; reading just one (the old code) left the replay's reply to be taken for the block, and the
+        # stream stayed one reply out of step for the rest of the answer (issue 27).
+        ahead = row.session.owed - (1 if rnd.block_sent else 0)
+        if not link.owed0 or ahead < 1:
             raise CloudRefused("no distribution for the committed prefix is on its way")
-        larges = self._decode_reply(row)[-1:]
+        for _ in range(ahead):
+            larges = self._decode_reply(row)[-1:]
         link.owed0 = False
         if rnd.block_sent:
             larges += self._decode_reply(row)
