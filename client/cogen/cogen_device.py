@@ -193,7 +193,7 @@ class CogenDevice:
         """The decoding rule of ``variant`` over ``rows`` (their prompts and cloud texts already set)."""
         cfg = self.config
         if variant == "logit" and cfg.draft_tokens > 0 and not cfg.sample and cfg.encoding != "full" and cfg.k <= 1024:
-            return SpeculativeDecoder(self, rows, cfg.draft_tokens, cfg.draft_min_p)
+            return SpeculativeDecoder(self, rows, cfg.draft_tokens, cfg.draft_min_p, cfg.draft_min_live)
         if variant == "gated":
             return GatedDecoder(self, rows)
         if variant == "sketch":

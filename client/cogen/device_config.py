@@ -33,6 +33,9 @@ class DeviceConfig:
     # Sampling, the full-vocabulary baseline and k > 1024 always run per token.
     draft_tokens: int = 8
     draft_min_p: float = 0.5  # draft only tokens the device gives at least this probability (speculative.py)
+    # a lockstep drafting round ends once fewer than this fraction of its rows still draft (every draft forward
+    # costs the whole batch); 0 = draft until the last row stops
+    draft_min_live: float = 0.0
     gate_path: str | None = None
     max_new_tokens: int = 160  # fits ~150-token references; trained devices stop at EOS well before
     max_prompt_tokens: int = 3072  # longer private contexts are shrunk (fit_context); SmolLM2 reads 8192
@@ -62,6 +65,8 @@ class DeviceConfig:
             raise ValueError(f"--draft-tokens must be >= 0 (0 = per-token fusion), got {self.draft_tokens}")
         if not 0.0 <= self.draft_min_p <= 1.0:
             raise ValueError(f"--draft-min-p must be in [0, 1], got {self.draft_min_p}")
+        if not 0.0 <= self.draft_min_live <= 1.0:
+            raise ValueError(f"draft_min_live must be in [0, 1], got {self.draft_min_live}")
         if self.k < 1:
             raise ValueError(f"--k must be >= 1, got {self.k}")
 

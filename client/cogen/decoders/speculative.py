@@ -65,9 +65,10 @@ class _Link:
 class SpeculativeDecoder(Decoder):
     """Lockstep speculative fusion of a batch of rows (one batched device forward per draft position)."""
 
-    def __init__(self, device: DecodingDevice, rows: Sequence[Row], draft_tokens: int, min_p: float = 0.0) -> None:
+    def __init__(self, device: DecodingDevice, rows: Sequence[Row], draft_tokens: int, min_p: float = 0.0,
+                 min_live: float = 0.0) -> None:
         super().__init__(device, rows)
-        self.n, self.min_p = max(1, int(draft_tokens)), min_p
+        self.n, self.min_p, self.min_live = max(1, int(draft_tokens)), min_p, min_live
         self.links = [_Link(n=self.n) for _ in self.rows]
 
     # ------------------------------------------------------------------ cloud side
@@ -177,8 +178,20 @@ class SpeculativeDecoder(Decoder):
         return rnd
 
     def _draft(self, dev: BatchLM, rounds: dict[int, _Round]) -> None:
-        """Draft in lockstep; each row's draft leaves as soon as it is complete."""
+        """Draft in lockstep; each row's draft leaves as soon as it is complete.
+
+        A lockstep forward costs the whole batch however few rows still draft, so the round's drafting ends
+        once fewer than ``min_live`` of the rows that began it are still drafting (their drafts leave as
+        they are). Which draft tokens are scored never changes the committed tokens, only the cost.
+        """
+        began = sum(r.drafting for r in rounds.values())
         while any(r.drafting for r in rounds.values()):
+            if sum(r.drafting for r in rounds.values()) < self.min_live * began:
+                for i, rnd in rounds.items():
+                    if rnd.drafting:
+                        rnd.drafting = False
+                        self._ask(i, rnd)
+                break
             tokens = [self.device.pad_id] * len(self.rows)
             live = [False] * len(self.rows)
             for i, rnd in rounds.items():
