@@ -9,7 +9,8 @@ Variants (``CogenDevice.generate(..., variant=...)``):
 * ``logit``   - every step fuses the device's distribution (with context) and the cloud's (instruction +
   the tokens generated so far, never the context). The generated prefix DOES reach the cloud. By
   default in speculative rounds (``client/cogen/decoders/speculative.py``: the cloud scores a device draft in
-  one forward; identical tokens); ``draft_tokens=0`` gives one round trip per token.
+  one forward; identical tokens); ``draft_tokens=0``, and lockstep batches of more than ``draft_max_batch``
+  rows, give one round trip per token (cheaper there: every draft forward costs the whole batch).
 * ``gated``   - like ``logit`` but the device asks the cloud only when it is uncertain (entropy or
   top-2 margin past a calibrated threshold); committed tokens go ahead in silent chunks and the device
   runs a guessed forward while the cloud answers (``client/cogen/decoders/gated.py``).
@@ -192,7 +193,9 @@ class CogenDevice:
     def decoder_for(self, variant: str, rows: Sequence[Row]) -> Decoder:
         """The decoding rule of ``variant`` over ``rows`` (their prompts and cloud texts already set)."""
         cfg = self.config
-        if variant == "logit" and cfg.draft_tokens > 0 and not cfg.sample and cfg.encoding != "full" and cfg.k <= 1024:
+        speculative = (cfg.draft_tokens > 0 and len(rows) <= cfg.draft_max_batch and not cfg.sample
+                       and cfg.encoding != "full" and cfg.k <= 1024)
+        if variant == "logit" and speculative:
             return SpeculativeDecoder(self, rows, cfg.draft_tokens, cfg.draft_min_p, cfg.draft_min_live)
         if variant == "gated":
             return GatedDecoder(self, rows)

@@ -44,6 +44,9 @@ def test_the_device_picks_one_decoder_per_variant(device_lm):
     assert who == {"device": (False, True), "cloud": (True, False), "cloud_with_context": (True, False)}
     per_token = _device(device_lm, draft_tokens=0).decoder_for("logit", [])  # draft_tokens=0: one trip per token
     assert type(per_token) is PerTokenDecoder and (per_token.use_cloud, per_token.use_device) == (True, True)
+    rows = [object(), object()]  # a lockstep batch above draft_max_batch (1) fuses per token: cheaper there
+    assert type(dev.decoder_for("logit", rows)) is PerTokenDecoder
+    assert type(_device(device_lm, draft_max_batch=2).decoder_for("logit", rows)) is SpeculativeDecoder
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         dev.decoder_for("nope", [])
 
