@@ -5,7 +5,7 @@ Kept in the core package (no torch) so that ``fedcogen --help`` can list them wi
 
 from __future__ import annotations
 
-#: What the device-side generator can run (``client.cogen_device``).
+#: What the device-side generator can run (``client/cogen/cogen_device.py``; the one list, the device imports it).
 VARIANTS: tuple[str, ...] = ("device", "cloud", "sketch", "logit", "gated", "cloud_with_context")
 #: The device model with the federated LoRA adapter (evaluation only; needs an adapter).
 PERSONALISED_VARIANT = "device_personalised"

@@ -8,13 +8,17 @@ Variants (``CogenDevice.generate(..., variant=...)``):
   the answer from ``device_prompt(instruction, private_context, sketch)``.
 * ``logit``   - every step fuses the device's distribution (with context) and the cloud's (instruction +
   the tokens generated so far, never the context). The generated prefix DOES reach the cloud. By
-  default in speculative rounds (``client/cogen/speculative.py``: the cloud scores a device draft in one
-  forward; identical tokens); ``draft_tokens=0`` gives one round trip per token.
+  default in speculative rounds (``client/cogen/decoders/speculative.py``: the cloud scores a device draft in
+  one forward; identical tokens); ``draft_tokens=0``, and lockstep batches of more than ``draft_max_batch``
+  rows, give one round trip per token (cheaper there: every draft forward costs the whole batch).
 * ``gated``   - like ``logit`` but the device asks the cloud only when it is uncertain (entropy or
   top-2 margin past a calibrated threshold); committed tokens go ahead in silent chunks and the device
-  runs a guessed forward while the cloud answers (``client/cogen/gated.py``).
+  runs a guessed forward while the cloud answers (``client/cogen/decoders/gated.py``).
 * ``cloud_with_context`` - EVALUATION ONLY privacy-violating upper bound: the cloud decodes like ``cloud``
   but its prompt carries the private context (the wire audit must flag it).
+
+Each variant is decoded by one :class:`~fedcogen.client.cogen.decoders.base.Decoder` (``decoder_for``);
+the decoders are siblings in ``client/cogen/decoders/`` and use only this class's public methods.
 
 Robustness: every call has a deadline (per step, not just per stream); when the cloud dies
 (UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED) the device reconnects and replays (again after any answer
@@ -33,26 +37,26 @@ import torch
 
 from fedcogen.client.cogen.adapter_loading import load_adapter
 from fedcogen.client.cogen.batch_lm import BatchLM
-from fedcogen.client.cogen.cloud_client import (
-    CloudClient,
-    CloudUnavailable,
-    DecodeSession,
-)
+from fedcogen.client.cogen.cloud_client import CloudClient, DecodeSession
+from fedcogen.client.cogen.decoders.base import Decoder
+from fedcogen.client.cogen.decoders.gated import GatedDecoder
+from fedcogen.client.cogen.decoders.per_token import PerTokenDecoder
+from fedcogen.client.cogen.decoders.sketch import SketchDecoder
+from fedcogen.client.cogen.decoders.speculative import SpeculativeDecoder
 from fedcogen.client.cogen.decoding import RepetitionControl, choose
 from fedcogen.client.cogen.device_config import DeviceConfig
 from fedcogen.client.cogen.fusion import FusionGate, entropy, fuse_logprobs, top2_margin
-from fedcogen.client.cogen.gated import GatedDecoder
-from fedcogen.client.cogen.lockstep_rows import Row, RunStats, answer_or_fall_back, in_parallel
+from fedcogen.client.cogen.lockstep_rows import Row, RunStats
 from fedcogen.client.cogen.private_spans import PrivateSpanGuard
-from fedcogen.client.cogen.speculative import SpeculativeDecoder
 from fedcogen.client.cogen.wire_capture import WireCapture
 from fedcogen.models import LoadedModel, ModelError, chat_input_ids, load_model, stop_token_ids
 from fedcogen.prompts import DEVICE_SYSTEM, cloud_prompt, device_prompt, fit_context
 from fedcogen.protocols.codecs import logit_codec
+from fedcogen.variants import VARIANTS
+
+__all__ = ["VARIANTS", "CogenDevice", "DeviceAnswer", "DeviceConfig"]
 
 log = logging.getLogger(__name__)
-
-VARIANTS = ("device", "cloud", "sketch", "logit", "gated", "cloud_with_context")
 
 
 @dataclass
@@ -141,23 +145,66 @@ class CogenDevice:
             return out
         return ids(fit_context(private_context, lambda c: len(ids(c)), self.config.max_prompt_tokens))
 
-    def _fuse(self, lp_small: torch.Tensor, lp_large: torch.Tensor) -> torch.Tensor:
+    # ----------------------------------------------------------------- what the decoders use (decoders/base.py)
+    @property
+    def vocab_size(self) -> int:
+        return self.lm.vocab_size
+
+    def fuse(self, lp_small: torch.Tensor, lp_large: torch.Tensor) -> torch.Tensor:
+        """The fused log-probs of one position: the learned gate where one is loaded, else the fixed weight."""
         if self.gate is not None:
             with torch.no_grad():
                 return self.gate(lp_small, lp_large)
         return fuse_logprobs(lp_small, lp_large, self.config.weight)
 
-    def _uncertain(self, lp_small: torch.Tensor) -> bool:
+    def uncertain(self, lp_small: torch.Tensor) -> bool:
+        """The gated variant's rule: ask the cloud where the device's distribution is this unsure."""
         if self.config.gated_metric == "margin":
             return float(top2_margin(lp_small)) < self.config.gated_threshold
         return float(entropy(lp_small)) > self.config.gated_threshold
 
-    def _check_fingerprint(self, session: DecodeSession) -> None:
+    def check_fingerprint(self, session: DecodeSession) -> None:
+        """Refuse a cloud whose tokenizer differs: fusing distributions over different vocabularies is noise."""
         if session.fingerprint and session.fingerprint != self.fingerprint:
             raise ModelError(
                 f"tokenizer mismatch: cloud tokenizer {session.fingerprint} != device tokenizer {self.fingerprint}; "
                 "logit fusion needs the same vocabulary (use the sketch variant for unrelated models)"
             )
+
+    def choose(self, lp: torch.Tensor, generated: Sequence[int]) -> int:
+        """The next token from ``lp`` under the device's rules (repetition control; greedy or sampled)."""
+        cfg = self.config
+        return choose(lp, generated, self.repetition, sample=cfg.sample, temperature=cfg.temperature, rng=self._rng)
+
+    def open_session(self, text: str, max_tokens: int | None = None, client: CloudClient | None = None) -> DecodeSession:
+        """A cloud ``Decode`` stream conditioned on ``text`` (the bare instruction; the upper bound's full prompt)."""
+        return (client or self.client).open_session(
+            text,
+            k=self.config.k,
+            encoding=self.config.encoding,
+            max_tokens=max_tokens or self.config.max_new_tokens + 1,
+            step_timeout=self.config.step_timeout_s,
+        )
+
+    def batch_lm(self) -> BatchLM:
+        """A fresh lockstep batch over the device model (prefill it with the rows' prompts)."""
+        return BatchLM(self.lm.model, self.pad_id)
+
+    def decoder_for(self, variant: str, rows: Sequence[Row]) -> Decoder:
+        """The decoding rule of ``variant`` over ``rows`` (their prompts and cloud texts already set)."""
+        cfg = self.config
+        speculative = (cfg.draft_tokens > 0 and len(rows) <= cfg.draft_max_batch and not cfg.sample
+                       and cfg.encoding != "full" and cfg.k <= 1024)
+        if variant == "logit" and speculative:
+            return SpeculativeDecoder(self, rows, cfg.draft_tokens, cfg.draft_min_p, cfg.draft_min_live)
+        if variant == "gated":
+            return GatedDecoder(self, rows)
+        if variant == "sketch":
+            return SketchDecoder(self, rows)
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant '{variant}' (choose from {', '.join(VARIANTS)})")
+        cloud_only = variant in ("cloud", "cloud_with_context")
+        return PerTokenDecoder(self, rows, use_cloud=cloud_only or variant == "logit", use_device=not cloud_only)
 
     # ----------------------------------------------------------------- public API
     def generate(self, instruction: str, private_context: str, variant: str = "logit") -> DeviceAnswer:
@@ -196,11 +243,7 @@ class CogenDevice:
                                 row.client.capture.received_bytes)
             if variant == "cloud_with_context":
                 self._upper_bound_texts(rows)
-                self._decode(rows, "cloud")
-            elif variant == "sketch":
-                self._sketch(rows)
-                self._decode(rows, "device")
-            else:
+            elif variant != "sketch":  # the sketch decoder sets its prompts once the outlines are in
                 for i, row in enumerate(rows):
                     row.prompt = self.device_ids(row.instruction, row.context)
                     if variant in ("logit", "gated") and self.config.protect_private_spans:
@@ -208,7 +251,7 @@ class CogenDevice:
                         row.guard = PrivateSpanGuard.for_context(self.tokenizer, row.context, extra,
                                                                  detector=self.config.private_spans,
                                                                  instruction=row.instruction)
-                self._decode(rows, variant)
+            self.decoder_for(variant, rows).run()
             return [self._result(row, variant, started) for row in rows]
         finally:
             for c in own_clients:
@@ -244,10 +287,6 @@ class CogenDevice:
         )
 
     # ----------------------------------------------------------------- variants
-    def _choose_for(self, lp: torch.Tensor, generated: Sequence[int]) -> int:
-        cfg = self.config
-        return choose(lp, generated, self.repetition, sample=cfg.sample, temperature=cfg.temperature, rng=self._rng)
-
     def _upper_bound_texts(self, rows: list[Row]) -> None:
         """The privacy-violating upper bound: the cloud's prompt carries the private context (evaluation
         only). It decodes like the ``cloud`` variant, in lockstep with the same token choice rules, so
@@ -259,158 +298,17 @@ class CogenDevice:
 
             row.cloud_text = device_prompt(row.instruction, fit_context(row.context, count, self.config.max_prompt_tokens))
 
-    def _sketch(self, rows: list[Row]) -> None:
-        """Fetch every row's outline (concurrently), then set the device prompts that include it."""
-
-        def one(row: Row) -> None:
-            for attempt in (1, 2):
-                try:
-                    reply = row.client.sketch(row.instruction, self.config.sketch_max_new_tokens,
-                                              self.config.sketch_timeout_s)
-                    row.run.sketch = reply.sketch
-                    row.run.calls += 1
-                    return
-                except CloudUnavailable as exc:
-                    if attempt == 1:
-                        log.warning("sketch call failed (%s); reconnecting once", exc)
-                        row.client.connect()
-                        continue
-                    row.run.fall_back(f"cloud unavailable for the sketch ({exc}); writing without an outline")
-
-        in_parallel(one, rows)
-        for row in rows:
-            row.prompt = self.device_ids(row.instruction, row.context, row.run.sketch)
-
-    def _open(self, instruction: str, max_tokens: int | None = None, client: CloudClient | None = None) -> DecodeSession:
-        return (client or self.client).open_session(
-            instruction,
-            k=self.config.k,
-            encoding=self.config.encoding,
-            max_tokens=max_tokens or self.config.max_new_tokens + 1,
-            step_timeout=self.config.step_timeout_s,
-        )
-
-    def _start(self, rows: Sequence[Row], use_cloud: bool = True,
-               use_device: bool = True) -> tuple[BatchLM, torch.Tensor | None]:
-        """Open every row's cloud stream (only queues its open message) and prefill the device's batch."""
-        if use_cloud:
-            for row in rows:
-                row.session = self._open(row.cloud_text, client=row.client)
-        dev = BatchLM(self.lm.model, self.pad_id)
-        return dev, (dev.prefill([row.prompt for row in rows]) if use_device else None)
-
-    def _fetch(self, row: Row) -> torch.Tensor | None:
-        """The cloud's log-probs for the row's current prefix, or None once it fell back."""
-        if row.run.fell_back:
-            return None
-        return answer_or_fall_back(row, lambda: self._answer(row), lambda: self._reconnect_and_answer(row))
-
-    def _answer(self, row: Row) -> torch.Tensor:
-        if row.pending:
-            row.session.send_step(row.pending)
-            row.pending = []
-        packet = row.session.latest()
-        self._check_fingerprint(row.session)
-        row.run.calls += 1
-        row.run.round_trips += 1
-        return logit_codec.decode(packet, self.lm.vocab_size)
-
-    def _reconnect_and_answer(self, row: Row) -> torch.Tensor:
-        self._reopen(row)
-        return self._answer(row)
-
-    def _reopen(self, row: Row) -> None:
-        """A new stream for ``row`` that has seen what the cloud may see of the answer so far (replayed)."""
-        row.mark_reconnect()
-        msg = f"cloud call failed; reconnecting and replaying {len(row.generated)} tokens"
-        log.warning(msg)
-        row.run.warnings.append(msg)
-        row.session.cancel()
-        row.client.connect()
-        row.session = self._open(row.cloud_text, client=row.client)
-        replay = list(row.generated if row.guard is None else row.guard.sent)
-        row.pending = []
-        if replay:
-            row.session.send_step(replay)
-
-    def _decode(self, rows: list[Row], variant: str) -> None:
-        """Lockstep decoding of every row: ``device`` alone, ``cloud`` alone, per-token ``logit`` fusion
-        (speculative ``logit`` and ``gated`` run in their own modules)."""
-        cfg = self.config
-        if variant == "logit" and cfg.draft_tokens > 0 and not cfg.sample and cfg.encoding != "full" and cfg.k <= 1024:
-            SpeculativeDecoder(self, rows, cfg.draft_tokens, cfg.draft_min_p).run()
-            return
-        if variant == "gated":
-            GatedDecoder(self, rows).run()
-            return
-        use_cloud = variant in ("cloud", "logit")
-        use_device = variant != "cloud"
-        dev, lp_small = self._start(rows, use_cloud, use_device)
-        try:
-            while True:
-                for row in rows:
-                    if not row.done and len(row.generated) >= cfg.max_new_tokens:
-                        row.finish()
-                active = [i for i, row in enumerate(rows) if not row.done]
-                if not active:
-                    break
-                asks = [i for i in active if use_cloud and not rows[i].run.fell_back
-                        and (rows[i].guard is None or rows[i].guard.synced)]  # behind a private span: device alone
-                for i in asks:  # catch-up steps of every asking row go out before any reply is awaited
-                    row = rows[i]
-                    if row.pending:
-                        row.session.send_step(row.pending)
-                        row.pending = []
-                lp_large = {i: self._fetch(rows[i]) for i in asks}
-                step_tokens = [self.pad_id] * len(rows)
-                for i in active:
-                    row = rows[i]
-                    row.run.positions += 1
-                    small = lp_small[i] if lp_small is not None else None
-                    large = lp_large.get(i)
-                    if small is None and large is None:  # the cloud-only baseline lost its cloud
-                        row.finish(device_tail=True)
-                        continue
-                    lp = small if large is None else large if small is None else self._fuse(small, large)
-                    tok = self._choose_for(lp, row.generated)
-                    if tok in self.stop_ids:
-                        row.finish()
-                        continue
-                    row.generated.append(tok)
-                    step_tokens[i] = tok
-                    if use_cloud and not row.run.fell_back:
-                        out = [tok] if row.guard is None else row.guard.commit(tok)  # private tokens stay here
-                        if out:
-                            row.session.send_step(out)  # the cloud works while the device computes below
-                if use_device and any(not row.done for row in rows):
-                    lp_small = dev.step(step_tokens)
-        finally:
-            for row in rows:
-                if row.session is not None:
-                    if row.run.fell_back:
-                        row.session.cancel()
-                    else:
-                        row.session.close()
-        for row in rows:
-            if row.device_tail:  # finish device-only after the cloud went away (cloud variant)
-                row.device_tail = False
-                tail = Row(row.instruction, row.context, row.run, generated=list(row.generated),
-                            prompt=self.device_ids(row.instruction, row.context) + row.generated)
-                self._decode([tail], "device")
-                row.generated = tail.generated
-                row.finished_at = tail.finished_at
-
     # ----------------------------------------------------------------- training helpers
     def cloud_teacher_forced(self, instruction: str, target_ids: Sequence[int]) -> list[torch.Tensor]:
         """Cloud log-probs predicting each target token given instruction + target prefix (no context)."""
-        session = self._open(cloud_prompt(instruction), max_tokens=len(target_ids) + 1)
+        session = self.open_session(cloud_prompt(instruction), max_tokens=len(target_ids) + 1)
         out = []
         try:
             for i, tok in enumerate(target_ids):
                 out.append(logit_codec.decode(session.latest(), self.lm.vocab_size))
                 if i + 1 < len(target_ids):
                     session.send_step([tok])
-            self._check_fingerprint(session)
+            self.check_fingerprint(session)
         finally:
             session.close()
         return out

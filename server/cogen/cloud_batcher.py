@@ -3,7 +3,7 @@
 Why a separate module: the scheduler owns two lifecycles that must never race, and keeping them here
 makes the rules easy to audit:
 
-* **Work lifecycle.** Every submitted :class:`_Work` ends with ``done`` set, either with logits or
+* **Work lifecycle.** Every submitted :class:`Work` ends with ``done`` set, either with logits or
   with an error: a step submitted after :meth:`DynamicBatcher.stop` is refused at once
   (:class:`BatcherStopped`), and ``stop`` fails every step still queued or in flight. A handler
   thread waiting on ``done`` therefore never waits for a batcher that is gone (an unbounded wait
@@ -92,7 +92,10 @@ class Session:
 
 
 @dataclass
-class _Work:
+class Work:
+    """One request to the scheduler (a Decode step, a scored draft, a prefill, a Sketch's generation): the
+    servicer and the engine backend create and wait on it, the scheduler fills ``logits`` or ``error``."""
+
     session: Session
     ids: list[int]
     context: Any
@@ -131,11 +134,11 @@ class DynamicBatcher:
         self.window_s = window_ms / 1000.0
         self.max_batch = max_batch
         self.prefill_chunk = max(1, prefill_chunk)
-        self._queue: queue.Queue[_Work | None] = queue.Queue()
+        self._queue: queue.Queue[Work | None] = queue.Queue()
         self._lock = threading.Lock()
         self._stopped = False
-        self._running: list[_Work] = []
-        self._carry: list[_Work] = []  # works that continue next tick (prefill chunks, Sketch tokens)
+        self._running: list[Work] = []
+        self._carry: list[Work] = []  # works that continue next tick (prefill chunks, Sketch tokens)
         self._thread = threading.Thread(target=self._loop, name="cogen-batcher", daemon=True)
         self.batches = 0  # forwards that served more than one session
         self.batched_rows = 0
@@ -147,7 +150,7 @@ class DynamicBatcher:
     def stopped(self) -> bool:
         return self._stopped
 
-    def submit(self, work: _Work) -> None:
+    def submit(self, work: Work) -> None:
         """Queue a step; after :meth:`stop` the step is failed at once instead of queued forever."""
         with self._lock:
             if not self._stopped:
@@ -179,7 +182,7 @@ class DynamicBatcher:
             if item is not None:
                 item.fail(error)
 
-    def _collect(self) -> list[_Work] | None:
+    def _collect(self) -> list[Work] | None:
         """The works of the next tick (None: stop). Waits for the first only when nothing is carried over."""
         pending = list(self._carry)
         self._carry = []
@@ -222,7 +225,7 @@ class DynamicBatcher:
                 return
             self._run(pending)
 
-    def _claim(self, pending: list[_Work]) -> list[_Work]:
+    def _claim(self, pending: list[Work]) -> list[Work]:
         """Keep the steps that can still run and mark their sessions busy (so release defers the free)."""
         live = []
         for w in pending:
@@ -241,7 +244,7 @@ class DynamicBatcher:
                 live.append(w)
         return live
 
-    def _plan(self, live: list[_Work]) -> tuple[list[tuple[_Work, list[int], int]], list[_Work]]:
+    def _plan(self, live: list[Work]) -> tuple[list[tuple[Work, list[int], int]], list[Work]]:
         """This tick's pieces ``(work, tokens, n_logits)`` and the works that wait for the next tick:
         one piece per session, short works whole, at most ``prefill_chunk`` tokens of long work."""
         pieces, later, seen, long_budget = [], [], set(), self.prefill_chunk
@@ -265,7 +268,7 @@ class DynamicBatcher:
             pieces.append((w, left[:take], (w.score if w.generate is None else 1) if final else 0))
         return pieces, later
 
-    def _run(self, pending: list[_Work]) -> None:
+    def _run(self, pending: list[Work]) -> None:
         live = self._claim(pending)
         with self._lock:
             self._running = live
@@ -312,7 +315,7 @@ class DynamicBatcher:
         self._carry = [w for w in later if not w.done.is_set()]
 
     @staticmethod
-    def _generated(w: _Work, logits: torch.Tensor, later: list[_Work]) -> None:
+    def _generated(w: Work, logits: torch.Tensor, later: list[Work]) -> None:
         """A Sketch step: greedy token; the work re-enters next tick with it, or ends."""
         limit, stop = w.generate
         tok = int(logits.argmax())

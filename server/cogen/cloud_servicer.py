@@ -24,7 +24,7 @@ from fedcogen.models import LoadedModel, chat_input_ids, stop_token_ids
 from fedcogen.prompts import CLOUD_SYSTEM, SKETCH_SYSTEM, cloud_prompt, sketch_request
 from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.protocols.codecs import logit_codec
-from fedcogen.server.cogen.cloud_batcher import BatcherStopped, DynamicBatcher, Session, SessionClosed, _Work
+from fedcogen.server.cogen.cloud_batcher import BatcherStopped, DynamicBatcher, Session, SessionClosed, Work
 from fedcogen.server.cogen.cloud_config import CloudConfig
 from fedcogen.server.cogen.engine_backend import EngineBackend, EngineClient, EngineConfig
 
@@ -123,7 +123,7 @@ class CloudLMService:
     def _generate(self, ids: list[int], max_new_tokens: int, context: grpc.ServicerContext) -> list[int]:
         """Greedy generation through the scheduler (shares forwards with the Decode sessions)."""
         session = Session(f"gen-{next(self._ids)}", k=1, encoding=pb.FP16, max_tokens=max_new_tokens)
-        work = _Work(session, ids, context, generate=(max_new_tokens, frozenset(self.stop_ids)))
+        work = Work(session, ids, context, generate=(max_new_tokens, frozenset(self.stop_ids)))
         try:
             if max_new_tokens > 0:
                 self._wait(work, context)
@@ -131,7 +131,7 @@ class CloudLMService:
             session.release()
         return list(work.tokens)
 
-    def _wait(self, work: _Work, context: grpc.ServicerContext) -> torch.Tensor | None:
+    def _wait(self, work: Work, context: grpc.ServicerContext) -> torch.Tensor | None:
         """Run one step through the batcher; every outcome, including none in time, is a gRPC status."""
         self.batcher.submit(work)
         remaining = context.time_remaining()
@@ -307,7 +307,7 @@ class CloudLMService:
                     return
                 else:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty DecodeRequest (no open/step/close)")
-                logits = self._wait(_Work(session, ids, context, rewind, score), context)
+                logits = self._wait(Work(session, ids, context, rewind, score), context)
                 session.steps += 1
                 if silent:
                     session.last_active = time.monotonic()

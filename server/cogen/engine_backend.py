@@ -50,7 +50,7 @@ from typing import Any
 import httpx
 import torch
 
-from fedcogen.server.cogen.cloud_batcher import BatcherStopped, SessionClosed, _Work
+from fedcogen.server.cogen.cloud_batcher import BatcherStopped, SessionClosed, Work
 from fedcogen.server.cogen.cloud_config import ENGINE_FLAVOURS as FLAVOURS
 from fedcogen.server.cogen.daemon_pool import DaemonThreadPool
 
@@ -268,14 +268,14 @@ class EngineBackend:
     def stopped(self) -> bool:
         return self._stopped
 
-    def submit(self, work: _Work) -> None:
+    def submit(self, work: Work) -> None:
         with self._lock:
             if not self._stopped:
                 self._pool.submit(self._run, work)
                 return
         work.fail(BatcherStopped("cloud is shutting down; the step was not run"))
 
-    def _run(self, w: _Work) -> None:
+    def _run(self, w: Work) -> None:
         s = w.session
         try:
             if w.caller_gone():

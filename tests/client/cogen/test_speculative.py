@@ -60,10 +60,38 @@ def test_speculative_equals_per_token_fusion_token_for_token(server, device_lm, 
         if n > 1:  # fewer round trips than tokens (drafts were accepted somewhere)
             assert sum(b.cloud_round_trips for b in spec) < sum(a.cloud_round_trips for a in per_token)
     # lockstep batch: rows accept different numbers of draft tokens; each row still equals its alone run
-    batch = _run(device_lm, server.address, items, draft_tokens=4, draft_min_p=0.0, weight=weight)
+    batch = _run(device_lm, server.address, items, draft_tokens=4, draft_min_p=0.0, weight=weight, draft_max_batch=3)
     assert [b.token_ids for b in batch] == [a.token_ids for a in per_token]
     for b in batch:  # exact per-row byte accounting: every row has its own channel and capture
         assert b.bytes_received == sum(r.size for r in b.wire_records if r.direction == "received")
+
+
+def test_a_drafting_round_ends_when_few_rows_still_draft(server, device_lm, monkeypatch):
+    """``draft_min_live``: a lockstep draft forward costs the whole batch, so the round stops drafting once
+    too few rows still draft. Same tokens as drafting to the end, fewer device forwards."""
+    forwards = []
+    step = BatchLM.step
+
+    def counted(self, tokens, live=None):
+        forwards.append(sum(live) if live is not None else len(tokens))
+        return step(self, tokens, live)
+
+    monkeypatch.setattr(BatchLM, "step", counted)
+    items = list(zip(INSTRUCTIONS, CONTEXTS, strict=True))
+    runs = {}
+    for min_live in (0.0, 1.0):
+        forwards.clear()
+        answers = _run(device_lm, server.address, items, draft_tokens=8, draft_min_p=0.0, draft_min_live=min_live,
+                       draft_max_batch=3,
+                       weight=0.7)  # rows accept drafts of different lengths
+        runs[min_live] = ([a.token_ids for a in answers], len(forwards))
+        assert not any(a.fell_back for a in answers)
+    assert runs[1.0][0] == runs[0.0][0]
+    assert runs[1.0][1] < runs[0.0][1], runs
+    with pytest.raises(ValueError, match="draft_min_live"):
+        DeviceConfig(draft_min_live=1.5).validate()
+    with pytest.raises(ValueError, match="draft_max_batch"):
+        DeviceConfig(draft_max_batch=0).validate()
 
 
 def test_cloud_scores_a_draft_in_one_forward_and_rewinds(server, device_lm):

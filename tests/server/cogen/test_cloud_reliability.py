@@ -24,7 +24,7 @@ from fedcogen.client.cogen.cloud_client import CloudClient
 from fedcogen.models import load_model
 from fedcogen.protocols import cogen_pb2 as pb
 from fedcogen.protocols.codecs import logit_codec
-from fedcogen.server.cogen.cloud_batcher import BatcherStopped, DynamicBatcher, Session, SessionClosed, _Work
+from fedcogen.server.cogen.cloud_batcher import BatcherStopped, DynamicBatcher, Session, SessionClosed, Work
 from fedcogen.server.cogen.cloud_service import CloudConfig, start_cloud_server
 from fedcogen.server.cogen.kv_slots import SessionKV
 
@@ -176,14 +176,14 @@ def _session(sid: str = "s1") -> Session:
 def test_batcher_refuses_after_stop_and_fails_queued_and_running_steps():
     model = _BlockingModel()
     batcher = DynamicBatcher(model, window_ms=0.0, max_batch=1)
-    running, queued = _Work(_session("a"), [1, 2], None), _Work(_session("b"), [3], None)
+    running, queued = Work(_session("a"), [1, 2], None), Work(_session("b"), [3], None)
     batcher.submit(running)
     assert model.entered.wait(5)
     batcher.submit(queued)
     batcher.stop(timeout=0.2)  # the running forward outlives the join: it is failed too
     assert queued.done.is_set() and isinstance(queued.error, BatcherStopped)
     assert running.done.is_set() and isinstance(running.error, BatcherStopped)
-    late = _Work(_session("c"), [4], None)
+    late = Work(_session("c"), [4], None)
     t0 = time.monotonic()
     batcher.submit(late)
     assert late.done.wait(0.1) and isinstance(late.error, BatcherStopped)
@@ -205,7 +205,7 @@ def test_release_during_forward_defers_freeing_the_cache_until_the_batch_ends():
     model.release.set()
     batcher = DynamicBatcher(model, window_ms=0.0)
     try:
-        work = _Work(session, [7], None)
+        work = Work(session, [7], None)
         batcher.submit(work)
         assert work.done.wait(5)
         assert work.error is None and work.logits is not None  # the batch did not fail
@@ -214,7 +214,7 @@ def test_release_during_forward_defers_freeing_the_cache_until_the_batch_ends():
         while session.in_flight and time.monotonic() < deadline:
             time.sleep(0.01)
         assert session.kv is None  # ... and was freed right after the batch
-        after = _Work(session, [8], None)
+        after = Work(session, [8], None)
         batcher.submit(after)
         assert after.done.wait(5) and isinstance(after.error, SessionClosed)
     finally:
@@ -272,7 +272,7 @@ def test_packed_forward_of_unequal_sessions_matches_single_decoding_without_copi
         prompts = {"a": [5, 6, 7, 8, 9, 10, 11], "b": [9, 10], "c": [11, 12, 13]}
         sessions = {k: _session(k) for k in prompts}
         refs = {k: IncrementalLM(ref_model) for k in prompts}
-        works = {k: _Work(sessions[k], p, None) for k, p in prompts.items()}
+        works = {k: Work(sessions[k], p, None) for k, p in prompts.items()}
         batcher._run(list(works.values()))  # "a" is longer than a chunk: it goes in pieces
         while batcher._carry:  # the scheduler's next ticks
             batcher._run(list(batcher._carry))
@@ -281,7 +281,7 @@ def test_packed_forward_of_unequal_sessions_matches_single_decoding_without_copi
         buffers = {k: s.kv.k for k, s in sessions.items()}
 
         def step(keys, token):
-            ws = [_Work(sessions[k], [token], None) for k in keys]
+            ws = [Work(sessions[k], [token], None) for k in keys]
             batcher._run(ws)
             for k, w in zip(keys, ws, strict=True):
                 assert w.error is None
@@ -291,13 +291,13 @@ def test_packed_forward_of_unequal_sessions_matches_single_decoding_without_copi
         step(["a", "b"], 22)
         step(["c"], 23)
         assert all(sessions[k].kv.k is buffers[k] for k in prompts)  # written in place, no new cache
-        draft = _Work(sessions["b"], [30, 31, 32], None, score=3)  # a scored draft next to a plain step
-        plain = _Work(sessions["c"], [24], None)
+        draft = Work(sessions["b"], [30, 31, 32], None, score=3)  # a scored draft next to a plain step
+        plain = Work(sessions["c"], [24], None)
         batcher._run([draft, plain])
         assert draft.logits.shape[0] == 3
         assert torch.allclose(plain.logits.log_softmax(-1), refs["c"].step([24]), atol=1e-4)
         refs["b"].step([30])
-        back = _Work(sessions["b"], [40], None, rewind=2)  # keep 30, drop 31 32
+        back = Work(sessions["b"], [40], None, rewind=2)  # keep 30, drop 31 32
         batcher._run([back])
         assert torch.allclose(back.logits.log_softmax(-1), refs["b"].step([40]), atol=1e-4)
         sessions["a"].release()
@@ -312,17 +312,17 @@ def test_long_prefill_does_not_stall_another_sessions_step():
     batcher = DynamicBatcher(load_model("tiny-large").model, window_ms=0.0, max_batch=8, prefill_chunk=32)
     try:
         short, long_ = _session("short"), _session("long")
-        first = _Work(short, [5, 6, 7], None)
+        first = Work(short, [5, 6, 7], None)
         batcher.submit(first)
         assert first.done.wait(30) and first.error is None
-        prefill = _Work(long_, [100 + i for i in range(2000)], None)
+        prefill = Work(long_, [100 + i for i in range(2000)], None)
         t0 = time.monotonic()
         batcher.submit(prefill)
         deadline = time.monotonic() + 30
         while prefill.fed == 0 and time.monotonic() < deadline:
             time.sleep(0.001)
         assert 0 < prefill.fed < 2000  # the prefill is under way
-        step, ticks, ts = _Work(short, [8], None), batcher.ticks, time.monotonic()
+        step, ticks, ts = Work(short, [8], None), batcher.ticks, time.monotonic()
         batcher.submit(step)
         assert step.done.wait(30) and step.error is None
         waited, ticks_waited = time.monotonic() - ts, batcher.ticks - ticks

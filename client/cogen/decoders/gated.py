@@ -20,28 +20,24 @@ the device decodes alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
 from fedcogen.client.cogen.cloud_client import CloudUnavailable
-from fedcogen.client.cogen.lockstep_rows import Row, answer_or_fall_back
-from fedcogen.protocols.codecs import logit_codec
-
-if TYPE_CHECKING:  # annotations only: cogen_device imports this module
-    from fedcogen.client.cogen.cogen_device import CogenDevice
+from fedcogen.client.cogen.decoders.base import Decoder, DecodingDevice
+from fedcogen.client.cogen.lockstep_rows import Row
 
 
-class GatedDecoder:
+class GatedDecoder(Decoder):
     """Lockstep gated fusion of a batch of rows with silent catch-up and guessed forwards."""
 
-    def __init__(self, device: CogenDevice, rows: Sequence[Row], chunk: int = 4) -> None:
-        self.device, self.rows, self.chunk = device, list(rows), max(1, chunk)
-        self.cfg = device.config
+    def __init__(self, device: DecodingDevice, rows: Sequence[Row], chunk: int = 4) -> None:
+        super().__init__(device, rows)
+        self.chunk = max(1, chunk)
 
     def _ask_ok(self, row: Row, small: torch.Tensor) -> bool:
         return (not row.run.fell_back and (row.guard is None or row.guard.synced)
-                and self.device._uncertain(small))
+                and self.device.uncertain(small))
 
     def _commit(self, row: Row, tok: int) -> None:
         row.generated.append(tok)
@@ -55,30 +51,13 @@ class GatedDecoder:
             except CloudUnavailable:
                 pass  # the ask's reconnect replays everything
 
-    def _fetch(self, row: Row) -> torch.Tensor | None:
-        """The reply to this row's ask (sent before the device's forward), reconnecting where allowed."""
-        return answer_or_fall_back(row, lambda: self._answer(row), lambda: self._reconnect_and_answer(row))
-
-    def _answer(self, row: Row) -> torch.Tensor:
-        packet = row.session.latest()  # drains the open reply too; silent steps have none
-        self.device._check_fingerprint(row.session)
-        row.run.calls += 1
-        row.run.round_trips += 1
-        return logit_codec.decode(packet, self.device.lm.vocab_size)
-
-    def _reconnect_and_answer(self, row: Row) -> torch.Tensor:
-        self.device._reopen(row)
-        return self._answer(row)
-
     def run(self) -> None:
         dv = self.device
-        dev, lp = dv._start(self.rows)
+        dev, lp = self.start()
         refeed: list[int | None] = [None] * len(self.rows)
         try:
             while True:
-                for row in self.rows:
-                    if not row.done and len(row.generated) >= self.cfg.max_new_tokens:
-                        row.finish()
+                self.finish_full_rows()
                 if all(row.done for row in self.rows):
                     break
                 feed: list[int | None] = [None] * len(self.rows)
@@ -94,11 +73,11 @@ class GatedDecoder:
                         if row.pending:
                             row.session.send_step(row.pending)
                             row.pending = []
-                        guess = dv._choose_for(lp[i], row.generated)
+                        guess = dv.choose(lp[i], row.generated)
                         asked[i] = (lp[i], guess)
                         feed[i] = guess if guess not in dv.stop_ids else None
                         continue
-                    tok = dv._choose_for(lp[i], row.generated)
+                    tok = dv.choose(lp[i], row.generated)
                     if tok in dv.stop_ids:
                         row.finish()
                         continue
@@ -108,8 +87,8 @@ class GatedDecoder:
                     lp = dev.step([dv.pad_id if f is None else f for f in feed], [f is not None for f in feed])
                 for i, (small, guess) in asked.items():
                     row = self.rows[i]
-                    large = self._fetch(row)
-                    tok = guess if large is None else dv._choose_for(dv._fuse(small, large), row.generated)
+                    large = self.fetch(row)  # the reply to the ask sent before the device's forward
+                    tok = guess if large is None else dv.choose(dv.fuse(small, large), row.generated)
                     if tok != guess and guess not in dv.stop_ids:
                         dev.retract(i, 1)
                     if tok in dv.stop_ids:
@@ -122,6 +101,4 @@ class GatedDecoder:
                             row.session.send_step(row.pending)
                             row.pending = []
         finally:
-            for row in self.rows:
-                if row.session is not None:
-                    row.session.cancel() if row.run.fell_back else row.session.close()
+            self.close_sessions()

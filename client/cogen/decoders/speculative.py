@@ -29,19 +29,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from fedcogen.client.cogen.batch_lm import BatchLM
 from fedcogen.client.cogen.cloud_client import CloudRefused
+from fedcogen.client.cogen.decoders.base import Decoder, DecodingDevice
 from fedcogen.client.cogen.decoding import apply_repetition_control
 from fedcogen.client.cogen.lockstep_rows import Row, answer_or_fall_back
 from fedcogen.client.cogen.private_spans import PrivateSpanGuard
 from fedcogen.protocols.codecs import logit_codec
-
-if TYPE_CHECKING:  # annotations only: cogen_device imports this module
-    from fedcogen.client.cogen.cogen_device import CogenDevice
 
 
 @dataclass
@@ -65,12 +62,13 @@ class _Link:
     n: int = 1  # this row's current draft length (adapts to how much of its drafts the fusion accepts)
 
 
-class SpeculativeDecoder:
+class SpeculativeDecoder(Decoder):
     """Lockstep speculative fusion of a batch of rows (one batched device forward per draft position)."""
 
-    def __init__(self, device: CogenDevice, rows: Sequence[Row], draft_tokens: int, min_p: float = 0.0) -> None:
-        self.device, self.rows, self.n, self.min_p = device, list(rows), max(1, int(draft_tokens)), min_p
-        self.cfg = device.config
+    def __init__(self, device: DecodingDevice, rows: Sequence[Row], draft_tokens: int, min_p: float = 0.0,
+                 min_live: float = 0.0) -> None:
+        super().__init__(device, rows)
+        self.n, self.min_p, self.min_live = max(1, int(draft_tokens)), min_p, min_live
         self.links = [_Link(n=self.n) for _ in self.rows]
 
     # ------------------------------------------------------------------ cloud side
@@ -110,8 +108,8 @@ class SpeculativeDecoder:
 
     def _decode_reply(self, row: Row) -> list[torch.Tensor]:
         reply = row.session.next_reply()
-        self.device._check_fingerprint(row.session)
-        vocab = self.device.lm.vocab_size
+        self.device.check_fingerprint(row.session)
+        vocab = self.device.vocab_size
         if reply.WhichOneof("kind") == "block":
             return logit_codec.decode_block(reply.block, vocab)
         if reply.WhichOneof("kind") != "logits":
@@ -120,9 +118,15 @@ class SpeculativeDecoder:
 
     def _receive(self, i: int, rnd: _Round) -> list[torch.Tensor]:
         row, link = self.rows[i], self.links[i]
-        if not link.owed0:
+        # Every reply owed before the draft's block is about the committed prefix: the open's, a catch-up
+        # step's and, after a reconnect, the replay's. Only the newest is the distribution at the committed
+        # end; reading just one (the old code) left the replay's reply to be taken for the block, and the
+        # stream stayed one reply out of step for the rest of the answer (issue 27).
+        ahead = row.session.owed - (1 if rnd.block_sent else 0)
+        if not link.owed0 or ahead < 1:
             raise CloudRefused("no distribution for the committed prefix is on its way")
-        larges = self._decode_reply(row)[-1:]
+        for _ in range(ahead):
+            larges = self._decode_reply(row)[-1:]
         link.owed0 = False
         if rnd.block_sent:
             larges += self._decode_reply(row)
@@ -133,7 +137,7 @@ class SpeculativeDecoder:
     def _reconnect_and_score(self, i: int, rnd: _Round) -> list[torch.Tensor]:
         """Reconnect, replay what the cloud may see, and score the same draft again."""
         link = self.links[i]
-        self.device._reopen(self.rows[i])
+        self.reopen(self.rows[i])
         link.owed0, link.rewind, rnd.block_sent = True, 0, False
         self._ask(i, rnd)
         return self._receive(i, rnd)
@@ -146,30 +150,26 @@ class SpeculativeDecoder:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
-        dev_ = self.device
-        dev, lp = dev_._start(self.rows)
+        dev, lp = self.start()
         feed: list[int | None] = [None] * len(self.rows)
         try:
             while True:
                 if any(f is not None for f in feed):
-                    lp = dev.step([dev_.pad_id if f is None else f for f in feed], [f is not None for f in feed])
+                    lp = dev.step([self.device.pad_id if f is None else f for f in feed],
+                                  [f is not None for f in feed])
                     feed = [None] * len(self.rows)
-                for row in self.rows:
-                    if not row.done and len(row.generated) >= self.cfg.max_new_tokens:
-                        row.finish()
+                self.finish_full_rows()
                 active = [i for i, row in enumerate(self.rows) if not row.done]
                 if not active:
                     break
-                rounds = {i: self._start(i, lp[i]) for i in active}
+                rounds = {i: self._new_round(i, lp[i]) for i in active}
                 self._draft(dev, rounds)
                 for i in active:
                     feed[i] = self._settle(dev, i, rounds[i])
         finally:
-            for row in self.rows:
-                if row.session is not None:
-                    row.session.cancel() if row.run.fell_back else row.session.close()
+            self.close_sessions()
 
-    def _start(self, i: int, small: torch.Tensor) -> _Round:
+    def _new_round(self, i: int, small: torch.Tensor) -> _Round:
         row = self.rows[i]
         ok = self._cloud_ok(row)
         rnd = _Round(smalls=[small], drafting=ok, asked=ok)
@@ -178,8 +178,20 @@ class SpeculativeDecoder:
         return rnd
 
     def _draft(self, dev: BatchLM, rounds: dict[int, _Round]) -> None:
-        """Draft in lockstep; each row's draft leaves as soon as it is complete."""
+        """Draft in lockstep; each row's draft leaves as soon as it is complete.
+
+        A lockstep forward costs the whole batch however few rows still draft, so the round's drafting ends
+        once fewer than ``min_live`` of the rows that began it are still drafting (their drafts leave as
+        they are). Which draft tokens are scored never changes the committed tokens, only the cost.
+        """
+        began = sum(r.drafting for r in rounds.values())
         while any(r.drafting for r in rounds.values()):
+            if sum(r.drafting for r in rounds.values()) < self.min_live * began:
+                for i, rnd in rounds.items():
+                    if rnd.drafting:
+                        rnd.drafting = False
+                        self._ask(i, rnd)
+                break
             tokens = [self.device.pad_id] * len(self.rows)
             live = [False] * len(self.rows)
             for i, rnd in rounds.items():
@@ -207,8 +219,8 @@ class SpeculativeDecoder:
         larges = self._larges(i, rnd)
         accepted, tok = 0, None
         for j in range(len(rnd.draft) + 1):
-            lp = rnd.smalls[j] if larges is None else dv._fuse(rnd.smalls[j], larges[j])
-            tok = dv._choose_for(lp, row.generated + rnd.draft[:j])
+            lp = rnd.smalls[j] if larges is None else dv.fuse(rnd.smalls[j], larges[j])
+            tok = dv.choose(lp, row.generated + rnd.draft[:j])
             if j < len(rnd.draft) and tok == rnd.draft[j]:
                 accepted = j + 1
                 continue
