@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tomllib
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         formatter=argparse.HelpFormatter,
     )
-    p.add_argument("--config", help="TOML/JSON file with demo settings (see simulations/demo/demo.py DemoConfig)")
+    p.add_argument("--config", help="TOML/JSON file with demo settings (see simulations/demo/demo.py DemoConfig); "
+                                    "run settings by name or by their grouped pyproject keys (lora.r, ...)")
+    p.add_argument("--preset", help="named run settings from simulations/federation/presets/ (e.g. lean-comm), "
+                                    "applied before --config and the flags")
     p.add_argument("--quick", action="store_true", help="tiny random models, one-minute smoke run")
     p.add_argument("--name", default=None, help="run name (default: demo or demo-quick)")
     p.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
@@ -65,16 +66,21 @@ def config_from_args(args: argparse.Namespace) -> Any:
     Keys are DemoConfig's own fields or run settings (FLSettings fields, plus the demo's aliases such
     as ``users``); anything else is an error naming the key.
     """
-    from fedcogen.run_config import FLSettings
+    from fedcogen.config_file import read_config_file
+    from fedcogen.run_config import FLSettings, attributes_of, flatten
     from fedcogen.simulations.demo.demo import DEMO_RUN, RUN_ALIASES, DemoConfig
+    from fedcogen.simulations.federation.federation import preset_file
 
     values: dict[str, Any] = {}
+    files = [preset_file(args.preset)] if getattr(args, "preset", None) else []
     if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"demo config {path} not found")
-        text = path.read_text()
-        values.update(tomllib.loads(text) if path.suffix == ".toml" else json.loads(text))
+        if not Path(args.config).is_file():
+            raise FileNotFoundError(f"demo config {args.config} not found")
+        files.append(Path(args.config))
+    for path in files:  # grouped run keys (lora.r, as pyproject writes them) read as the attribute they name
+        flat = flatten(read_config_file(path))
+        values.update({k: v for k, v in flat.items() if "." not in k})
+        values.update(attributes_of({k: v for k, v in flat.items() if "." in k}))
     own = {f.name for f in fields(DemoConfig)} - {"run"}
     run_keys = {f.name for f in fields(FLSettings)} | set(RUN_ALIASES)
     unknown = set(values) - own - run_keys

@@ -15,7 +15,12 @@ from typing import Any
 
 from fedcogen.cli.flags import add_dataclass_flags, flag_values
 from fedcogen.run_config import FLSettings
-from fedcogen.simulations.federation.federation import SimulationConfig, load_config_file, run_federation
+from fedcogen.simulations.federation.federation import (
+    SimulationConfig,
+    load_config_file,
+    preset_file,
+    run_federation,
+)
 from fedcogen.simulations.federation.flwr_run import RunFailed
 
 
@@ -26,13 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Fine-tune a LoRA adapter across simulated devices with Flower: sparse top-k updates with "
             "error feedback up, compressed broadcast down, validation of every update, byte ledger of "
-            "every message, checkpoint/resume. Settings: defaults < --config file < flags."
+            "every message, checkpoint/resume. Settings: defaults < --preset < --config file < flags."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", help="TOML or JSON file: run settings by their grouped pyproject keys (lora.r, "
                                     "compress.density, ...), engine fields by name (TOML may use [simulation]); "
                                     "--print-config shows one")
+    p.add_argument("--preset", help="named run settings from simulations/federation/presets/ (lean-comm: the "
+                                    "communication benchmark's best; docs/communication.md)")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     add_dataclass_flags(p, FLSettings)
     add_dataclass_flags(p, SimulationConfig, skip=("run",))
@@ -40,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build_config(args: argparse.Namespace) -> SimulationConfig:
-    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    values: dict[str, Any] = load_config_file(preset_file(args.preset)) if getattr(args, "preset", None) else {}
+    if args.config:
+        values.update(load_config_file(args.config))
     values.update(flag_values(args, FLSettings))
     values.update(flag_values(args, SimulationConfig, skip=("run",)))
     return SimulationConfig.from_dict(values)

@@ -107,6 +107,18 @@ class SimulationConfig:
 ENGINES = ("flower", "loopback")
 
 
+PRESETS = Path(__file__).with_name("presets")  # named run settings, e.g. the benchmark's best (lean-comm)
+
+
+def preset_file(name: str) -> Path:
+    """The config file of a named preset in :data:`PRESETS`; an unknown name is an error listing them."""
+    path = PRESETS / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESETS.glob("*.toml"))
+        raise ValueError(f"unknown preset '{name}' (known: {', '.join(known)})")
+    return path
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """A TOML or JSON config file as :meth:`SimulationConfig.from_dict` reads it.
 
