@@ -12,6 +12,9 @@ class CloudConfig:
     """Everything ``fedcogen cloud serve`` can set; defaults suit a laptop-sized deployment."""
 
     model: str = "smollm2"
+    # a LoRA adapter folder merged into the model's weights at start (the provider's public training,
+    # `fedcogen cloud train-public`); merged, so the batched KV-cache forward runs a plain model
+    adapter: str | None = None
     seed: int = 0
     # where the in-process scheduler runs the model: auto | cpu | cuda | cuda:N | mps (fedcogen.accelerator);
     # weights, KV buffers and forwards live there, log-probs come back to the CPU for the codec
