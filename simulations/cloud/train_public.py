@@ -81,7 +81,11 @@ def _save(model: Any, recipe: CloudRecipe, out_root: Path, losses: list[float], 
     out = artifact_dir(out_root, recipe)
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(tmp))  # adapter_config.json + fp32 weights
+    model.save_pretrained(str(tmp))  # adapter_config.json + fp32 weights (+ a model-card README we drop)
+    (tmp / "README.md").unlink(missing_ok=True)
+    config = json.loads((tmp / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = recipe.base_model  # the preset name, not this machine's cache path
+    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     state = {k: v.to(torch.float16).contiguous() for k, v in load_file(str(tmp / WEIGHTS_FILE)).items()}
     save_file(state, str(tmp / WEIGHTS_FILE))  # fp16: half the bytes of fp32
     manifest = {"recipe": asdict(recipe), "recipe_digest": recipe.digest(),
