@@ -62,6 +62,9 @@ class CloudConfig:
             raise ValueError(f"step_timeout_s must be > 0, got {self.step_timeout_s}")
         if self.max_sessions < 1 or self.max_tokens_per_session < 1 or self.max_batch < 1 or self.prefill_chunk < 1:
             raise ValueError("max_sessions, max_tokens_per_session, max_batch and prefill_chunk must be >= 1")
+        if self.engine_url and self.adapter:
+            raise ValueError("--adapter is merged into the in-process model; with --engine-url the serving engine "
+                             "loads the LoRA itself (e.g. vLLM --lora-modules)")
         if self.engine_url and not self.engine_model:
             raise ValueError("--engine-url needs --engine-model (the model name the engine serves)")
         if self.engine_url and (not self.max_k or self.max_k > self.engine_max_logprobs):

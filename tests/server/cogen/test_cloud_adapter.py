@@ -58,6 +58,12 @@ def test_a_loaded_model_and_an_adapter_together_are_refused(lora_dir):
                            lm=load_model("tiny-large"))
 
 
+def test_an_adapter_with_a_serving_engine_is_refused(lora_dir):
+    cfg = CloudConfig(insecure=True, adapter=str(lora_dir[0]), engine_url="http://engine:8000/v1", engine_model="m")
+    with pytest.raises(ValueError, match="engine"):
+        cfg.validate()
+
+
 def test_cloud_serve_has_the_adapter_flag():
     args = build_parser().parse_args(["cloud", "serve", "--insecure", "--adapter", "some/lora"])
     assert args.adapter == "some/lora"
