@@ -40,6 +40,9 @@ def test_training_writes_a_verified_fp16_artifact_named_by_the_recipe_digest(tra
     # LoRA only from lora_first_layer on: the tiny model has layers 0 and 1
     assert all(".layers.1." in k for k in weights)
     assert any(float(v.abs().max()) > 0 for k, v in weights.items() if "lora_B" in k)  # it trained
+    # nothing of the training machine in the artifact: the config names the preset, no model-card README
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", WEIGHTS_FILE, MANIFEST_FILE]
 
 
 def test_a_checkpoint_is_the_artifact_of_the_same_recipe_with_fewer_steps(trained):
