@@ -313,13 +313,42 @@ def prune_layers(model: Any, keep: list[int]) -> Any:
     return model
 
 
-def load_model(name_or_path: str = "smollm2", *, seed: int = 0, device: str = "cpu") -> LoadedModel:
+def load_model(name_or_path: str = "smollm2", *, seed: int = 0, device: str = "cpu",
+               adapter: str | None = None) -> LoadedModel:
     """Load a causal LM by name (``smollm2``, ``smollm2-half``, ``tiny``, ``tiny-large``) or local path.
 
     The model is placed on ``device`` in that device's compute dtype (fp32 on the CPU, the default),
     cut to its tokenizer's real vocabulary and returned in eval mode. ``seed`` only matters for tiny
-    models.
+    models. ``adapter``: a LoRA folder merged into the weights (:func:`merge_lora`).
     """
+    lm = _load_base(name_or_path, seed, device)
+    return merge_lora(lm, adapter) if adapter else lm
+
+
+def merge_lora(lm: LoadedModel, adapter: str) -> LoadedModel:
+    """Merge a PEFT LoRA folder (``adapter_config.json`` + weights) into ``lm``'s weights, in place.
+
+    Why merged and not wrapped: the cloud's batched forward (per-session KV buffers) and every reader
+    of ``lm.model`` then see a plain causal LM with the same modules, at the same cost per token; the
+    adapter's fp16 weights are promoted to the model's dtype by PEFT. Only for a model this process
+    loaded for itself (never a :func:`shared_model`, whose weights others read).
+    """
+    from peft import PeftModel
+
+    folder = Path(adapter).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        raise ModelError(f"adapter {folder} is not a LoRA folder (no adapter_config.json; expected PEFT "
+                         "save_pretrained, e.g. the artifact of `fedcogen cloud train-public`)")
+    try:
+        merged = PeftModel.from_pretrained(lm.model, str(folder)).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ModelError(f"adapter {folder} does not fit model {lm.name}: {exc}") from exc
+    merged.eval()
+    return LoadedModel(model=merged, tokenizer=lm.tokenizer, name=f"{lm.name}+{folder.name}",
+                       source=f"{lm.source} + LoRA {folder}")
+
+
+def _load_base(name_or_path: str, seed: int, device: str) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     place = placement(device)  # an unavailable device fails here, before any weights are read
@@ -370,18 +399,21 @@ def trim_padded_vocab(model: Any, tokenizer: Any, where: str = "model") -> Any:
     return model
 
 
-def shared_model(name_or_path: str = "smollm2", seed: int = 0, device: str = "cpu") -> LoadedModel:
+def shared_model(name_or_path: str = "smollm2", seed: int = 0, device: str = "cpu",
+                 adapter: str | None = None) -> LoadedModel:
     """Process-wide cached model: load the base model once per process (Ray worker, server) and device.
 
     Callers must not change the base weights; LoRA adapters are layered on top and swapped per client.
-    ``device`` is resolved first, so ``auto`` and the device it means share one cached copy.
+    ``device`` is resolved first, so ``auto`` and the device it means share one cached copy. With
+    ``adapter`` it is a separate copy with that LoRA merged in (e.g. the cloud's public training).
     """
-    return _shared_model(name_or_path, seed, placement(device).key)
+    folder = str(Path(adapter).expanduser().resolve()) if adapter else None
+    return _shared_model(name_or_path, seed, placement(device).key, folder)
 
 
 @functools.lru_cache(maxsize=4)
-def _shared_model(name_or_path: str, seed: int, device: str) -> LoadedModel:
-    return load_model(name_or_path, seed=seed, device=device)
+def _shared_model(name_or_path: str, seed: int, device: str, adapter: str | None = None) -> LoadedModel:
+    return load_model(name_or_path, seed=seed, device=device, adapter=adapter)
 
 
 def tokenizer_signature(tokenizer: Any) -> dict[str, Any]:

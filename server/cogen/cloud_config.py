@@ -15,6 +15,9 @@ class CloudConfig:
     """Everything ``fedcogen cloud serve`` can set; defaults suit a laptop-sized deployment."""
 
     model: str = "smollm2"
+    # a LoRA adapter folder merged into the model's weights at start (the provider's public training,
+    # `fedcogen cloud train-public`); merged, so the batched KV-cache forward runs a plain model
+    adapter: str | None = None
     seed: int = 0
     # where the in-process scheduler runs the model: auto | cpu | cuda | cuda:N | mps (fedcogen.accelerator);
     # weights, KV buffers and forwards live there, log-probs come back to the CPU for the codec
@@ -66,6 +69,9 @@ class CloudConfig:
             raise ValueError(f"step_timeout_s must be > 0, got {self.step_timeout_s}")
         if self.max_sessions < 1 or self.max_tokens_per_session < 1 or self.max_batch < 1 or self.prefill_chunk < 1:
             raise ValueError("max_sessions, max_tokens_per_session, max_batch and prefill_chunk must be >= 1")
+        if self.engine_url and self.adapter:
+            raise ValueError("--adapter is merged into the in-process model; with --engine-url the serving engine "
+                             "loads the LoRA itself (e.g. vLLM --lora-modules)")
         if self.engine_url and not self.engine_model:
             raise ValueError("--engine-url needs --engine-model (the model name the engine serves)")
         if self.engine_url and self.engine_flavour not in ENGINE_FLAVOURS:

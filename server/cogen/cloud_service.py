@@ -102,7 +102,11 @@ def start_cloud_server(config: CloudConfig, lm: LoadedModel | None = None) -> Cl
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     config.validate()
-    lm = lm if lm is not None else load_model(config.model, seed=config.seed, device=config.device)
+    if lm is not None and config.adapter:
+        raise ValueError("start_cloud_server got a loaded model and an adapter: pass the model with the adapter "
+                         "merged (load_model(..., adapter=...)) or let the service load it")
+    lm = lm if lm is not None else load_model(config.model, seed=config.seed, device=config.device,
+                                              adapter=config.adapter)
     service = CloudLMService(config, lm)
     interceptors = [AuthInterceptor(config.token)] if config.token else []
     options = [

@@ -42,6 +42,7 @@ from fedcogen.protocols.privacy.dp import epsilon_for
 from fedcogen.protocols.security.tls import ensure_dev_certs
 from fedcogen.provenance import provenance
 from fedcogen.run_config import FLSettings
+from fedcogen.simulations.cloud.artifact import committed_artifact
 from fedcogen.simulations.demo.demo_report import write_report
 from fedcogen.simulations.evaluation import evaluate as evaluation
 from fedcogen.simulations.evaluation.cogen_generator import CogenGenerator
@@ -63,6 +64,7 @@ from fedcogen.simulations.privacy.span_audit import audit_adapter, heldout_tasks
 from fedcogen.variants import REPORT_ORDER
 
 ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+PUBLIC_ADAPTER = "public"
 
 
 # The demo's federated run: a personalised device model (all linear layers, rank 16), few clients per
@@ -95,6 +97,9 @@ class DemoConfig:
     gate_call_share: float = 0.25  # the gated variant asks the cloud for about this share of tokens
     eval_batch: int = 32  # answers decoded in lockstep (the cloud batches as many sessions)
     cloud_model: str = "smollm2"
+    # the cloud provider's LoRA, trained on public data only (simulations/cloud/): "public" = the committed,
+    # digest-checked artifact; "" = the bare cloud model; else a LoRA folder
+    cloud_adapter: str = PUBLIC_ADAPTER
     # canary exposure needs the canary-bearing past texts in training (history_examples); the demo trains
     # on tasks only, so exposure is off (0) by default; `fedcogen privacy run` measures it
     canary_alternatives: int = 0
@@ -105,6 +110,7 @@ class DemoConfig:
         r = self.run
         if self.quick:
             self.cloud_model = "tiny-large"
+            self.cloud_adapter = ""  # the public artifact is a LoRA of smollm2
             self.max_new_tokens = min(self.max_new_tokens, 12)
             self.heldout_users = min(self.heldout_users, 1)
             self.run = r = r.replace(model="tiny", num_clients=min(r.num_clients, 3),
@@ -125,6 +131,20 @@ class DemoConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out) / self.name
+
+
+def resolve_cloud_adapter(cfg: DemoConfig) -> dict[str, Any]:
+    """Which LoRA the cloud runs with and where it came from (the report says it)."""
+    if not cfg.cloud_adapter:
+        return {"path": None, "source": "none: the bare cloud model"}
+    if cfg.cloud_adapter == PUBLIC_ADAPTER:
+        path = committed_artifact()  # refuses a changed recipe or weights file
+        manifest = json.loads((path / "manifest.json").read_text())
+        return {"path": str(path), "source": "the committed public-training artifact (simulations/cloud/, not trained "
+                "by this run)", "weights_sha256": manifest["weights_sha256"], "recipe_digest": manifest["recipe_digest"]}
+    if not Path(cfg.cloud_adapter).is_dir():
+        raise FileNotFoundError(f"cloud_adapter {cfg.cloud_adapter} is not a folder (or use '{PUBLIC_ADAPTER}' / '')")
+    return {"path": cfg.cloud_adapter, "source": "a LoRA folder given by cloud_adapter"}
 
 
 def _stage(n: int, title: str) -> float:
@@ -173,7 +193,8 @@ def _eval_tasks(cfg: DemoConfig, fed: Any) -> dict[str, list[Any]]:
     return {"seen_users": seen, "unseen_users": unseen}
 
 
-def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token: str) -> dict[str, Any]:
+def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token: str,
+              cloud_adapter: str | None) -> dict[str, Any]:
     groups = _eval_tasks(cfg, fed)
     profiles = {p.user_id: StyleMarkers.from_profile(asdict(p)) for p in fed.profiles}
     log_path = cfg.run_dir / "cloud.log"
@@ -181,14 +202,17 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
     # lockstep batches of eval_batch sessions: the cloud waits long enough for every step of a batch to
     # arrive, so the whole batch shares one packed forward each time
     serve = ["--max-batch", str(cfg.eval_batch), "--batch-window-ms", "10", "--device", cfg.run.device]
+    serve += ["--adapter", cloud_adapter] if cloud_adapter else []
     with spawned_cloud(cfg.cloud_model, log_path=log_path, wait=False,
                        tls_dir=tls_dir, token=token, timeout_s=600, serve_args=serve) as cloud:
         print(f"  cloud process pid {cloud.process.pid} on {cloud.address} (TLS + bearer token), log {log_path}")
         out["writer_strength"] = writer_strength(cfg.run.model, cfg.cloud_model,
-                                                 groups["seen_users"] + groups["unseen_users"], cfg.run.max_seq_len)
+                                                 groups["seen_users"] + groups["unseen_users"], cfg.run.max_seq_len,
+                                                 cloud_adapter=cloud_adapter)
         ws = out["writer_strength"]
         print(f"  loss on the reference answers from the instruction alone: cloud {ws['cloud_loss']:.3f}, "
-              f"device {ws['device_loss']:.3f} ({'cloud is the stronger writer' if ws['cloud_stronger'] else 'CLOUD IS NOT STRONGER'})")
+              f"device {ws['device_loss']:.3f} ({'cloud is the stronger writer' if ws['cloud_stronger'] else 'CLOUD IS NOT STRONGER'}); "
+              f"cloud with the private context {ws['cloud_context_loss']:.3f} (upper bound)")
         gen = CogenGenerator.create(device_model=cfg.run.model, cloud_address=cloud.address, adapter=adapter_dir,
                                     tls_dir=str(tls_dir), token=token, max_new_tokens=cfg.max_new_tokens,
                                     sketch_max_new_tokens=cfg.sketch_max_new_tokens, seed=cfg.run.seed,
@@ -294,9 +318,10 @@ def _span_audit(cfg: DemoConfig, fed: Any, metrics: dict[str, Any]) -> dict[str,
 def run_demo(cfg: DemoConfig) -> dict[str, str]:
     check_model_pair(cfg.run.model, cfg.cloud_model)  # a mismatched pair fails before any work starts
     resolve_device(cfg.run.device)  # so does a device this machine lacks
+    cloud_adapter = resolve_cloud_adapter(cfg)  # and a changed or missing cloud artifact
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {"config": asdict(cfg), "stage_seconds": {}}
+    metrics: dict[str, Any] = {"config": asdict(cfg), "stage_seconds": {}, "cloud_adapter": cloud_adapter}
     secs = metrics["stage_seconds"]
 
     n_users = cfg.run.num_clients + cfg.heldout_users
@@ -316,9 +341,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     secs["federation"] = round(time.perf_counter() - t, 1)
 
     t = _stage(3, f"cloud {cfg.cloud_model} over gRPC with TLS + token; evaluating {len(REPORT_ORDER)} variants")
+    cloud_adapter = metrics["cloud_adapter"]
+    print(f"  cloud LoRA: {cloud_adapter['source']}" + (f", {cloud_adapter['path']}" if cloud_adapter["path"] else ""))
     tls_dir = run_dir / "tls"
     ensure_dev_certs(tls_dir)
-    ev = _evaluate(cfg, fed, metrics["federation"]["adapter_dir"], tls_dir, secrets.token_urlsafe(24))
+    ev = _evaluate(cfg, fed, metrics["federation"]["adapter_dir"], tls_dir, secrets.token_urlsafe(24),
+                   cloud_adapter["path"])
     received = ev.pop("received")
     metrics["evaluation"] = ev
     secs["cloud_and_eval"] = round(time.perf_counter() - t, 1)

@@ -137,6 +137,14 @@ def _audit_sentence(pv: dict[str, Any]) -> str:
     return text + "; as it must, it flagged the privacy-violating upper bound."
 
 
+def cloud_adapter_sentence(info: dict[str, Any] | None) -> str:
+    """Where the cloud's LoRA came from (the committed public artifact is named with its digest)."""
+    if not info or not info.get("path"):
+        return "The cloud ran without a LoRA (the bare model)."
+    digest = f" (weights sha256 {info['weights_sha256'][:12]})" if info.get("weights_sha256") else ""
+    return f"The cloud ran with {info['source']}: `{info['path']}`{digest}."
+
+
 def write_report(cfg: Any, metrics: dict[str, Any], plots: list[str]) -> str:
     fed, ev, pv = metrics["federation"], metrics["evaluation"], metrics["privacy"]
     ledger, groups, ws = fed["ledger_summary"], ev["groups"], ev["writer_strength"]
@@ -177,7 +185,8 @@ def write_report(cfg: Any, metrics: dict[str, Any], plots: list[str]) -> str:
         "",
         f"Is the cloud the stronger writer? Loss on the reference answers from the instruction alone: cloud "
         f"`{ws['cloud_model']}` {ws['cloud_loss']:.3f}, device `{ws['device_model']}` {ws['device_loss']:.3f} "
-        f"({'yes' if ws['cloud_stronger'] else 'NO'}).",
+        f"({'yes' if ws['cloud_stronger'] else 'NO'}); the cloud given the private context too (upper bound) "
+        f"{ws.get('cloud_context_loss', float('nan')):.3f}. {cloud_adapter_sentence(metrics.get('cloud_adapter'))}",
         "",
         "## Federated training", "",
         "| round | train loss | validation loss | bytes up | bytes down |", "|---|---|---|---|---|",
