@@ -29,6 +29,7 @@ from fedcogen import results_json
 from fedcogen.accelerator import gpu_share, resolve_device
 from fedcogen.client.cogen.gate_training import calibrate_gate_threshold
 from fedcogen.client.cogen.public_gate import gate_path
+from fedcogen.config_file import read_config_file
 from fedcogen.dataset import (
     FederationConfig,
     canary_records,
@@ -41,7 +42,7 @@ from fedcogen.models import check_model_pair, load_tokenizer
 from fedcogen.protocols.privacy.dp import epsilon_for
 from fedcogen.protocols.security.tls import ensure_dev_certs
 from fedcogen.provenance import provenance
-from fedcogen.run_config import FLSettings
+from fedcogen.run_config import FLSettings, attributes_of
 from fedcogen.simulations.cloud.artifact import committed_artifact
 from fedcogen.simulations.demo.demo_report import write_report
 from fedcogen.simulations.evaluation import evaluate as evaluation
@@ -63,19 +64,12 @@ from fedcogen.simulations.privacy.audit import wire_audit
 from fedcogen.simulations.privacy.span_audit import audit_adapter, heldout_tasks
 from fedcogen.variants import REPORT_ORDER
 
-ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 PUBLIC_ADAPTER = "public"
 
 
-# The demo's federated run: a personalised device model (all linear layers, rank 16), few clients per
-# round, and counterfactual fact swaps so the adapter learns to copy private facts from the context.
-DEMO_RUN = FLSettings(
-    model="smollm2-27l", num_clients=8, clients_per_round=2, rounds=6, local_steps=7, batch_size=4, lr=4e-3,
-    server_lr=1.5,  # FedAvg step on the mean update; > 1 makes up for averaging diverse clients
-    fact_swaps=3,  # counterfactual copies per training task (teaches copying, not memorising)
-    lora_r=16, lora_alpha=32, lora_dropout=0.0, lora_targets=ALL_LINEAR, max_seq_len=320, density=0.3,
-    min_fit_clients=1, eval_on="round",
-)
+# The demo's federated run, as a config file in the demo's folder (experiments as data)
+DEMO_RUN_FILE = Path(__file__).with_name("demo_run.toml")
+DEMO_RUN = FLSettings().replace(**attributes_of(read_config_file(DEMO_RUN_FILE)))
 # the demo's flags and config files keep their own names for two run settings
 RUN_ALIASES = {"users": "num_clients", "device_model": "model"}
 

@@ -9,6 +9,7 @@ import pytest
 from fedcogen.cli import build_parser
 from fedcogen.cli.demo import config_from_args
 from fedcogen.cli.simulate import build_config
+from fedcogen.simulations.demo.demo import DEMO_RUN
 from fedcogen.simulations.federation.federation import PRESETS, preset_file
 
 LEAN = {"lora_mode": "freeze_a", "density": 0.02, "quant": "int4", "down_density": 0.02}
@@ -51,3 +52,10 @@ def test_print_config_shows_the_preset(capsys) -> None:
     assert args.func(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["lora.mode"] == "freeze_a" and printed["compress.down-density"] == 0.02
+
+
+def test_the_demos_run_is_its_config_file() -> None:
+    assert (DEMO_RUN.model, DEMO_RUN.num_clients, DEMO_RUN.rounds, DEMO_RUN.local_steps, DEMO_RUN.lr) == (
+        "smollm2-27l", 8, 6, 7, 4e-3)
+    assert (DEMO_RUN.lora_r, DEMO_RUN.density, DEMO_RUN.fact_swaps, DEMO_RUN.eval_on) == (16, 0.3, 3, "round")
+    assert DEMO_RUN.lora_targets.count("_proj") == 7  # every linear layer
