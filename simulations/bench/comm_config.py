@@ -14,12 +14,12 @@ over the code. Tables:
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcogen.config_file import read_config_file
 from fedcogen.run_config import FLSettings
 from fedcogen.simulations.bench.comm_variants import DENSE_NAME, VARIANTS_FILE, Variant, load_variants, pick
 
@@ -72,12 +72,7 @@ class CommBenchConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> CommBenchConfig:
         p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"comm benchmark config {p} does not exist")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"comm benchmark config {p}: {e}") from e
+        data = read_config_file(p)  # a missing or malformed file is an error naming it
         unknown = set(data) - {"recipe", "bench"}
         if unknown:
             raise ValueError(f"comm benchmark config {p}: unknown tables {sorted(unknown)} (known: recipe, bench)")

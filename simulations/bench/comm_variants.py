@@ -13,12 +13,12 @@ The table ``dense`` is the baseline every other run is compared with.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedcogen.config_file import read_config_file
 from fedcogen.run_config import FLSettings
 
 VARIANTS_FILE = Path(__file__).with_name("comm_variants.toml")
@@ -69,14 +69,7 @@ def parse_variants(data: Mapping[str, Any], source: str = "variants") -> dict[st
 
 def load_variants(path: str | Path = VARIANTS_FILE) -> dict[str, Variant]:
     """Every variant of a TOML file (validated: unknown run-config keys or bad values name the variant)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"variants file {p} does not exist")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"variants file {p}: {e}") from e
-    return parse_variants(data, str(p))
+    return parse_variants(read_config_file(path), str(path))  # a missing or malformed file names itself
 
 
 def pick(names: str | list[str] | tuple[str, ...], registry: Mapping[str, Variant]) -> list[Variant]:
