@@ -126,7 +126,8 @@ class LedgerGrid:
             self.ledger.record(self.server_round, phases[int(msg.metadata.dst_node_id)], "down", msg)
         for rep in replies:
             node = int(rep.metadata.src_node_id)
-            self.ledger.record(self.server_round, phases.get(node, self.phase_of(rep)), "up", rep)
+            phase = phases[node] if node in phases else self.phase_of(rep)  # a reply takes its request's phase
+            self.ledger.record(self.server_round, phase, "up", rep)
             if self.on_reply is not None:
                 self.on_reply(rep)
         return replies

@@ -1,14 +1,13 @@
-"""The evaluation half of a round as Flower's two verbs: who evaluates with which patch, and the
-token-weighted mean loss of their answers.
+"""The aggregate half of a round's evaluation: per-client losses and their token-weighted mean.
 
-Functions of what they need rather than of the server object, so the round loop
-(:class:`fedcogen.server.fl.fl_serverapp.FederatedServer`) reads configure -> send -> aggregate.
+A function of what it needs rather than of the server object; the round loop
+(:class:`fedcogen.server.fl.fl_serverapp.FederatedServer`) reads configure_evaluate -> send -> aggregate_evaluate.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from flwr.app import Message
@@ -17,16 +16,6 @@ from fedcogen.protocols import fl_messages as fm
 from fedcogen.server.fl.fl_console import error_summary
 from fedcogen.server.fl.fl_outputs import ppl
 from fedcogen.server.fl.fl_state import ServerState
-
-
-def configure_evaluate(client_of: Mapping[int, str], keep: set[str] | None, server_round: int,
-                       config_for: Callable[[str], dict[str, Any]]) -> list[Message]:
-    """One evaluate message per node whose client is in ``keep`` (every node when None), carrying
-    ``config_for(client)``: the round's settings and the patch to the current broadcast (clients that
-    hold an older version catch up first)."""
-    return [Message(fm.make_recorddict(config=config_for(client_of[n])), dst_node_id=n,
-                    message_type=fm.MSG_EVALUATE, group_id=str(server_round))
-            for n in sorted(client_of) if keep is None or client_of[n] in keep]
 
 
 def aggregate_evaluate(replies: list[Message], client_of: Mapping[int, str], state: ServerState) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from fedcogen.server.fl.checkpoint import has_checkpoint
 from fedcogen.server.fl.client_sampling import eval_cohort, released_round_fields, train_sample
 from fedcogen.server.fl.dp_guard import DPGuard
 from fedcogen.server.fl.fl_console import error_summary, log_round, progress, show_progress_lines
-from fedcogen.server.fl.fl_evaluate import aggregate_evaluate, configure_evaluate
+from fedcogen.server.fl.fl_evaluate import aggregate_evaluate
 from fedcogen.server.fl.fl_outputs import write_outputs
 from fedcogen.server.fl.fl_state import (
     ServerState,
@@ -143,6 +143,18 @@ class FederatedServer:
         cfg["server_round"] = server_round
         return cfg
 
+    def _patched_configs(self, server_round: int, nodes: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Each node's config for this round: the round's settings (built once) + the patch that brings
+        its client to the current broadcast."""
+        base = self._client_config(server_round)
+        return {n: {**base, **fm.patch_fields(self.patch_for(self.nodes[n]))} for n in nodes}
+
+    @staticmethod
+    def _messages(configs: Mapping[int, dict[str, Any]], message_type: str, server_round: int) -> list[Message]:
+        """One message of ``message_type`` per node, carrying that node's config."""
+        return [Message(fm.make_recorddict(config=cfg), dst_node_id=n, message_type=message_type,
+                        group_id=str(server_round)) for n, cfg in configs.items()]
+
     def grid_for(self, server_round: int, phase: str | Any) -> LedgerGrid:
         """The grid this round's ``phase`` sends through: every message booked both ways."""
         return LedgerGrid(self.grid, self.ledger, server_round, phase, on_reply=self._forget_if_failed)
@@ -159,8 +171,7 @@ class FederatedServer:
     def handshake(self) -> None:
         """Wait for nodes, then learn which client (user) each node is."""
         node_ids = self.wait_for_nodes()
-        msgs = [Message(fm.make_recorddict(config=self.s.client_config()),
-                        dst_node_id=n, message_type=fm.MSG_QUERY, group_id="0") for n in node_ids]
+        msgs = self._messages({n: self.s.client_config() for n in node_ids}, fm.MSG_QUERY, 0)
         for rep in self.send(msgs, "query", 0):
             if rep.has_error():
                 log.warning("node %s failed the handshake: %s", rep.metadata.src_node_id, rep.error.reason)
@@ -227,8 +238,7 @@ class FederatedServer:
 
     def configure_train(self, server_round: int) -> dict[int, dict[str, Any]]:
         """This round's sample, each sampled node with its train config (settings + its broadcast patch)."""
-        return {n: {**self._client_config(server_round), **fm.patch_fields(self.patch_for(self.nodes[n]))}
-                for n in self.sample(server_round)}
+        return self._patched_configs(server_round, self.sample(server_round))
 
     def train_round(self, server_round: int) -> dict[str, Any]:
         """configure_train -> send -> aggregate_train -> DP noise + server step; the round's metrics row."""
@@ -239,8 +249,7 @@ class FederatedServer:
         if self.s.secagg == "secaggplus":  # the server learns only the mean of the values at a shared support
             res = self._secure_train(server_round, configs, tally)
         else:
-            msgs = [Message(fm.make_recorddict(config=configs[n]), dst_node_id=n, message_type=fm.MSG_TRAIN,
-                            group_id=str(server_round)) for n in nodes]
+            msgs = self._messages(configs, fm.MSG_TRAIN, server_round)
             res = self.aggregate_train(server_round, nodes, self.send(msgs, "train", server_round), tally)
         return self._apply_round(server_round, nodes, res, tally, started)
 
@@ -335,9 +344,15 @@ class FederatedServer:
         """Every client (or the cohort, or the clients named in ``only``) scores the current broadcast
         adapter on its private validation split: configure_evaluate -> send -> aggregate_evaluate
         (:mod:`fedcogen.server.fl.fl_evaluate`)."""
-        msgs = configure_evaluate(self.nodes, self._eval_cohort(only), server_round,
-                                  lambda cid: {**self._client_config(server_round), **fm.patch_fields(self.patch_for(cid))})
+        msgs = self.configure_evaluate(server_round, only)
         return aggregate_evaluate(self.send(msgs, "evaluate", server_round), self.nodes, self.state)
+
+    def configure_evaluate(self, server_round: int, only: Iterable[str] | None = None) -> list[Message]:
+        """An evaluate message per evaluating node: the round's settings and the patch to the current
+        broadcast (clients that hold an older version catch up first)."""
+        keep = self._eval_cohort(only)
+        nodes = [n for n in sorted(self.nodes) if keep is None or self.nodes[n] in keep]
+        return self._messages(self._patched_configs(server_round, nodes), fm.MSG_EVALUATE, server_round)
 
     def _eval_cohort(self, only: Iterable[str] | None) -> set[str] | None:
         """Which clients evaluate: every one, the ``eval_clients`` cohort, ``only``, or both (None: all)."""

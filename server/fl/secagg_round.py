@@ -31,13 +31,18 @@ MODULUS_RANGE = 2**32  # sums of up to 2**10 clients fit
 RECONSTRUCTION_THRESHOLD = 0.6  # share of a node's neighbours needed to unmask it
 
 
-def secagg_phase(msg: Any) -> str:
-    """The ledger phase of a SecAgg+ message: its workflow stage (the masked upload is the training)."""
+def secagg_stage(msg: Any, default: str) -> str:
+    """The SecAgg+ workflow stage a message carries (``default`` when it carries none)."""
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
-    stage = "train"
     if msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
-        stage = str(msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE, "train"))
+        return str(msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE, default))
+    return default
+
+
+def secagg_phase(msg: Any) -> str:
+    """The ledger phase of a SecAgg+ message: its workflow stage (the masked upload is the training)."""
+    stage = secagg_stage(msg, "train")
     return "train" if stage == "collect_masked_vectors" else f"secagg_{stage}"
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from fedcogen.protocols.codecs.sparse_codec import decode_sparse, densify
 from fedcogen.secagg import SecAggRunConfig, round_seed, shared_support
 from fedcogen.server.fl.byte_ledger import ByteLedger, LedgerGrid, by_phase
+from fedcogen.server.fl.secagg_round import secagg_stage
 
 
 @dataclass
@@ -44,15 +45,6 @@ class Recorder:
         }
 
 
-def _stage_of(msg: Any) -> str:
-    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
-
-    cfgs = msg.content.config_records if msg.has_content() else {}
-    if RECORD_KEY_CONFIGS in cfgs and Key.STAGE in cfgs[RECORD_KEY_CONFIGS]:
-        return str(cfgs[RECORD_KEY_CONFIGS][Key.STAGE])
-    return "fit"
-
-
 def recording_grid(grid: Any, recorder: Recorder, server_round: int) -> LedgerGrid:
     """The server's Grid with every message booked by stage, keeping the masked vectors it received."""
 
@@ -68,7 +60,8 @@ def recording_grid(grid: Any, recorder: Recorder, server_round: int) -> LedgerGr
             recorder.masked_vectors.append({"round": server_round, "node_id": int(rep.metadata.src_node_id),
                                             "vectors": vecs})
 
-    return LedgerGrid(grid, ByteLedger(recorder), server_round, _stage_of, on_reply=keep_masked)
+    return LedgerGrid(grid, ByteLedger(recorder), server_round, lambda m: secagg_stage(m, "fit"),
+                      on_reply=keep_masked)
 
 
 def make_server_app(cfg: SecAggRunConfig, recorder: Recorder, initial: np.ndarray) -> Any:
