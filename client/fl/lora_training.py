@@ -39,9 +39,10 @@ class Encoded:
 
 
 def encode_examples(
-    tokenizer: Any, examples: Sequence[tuple[str, str]], max_seq_len: int = 256
+    tokenizer: Any, examples: Sequence[tuple[str, str]], max_seq_len: int = 256, *, system: str = DEVICE_SYSTEM
 ) -> list[Encoded]:
-    """Chat-format the prompt (device system prompt), append target + EOS, mask the prompt.
+    """Chat-format the prompt (with ``system``: the device's system prompt unless said), append target +
+    EOS, mask the prompt.
 
     Too long examples keep their target (truncated from the right only if the target alone is
     longer than ``max_seq_len``) and lose the *start* of the prompt: the end of the prompt holds the
@@ -50,7 +51,7 @@ def encode_examples(
     out: list[Encoded] = []
     eos = tokenizer.eos_token_id
     for prompt, target in examples:
-        p_ids = list(chat_input_ids(tokenizer, prompt, system=DEVICE_SYSTEM))
+        p_ids = list(chat_input_ids(tokenizer, prompt, system=system))
         t_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
         if eos is not None:
             t_ids.append(int(eos))
@@ -94,7 +95,7 @@ def batch_plan(n_examples: int, steps: int, batch_size: int, seed: int) -> list[
     return plan
 
 
-def _target_loss(lm: LoraModel, batch: Mapping[str, Any]) -> tuple[Any, int]:
+def target_loss(model: Any, batch: Mapping[str, Any]) -> tuple[Any, int]:
     """Causal-LM loss on target tokens, projecting only the target positions through the LM head.
 
     Why: with a 49k vocabulary the LM head and its softmax dominate the cost of a small model, and
@@ -105,11 +106,11 @@ def _target_loss(lm: LoraModel, batch: Mapping[str, Any]) -> tuple[Any, int]:
     """
     import torch.nn.functional as F
 
-    causal = lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = causal.get_decoder() if hasattr(causal, "get_decoder") else None
     head = causal.get_output_embeddings() if hasattr(causal, "get_output_embeddings") else None
     if decoder is None or head is None or getattr(causal.config, "final_logit_softcapping", None):
-        out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return causal_loss(out.logits, batch["labels"])
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     shift_labels = batch["labels"][:, 1:]
@@ -180,7 +181,7 @@ def train_local(
         try:
             for idx in plan:
                 batch = to_device(collate([data[i] for i in idx], pad), device)
-                loss, n_tok = _target_loss(lm, batch)
+                loss, n_tok = target_loss(lm.model, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -238,7 +239,7 @@ def eval_loss(lm: LoraModel, data: Sequence[Encoded], *, batch_size: int = 8) ->
     with torch.no_grad():
         for i in range(0, len(data), batch_size):
             batch = to_device(collate(data[i : i + batch_size], pad), device)
-            loss, n_tok = _target_loss(lm, batch)
+            loss, n_tok = target_loss(lm.model, batch)
             total += float(loss) * n_tok
             n_total += n_tok
     return (total / n_total if n_total else float("nan")), n_total

@@ -16,36 +16,18 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from fedcogen.client.fl.lora_training import IGNORE_INDEX, Encoded, batch_plan, collate
-from fedcogen.models import chat_input_ids, load_model, pad_id
+from fedcogen.client.fl.lora_training import batch_plan, collate, encode_examples, target_loss
+from fedcogen.models import load_model, pad_id
 from fedcogen.prompts import CLOUD_SYSTEM
 from fedcogen.simulations.cloud.public_corpus import CloudRecipe, public_examples
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 MANIFEST_FILE = "manifest.json"
-
-
-def encode_cloud(tokenizer: Any, examples: Sequence[dict[str, Any]], max_seq_len: int) -> list[Encoded]:
-    """Chat-format each prompt with the cloud's system prompt, append target + EOS, mask the prompt.
-
-    (``lora_training.encode_examples`` formats with the *device's* system prompt; the cloud is asked
-    with its own, so it is trained with its own.)
-    """
-    out = []
-    eos = tokenizer.eos_token_id
-    for ex in examples:
-        p_ids = list(chat_input_ids(tokenizer, ex["prompt"], system=CLOUD_SYSTEM))
-        t_ids = list(tokenizer(ex["target"], add_special_tokens=False)["input_ids"]) + [int(eos)]
-        t_ids = t_ids[: max(1, max_seq_len - 1)]
-        room = max_seq_len - len(t_ids)
-        p_ids = p_ids[-room:] if room > 0 else p_ids[-1:]
-        out.append(Encoded(p_ids + t_ids, [IGNORE_INDEX] * len(p_ids) + t_ids))
-    return out
 
 
 def artifact_dir(root: str | Path, recipe: CloudRecipe) -> Path:
@@ -54,23 +36,6 @@ def artifact_dir(root: str | Path, recipe: CloudRecipe) -> Path:
 
 def sha256_file(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def target_loss(model: Any, batch: dict[str, Any]) -> Any:
-    """Mean loss on target tokens, projecting only the positions that predict one through the LM head.
-
-    Why hand-written: most tokens of an example are prompt, whose logits the loss never uses, and the
-    49k-row LM head is a fifth of the model's compute; ``lora_training`` does the same inside its
-    private loop, which takes a federated ``LoraModel`` rather than this plain PEFT model.
-    """
-    import torch.nn.functional as F
-
-    causal = model.get_base_model()
-    hidden = causal.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    labels = batch["labels"][:, 1:]
-    keep = labels != IGNORE_INDEX
-    logits = causal.get_output_embeddings()(hidden[:, :-1, :][keep])
-    return F.cross_entropy(logits.float(), labels[keep])
 
 
 def _save(model: Any, recipe: CloudRecipe, out_root: Path, losses: list[float], seconds: float, examples: int) -> Path:
@@ -118,7 +83,8 @@ def train_public(recipe: CloudRecipe, out_root: str | Path, *, device: str = "cp
         return out
     examples = public_examples(recipe)
     lm = load_model(recipe.base_model, device=device)
-    data = encode_cloud(lm.tokenizer, examples, recipe.max_seq_len)
+    data = encode_examples(lm.tokenizer, [(ex["prompt"], ex["target"]) for ex in examples], recipe.max_seq_len,
+                           system=CLOUD_SYSTEM)  # the cloud is asked with its own system prompt
     n_layers = int(lm.model.config.num_hidden_layers)
     if recipe.lora_first_layer >= n_layers:
         raise ValueError(f"lora_first_layer {recipe.lora_first_layer} is past the model's {n_layers} layers")
@@ -136,7 +102,7 @@ def train_public(recipe: CloudRecipe, out_root: str | Path, *, device: str = "cp
     started, losses = time.perf_counter(), []
     model.train()
     for step, idx in enumerate(plan, 1):
-        loss = target_loss(model, collate([data[i] for i in idx], pad))
+        loss, _ = target_loss(model, collate([data[i] for i in idx], pad))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
