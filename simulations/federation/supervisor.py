@@ -125,11 +125,14 @@ def processes_with_env(marker: str) -> dict[int, str]:
     return found
 
 
-def stop_marked(marker: str, timeout: float = 10.0) -> int:
+def stop_marked(marker: str, timeout: float = 10.0, sweeps: int = 8) -> int:
     """SIGTERM every process carrying ``marker`` (see :func:`processes_with_env`), SIGKILL what is left
-    after ``timeout`` s; rescans so helpers started meanwhile go too. Returns how many were signalled."""
+    after ``timeout`` s; rescans until a scan finds none (at most ``sweeps``), so helpers started
+    meanwhile go too: later sweeps give 1 s of grace, since what they find was started while the run
+    was being stopped (CI once saw two processes outlive a fixed three sweeps). Returns how many were
+    signalled."""
     signalled: set[int] = set()
-    for _attempt in range(3):
+    for attempt in range(sweeps):
         procs = processes_with_env(marker)
         if not procs:
             break
@@ -137,7 +140,7 @@ def stop_marked(marker: str, timeout: float = 10.0) -> int:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
         signalled.update(procs)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (timeout if attempt == 0 else min(timeout, 1.0))
         while time.monotonic() < deadline and any(alive(p, st) for p, st in procs.items()):
             time.sleep(0.1)
         for pid, start in procs.items():
