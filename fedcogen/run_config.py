@@ -37,12 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from fedcogen.accelerator import SETTINGS_HELP, DeviceError, check_setting
+from fedcogen.protocols.codecs.shared_support import round_support_seed
 from fedcogen.protocols.fl_messages import SchemaError
 
 SCOPES = ("per_tensor", "global")
 QUANTS = ("fp32", "fp16", "int8", "int4", "sign1")
 LORA_MODES = ("lora", "freeze_a", "core", "core_rand")  # fedcogen.lora_exact (kept equal by a test)
 INDEX_CODINGS = ("auto", "bitmap", "delta_varint", "rice")
+SUPPORTS = ("topk", "random")  # which entries an update sends (protocols/codecs/shared_support.py)
 SERVER_OPTS = ("fedavg", "fedadam", "fedyogi")
 DP_MODES = ("none", "client", "server")
 SECAGG_MODES = ("off", "plain", "secaggplus")
@@ -104,6 +106,9 @@ class FLSettings:
     scope: str = _f("per_tensor", "top-k per_tensor or global")
     quant: str = _f("int8", "value precision on the wire: fp32, fp16, int8, int4, sign1 (1 bit + a per-tensor scale)")
     index_coding: str = _f("auto", "index code: auto, bitmap, delta_varint, rice")
+    support: str = _f("topk", "which entries are sent both ways: topk (the largest; their indices on the wire) or "
+                              "random (a shared random support from the run seed and round: no indices, the "
+                              "server's sum exact on it)")
     down_density: float = _f(0.0, "broadcast density (0 = density x clients_per_round)")
     down_quant: str = _f("", "broadcast precision ('' = same as quant)")
     warmup_rounds: int = _f(0, "first rounds that send every entry (density 1 both ways) before top-k starts")
@@ -175,6 +180,14 @@ class FLSettings:
         one_of("scope", SCOPES)
         one_of("quant", QUANTS)
         one_of("index_coding", INDEX_CODINGS)
+        one_of("support", SUPPORTS)
+        if self.support == "random":
+            need(self.scope == "per_tensor", "scope", "must be 'per_tensor' with support 'random' (a random "
+                 "support is drawn per tensor; 'global' is a top-k threshold)")
+            need(self.index_coding == "auto", "index_coding", "must be 'auto' with support 'random' (no indices "
+                 "are sent)")
+            need(self.secagg == "off", "secagg", "must be 'off' with support 'random' (secure aggregation draws "
+                 "its own shared support: fedcogen/secagg.py)")
         need(0 <= self.down_density <= 1, "down_density", "must be in [0, 1] (0 = auto)")
         one_of("down_quant", ("", *QUANTS))
         one_of("server_opt", SERVER_OPTS)
@@ -268,9 +281,17 @@ class FLSettings:
         return self
 
     def effective_down_density(self) -> float:
+        """``down_density``, or by default what the round's uploads can have touched: with top-k the union
+        of every client's picks (density x clients), with a shared random support that support itself."""
         if self.down_density > 0:
             return min(1.0, self.down_density)
+        if self.support == "random":
+            return self.density
         return min(1.0, self.density * max(1, self.clients_per_round))
+
+    def support_seed(self, server_round: int) -> int | None:
+        """The public seed of round ``server_round``'s shared random supports (both ways); None with top-k."""
+        return round_support_seed(self.seed, server_round) if self.support == "random" else None
 
     def failing_nodes(self) -> list[tuple[int, int | None]]:
         """``fail_nodes`` parsed as (partition, round or None for every round)."""
@@ -288,7 +309,7 @@ class FLSettings:
 CLIENT_KEYS = (
     "model", "seed", "data_dir", "num_clients", "clients_per_round", "local_steps", "batch_size", "lr",
     "max_seq_len", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_mode", "density", "scope", "quant",
-    "index_coding", "dp_mode", "dp_clip_norm", "dp_noise_multiplier", "dp_delta", "client_state_dir",
+    "index_coding", "support", "dp_mode", "dp_clip_norm", "dp_noise_multiplier", "dp_delta", "client_state_dir",
     "fail_prob", "fail_nodes", "history_examples", "fact_swaps", "secagg", "secagg_range", "device",
 )
 
@@ -326,6 +347,7 @@ RUN_KEYS: dict[str, str] = {
     "scope": "compress.scope",
     "quant": "compress.quant",
     "index_coding": "compress.index-coding",
+    "support": "compress.support",
     "down_density": "compress.down-density",
     "down_quant": "compress.down-quant",
     "warmup_rounds": "compress.warmup-rounds",

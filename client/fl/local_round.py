@@ -66,7 +66,8 @@ def run_train(settings: FLSettings, patch: fm.Patch, server_round: int, partitio
     schema = codec.TensorSchema.from_shapes(lm.shapes())
     values = None
     if settings.secagg == "off":
-        blob, new_residual = compress_update(update, state.residual_before(server_round), settings, rng, schema)
+        blob, new_residual = compress_update(update, state.residual_before(server_round), settings, rng, schema,
+                                             server_round=server_round)
     else:
         values, support, new_residual = secagg_train.shared_release(
             update, state.residual_before(server_round), settings, server_round, rng)

@@ -1,4 +1,5 @@
-"""Update compression on a device: error-feedback top-k, optional DP clip/noise, sparse encoding.
+"""Update compression on a device: error-feedback top-k (or shared random support), optional DP clip/noise,
+sparse encoding.
 
 Library code, callable without Flower: the ClientApp's round (:mod:`fedcogen.client.fl.local_round`)
 and the communication benchmark both use it.
@@ -22,8 +23,15 @@ def compress_update(
     settings: FLSettings,
     rng: np.random.Generator,
     schema: codec.TensorSchema | None = None,
+    *,
+    server_round: int | None = None,
 ) -> tuple[bytes, dict[str, np.ndarray]]:
     """Error-feedback top-k (+ DP clip/noise) + encode; returns (blob, new residual).
+
+    With ``support = "random"`` the entries sent are the round's shared random support
+    (``server_round`` names it), not the top-k, and the blob carries no indices; what lies off the
+    support stays in the residual like anything else top-k would not have sent (``server_round`` is
+    required then).
 
     The residual is ``corrected - decoded(blob)``: what the server will actually see is subtracted,
     so with DP on, no part of the update reaches the server without passing the clip. In client-mode
@@ -35,13 +43,16 @@ def compress_update(
     """
     if schema is None:
         schema = codec.TensorSchema.from_shapes({k: np.shape(v) for k, v in update.items()})
+    if settings.support == "random" and server_round is None:
+        raise ValueError("compress_update with support 'random' needs server_round (it names the shared support)")
     cfg = codec.CodecConfig(
-        density=settings.density, scope=settings.scope, quant=settings.quant, index_coding=settings.index_coding
+        density=settings.density, scope=settings.scope, quant=settings.quant, index_coding=settings.index_coding,
+        shared_seed=None if server_round is None else settings.support_seed(server_round),
     )
     corrected = {k: np.asarray(v, np.float32) + (residual[k] if residual and k in residual else 0.0)
                  for k, v in update.items()}
     corrected = {k: np.asarray(v, np.float32) for k, v in corrected.items()}
-    sparse = codec.topk_sparsify(corrected, cfg)
+    sparse = codec.sparsify(corrected, cfg)
     if settings.dp_mode != "none":
         dpc = dp.DPConfig(mode=settings.dp_mode, clip_norm=settings.dp_clip_norm,
                           noise_multiplier=settings.dp_noise_multiplier, delta=settings.dp_delta,

@@ -37,6 +37,18 @@ Index codings (per tensor, ``auto`` stores whichever is smallest):
   quotients lets the decoder find every quotient with one ``np.flatnonzero`` (fully vectorised).
   With the best b the size is within ~1-4 % of log2 C(n, k) for random supports.
 
+Shared-support blobs, version 3 (:mod:`fedcogen.protocols.codecs.shared_support`: every party derives
+each tensor's positions from a public seed, so no index travels)::
+
+    blob   := magic "FCSU" | version u8 (=3) | total_len u32 | schema digest (8 bytes)
+              | support seed u64 | varint n_records | record * n_records | crc32 u32
+    record := varint gap | varint k | mode u8 (coding "shared" << 4 | quant) | quant params | value payload
+
+The record keeps k (the value count: the support is the first k of the tensor's seeded permutation) so
+a blob can be validated alone; a receiver that knows the round's seed and density
+(:class:`~fedcogen.protocols.codecs.shared_support.SupportRule`) refuses any other seed, any record of
+another size and any version-2 blob as ``support``. Fixed overhead: 30 bytes (8 more for the seed).
+
 Values (:mod:`fedcogen.protocols.codecs.value_quant`): fp32, fp16 (saturated at +-65504), int8 symmetric
 with one f32 scale = max|v| / 127, or int4 (sign + 3-bit magnitude level on the tensor's range).
 """
@@ -57,6 +69,12 @@ from fedcogen.protocols.codecs.index_coding import (
     decode_indices,
     index_bits_bound,
     write_varint,
+)
+from fedcogen.protocols.codecs.shared_support import (
+    SupportRule,
+    shared_sparsify,
+    support_size,
+    tensor_support,
 )
 from fedcogen.protocols.codecs.sparse_format import (
     CODING_NAMES,
@@ -86,9 +104,11 @@ __all__ = [
     "CodecConfig",
     "SparseTensor",
     "TensorSchema",
+    "SupportRule",
     "UpdateRejected",
     "REASONS",
     "topk_sparsify",
+    "sparsify",
     "encode_sparse",
     "decode_sparse",
     "validate_sparse",
@@ -97,12 +117,16 @@ __all__ = [
     "index_bits_bound",
     "blob_stats",
     "FIXED_BYTES",
+    "SHARED_FIXED_BYTES",
 ]
 
 MAGIC = b"FCSU"
 VERSION = 2
+SHARED_VERSION = 3  # shared-support blobs: a u64 support seed after the digest, no index payloads
+SEED_BYTES = 8
 HEADER_BYTES = len(MAGIC) + 1 + 4 + DIGEST_BYTES  # before the record count
 FIXED_BYTES = HEADER_BYTES + 1 + 4  # + a one-byte record count + CRC: the per-blob overhead
+SHARED_FIXED_BYTES = FIXED_BYTES + SEED_BYTES
 _SIZED_CODINGS = ("delta_varint", "rice")  # the only codings whose index payload length is sent
 
 SchemaLike = TensorSchema | Mapping[str, tuple[int, ...]]
@@ -156,6 +180,7 @@ def encode_sparse(sparse: Mapping[str, SparseTensor], cfg: CodecConfig, schema: 
     sch = TensorSchema.of(schema) if schema is not None else TensorSchema.from_shapes(
         {n: tuple(st.shape) for n, st in sparse.items()})
     validate_sparse(sparse, sch.as_shapes())
+    shared = cfg.shared_seed is not None
     body = bytearray()
     write_varint(body, len(sparse))
     prev = -1
@@ -163,12 +188,27 @@ def encode_sparse(sparse: Mapping[str, SparseTensor], cfg: CodecConfig, schema: 
         st = sparse[sch.names[pos]]
         n = sch.numel(pos)
         idx = np.asarray(st.indices).astype(np.int64, copy=False)
-        coding = choose_coding(idx, n, cfg.index_coding)
+        if shared:
+            if idx.size == 0 or not np.array_equal(idx, tensor_support(cfg.shared_seed, sch.names[pos], n, idx.size)):
+                raise UpdateRejected("support", f"tensor {sch.names[pos]!r}: its {idx.size} positions are not the "
+                                     f"shared support of seed {cfg.shared_seed}", sch.names[pos])
+            coding = "shared"
+        else:
+            coding = choose_coding(idx, n, cfg.index_coding)
         params, value_payload = quantise(np.asarray(st.values, dtype=np.float32), cfg.quant)
         _append_record(body, pos - prev - 1, idx.size, coding, cfg.quant, params,
-                       coding_payload(coding, idx, n), value_payload)
+                       b"" if shared else coding_payload(coding, idx, n), value_payload)
         prev = pos
+    if shared:
+        return _assemble(struct.pack("<Q", cfg.shared_seed) + bytes(body), sch.digest, SHARED_VERSION)
     return _assemble(bytes(body), sch.digest)
+
+
+def sparsify(tensors: Mapping[str, Any], cfg: CodecConfig) -> dict[str, SparseTensor]:
+    """The entries ``cfg`` sends: the shared random support of ``cfg.shared_seed``, or top-k."""
+    if cfg.shared_seed is not None:
+        return shared_sparsify(tensors, cfg.density, cfg.shared_seed)
+    return topk_sparsify(tensors, cfg)
 
 
 def _append_record(
@@ -215,7 +255,7 @@ class _Record:
     tensor: SparseTensor
 
 
-def _parse(blob: bytes, schema: SchemaLike, max_bytes: int | None) -> list[_Record]:
+def _parse(blob: bytes, schema: SchemaLike, max_bytes: int | None, expect: SupportRule | None = None) -> list[_Record]:
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise UpdateRejected("malformed", f"update must be bytes, got {type(blob).__name__}")
     sch = TensorSchema.of(schema)
@@ -225,8 +265,11 @@ def _parse(blob: bytes, schema: SchemaLike, max_bytes: int | None) -> list[_Reco
         raise UpdateRejected("oversize", f"update is {size} bytes, over the {max_bytes}-byte limit")
     if size < HEADER_BYTES + 5 or bytes(data[:4]) != MAGIC:
         raise UpdateRejected("malformed", "not a fedcogen sparse update (bad magic or too short)")
-    if data[4] != VERSION:
-        raise UpdateRejected("version", f"sparse update format version {data[4]} is not supported (want {VERSION})")
+    version = data[4]
+    if version not in (VERSION, SHARED_VERSION):
+        raise UpdateRejected("version", f"sparse update format version {version} is not supported "
+                                        f"(want {VERSION}, or {SHARED_VERSION} for shared supports)")
+    shared = version == SHARED_VERSION
     (total,) = struct.unpack_from("<I", data, 5)
     if total != size:
         raise UpdateRejected(
@@ -244,6 +287,15 @@ def _parse(blob: bytes, schema: SchemaLike, max_bytes: int | None) -> list[_Reco
             "aggregation settings",
         )
     reader = _Reader(data, HEADER_BYTES, size - 4)
+    seed = None
+    if shared:
+        (seed,) = struct.unpack("<Q", reader.take(SEED_BYTES, "support seed"))
+        if expect is not None and seed != expect.seed:
+            raise UpdateRejected("support", f"update was encoded for the shared support of seed {seed}, this "
+                                            f"round's is {expect.seed} (a stale or replayed update)")
+    elif expect is not None:
+        raise UpdateRejected("support", "this run sends values on shared random supports; the update carries "
+                                        "explicit indices (format version 2)")
     count = reader.varint("record count")
     if count > len(sch):
         raise UpdateRejected("malformed", f"update has {count} records but the schema has {len(sch)} tensors")
@@ -267,18 +319,29 @@ def _parse(blob: bytes, schema: SchemaLike, max_bytes: int | None) -> list[_Reco
         if quant_id not in QUANT_NAMES:
             raise UpdateRejected("malformed", f"tensor {name!r}: unknown value quantisation id {quant_id}", name)
         coding, quant = CODING_NAMES[coding_id], QUANT_NAMES[quant_id]
+        if (coding == "shared") != shared:
+            raise UpdateRejected("malformed", f"tensor {name!r}: coding {coding!r} in a format version {version} "
+                                              "blob (shared-support blobs use 'shared' only, and only they)", name)
+        if shared and k == 0:
+            raise UpdateRejected("malformed", f"tensor {name!r}: an empty shared-support record (omit it)", name)
+        if shared and expect is not None and k != support_size(n, expect.density):
+            raise UpdateRejected("support", f"tensor {name!r}: {k} values, but its shared support at density "
+                                            f"{expect.density:g} has {support_size(n, expect.density)}", name)
         raw = reader.take(4 * QUANT_PARAMS[quant], "quantisation parameters", name)
         params = struct.unpack(f"<{QUANT_PARAMS[quant]}f", raw)
         check_params(quant, params, name)
         if coding in _SIZED_CODINGS:
             index_len = reader.varint("index payload length", name)
         else:
-            index_len = (n + 7) // 8 if coding == "bitmap" else 0
+            index_len = (n + 7) // 8 if coding == "bitmap" else 0  # none, dense and shared: no payload
         value_len = value_bytes(quant, k)
         header_bytes = reader.pos - rec_start
         index_payload = reader.take(index_len, "index payload", name)  # views: no copies
         value_payload = reader.take(value_len, "value payload", name)
-        idx = decode_indices(coding, index_payload, n, k, name)
+        if shared:
+            idx = tensor_support(seed, name, n, k)
+        else:
+            idx = decode_indices(coding, index_payload, n, k, name)
         vals = dequantise(value_payload, quant, params, k, name)
         records.append(_Record(name, shape, k, coding, quant, params, header_bytes, index_len, value_len,
                                SparseTensor(idx, vals, shape)))
@@ -289,15 +352,18 @@ def _parse(blob: bytes, schema: SchemaLike, max_bytes: int | None) -> list[_Reco
     return records
 
 
-def decode_sparse(blob: bytes, schema: SchemaLike, max_bytes: int | None = None) -> dict[str, SparseTensor]:
+def decode_sparse(blob: bytes, schema: SchemaLike, max_bytes: int | None = None,
+                  expect: SupportRule | None = None) -> dict[str, SparseTensor]:
     """Decode and fully validate a blob; raises :class:`UpdateRejected` (and nothing else) on any flaw.
 
     ``schema`` is the receiver's own tensor schema (or a name -> shape mapping, made canonical): a
     blob encoded for another schema is ``schema``; tensors may be absent (they count as zero).
-    ``max_bytes`` rejects oversized blobs before any parsing.
+    ``max_bytes`` rejects oversized blobs before any parsing. ``expect`` (a run on shared random
+    supports): only a shared-support blob of that seed whose every record has the support's size.
+    Without it a shared-support blob decodes from its own seed (broadcast deltas, catch-up chains).
     """
     try:
-        records = _parse(blob, schema, max_bytes)
+        records = _parse(blob, schema, max_bytes, expect)
     except UpdateRejected:
         raise
     except Exception as exc:  # never leak other exception types to a server loop
@@ -325,7 +391,8 @@ def compress(
 ) -> tuple[bytes, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Error-feedback compression: what is not sent this round is added back next round.
 
-    corrected = tensors + residual; select top-k of corrected; quantise; blob. Returns
+    corrected = tensors + residual; select top-k of corrected (or its values at ``cfg``'s shared
+    support); quantise; blob. Returns
     ``(blob, sent_dense, new_residual)`` where ``sent_dense`` is *decoded from the blob* (so it is
     bit-identical to what the receiver reconstructs) and ``new_residual = corrected - sent_dense``.
     Everything is float32. ``schema`` defaults to the canonical schema of ``tensors``.
@@ -345,7 +412,7 @@ def compress(
         corrected[name] = a
     sch = TensorSchema.of(schema) if schema is not None else TensorSchema.from_shapes(
         {k: v.shape for k, v in corrected.items()})
-    blob = encode_sparse(topk_sparsify(corrected, cfg), cfg, sch)
+    blob = encode_sparse(sparsify(corrected, cfg), cfg, sch)
     sent = densify(decode_sparse(blob, sch))
     new_residual = {name: corrected[name] - sent.get(name, np.zeros_like(corrected[name])) for name in corrected}
     return blob, sent, new_residual
@@ -359,11 +426,12 @@ def blob_stats(blob: bytes, schema: SchemaLike) -> dict:
     idx_bits = bound_bits = 0.0
     for r in records:
         n = numel(r.shape)
-        bound = index_bits_bound(n, r.k)
+        # a shared support names nothing: no bits needed, so no bound to compare with
+        bound = 0.0 if r.coding == "shared" else index_bits_bound(n, r.k)
         tensors.append({"name": r.name, "shape": list(r.shape), "n": n, "k": r.k, "coding": r.coding,
                         "quant": r.quant, "index_bits": 8 * r.index_bytes, "value_bits": 8 * r.value_bytes,
                         "header_bytes": r.header_bytes, "bound_bits": bound})
-        if 0 < r.k < n:
+        if 0 < r.k < n and r.coding != "shared":
             idx_bits += 8 * r.index_bytes
             bound_bits += bound
     total_n = sum(numel(s) for s in TensorSchema.of(schema).shapes)

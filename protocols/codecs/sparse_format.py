@@ -19,7 +19,9 @@ MAX_ELEMENTS = 2**31 - 1  # per tensor; keeps every gap / cumulative sum far fro
 MAX_NDIM = 8
 MAX_NAME_BYTES = 1024
 
-CODINGS: dict[str, int] = {"none": 0, "dense": 1, "bitmap": 2, "delta_varint": 3, "rice": 4}
+# "shared": no index payload, the support is derived from the blob's seed (shared-support blobs only,
+# :mod:`fedcogen.protocols.codecs.shared_support`)
+CODINGS: dict[str, int] = {"none": 0, "dense": 1, "bitmap": 2, "delta_varint": 3, "rice": 4, "shared": 5}
 CODING_NAMES: dict[int, str] = {v: k for k, v in CODINGS.items()}
 QUANTS: dict[str, int] = {"fp32": 0, "fp16": 1, "int8": 2, "int4": 3, "sign1": 4}
 QUANT_NAMES: dict[int, str] = {v: k for k, v in QUANTS.items()}
@@ -39,6 +41,7 @@ REASONS = frozenset(
         "version",
         "checksum",
         "schema",
+        "support",
     }
 )
 
@@ -70,6 +73,9 @@ class CodecConfig:
     quant: str = "int8"  # "fp32" | "fp16" | "int8" (symmetric, per-tensor scale) | "int4" (sign + 3-bit level)
     # | "sign1" (one bit + one f32 scale per tensor)
     index_coding: str = "auto"  # "auto" | "bitmap" | "delta_varint" | "rice"
+    # None: top-k selection, indices on the wire; a u64: the round's public seed of a shared random
+    # support (per tensor, ``density`` of its entries; no indices on the wire)
+    shared_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.density, int | float) and 0.0 < float(self.density) <= 1.0):
@@ -83,6 +89,14 @@ class CodecConfig:
                 f"CodecConfig.index_coding must be 'auto' or one of {list(SELECTABLE_CODINGS)}, "
                 f"got {self.index_coding!r}"
             )
+        if self.shared_seed is not None:
+            if isinstance(self.shared_seed, bool) or not isinstance(self.shared_seed, int) \
+                    or not 0 <= self.shared_seed < 2**64:
+                raise ValueError(f"CodecConfig.shared_seed must be None or a u64, got {self.shared_seed!r}")
+            if self.scope != "per_tensor" or self.index_coding != "auto":
+                raise ValueError("CodecConfig.shared_seed draws a support per tensor and sends no indices: "
+                                 f"scope must be 'per_tensor' (got {self.scope!r}) and index_coding 'auto' "
+                                 f"(got {self.index_coding!r})")
 
 
 @dataclass

@@ -65,20 +65,22 @@ def validate_update(
     blob: bytes,
     shapes: Mapping[str, tuple[int, ...]],
     limits: ValidationLimits = ValidationLimits(),
+    support: codec.SupportRule | None = None,
 ) -> dict[str, Any]:
     """Decode and fully validate one client blob; raise (codec) ``UpdateRejected`` on any problem.
 
     Structural checks (names, shapes, index ranges, sorted unique indices, finite values, declared
     vs actual sizes, size cap) are the codec's; absent tensors count as zero. Here we add: the
     update's L2 norm / max magnitude must be below the caps (a "huge" update is as harmful
-    to FedAvg as a NaN one).
+    to FedAvg as a NaN one). ``support`` (a run on shared random supports): only values on this round's
+    support, every record of its size (the codec's ``support`` verdict), so the sum is exact on it.
     """
     if not isinstance(blob, bytes | bytearray):
         raise RejectedUpdate("not_bytes", f"update payload is {type(blob).__name__}, expected bytes")
     if len(blob) > limits.max_bytes:
         raise RejectedUpdate("oversize", f"{len(blob)} bytes > cap {limits.max_bytes}")
     # The codec raises only UpdateRejected; a decoder bug arrives as one with ``internal=True``.
-    sparse = codec.decode_sparse(bytes(blob), shapes, max_bytes=limits.max_bytes)
+    sparse = codec.decode_sparse(bytes(blob), shapes, max_bytes=limits.max_bytes, expect=support)
     unknown = set(sparse) - set(shapes)
     if unknown:  # the codec already checks this; kept so the invariant holds whatever the codec does
         raise RejectedUpdate("unknown_tensor", f"{sorted(unknown)[:3]}")
@@ -216,9 +218,11 @@ class RoundAggregator:
     """
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]], limits: ValidationLimits = ValidationLimits(),
-                 keep: bool = False, check: Callable[[Mapping[str, Any]], None] | None = None):
+                 keep: bool = False, check: Callable[[Mapping[str, Any]], None] | None = None,
+                 support: codec.SupportRule | None = None):
         self.shapes = dict(shapes)
         self.limits = limits
+        self.support = support  # the round's shared random support, when the run uses one
         self.check = check  # extra verdict on the decoded update (the DP clip), raises RejectedUpdate
         self.acc = SparseAccumulator(shapes)
         self.accepted: list[str] = []
@@ -241,7 +245,7 @@ class RoundAggregator:
                 raise RejectedUpdate("bad_weight", f"{weight!r}") from exc
             if not (w > 0 and math.isfinite(w)):
                 raise RejectedUpdate("bad_weight", f"{weight!r}")
-            sparse = validate_update(blob, self.shapes, self.limits)
+            sparse = validate_update(blob, self.shapes, self.limits, self.support)
             if self.check is not None:
                 self.check(sparse)
             self.acc.add(sparse, w)

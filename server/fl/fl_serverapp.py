@@ -227,7 +227,8 @@ class FederatedServer:
         """Compress ``G - B`` into broadcast version ``server_round`` (see :mod:`fedcogen.server.fl.fl_state`)."""
         s = self.s.round_settings(server_round)
         cfg = codec.CodecConfig(density=s.effective_down_density(), scope=self.s.scope,
-                                quant=self.s.down_quant or self.s.quant, index_coding=self.s.index_coding)
+                                quant=self.s.down_quant or self.s.quant, index_coding=self.s.index_coding,
+                                shared_seed=s.support_seed(server_round))  # the uploads' support (or a denser one)
         advance_broadcast(self.state, server_round, cfg, self.shapes)
 
     # ------------------------------------------------------------------ phases
@@ -276,7 +277,10 @@ class FederatedServer:
         """Codec blobs back: each update validated (DP clip included) and aggregated; failures tallied."""
         version = self.state.version
         keep = self.s.dp_mode == "none" and keeps_updates(self.s.lora_mode, len(nodes))  # probe: un-noised
-        agg = RoundAggregator(self.shapes, self.limits, keep=keep, check=self.guard.check)
+        s = self.s.round_settings(server_round)
+        seed = s.support_seed(server_round)
+        support = None if seed is None else codec.SupportRule(seed, s.density)
+        agg = RoundAggregator(self.shapes, self.limits, keep=keep, check=self.guard.check, support=support)
         answered = set()
         for i, rep in enumerate(replies):
             node = int(rep.metadata.src_node_id)

@@ -111,7 +111,7 @@ RESULT_KEYS = (
     "model", "seed", "data_dir", "client_state_dir", "num_clients", "clients_per_round", "local_steps",
     "batch_size", "lr", "max_seq_len", "history_examples", "fact_swaps", "lora_r", "lora_alpha",
     "lora_dropout", "lora_targets", "lora_mode", "density", "scope", "quant", "index_coding",
-    "down_density", "down_quant", "warmup_rounds", "server_opt", "server_lr", "min_fit_clients",
+    "support", "down_density", "down_quant", "warmup_rounds", "server_opt", "server_lr", "min_fit_clients",
     "eval_every", "eval_on", "eval_clients", "max_update_norm", "max_update_bytes", "secagg",
     "secagg_range", "fail_prob", "fail_nodes",
 )
@@ -355,10 +355,12 @@ def forget_if_stale(state: ServerState, client_id: str, reason: str) -> None:
 
 def advance_broadcast(state: ServerState, server_round: int, cfg: codec.CodecConfig,
                       shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Compress ``G - B`` (server error feedback: the gap is the residual) into version ``server_round``."""
+    """Compress ``G - B`` (server error feedback: the gap is the residual) into version ``server_round``:
+    its top-k, or its values at ``cfg``'s shared random support (no indices; catch-up chains of such
+    deltas decode from each blob's own seed)."""
     st = state
     gap = {k: st.global_adapter[k] - st.broadcast[k] for k in st.global_adapter}
-    sparse = codec.topk_sparsify(gap, cfg)
+    sparse = codec.sparsify(gap, cfg)
     blob = codec.encode_sparse(sparse, cfg, shapes)
     st.broadcast = fm.apply_patch(st.broadcast, fm.PATCH_DELTA, blob, shapes)
     for k, t in sparse.items():

@@ -132,7 +132,7 @@ def overhead(result: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str,
     rng = np.random.default_rng(0)
     fake = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in lm.initial.items()}
     schema = codec.TensorSchema.from_shapes(lm.shapes())
-    blob, _ = compress_update(fake, None, s, rng, schema)
+    blob, _ = compress_update(fake, None, s, rng, schema, server_round=s.warmup_rounds + 1)
     stats = codec.blob_stats(blob, schema)
     fixed = envelope + stats["fixed_bytes"]
     value_bits = sum(t["value_bits"] for t in stats["tensors"])

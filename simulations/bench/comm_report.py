@@ -6,11 +6,17 @@ missed) is stated once, next to the numbers, for the terminal and the markdown a
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
 def _num(x: float | None, fmt: str = ",.0f") -> str:
     return "-" if x is None else format(x, fmt)
+
+
+def bound_cell(x: float | None) -> str:
+    """Index bits over their bound; none (nan, or None once in JSON) when no index is sent (shared supports)."""
+    return "no index bits" if x is None or not math.isfinite(x) else f"{x:.2f}"
 
 
 def _ratio_cell(iv: dict[str, Any], of: int) -> str:
@@ -148,7 +154,7 @@ def markdown(r: dict[str, Any]) -> str:
     for name, o in r["overhead"].items():
         if o:
             lines.append(f"| {name} | {o['fixed_bytes']:.0f} | {100 * o['fixed_share']:.1f} % | "
-                         f"{o['record_header_bytes']} | {o['index_bits_over_bound']:.2f} | "
+                         f"{o['record_header_bytes']} | {bound_cell(o['index_bits_over_bound'])} | "
                          f"{_num(o.get('value_bits_per_sent_value'), '.2f')} |")
     lines += ["", "## Loss vs bytes (every evaluation, every seed: round, cumulative bytes, loss)", ""]
     for row in r["runs"]:

@@ -140,3 +140,21 @@ def test_deploy_local_refuses_a_flat_override_before_starting_anything(tmp_path:
     with pytest.raises(RunConfigError, match="'lora_r' is now 'lora.r'"):
         run_local(args)
     assert not (tmp_path / "logs").exists()  # no process was started
+
+
+def test_shared_random_support_settings_and_their_errors() -> None:
+    s = FLSettings(support="random", density=0.02, clients_per_round=4, seed=9)
+    # the uploads all share one support, so the broadcast's default density is that support's
+    assert s.effective_down_density() == 0.02 and s.replace(support="topk").effective_down_density() == 0.08
+    assert s.support_seed(3) == s.support_seed(3) != s.support_seed(4)
+    assert s.replace(support="topk").support_seed(3) is None
+    assert FLSettings.from_run_config({"compress.support": "random"}).support == "random"
+    assert "support" in FLSettings(support="random").client_config()  # clients learn it from the server
+    with pytest.raises(RunConfigError, match="'support' = 'seeded'.*'topk', 'random'"):
+        FLSettings(support="seeded")
+    with pytest.raises(RunConfigError, match="'scope' = 'global'.*per tensor"):
+        FLSettings(support="random", scope="global")
+    with pytest.raises(RunConfigError, match="'index_coding' = 'rice'.*no indices"):
+        FLSettings(support="random", index_coding="rice")
+    with pytest.raises(RunConfigError, match="'secagg' = 'secaggplus'.*its own shared support"):
+        FLSettings(support="random", secagg="secaggplus", num_clients=2)

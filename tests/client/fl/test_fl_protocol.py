@@ -154,3 +154,26 @@ def test_simulate_cli_config_file_and_flags(tmp_path) -> None:
         simulate_cli.build_config(args)
     with pytest.raises(ValueError, match="clients_per_round"):
         SimulationConfig.from_dict({"num_clients": 2, "clients_per_round": 3})
+
+
+def test_random_support_sends_the_rounds_shared_support_and_keeps_the_rest() -> None:
+    """support = random: the round's shared support (the server derives the same one), no index bits, the
+    residual keeps everything off it; the DP clip still holds on what is sent."""
+    settings = FLSettings(density=0.05, quant="fp32", support="random", seed=4)
+    upd, res = _adapter(2), {k: v * 0.1 for k, v in _adapter(3).items()}
+    blob, new_res = compress_update(upd, res, settings, np.random.default_rng(0), server_round=3)
+    rule = codec.SupportRule(settings.support_seed(3), settings.density)
+    sparse = codec.decode_sparse(blob, SHAPES, expect=rule)  # what the server of round 3 accepts
+    assert codec.blob_stats(blob, SHAPES)["index_bits"] == 0
+    sent = codec.densify(sparse)
+    for k in SHAPES:
+        np.testing.assert_allclose(sent[k] + new_res[k], upd[k] + res[k], rtol=1e-6, atol=1e-6)
+        assert sparse[k].k == max(1, round(0.05 * upd[k].size))
+    with pytest.raises(codec.UpdateRejected, match="stale or replayed"):  # the next round's server refuses it
+        codec.decode_sparse(blob, SHAPES, expect=codec.SupportRule(settings.support_seed(4), settings.density))
+    with pytest.raises(ValueError, match="needs server_round"):
+        compress_update(upd, res, settings, np.random.default_rng(0))
+    dp_settings = settings.replace(dp_mode="client", dp_clip_norm=0.5)
+    dp_blob, _ = compress_update(upd, None, dp_settings, np.random.default_rng(0), server_round=3)
+    dp_sent = codec.decode_sparse(dp_blob, SHAPES, expect=rule)
+    assert float(np.sqrt(sum(np.sum(st.values.astype(np.float64) ** 2) for st in dp_sent.values()))) <= 0.5 + 1e-5

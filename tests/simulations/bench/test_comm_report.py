@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedcogen.simulations.bench.comm_protocol import interval
-from fedcogen.simulations.bench.comm_report import ratio_table, target_lines
+from fedcogen.simulations.bench.comm_report import bound_cell, ratio_table, target_lines
 
 
 def _level(ratios: list[float], of: int = 3) -> dict[str, Any]:
@@ -35,3 +35,9 @@ def test_a_ratio_cell_says_how_many_seeds_gave_a_ratio() -> None:
     r = _result([60.0, 62.0], [30.0, 20.0, 40.0], [0.9] * 3, (False, False))
     row = ratio_table(r)[-1]
     assert "(2/3)" in row and row.count("(") == 1  # the 90 % cell has all 3 seeds: no count shown
+
+
+def test_index_bits_over_bound_reads_none_for_shared_supports() -> None:
+    """A shared-support run sends no index: its ratio is nan in memory and null in the JSON, never a crash."""
+    assert bound_cell(1.0934) == "1.09"
+    assert bound_cell(float("nan")) == bound_cell(None) == "no index bits"

@@ -15,6 +15,10 @@ import numpy as np
 import pytest
 
 from fedcogen.client.fl import fl_clientapp
+from fedcogen.protocols.codecs import sparse_codec as codec
+from fedcogen.protocols.codecs.index_coding import write_varint
+from fedcogen.protocols.codecs.shared_support import support_size
+from fedcogen.protocols.codecs.value_quant import value_bytes
 from fedcogen.server.fl.fl_serverapp import FederatedServer
 from fedcogen.simulations.federation import fault_app
 from fedcogen.simulations.federation.federation import LoopbackGrid, SimulationConfig, run_federation
@@ -161,3 +165,37 @@ def test_bytes_at_matched_loss_reads_the_measured_curves():
     # the headline reads the first evaluation at or below the target (what the run really spent)
     assert first_reaching(dense, 3.0) == (1, 1100) and first_reaching(dense, 2.5) == (2, 2100)
     assert first_reaching(sparse, 2.0) is None
+
+
+@pytest.mark.parametrize("lora_mode", ["freeze_a", "lora"])
+def test_shared_random_support_federation_learns_and_books_values_only(tmp_path, lora_mode: str) -> None:
+    """support = random on the tiny model: rounds complete with every update accepted, the loss falls, every
+    upload is a header + values blob of the round's support (what the ledger books), and clients that missed
+    rounds catch up (each evaluates the final broadcast, digest checked client-side)."""
+    server, _ = _server(tmp_path, f"rand-{lora_mode}", rounds=4, clients_per_round=2, eval_every=2,
+                        lora_mode=lora_mode, density=0.05, quant="int4", support="random", lr=5e-2)
+    result = server.run()
+    rounds = result["rounds"]
+    assert result["completed_rounds"] == 4
+    assert all(m["accepted"] == 2 and not m["rejected"] and not m["failures"] for m in rounds[1:])
+    losses = [m["eval_loss"] for m in rounds if "eval_loss" in m]
+    assert len(losses) == 3 and losses[-1] < losses[0] - 1e-3
+    assert len(rounds[-1]["eval_clients"]) == 3 and not rounds[-1]["eval_failures"]  # one of them missed rounds
+    expected = codec.SHARED_FIXED_BYTES
+    for shape in server.shapes.values():
+        k = support_size(int(np.prod(shape)), 0.05)
+        expected += 1 + len(_varint(k)) + 1 + 8 + value_bytes("int4", k)
+    ledger = json.loads((tmp_path / f"rand-{lora_mode}" / "ledger.json").read_text())
+    train_up = [e for e in ledger["entries"] if e["phase"] == "train" and e["direction"] == "up"]
+    assert len(train_up) == 8 and {e["payload_bytes"] for e in train_up} == {expected}
+    assert sum(m["bytes_up"] + m["bytes_down"] for m in rounds) == ledger["summary"]["totals"]["all"]
+    # every broadcast delta is a shared-support blob of its round
+    for r, blob in server.state.deltas.items():
+        codec.decode_sparse(blob, server.shapes,
+                            expect=codec.SupportRule(server.s.support_seed(r), server.s.effective_down_density()))
+
+
+def _varint(value: int) -> bytearray:
+    out = bytearray()
+    write_varint(out, value)
+    return out
