@@ -55,12 +55,14 @@ variants:
   sketch              cloud writes an outline from the instruction, device writes the answer
   logit               device and cloud logits fused token by token (cloud sees committed tokens)
   gated               logit fusion only where the device is unsure
+  draft_edit          cloud drafts from the instruction, the device keeps the draft tokens it finds likely
+                      (--draft-edit-tau) and rewrites the rest; nothing the device writes is sent
   cloud_with_context  EVALUATION-ONLY upper bound: the cloud gets the private context
 
 metrics (per variant; mean per user, then over users, 95% bootstrap CI resampling users):
   ROUGE-L F1, private-fact recall, style match (needs profiles), leaked facts (private facts
   found in the bytes the cloud received), bytes sent/received, tokens/s, latency, cloud-call
-  fraction, foreign facts (names / places of other users or of the data generator's pools in the
+  fraction, draft kept and device passes per token (draft_edit), foreign facts (names / places of other users or of the data generator's pools in the
   answer that its own context lacks: invented, not read); plus paired per-user differences.
 
 fallbacks: a cloud variant whose cloud was unreachable, refused or timed out ends on the device
