@@ -4,11 +4,13 @@ alone, fewer device forwards than tokens when drafts are kept, and a cloud that 
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import pytest
 import torch
 
+from fedcogen.cli.common import add_decoding_args, decoding_settings
 from fedcogen.client.cogen.batch_lm import BatchLM
 from fedcogen.client.cogen.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.client.cogen.decoders.draft_edit import accepts, realign
@@ -138,3 +140,10 @@ def test_config_refuses_bad_settings():
         DeviceConfig(draft_edit_tau=math.nan).validate()
     with pytest.raises(ValueError, match="draft_edit_block"):
         DeviceConfig(draft_edit_block=-1).validate()
+
+
+def test_the_cli_flag_sets_tau_and_leaves_the_tuned_default_otherwise():
+    p = argparse.ArgumentParser()
+    add_decoding_args(p)
+    assert decoding_settings(p.parse_args(["--draft-edit-tau", "0.25"]))["draft_edit_tau"] == 0.25
+    assert "draft_edit_tau" not in decoding_settings(p.parse_args([]))
