@@ -11,6 +11,9 @@ VARIANTS: tuple[str, ...] = ("device", "cloud", "sketch", "logit", "gated", "dra
 PERSONALISED_VARIANT = "device_personalised"
 #: The privacy-violating upper bound: the cloud gets the private context (evaluation only).
 EVAL_ONLY_VARIANT = "cloud_with_context"
+#: The collaboration variants: with an adapter they run on the personalised device (the question is whether the
+#: cloud helps the personalised device; ``simulations/evaluation/cogen_generator.py``).
+COLLABORATIVE_VARIANTS: tuple[str, ...] = ("sketch", "logit", "gated", "draft_edit")
 #: Variants that call the cloud.
 CLOUD_VARIANTS: frozenset[str] = frozenset(v for v in VARIANTS if v != "device")
 #: What ``fedcogen eval`` runs when no ``--variants`` are given (no adapter, no upper bound).

@@ -33,6 +33,7 @@ from fedcogen.models import check_model_pair
 from fedcogen.provenance import provenance
 from fedcogen.variants import (
     CLOUD_VARIANTS,
+    COLLABORATIVE_VARIANTS,
     DEFAULT_EVAL_VARIANTS,
     EVAL_ONLY_VARIANT,
     PERSONALISED_VARIANT,
@@ -245,6 +246,15 @@ def load_profiles(path: Path | None, dataset: Path) -> tuple[dict[str, Any], str
 # generator
 
 
+def personalised_needed(variants: Sequence[str], adapter: Path | None) -> bool:
+    """Load the personalised device (base + adapter) for ``device_personalised`` and, when an adapter is given, for
+    the collaboration variants, which run on it. Without the second part ``--variants draft_edit --adapter DIR``
+    (no device_personalised in the list) silently decoded on the base device."""
+    if PERSONALISED_VARIANT in variants:
+        return True
+    return adapter is not None and any(v in COLLABORATIVE_VARIANTS for v in variants)
+
+
 def build_generator(args: argparse.Namespace, cloud_address: str | None, variants: Sequence[str]) -> Any:
     """The real device-side CoGenesis generator (``fedcogen.client.cogen.cogen_device``) behind the protocol."""
     from fedcogen.simulations.evaluation.cogen_generator import CogenGenerator
@@ -257,7 +267,7 @@ def build_generator(args: argparse.Namespace, cloud_address: str | None, variant
         tls_dir=args.tls_dir,
         token=token_of(args),
         seed=args.seed,
-        personalised=PERSONALISED_VARIANT in variants,
+        personalised=personalised_needed(variants, args.adapter),
         device=args.device,
         **decoding_settings(args),
     )

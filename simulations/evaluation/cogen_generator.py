@@ -8,7 +8,7 @@ from typing import Any
 
 from fedcogen.client.cogen.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.simulations.evaluation.evaluate import EvalAnswer
-from fedcogen.variants import PERSONALISED_VARIANT
+from fedcogen.variants import COLLABORATIVE_VARIANTS, PERSONALISED_VARIANT
 
 
 def cloud_view(records: Iterable[Any], tokenizer: Any = None) -> list[bytes | str]:
@@ -55,7 +55,7 @@ class CogenGenerator:
     the base model's baselines.
     """
 
-    COLLABORATIVE = ("sketch", "logit", "gated", "draft_edit")
+    COLLABORATIVE = COLLABORATIVE_VARIANTS
 
     def __init__(self, device: Any, personalised: Any = None) -> None:
         self.device = device

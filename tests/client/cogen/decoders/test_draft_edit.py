@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fedcogen.cli.common import add_decoding_args, decoding_settings
+from fedcogen.cli.eval import personalised_needed
 from fedcogen.client.cogen.batch_lm import BatchLM
 from fedcogen.client.cogen.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.client.cogen.decoders.draft_edit import accepts, realign
@@ -147,3 +148,9 @@ def test_the_cli_flag_sets_tau_and_leaves_the_tuned_default_otherwise():
     add_decoding_args(p)
     assert decoding_settings(p.parse_args(["--draft-edit-tau", "0.25"]))["draft_edit_tau"] == 0.25
     assert "draft_edit_tau" not in decoding_settings(p.parse_args([]))
+
+
+def test_eval_runs_collaboration_on_the_personalised_device_whenever_an_adapter_is_given(tmp_path):
+    assert personalised_needed(["draft_edit"], tmp_path)  # was False: draft_edit ran on the base device
+    assert personalised_needed(["device_personalised"], None)
+    assert not personalised_needed(["draft_edit"], None) and not personalised_needed(["device", "cloud"], tmp_path)
