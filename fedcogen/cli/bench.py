@@ -91,8 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(bsub, "draft-edit", "the device's forward cost for 1 vs k tokens and the projected device-side "
                     "time per answer of draft_edit vs the device alone (cloud on separate hardware)",
                     description=module_doc("fedcogen.simulations.bench.bench_draft_edit"), func=_draft_edit)
-    p.add_argument("--results", type=Path, help="a `fedcogen eval --json` file with device_personalised and "
-                   "draft_edit answers to project (without it: only the forward costs)")
+    p.add_argument("--results", type=Path, action="append", default=[],
+                   help="a `fedcogen eval --json` file with device_personalised and/or draft_edit answers to project "
+                   "(repeat it for one run per variant; without it: only the forward costs)")
     p.add_argument("--model", default="smollm2-27l", help="the device model whose forwards are timed")
     p.add_argument("--context-tokens", type=int, default=300, help="KV cache length the forwards run on")
     p.add_argument("--widths", default="1,2,4,8,12,17", help="tokens per forward to time (comma-separated, with 1)")

@@ -6,7 +6,7 @@ measured latency charges the device with the cloud's work. On separate hardware 
 own forwards (the cloud drafts in parallel; its latency is reported apart). The device's cost is measured
 here, not modelled: the time of ONE forward that appends ``k`` tokens on a KV cache of ``context_tokens``
 (a ~300-token private context + instruction), for the block widths the edit uses. An evaluation's answers
-(``fedcogen eval --json``, which records ``device_passes`` and ``device_fed`` per answer) then give what each
+(``fedcogen eval --json``, one file or one per variant; it records ``device_passes`` and ``device_fed`` per answer) then give what each
 answer needed: device-only = passes x cost(1); draft_edit = passes x cost(mean width of its passes), the
 cost interpolated between measured widths. The prefill is the same for both and left out.
 """
@@ -115,8 +115,8 @@ def project(costs: Mapping[int, float], rows: Sequence[Mapping[str, Any]],
     return out
 
 
-def run_draft_edit_bench(cfg: DraftEditBenchConfig, results: Path | None = None) -> dict[str, Any]:
-    """Measure the forward costs; with ``results`` (an eval JSON) also the projection per answer."""
+def run_draft_edit_bench(cfg: DraftEditBenchConfig, results: Sequence[Path] = ()) -> dict[str, Any]:
+    """Measure the forward costs; with ``results`` (eval JSONs, e.g. one run per variant) also the projection."""
     cfg.validate()
     lm = load_model(cfg.model, seed=cfg.seed, device=cfg.device)
     costs = forward_costs(lm, cfg)
@@ -125,10 +125,10 @@ def run_draft_edit_bench(cfg: DraftEditBenchConfig, results: Path | None = None)
         "forward_s": {str(k): v for k, v in costs.items()},
         "cost_ratio_to_one_token": {str(k): v / costs[1] for k, v in costs.items()},
     }
-    if results is not None:
-        data = json.loads(Path(results).read_text())
-        out["results"] = str(results)
-        out["projection"] = project(costs, data["rows"])
+    if results:
+        rows = [r for path in results for r in json.loads(Path(path).read_text())["rows"]]
+        out["results"] = [str(p) for p in results]
+        out["projection"] = project(costs, rows)
     return out
 
 

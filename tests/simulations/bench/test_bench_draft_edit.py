@@ -48,12 +48,12 @@ def test_bench_command_writes_costs_and_projection(tmp_path):
     rows = [{"variant": "device_personalised", "tokens": 8, "device_passes": 8, "device_fed": 8},
             {"variant": "draft_edit", "tokens": 8, "device_passes": 2, "device_fed": 10, "draft_tokens": 8,
              "draft_accepted": 7}]
-    results = tmp_path / "eval.json"
-    results.write_text(json.dumps({"rows": rows}))
+    results, other = tmp_path / "eval.json", tmp_path / "eval-device.json"
+    results.write_text(json.dumps({"rows": rows[1:]}))  # one run per variant, as two files
+    other.write_text(json.dumps({"rows": rows[:1]}))
     out = tmp_path / "bench.json"
     assert main(["bench", "draft-edit", "--model", "tiny", "--context-tokens", "30", "--widths", "1,5",
-                 "--repeats", "1", "--device", "cpu", "--results", str(results), "--json", str(out)]) == 0
+                 "--repeats", "1", "--device", "cpu", "--results", str(results), "--results", str(other), "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert set(data["forward_s"]) == {"1", "5"} and data["projection"]["draft_edit"]["passes"] == 2
-    assert run_draft_edit_bench(DraftEditBenchConfig(model="tiny", context_tokens=20, widths=(1,), repeats=1),
-                                None).get("projection") is None
+    assert run_draft_edit_bench(DraftEditBenchConfig(model="tiny", context_tokens=20, widths=(1,), repeats=1)).get("projection") is None
