@@ -78,6 +78,39 @@ class BatchLM:
         return torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
 
     @torch.inference_mode()
+    def extend(self, tokens: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Append several tokens per row in ONE forward; returns each row's log-probs after every appended
+        token (``[len(tokens[i]), V]``; empty rows get an empty tensor and stay where they are).
+
+        Why: a verifier scores a whole proposal in one pass (the draft-and-edit variant scores the cloud's
+        draft). Rows are right-padded to the longest; the padding columns are masked now and for every later
+        step, and positions count real tokens only, so a row continues exactly as if its tokens had been
+        stepped one by one (up to float rounding). Rejected tokens are forgotten with :meth:`retract`.
+        """
+        if self.mask is None or self.positions is None:
+            raise RuntimeError("prefill first")
+        if len(tokens) != self.mask.shape[0]:
+            raise ValueError(f"extend got {len(tokens)} rows, the batch has {self.mask.shape[0]}")
+        width = max((len(t) for t in tokens), default=0)
+        if width == 0:
+            return [torch.empty(0) for _ in tokens]
+        ids = torch.full((len(tokens), width), self.pad_id, dtype=torch.long)
+        cols = torch.zeros((len(tokens), width), dtype=torch.long)
+        for i, t in enumerate(tokens):
+            if t:
+                ids[i, :len(t)] = torch.tensor([int(x) for x in t], dtype=torch.long)
+                cols[i, :len(t)] = 1
+        ids, cols = ids.to(self.device), cols.to(self.device)
+        pos = self.positions.unsqueeze(-1) + torch.arange(width, device=self.device).unsqueeze(0)
+        self.mask = torch.cat([self.mask, cols], dim=-1)
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
+                         use_cache=True)
+        self.cache = out.past_key_values
+        self.positions = self.positions + cols.sum(-1)
+        lp = torch.log_softmax(out.logits.float(), dim=-1).cpu()
+        return [lp[i, :len(t)] for i, t in enumerate(tokens)]
+
+    @torch.inference_mode()
     def retract(self, row: int, n: int) -> None:
         """Forget the last ``n`` tokens of ``row`` (rejected draft tokens): their columns are masked out
         and the row's next position moves back, so the row continues as if they never ran."""

@@ -14,6 +14,10 @@ Variants (``CogenDevice.generate(..., variant=...)``):
 * ``gated``   - like ``logit`` but the device asks the cloud only when it is uncertain (entropy or
   top-2 margin past a calibrated threshold); committed tokens go ahead in silent chunks and the device
   runs a guessed forward while the cloud answers (``client/cogen/decoders/gated.py``).
+* ``draft_edit`` - the cloud drafts the answer from the bare instruction (the ``cloud`` baseline's stream);
+  the device, with the private context, keeps the draft's tokens it finds likely enough and rewrites the
+  rest, scoring a block of draft tokens per forward (``client/cogen/decoders/draft_edit.py``, P³). Nothing
+  the device writes is sent.
 * ``cloud_with_context`` - EVALUATION ONLY privacy-violating upper bound: the cloud decodes like ``cloud``
   but its prompt carries the private context (the wire audit must flag it).
 
@@ -39,6 +43,7 @@ from fedcogen.client.cogen.adapter_loading import load_adapter
 from fedcogen.client.cogen.batch_lm import BatchLM
 from fedcogen.client.cogen.cloud_client import CloudClient, DecodeSession
 from fedcogen.client.cogen.decoders.base import Decoder
+from fedcogen.client.cogen.decoders.draft_edit import DraftEditDecoder
 from fedcogen.client.cogen.decoders.gated import GatedDecoder
 from fedcogen.client.cogen.decoders.per_token import PerTokenDecoder
 from fedcogen.client.cogen.decoders.sketch import SketchDecoder
@@ -78,6 +83,13 @@ class DeviceAnswer:
     sketch: str | None = None
     cloud_round_trips: int = 0  # times the device waited for cloud distributions (per-token: one per call; speculative: one per round)
     private_tokens: int = 0  # committed tokens kept off the wire by private-span protection
+    # draft_edit (decoders/draft_edit.py): the cloud's draft length, the draft tokens kept, the tokens the device
+    # wrote itself; device_passes: device forwards after the prefill (draft_edit and the device-only variants)
+    draft_tokens: int = 0
+    draft_accepted: int = 0
+    device_written: int = 0
+    device_passes: int = 0
+    device_fed: int = 0  # tokens those forwards appended (their mean width prices a pass: bench draft-edit)
     wire_records: list[Any] = field(default_factory=list, repr=False)  # what this answer put on the wire
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,6 +213,8 @@ class CogenDevice:
             return GatedDecoder(self, rows)
         if variant == "sketch":
             return SketchDecoder(self, rows)
+        if variant == "draft_edit":
+            return DraftEditDecoder(self, rows)
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant '{variant}' (choose from {', '.join(VARIANTS)})")
         cloud_only = variant in ("cloud", "cloud_with_context")
@@ -283,6 +297,11 @@ class CogenDevice:
             warnings=run.warnings,
             sketch=run.sketch,
             private_tokens=row.guard.private_tokens if row.guard is not None else 0,
+            draft_tokens=run.draft_tokens,
+            draft_accepted=run.draft_accepted,
+            device_written=run.device_written,
+            device_passes=run.device_passes,
+            device_fed=run.device_fed,
             wire_records=records,
         )
 

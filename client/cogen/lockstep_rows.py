@@ -91,6 +91,13 @@ class RunStats:
     fell_back: bool = False
     warnings: list[str] = field(default_factory=list)
     sketch: str | None = None
+    # draft_edit: the cloud's draft (tokens, stop excluded), how many of them the answer kept, how many tokens
+    # the device wrote itself, and the device forwards after the prefill (draft_edit and the device-only variants)
+    draft_tokens: int = 0
+    draft_accepted: int = 0
+    device_written: int = 0
+    device_passes: int = 0
+    device_fed: int = 0  # tokens those forwards appended (draft_edit: the written token + the scored draft block)
 
     def fall_back(self, message: str) -> None:
         log.warning(message)

@@ -88,6 +88,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads here and llama.cpp threads in the engine")
     add_json_out(p)
 
+    p = add_command(bsub, "draft-edit", "the device's forward cost for 1 vs k tokens and the projected device-side "
+                    "time per answer of draft_edit vs the device alone (cloud on separate hardware)",
+                    description=module_doc("fedcogen.simulations.bench.bench_draft_edit"), func=_draft_edit)
+    p.add_argument("--results", type=Path, action="append", default=[],
+                   help="a `fedcogen eval --json` file with device_personalised and/or draft_edit answers to project "
+                   "(repeat it for one run per variant; without it: only the forward costs)")
+    p.add_argument("--model", default="smollm2-27l", help="the device model whose forwards are timed")
+    p.add_argument("--context-tokens", type=int, default=300, help="KV cache length the forwards run on")
+    p.add_argument("--widths", default="1,2,4,8,12,17", help="tokens per forward to time (comma-separated, with 1)")
+    p.add_argument("--repeats", type=int, default=9, help="timed forwards per width (median)")
+    p.add_argument("--report", type=Path, help="also write the markdown tables here")
+    add_device_flag(p, "the device model")
+    add_json_out(p)
+
     add_scale(bsub)
 
     for name, help_, out_dir, func in (
@@ -150,6 +164,24 @@ def _cogen(args: argparse.Namespace) -> int:
     print(json.dumps({"speed": speed, "aggregate_tokens_per_s": result["aggregate_tokens_per_s"],
                       "targets": result["targets"], "machine": result["machine_start"]}, indent=2))
     print(f"report: {Path(args.out) / 'bench_cogen.md'}")
+    return 0
+
+
+def _draft_edit(args: argparse.Namespace) -> int:
+    from fedcogen.simulations.bench.bench_draft_edit import (
+        DraftEditBenchConfig,
+        markdown,
+        run_draft_edit_bench,
+    )
+
+    cfg = DraftEditBenchConfig(model=args.model, context_tokens=args.context_tokens, widths=_csv(args.widths, int) or (),
+                               repeats=args.repeats, device=args.device)
+    result = run_draft_edit_bench(cfg, args.results)
+    text = markdown(result)
+    print(text)
+    if args.report:
+        args.report.write_text(text)
+    write_json(args.json_out, result, args=args)
     return 0
 
 

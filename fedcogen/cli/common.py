@@ -145,6 +145,10 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float,
                    help="log-prob multiplier for already generated tokens, 1.0 = off (default 1.15)")
     p.add_argument("--no-repeat-ngram", type=int, help="ban repeating any n-gram of this size, 0 = off (default 4)")
+    p.add_argument("--draft-edit-tau", type=float,
+                   help="draft_edit: keep a cloud draft token while the device gives it >= TAU x its top token's "
+                        "probability; 0 = keep the whole draft, > 1 = none (default: DeviceConfig's, tuned on "
+                        "validation tasks)")
     p.add_argument("--no-protect", dest="protect_private_spans", action="store_false", default=None,
                    help="logit/gated: stream private tokens to the cloud too (UNPROTECTED baseline; default: "
                         "private spans stay on the device, see client/cogen/private_spans.py)")
@@ -158,7 +162,8 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
 
 
 def decoding_settings(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("max_new_tokens", "max_prompt_tokens", "repetition_penalty", "no_repeat_ngram", "protect_private_spans")
+    names = ("max_new_tokens", "max_prompt_tokens", "repetition_penalty", "no_repeat_ngram", "protect_private_spans",
+             "draft_edit_tau")
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     spans = private_spans_settings(args)
     if spans is not None:

@@ -33,6 +33,7 @@ from fedcogen.models import check_model_pair
 from fedcogen.provenance import provenance
 from fedcogen.variants import (
     CLOUD_VARIANTS,
+    COLLABORATIVE_VARIANTS,
     DEFAULT_EVAL_VARIANTS,
     EVAL_ONLY_VARIANT,
     PERSONALISED_VARIANT,
@@ -55,12 +56,14 @@ variants:
   sketch              cloud writes an outline from the instruction, device writes the answer
   logit               device and cloud logits fused token by token (cloud sees committed tokens)
   gated               logit fusion only where the device is unsure
+  draft_edit          cloud drafts from the instruction, the device keeps the draft tokens it finds likely
+                      (--draft-edit-tau) and rewrites the rest; nothing the device writes is sent
   cloud_with_context  EVALUATION-ONLY upper bound: the cloud gets the private context
 
 metrics (per variant; mean per user, then over users, 95% bootstrap CI resampling users):
   ROUGE-L F1, private-fact recall, style match (needs profiles), leaked facts (private facts
   found in the bytes the cloud received), bytes sent/received, tokens/s, latency, cloud-call
-  fraction, foreign facts (names / places of other users or of the data generator's pools in the
+  fraction, draft kept and device passes per token (draft_edit), foreign facts (names / places of other users or of the data generator's pools in the
   answer that its own context lacks: invented, not read); plus paired per-user differences.
 
 fallbacks: a cloud variant whose cloud was unreachable, refused or timed out ends on the device
@@ -243,6 +246,15 @@ def load_profiles(path: Path | None, dataset: Path) -> tuple[dict[str, Any], str
 # generator
 
 
+def personalised_needed(variants: Sequence[str], adapter: Path | None) -> bool:
+    """Load the personalised device (base + adapter) for ``device_personalised`` and, when an adapter is given, for
+    the collaboration variants, which run on it. Without the second part ``--variants draft_edit --adapter DIR``
+    (no device_personalised in the list) silently decoded on the base device."""
+    if PERSONALISED_VARIANT in variants:
+        return True
+    return adapter is not None and any(v in COLLABORATIVE_VARIANTS for v in variants)
+
+
 def build_generator(args: argparse.Namespace, cloud_address: str | None, variants: Sequence[str]) -> Any:
     """The real device-side CoGenesis generator (``fedcogen.client.cogen.cogen_device``) behind the protocol."""
     from fedcogen.simulations.evaluation.cogen_generator import CogenGenerator
@@ -255,7 +267,7 @@ def build_generator(args: argparse.Namespace, cloud_address: str | None, variant
         tls_dir=args.tls_dir,
         token=token_of(args),
         seed=args.seed,
-        personalised=PERSONALISED_VARIANT in variants,
+        personalised=personalised_needed(variants, args.adapter),
         device=args.device,
         **decoding_settings(args),
     )

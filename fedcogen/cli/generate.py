@@ -76,12 +76,14 @@ def load_tasks(data: str, user: str, task: str | None = None, limits: FieldLimit
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
-        sub, "generate", "generate a user's texts with a CoGenesis variant (device, cloud, sketch, logit, gated)",
+        sub, "generate", "generate a user's texts with a CoGenesis variant (device, cloud, sketch, logit, gated, "
+        "draft_edit)",
         func=_generate,
         description=(
             "Device-side CoGenesis generation. The private context stays on this machine: 'sketch' sends "
             "only the instruction; 'logit' and 'gated' also send the tokens generated so far (never the "
-            "context); 'device' uses no cloud; 'cloud' is the cloud alone on the instruction; "
+            "context); 'draft_edit' sends only the instruction (the cloud drafts, the device edits with the "
+            "context; nothing it writes is sent); 'device' uses no cloud; 'cloud' is the cloud alone on the instruction; "
             "'cloud_with_context' is a privacy-VIOLATING evaluation upper bound (the server must allow it)."
         ),
         formatter=argparse.ArgumentDefaultsHelpFormatter,

@@ -8,7 +8,7 @@ from typing import Any
 
 from fedcogen.client.cogen.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.simulations.evaluation.evaluate import EvalAnswer
-from fedcogen.variants import PERSONALISED_VARIANT
+from fedcogen.variants import COLLABORATIVE_VARIANTS, PERSONALISED_VARIANT
 
 
 def cloud_view(records: Iterable[Any], tokenizer: Any = None) -> list[bytes | str]:
@@ -50,12 +50,12 @@ class CogenGenerator:
     Each answer's wire records are turned into :func:`cloud_view` (what the cloud received, token
     ids decoded), so leakage is measured per answer. With a ``personalised`` device (the base model
     plus the federated LoRA adapter; PEFT injects LoRA layers in place, so it cannot share the plain
-    model), ``device_personalised`` and the CoGenesis variants (sketch, logit, gated) run on it:
+    model), ``device_personalised`` and the CoGenesis variants (sketch, logit, gated, draft_edit) run on it:
     the question is whether the cloud helps the *personalised* device. ``device`` and ``cloud`` stay
     the base model's baselines.
     """
 
-    COLLABORATIVE = ("sketch", "logit", "gated")
+    COLLABORATIVE = COLLABORATIVE_VARIANTS
 
     def __init__(self, device: Any, personalised: Any = None) -> None:
         self.device = device
@@ -108,6 +108,8 @@ class CogenGenerator:
                 bytes_received=res.bytes_received, cloud_call_fraction=res.cloud_call_fraction,
                 latency_s=res.latency_s, fell_back=res.fell_back, warnings=list(res.warnings),
                 cloud_received=cloud_view(res.wire_records, device.tokenizer),
+                draft_tokens=res.draft_tokens, draft_accepted=res.draft_accepted,
+                device_written=res.device_written, device_passes=res.device_passes, device_fed=res.device_fed,
             )
             for res in results
         ]

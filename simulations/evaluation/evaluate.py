@@ -45,6 +45,10 @@ METRICS: dict[str, bool] = {
     "repeat_4gram": False,
     # names and places of other users (or of the generator's pools) in the answer, absent from its context
     "foreign_facts": False,
+    # draft_edit: the share of the cloud's draft the answer kept, and device forwards per answer token (the
+    # device variants: ~1; None where the generator did not count them)
+    "draft_acceptance": True,
+    "passes_per_token": False,
 }
 # metrics compared pairwise between variants (quality and privacy are what needs telling apart)
 PAIRED_METRICS: tuple[str, ...] = ("rouge_l", "fact_recall", "style_match", "leaked_facts", "latency_s",
@@ -70,6 +74,11 @@ class EvalAnswer:
     fell_back: bool = False
     cloud_received: Any = None
     warnings: list[str] = field(default_factory=list)  # the generator's own words, e.g. why it fell back
+    draft_tokens: int = 0  # draft_edit: the cloud's draft, the part of it kept, the device's own tokens
+    draft_accepted: int = 0
+    device_written: int = 0
+    device_passes: int = 0  # device forwards after the prefill (0: not counted, e.g. a cloud-only variant)
+    device_fed: int = 0  # tokens those forwards appended
 
 
 @runtime_checkable
@@ -177,6 +186,23 @@ def score_answer(
         "repeat_4gram": m.repeated_ngram_share(m.normalise(text).split(), 4),
         "foreign_facts": None if alien is None else len(alien),
         "foreign": alien,
+        **draft_counts(result),
+    }
+
+
+def draft_counts(result: Any) -> dict[str, Any]:
+    """draft_edit's counts of one answer and the two rates the report shows (None where not applicable):
+    ``draft_acceptance`` = kept / drafted tokens, ``passes_per_token`` = device forwards / answer tokens."""
+    drafted = int(getattr(result, "draft_tokens", 0) or 0)
+    kept = int(getattr(result, "draft_accepted", 0) or 0)
+    passes = int(getattr(result, "device_passes", 0) or 0)
+    tokens = int(getattr(result, "tokens", 0) or 0)
+    return {
+        "draft_tokens": drafted, "draft_accepted": kept,
+        "device_written": int(getattr(result, "device_written", 0) or 0), "device_passes": passes,
+        "device_fed": int(getattr(result, "device_fed", 0) or 0),
+        "draft_acceptance": kept / drafted if drafted else None,
+        "passes_per_token": passes / tokens if passes and tokens else None,
     }
 
 

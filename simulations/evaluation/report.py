@@ -27,6 +27,8 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("tokens_per_s", "tokens/s", 1),
     ("latency_s", "latency s", 2),
     ("cloud_call_fraction", "cloud-call fraction", 2),
+    ("draft_acceptance", "draft kept", 2),  # draft_edit: share of the cloud's draft the answer kept
+    ("passes_per_token", "device passes / token", 2),
 )
 
 

@@ -81,7 +81,7 @@ class PrivacyRunConfig:
     sweep: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
     n_alternatives: int = 255
     mia_max_examples: int = 64
-    variants: list[str] = field(default_factory=lambda: ["sketch", "logit", "gated", "cloud_with_context"])
+    variants: list[str] = field(default_factory=lambda: ["sketch", "logit", "gated", "draft_edit", "cloud_with_context"])
     cogen_users: int = 4
     cogen_tasks_per_user: int = 2
     max_new_tokens: int = 32

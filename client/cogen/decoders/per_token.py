@@ -66,6 +66,10 @@ class PerTokenDecoder(Decoder):
                             row.session.send_step(out)  # the cloud works while the device computes below
                 if self.use_device and any(not row.done for row in rows):
                     lp_small = dev.step(step_tokens)
+                    for i in active:
+                        if not rows[i].done:
+                            rows[i].run.device_passes += 1
+                            rows[i].run.device_fed += 1
         finally:
             self.close_sessions()
         for row in rows:

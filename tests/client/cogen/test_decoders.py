@@ -13,6 +13,7 @@ from fedcogen import variants
 from fedcogen.client.cogen import cogen_device
 from fedcogen.client.cogen.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.client.cogen.decoders.base import Decoder, DecodingDevice
+from fedcogen.client.cogen.decoders.draft_edit import DraftEditDecoder
 from fedcogen.client.cogen.decoders.gated import GatedDecoder
 from fedcogen.client.cogen.decoders.per_token import PerTokenDecoder
 from fedcogen.client.cogen.decoders.sketch import SketchDecoder
@@ -34,7 +35,7 @@ def _device(device_lm, **kw) -> CogenDevice:
 def test_the_device_picks_one_decoder_per_variant(device_lm):
     dev = _device(device_lm)
     expect = {"logit": SpeculativeDecoder, "gated": GatedDecoder, "sketch": SketchDecoder, "device": PerTokenDecoder,
-              "cloud": PerTokenDecoder, "cloud_with_context": PerTokenDecoder}
+              "cloud": PerTokenDecoder, "cloud_with_context": PerTokenDecoder, "draft_edit": DraftEditDecoder}
     assert set(expect) == set(variants.VARIANTS)
     for variant, cls in expect.items():
         d = dev.decoder_for(variant, [])

@@ -183,6 +183,9 @@ class FakeGenerator:
             latency_s={"A": 1.0, "B": 2.0, "C": 4.0}[task.task_id] if good else 0.5,
             fell_back=False,
             cloud_received=GOOD_WIRE[task.task_id] if good else None,
+            # 'good' counts like draft_edit: 6 of an 8-token draft kept, 4 written, 5 device forwards
+            draft_tokens=8 if good else 0, draft_accepted=6 if good else 0, device_written=4 if good else 0,
+            device_passes=5 if good else 0,
         )
 
 
@@ -271,6 +274,18 @@ def test_json_and_report_written(result, tmp_path):
     for png in ("report_quality_vs_bytes.png", "report_latency.png"):
         f = tmp_path / "out" / png
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in text
+
+
+def test_draft_counts_give_acceptance_and_passes_per_token(result, tmp_path):
+    for r in result.rows:
+        if r["variant"] == "good":
+            assert (r["draft_tokens"], r["draft_accepted"], r["device_written"], r["device_passes"]) == (8, 6, 4, 5)
+            assert r["draft_acceptance"] == pytest.approx(0.75) and r["passes_per_token"] == pytest.approx(0.5)
+        else:  # no draft, no counted forwards: not applicable rather than 0
+            assert r["draft_acceptance"] is None and r["passes_per_token"] is None
+    assert result.overall["good"]["draft_acceptance"].mean == pytest.approx(0.75)
+    text = write_report(json.loads(json.dumps(result.to_dict())), tmp_path / "r.md").read_text()
+    assert "draft kept" in text and "device passes / token" in text
 
 
 def test_cloud_view_finds_facts_sent_as_token_ids():
