@@ -157,11 +157,25 @@ def _plain(value: Any) -> Any:
 
 
 def provenance(settings: Mapping[str, Any] | None = None, seeds: Mapping[str, Any] | None = None,
-               root: Path | None = None) -> dict[str, Any]:
-    """The record a result JSON carries under ``"provenance"``: code, command, settings, seeds, versions, machine."""
-    return {"code": code_state(root), "command": command_line(), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "settings": _plain(dict(settings or {})), "seeds": _plain(dict(seeds or {})),
-            "packages": package_versions(), "machine": machine()}
+               root: Path | None = None, started: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The record a result JSON carries under ``"provenance"``: code, command, settings, seeds, versions, machine.
+
+    ``started``: the :func:`code_state` taken when a long run began. Why: the code that ran is the code the
+    process imported at its start; a commit made while it ran would otherwise be recorded as the run's. The
+    record then names the code at the start, and ``code_at_write`` plus ``code_changed_during_run`` say when
+    the tree moved on before the result was written (reuse is refused on the starting code's commit).
+    """
+    now = code_state(root)
+    record = {"code": dict(started) if started is not None else now, "command": command_line(),
+              "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "settings": _plain(dict(settings or {})), "seeds": _plain(dict(seeds or {})),
+              "packages": package_versions(), "machine": machine()}
+    if started is not None:
+        keys = ("commit", "dirty", "source_digest")
+        record["code_changed_during_run"] = any(started.get(k) != now.get(k) for k in keys)
+        if record["code_changed_during_run"]:
+            record["code_at_write"] = now
+    return record
 
 
 def command_line(argv: list[str] | None = None) -> str:

@@ -38,7 +38,7 @@ from fedcogen.client.fl.node_data import client_id_for, encoded_split
 from fedcogen.client.fl.update_compression import compress_update
 from fedcogen.lora_adapter import get_adapter, lora_model, lora_spec, set_adapter
 from fedcogen.protocols.codecs import sparse_codec as codec
-from fedcogen.provenance import RUN_LOCATION_KEYS, check_reusable, provenance, recorded
+from fedcogen.provenance import RUN_LOCATION_KEYS, check_reusable, code_state, provenance, recorded
 from fedcogen.server.fl.fl_outputs import read_metrics
 from fedcogen.simulations.bench import comm_protocol as proto
 from fedcogen.simulations.bench.comm_config import CommBenchConfig, preset, recipe_settings
@@ -298,7 +298,7 @@ def run_bench(config: CommBenchConfig | None = None, *, quick: bool = False, out
     bench = config or preset(quick)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    started, code_started = time.perf_counter(), code_state()  # the code this run imported
     base = recipe_settings(bench.recipe, engine, out)
     dense_v, chosen = bench.dense(), bench.chosen()
     families = [dense_v, *chosen]
@@ -381,7 +381,8 @@ def run_bench(config: CommBenchConfig | None = None, *, quick: bool = False, out
         "throughput": measure_throughput({**base, "lr": lrs["dense"]["lr"], "seed": bench.seeds[0]}) if throughput else None,
         "seconds": time.perf_counter() - started,
         "provenance": provenance(settings={**bench.to_dict(), "engine": engine},
-                                 seeds={"seeds": list(bench.seeds), "sweep_seed": bench.sweep_seed}),
+                                 seeds={"seeds": list(bench.seeds), "sweep_seed": bench.sweep_seed},
+                                 started=code_started),
     }
     plot_runs(plots, out, target_loss=seed_levels[bench.seeds[0]][-1].loss)
     (out / "bench_comm.md").write_text(markdown(result))

@@ -1,13 +1,15 @@
 """The main job: every part of fedcogen on one small federation, with a report at the end.
 
 Stages (each prints progress):
-  1. a private personalised-writing federation (``fedcogen/dataset/``): ``users`` devices that train
-     and ``heldout_users`` that never do (generalisation is measured on them)
+  1. a private personalised-writing federation (``fedcogen/dataset/``, the *rich* generator: many task kinds,
+     profiles in several formats, facts the task does not need): ``users`` devices that train and
+     ``heldout_users`` that never do (generalisation is measured on them)
   2. federated sparse LoRA in the Flower simulation engine (``simulations/federation/federation.py``): the device
      learns to write the user's answer from the private context
   3. the CoGenesis cloud as a separate process on loopback with TLS and a bearer token; the gate's
      threshold is calibrated on the devices' own validation tasks; every variant answers held-out tasks
-     of seen users and all tasks of unseen users (``simulations/evaluation/evaluate.py``)
+     of seen users, all tasks of unseen users, and tasks of a foreign-format set that our generator did not
+     write (``simulations/evaluation/foreign_sets/``; ``simulations/evaluation/evaluate.py``)
   4. wire audit of what the cloud received, quick privacy figures (exposure, MIA, epsilon)
   5. ``report.md`` + ``metrics.json`` + PNG plots in ``runs/<name>/`` (``simulations/demo/demo_report.py``)
 
@@ -34,20 +36,23 @@ from fedcogen.dataset import (
     FederationConfig,
     canary_records,
     generate_federation,
+    names_and_places,
     random_canary_like,
     user_ids,
+    validate_task_file,
     write_federation,
 )
 from fedcogen.models import check_model_pair, load_tokenizer
 from fedcogen.protocols.privacy.dp import epsilon_for
 from fedcogen.protocols.security.tls import ensure_dev_certs
-from fedcogen.provenance import provenance
+from fedcogen.provenance import code_state, provenance
 from fedcogen.run_config import FLSettings, attributes_of
 from fedcogen.simulations.cloud.artifact import committed_artifact
 from fedcogen.simulations.demo.demo_report import write_report
 from fedcogen.simulations.evaluation import evaluate as evaluation
 from fedcogen.simulations.evaluation.cogen_generator import CogenGenerator
-from fedcogen.simulations.evaluation.evaluate import EvalConfig, aggregate_overall, answer_counts
+from fedcogen.simulations.evaluation.evaluate import EvalConfig, group_summaries
+from fedcogen.simulations.evaluation.foreign_sets_gen import HERE as FOREIGN_SETS
 from fedcogen.simulations.evaluation.metrics import StyleMarkers
 from fedcogen.simulations.evaluation.plots import demo_plots
 from fedcogen.simulations.evaluation.writer_strength import writer_strength
@@ -61,8 +66,9 @@ from fedcogen.simulations.federation.processes import spawned_cloud
 from fedcogen.simulations.privacy.attack_metrics import canary_exposure, membership_inference
 from fedcogen.simulations.privacy.attack_runs import mia_pairs
 from fedcogen.simulations.privacy.audit import wire_audit
+from fedcogen.simulations.privacy.fact_audit import Fact, audit_facts
 from fedcogen.simulations.privacy.span_audit import audit_adapter, heldout_tasks
-from fedcogen.variants import REPORT_ORDER
+from fedcogen.variants import CLOUD_VARIANTS, REPORT_ORDER
 
 PUBLIC_ADAPTER = "public"
 
@@ -84,6 +90,14 @@ class DemoConfig:
     # the federated run: its devices (num_clients) are the training users, its model the device model
     run: FLSettings = field(default_factory=lambda: DEMO_RUN)
     heldout_users: int = 4  # devices that never train: evaluated to show generalisation
+    # the federation's data: "rich" (issue 26: an adapter trained on the basic generator learned its templates and
+    # was worse than the base device on users written by someone else) with contexts of up to this many words
+    variety: str = "rich"
+    max_context_words: int = 150
+    # a task file our generator did not write, reported as its own group (1 task per user, this many users;
+    # 0 = skip): users in another format, never used for tuning (simulations/evaluation/foreign_sets/README.md)
+    foreign_set: str = str(FOREIGN_SETS / "cogenesis.jsonl")
+    foreign_tasks: int = 12
     seen_tasks: int = 2  # held-out test tasks per training user
     unseen_tasks: int = 4  # test tasks per held-out user
     max_new_tokens: int = 96  # references average ~70 tokens; the personalised device stops at EOS
@@ -113,12 +127,17 @@ class DemoConfig:
                                      lora_targets="q_proj,v_proj", max_seq_len=128)
             self.seen_tasks, self.unseen_tasks = min(self.seen_tasks, 1), min(self.unseen_tasks, 2)
             self.mia_examples = min(self.mia_examples, 8)
+            self.foreign_tasks = min(self.foreign_tasks, 2)
         if r.num_clients < 2:
             raise ValueError("demo needs at least 2 training users")
         if self.heldout_users < 1:
             raise ValueError("demo needs at least 1 held-out user (generalisation is part of the result)")
         if r.clients_per_round > r.num_clients:
             raise ValueError(f"clients_per_round must be in [1, users={r.num_clients}]")
+        if self.foreign_tasks < 0:
+            raise ValueError(f"foreign_tasks must be >= 0 (got {self.foreign_tasks})")
+        if self.foreign_tasks and not Path(self.foreign_set).is_file():
+            raise FileNotFoundError(f"foreign_set {self.foreign_set} is not a file (set foreign_tasks = 0 to skip it)")
         if not 0 < self.gate_call_share < 1:
             raise ValueError(f"gate_call_share must be in (0, 1) (got {self.gate_call_share})")
 
@@ -144,6 +163,10 @@ def resolve_cloud_adapter(cfg: DemoConfig) -> dict[str, Any]:
 def _stage(n: int, title: str) -> float:
     print(f"\n=== [{n}/5] {title}", flush=True)
     return time.perf_counter()
+
+
+GROUP_NAMES = {"seen_users": "of training users", "unseen_users": "of held-out users",
+               "foreign_set": "of the foreign-format set"}
 
 
 class _RecordingGenerator:
@@ -179,12 +202,26 @@ def _federate(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
     return result
 
 
+def foreign_tasks(cfg: DemoConfig) -> list[Any]:
+    """The first task of each of the first ``foreign_tasks`` users of the foreign-format set (validated)."""
+    if not cfg.foreign_tasks:
+        return []
+    out: dict[str, Any] = {}
+    for task in validate_task_file(cfg.foreign_set, strict=True):
+        out.setdefault(str(task.user_id), task)
+    return list(out.values())[: cfg.foreign_tasks]
+
+
 def _eval_tasks(cfg: DemoConfig, fed: Any) -> dict[str, list[Any]]:
-    """Seen users' unseen test tasks and every test task of the users that never trained."""
+    """Seen users' unseen test tasks, every test task of the users that never trained, and the foreign set's."""
     ids = user_ids(fed)
     seen = [t for u in ids[: cfg.run.num_clients] for t in fed.tasks_of(u, "test")[: cfg.seen_tasks]]
     unseen = [t for u in ids[cfg.run.num_clients:] for t in fed.tasks_of(u, "test")[: cfg.unseen_tasks]]
-    return {"seen_users": seen, "unseen_users": unseen}
+    groups = {"seen_users": seen, "unseen_users": unseen, "foreign_set": foreign_tasks(cfg)}
+    clash = {str(t.user_id) for t in groups["foreign_set"]} & set(ids)
+    if clash:
+        raise ValueError(f"foreign_set {cfg.foreign_set} has user ids of the federation: {sorted(clash)[:5]}")
+    return {k: v for k, v in groups.items() if v}
 
 
 def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token: str,
@@ -223,27 +260,22 @@ def _evaluate(cfg: DemoConfig, fed: Any, adapter_dir: str, tls_dir: Path, token:
         cloud.wait_ready()
         # the guard sees each task's private context only: the profiles are the wire audit's answer key
         recorder = _RecordingGenerator(gen)
-        tasks = groups["seen_users"] + groups["unseen_users"]
-        print(f"  {len(tasks)} tasks of {len({t.user_id for t in tasks})} users ({len(groups['seen_users'])} of "
-              f"training users, {len(groups['unseen_users'])} of held-out users) x {len(REPORT_ORDER)} variants",
-              flush=True)
+        # the foreign set last: its ~2,000-token contexts get batches of their own instead of padding ours
+        tasks = [t for g in groups.values() for t in g]
+        sizes = ", ".join(f"{len(g)} {GROUP_NAMES[k]}" for k, g in groups.items())
+        print(f"  {len(tasks)} tasks of {len({t.user_id for t in tasks})} users ({sizes}) x {len(REPORT_ORDER)} "
+              "variants", flush=True)
         try:
             ecfg = EvalConfig(seed=cfg.run.seed, batch_size=cfg.eval_batch)
-            # through the module, so that a test can replace the evaluator
-            result = evaluation.evaluate(tasks, recorder, list(REPORT_ORDER), profiles=profiles,
-                                         config=ecfg).to_dict()
+            # through the module, so that a test can replace the evaluator; foreign facts: names and places an
+            # answer has that its own context lacks (the generator's pools, other users' facts)
+            result = evaluation.evaluate(tasks, recorder, list(REPORT_ORDER), profiles=profiles, config=ecfg,
+                                         foreign_terms=names_and_places()).to_dict()
         finally:
             gen.close()
     out["all_users"] = result
-    out["groups"] = {}
-    for group, gtasks in groups.items():
-        users = {t.user_id for t in gtasks}
-        per_user = {v: {u: vals for u, vals in by_user.items() if u in users}
-                    for v, by_user in result["per_user"].items()}
-        out["groups"][group] = {"users": sorted(users), "tasks": len(gtasks), "overall": {
-            v: {k: ci.to_dict() for k, ci in metrics.items()}
-            for v, metrics in aggregate_overall(per_user, ecfg).items()},
-            "counts": answer_counts(result["rows"], list(REPORT_ORDER), users)}
+    out["groups"] = group_summaries(result, {k: {str(t.user_id) for t in g} for k, g in groups.items()},
+                                    list(REPORT_ORDER), ecfg)
     out["failures"] = failure_summary(result["counts"])
     for line in out["failures"]:
         print(f"  {line}")
@@ -262,11 +294,34 @@ def failure_summary(counts: dict[str, dict[str, int]]) -> list[str]:
     return lines
 
 
-def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dict[str, Any]:
+def foreign_fact_audit(received: dict[str, dict[str, list[Any]]], tasks: list[Any]) -> dict[str, dict[str, Any]]:
+    """Per variant: how many of the foreign set's private facts the cloud saw (fact audit: exact, near and
+    decoded-token matches), from each task's ``private_facts``, the answer key the device's guard never reads."""
+    facts = {str(t.user_id): [Fact(f, "fact") for f in (t.private_facts or [])] for t in tasks}
+    out = {}
+    for variant, by_user in received.items():
+        if variant not in CLOUD_VARIANTS:
+            continue  # the device alone sends nothing
+        seen = total = 0
+        for user, user_facts in facts.items():
+            texts = [x.decode("utf-8", "replace") if isinstance(x, bytes | bytearray) else str(x)
+                     for x in by_user.get(user, [])]
+            hits = audit_facts(user_facts, texts=texts)
+            seen, total = seen + sum(h["seen"] for h in hits), total + len(hits)
+        out[variant] = {"facts_seen": seen, "facts": total}
+    return out
+
+
+def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict, foreign: list[Any]) -> dict[str, Any]:
     tok = load_tokenizer(cfg.run.model)
-    audit = {v: wire_audit(by_user, fed.profiles, fed.canaries, tokenizer=tok) for v, by_user in received.items()}
+    ours = set(user_ids(fed))
+    audit = {v: wire_audit({u: c for u, c in by_user.items() if u in ours}, fed.profiles, fed.canaries, tokenizer=tok)
+             for v, by_user in received.items()}
     for v, a in audit.items():
         print(f"  wire audit {v:<20} {'PASS' if a['pass'] else 'FAIL'}")
+    foreign_audit = foreign_fact_audit(received, foreign) if foreign else {}
+    for v, a in foreign_audit.items():
+        print(f"  foreign set: {v:<20} {a['facts_seen']} of {a['facts']} private facts seen by the cloud")
     lm, _ = load_run_adapter(Path(fed_result["adapter_dir"]).parent)
     train_users = set(user_ids(fed)[: cfg.run.num_clients])
     exposure = None
@@ -284,6 +339,7 @@ def _privacy(cfg: DemoConfig, fed: Any, received: dict, fed_result: dict) -> dic
     return {
         "wire_audit": {v: {"pass": a["pass"], "n_failed": a["n_failed"]} for v, a in audit.items()},
         "wire_audit_pass_private_variants": all(a["pass"] for v, a in audit.items() if v != "cloud_with_context"),
+        "foreign_set_fact_audit": foreign_audit,
         "canary_exposure_mean": exposure["mean"] if exposure else None,
         "canary_exposure_chance": exposure["chance"] if exposure else None,
         "canaries_trained_on": False,
@@ -310,6 +366,7 @@ def _span_audit(cfg: DemoConfig, fed: Any, metrics: dict[str, Any]) -> dict[str,
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, str]:
+    started = code_state()  # the code this run imported; a commit made while it runs is not its code
     check_model_pair(cfg.run.model, cfg.cloud_model)  # a mismatched pair fails before any work starts
     resolve_device(cfg.run.device)  # so does a device this machine lacks
     cloud_adapter = resolve_cloud_adapter(cfg)  # and a changed or missing cloud artifact
@@ -319,9 +376,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     secs = metrics["stage_seconds"]
 
     n_users = cfg.run.num_clients + cfg.heldout_users
-    t = _stage(1, f"private federation: {cfg.run.num_clients} training users + {cfg.heldout_users} held-out users "
-                  f"(seed {cfg.run.seed})")
-    fed = generate_federation(FederationConfig(n_users=n_users, seed=cfg.run.seed), progress=True)
+    t = _stage(1, f"private federation ({cfg.variety} generator): {cfg.run.num_clients} training users + "
+                  f"{cfg.heldout_users} held-out users (seed {cfg.run.seed})")
+    fed = generate_federation(FederationConfig(n_users=n_users, seed=cfg.run.seed, variety=cfg.variety,
+                                               max_context_words=cfg.max_context_words), progress=True)
     data_dir = run_dir / "data"
     if data_dir.exists():
         shutil.rmtree(data_dir)
@@ -347,7 +405,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     print("  cloud process stopped")
 
     t = _stage(4, "wire audit and quick privacy figures")
-    metrics["privacy"] = _privacy(cfg, fed, received, metrics["federation"])
+    metrics["privacy"] = _privacy(cfg, fed, received, metrics["federation"], foreign_tasks(cfg))
     if cfg.span_audit_tasks > 0:
         metrics["privacy"]["span_audit"] = _span_audit(cfg, fed, metrics)
     secs["privacy"] = round(time.perf_counter() - t, 1)
@@ -355,7 +413,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, str]:
     _stage(5, "report and plots")
     plots = demo_plots(run_dir, metrics)
     metrics_path = run_dir / "metrics.json"
-    metrics["provenance"] = provenance(settings=asdict(cfg), seeds={"seed": cfg.run.seed})
+    metrics["provenance"] = provenance(settings=asdict(cfg), seeds={"seed": cfg.run.seed}, started=started)
     results_json.write(metrics_path, metrics, indent=2, default=str)
     report = run_dir / "report.md"
     report.write_text(write_report(cfg, metrics, plots))

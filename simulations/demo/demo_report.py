@@ -10,6 +10,7 @@ answers that fell back to the device alone or failed: they are not in that varia
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from fedcogen.simulations.evaluation.metrics import overall_mean
@@ -31,7 +32,9 @@ COLUMNS = (  # metric, header, digits
     ("cloud_call_fraction", "cloud-call share", 2),
 )
 TARGETS = {"fact_recall": 0.6, "rouge_l": 0.35, "repeat_4gram": 0.10}
-GROUP_TITLES = {"seen_users": "users who trained (their unseen tasks)", "unseen_users": "users who never trained"}
+GROUP_TITLES = {"seen_users": "users who trained (their unseen tasks)", "unseen_users": "users who never trained",
+                "foreign_set": "users of a foreign-format set our generator did not write"}
+GROUP_SHORT = {"seen_users": "seen users", "unseen_users": "unseen users", "foreign_set": "foreign-format set"}
 
 
 
@@ -60,6 +63,54 @@ def variant_table(overall: dict[str, Any], counts: dict[str, Any] | None = None)
     return lines
 
 
+def generalisation_table(groups: dict[str, Any]) -> list[str]:
+    """The main table: each variant's ROUGE-L and fact recall on seen users, unseen users of our generator
+    and users of the foreign-format set side by side (95% intervals over each group's users), plus the
+    foreign set's count of names and places an answer took from elsewhere (the generator's pools, other users)."""
+    names = [g for g in ("seen_users", "unseen_users", "foreign_set") if g in groups]
+    head = "| variant | " + " | ".join(f"{GROUP_SHORT[g]}: ROUGE-L | {GROUP_SHORT[g]}: fact recall" for g in names)
+    extra = "foreign_set" in groups
+    lines = [head + (" | foreign set: foreign facts / answer |" if extra else " |"),
+             "|---|" + "---|" * (2 * len(names) + extra)]
+    for v in REPORT_ORDER:
+        if not any(v in groups[g]["overall"] for g in names):
+            continue
+        cells = [fmt_ci(groups[g]["overall"].get(v, {}).get(m), 3) for g in names for m in ("rouge_l", "fact_recall")]
+        if extra:
+            cells.append(fmt_ci(groups["foreign_set"]["overall"].get(v, {}).get("foreign_facts"), 2))
+        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_cell(paired: list[dict[str, Any]], a: str, b: str, metric: str) -> dict[str, Any] | None:
+    """``a - b`` on ``metric`` from a list of paired per-user differences (either order), or None."""
+    for p in paired:
+        if {p["a"], p["b"]} == {a, b} and p["metric"] == metric:
+            sign = 1 if p["a"] == a else -1
+            lo, hi = sorted((sign * p["low"], sign * p["high"]))
+            return {"mean": sign * p["mean"], "low": lo, "high": hi, "n": p["n"]}
+    return None
+
+
+def foreign_target_rows(group: dict[str, Any], quick: bool = False) -> list[str]:
+    """Issue 26's targets on the foreign-format set: the personalised device above the base device on ROUGE-L
+    and fact recall (paired per-user interval above zero), and no name or place taken from elsewhere."""
+    rows = []
+    for metric in ("rouge_l", "fact_recall"):
+        d = paired_cell(group.get("paired") or [], "device_personalised", "device", metric)
+        if d is None:
+            continue
+        got = f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] over {d['n']} users"
+        rows.append(f"| device+adapter - base device {metric}: interval above 0 | foreign_set | {got} | "
+                    f"{_verdict(d['low'] > 0, -d['low'], quick)} |")
+    ff = (group["overall"].get("device_personalised", {}).get("foreign_facts") or {})
+    if ff.get("n"):
+        total = ff["mean"] * ff["n"]
+        rows.append(f"| device+adapter: 0 names / places of other users or the generator | foreign_set | "
+                    f"{total:.0f} in {ff['n']} users' answers | {_verdict(total == 0, total, quick)} |")
+    return rows
+
+
 def _verdict(met: bool, miss: float, quick: bool) -> str:
     if quick:
         return "n/a (quick)"
@@ -72,6 +123,9 @@ def target_rows(groups: dict[str, Any], quick: bool = False) -> list[str]:
     the verdict is "n/a (quick)"."""
     rows = ["| target | group | measured | verdict |", "|---|---|---|---|"]
     for group, g in groups.items():
+        if group == "foreign_set":
+            rows += foreign_target_rows(g, quick)
+            continue
         o = g["overall"]
         for metric in ("fact_recall", "rouge_l"):
             got, want = overall_mean(o, "device_personalised", metric), TARGETS[metric]
@@ -165,6 +219,12 @@ def write_report(cfg: Any, metrics: dict[str, Any], plots: list[str]) -> str:
         f"{cfg.eval_batch} answers until this answer finished.",
         "",
     ]
+    lines += ["## Generalisation: seen users, unseen users, and users written by someone else", "",
+              "Mean [95% interval over each group's users]. The foreign-format set "
+              f"(`{'/'.join(Path(getattr(cfg, 'foreign_set', '')).parts[-4:])}`, first task of each user) was "
+              "written by a separate procedure "
+              "with its own vocabulary and is never used for tuning.", "",
+              *generalisation_table(groups), ""]
     for group, g in groups.items():
         lines += [f"## Variants: {GROUP_TITLES[group]} ({len(g['users'])} users, {g['tasks']} tasks)", ""]
         lines += variant_table(g["overall"], g.get("counts")) + [""]
@@ -207,6 +267,9 @@ def write_report(cfg: Any, metrics: dict[str, Any], plots: list[str]) -> str:
     ]
     for v, a in pv["wire_audit"].items():
         lines.append(f"| wire audit: {v} | {'pass' if a['pass'] else 'FAIL'} ({a['n_failed']} devices leaked) |")
+    for v, a in (pv.get("foreign_set_fact_audit") or {}).items():
+        lines.append(f"| foreign set, fact audit (answer key the guard never reads): {v} | {a['facts_seen']} of "
+                     f"{a['facts']} private facts seen by the cloud |")
     lines += [
         "| canary exposure | " + (f"{pv['canary_exposure_mean']:.2f} bits (chance {pv['canary_exposure_chance']:.2f}) |"
                                   if pv.get("canary_exposure_mean") is not None else

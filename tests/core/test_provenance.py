@@ -79,6 +79,20 @@ def test_the_record_reads_back_equal_and_holds_settings_seeds_versions_machine(r
                                                      seeds={"seed": 7}, root=repo)) == []
 
 
+def test_a_long_run_records_the_code_it_started_with_and_says_when_the_tree_moved_on(repo: Path) -> None:
+    started = prov.code_state(repo)
+    still = prov.provenance(settings={}, root=repo, started=started)
+    assert still["code"] == started and still["code_changed_during_run"] is False and "code_at_write" not in still
+    (repo / "b.py").write_text("y = 1\n")
+    _git(repo, "add", "b.py")
+    _git(repo, "commit", "-qm", "two: committed while the run ran")
+    moved = prov.provenance(settings={}, root=repo, started=started)
+    assert moved["code"]["commit"] == started["commit"] != moved["code_at_write"]["commit"]
+    assert moved["code_changed_during_run"] is True
+    # the run is refused against the new commit: it was made by the code it started with
+    assert any("made by commit" in d for d in prov.reuse_problems(moved, prov.provenance(settings={}, root=repo)))
+
+
 def test_a_run_made_at_another_commit_is_refused_naming_both() -> None:
     with pytest.raises(prov.ReuseRefused, match=f"made by commit {COMMIT_B[:12]}, the current code is commit "
                                                 f"{COMMIT_A[:12]}"):

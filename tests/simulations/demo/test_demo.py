@@ -72,6 +72,17 @@ def test_quick_demo_writes_every_promised_field_and_stops_the_cloud(tmp_path, ca
     assert overall["cloud_with_context"]["leaked_facts"]["mean"] > 0
     assert overall["sketch"]["leaked_facts"]["mean"] == 0
     assert 0 < overall["gated"]["cloud_call_fraction"]["mean"] < 1
+    # the foreign-format set is its own group: its users are not the federation's, each variant answered
+    foreign = ev["groups"]["foreign_set"]
+    assert len(foreign["users"]) == 2 and not set(foreign["users"]) & set(seen["users"] + unseen["users"])
+    assert foreign["overall"]["device_personalised"]["foreign_facts"]["n"] == 2
+    assert any(p["a"] == "device_personalised" or p["b"] == "device_personalised" for p in foreign["paired"])
+    # its fact audit reads the set's answer key: the upper bound sent the context, so it saw facts; sketch none
+    fa = pv["foreign_set_fact_audit"]
+    assert fa["cloud_with_context"]["facts_seen"] > 0 and fa["sketch"]["facts_seen"] == 0
+    assert fa["sketch"]["facts"] == fa["cloud_with_context"]["facts"] > 0
+    assert metrics["provenance"]["code_changed_during_run"] is False  # nothing was committed while it ran
+    assert metrics["provenance"]["code"]["commit"]
     assert ev["writer_strength"]["cloud_loss"] > 0 and ev["gate"]["threshold"] > 0
     assert pv["wire_audit"]["cloud_with_context"]["pass"] is False
     assert pv["wire_audit_pass_private_variants"] is True
@@ -82,6 +93,7 @@ def test_quick_demo_writes_every_promised_field_and_stops_the_cloud(tmp_path, ca
     report = (run / "report.md").read_text()
     assert report.startswith("# fedcogen demo") and "| variant |" in report
     assert "users who never trained" in report and "repeated 4-grams" in report
+    assert "foreign-format set: ROUGE-L" in report and "foreign set, fact audit" in report
     for png in ("loss_vs_round.png", "loss_vs_bytes.png", "recall_vs_bytes.png"):
         assert (run / png).stat().st_size > 1000, png
     assert _cloud_processes(str(run / "tls")) == []
