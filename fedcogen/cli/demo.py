@@ -42,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seen-tasks", type=int, default=None, help="held-out test tasks per training user")
     p.add_argument("--unseen-tasks", type=int, default=None, help="test tasks per held-out user")
     p.add_argument("--eval-batch", type=int, default=None, help="answers decoded in lockstep")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated variants to answer with (default: every report variant but draft_edit, "
+                        "which measured below the personalised device; cloud, device and device_personalised "
+                        "are required)")
+    p.add_argument("--foreign-tasks", type=int, default=None,
+                   help="users of the foreign-format set evaluated, one task each (0 = skip that group)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens generated per answer")
     p.add_argument("--seed", type=int, default=None, help="seed for data, training and sampling")
     add_device_flag(p, "training, the device model and the cloud", default=None)

@@ -15,7 +15,7 @@ from typing import Any
 
 from fedcogen.simulations.evaluation.metrics import overall_mean
 from fedcogen.simulations.evaluation.report import fmt_ci, span_audit_markdown
-from fedcogen.variants import REPORT_ORDER
+from fedcogen.variants import COLLABORATIVE_VARIANTS, REPORT_ORDER
 
 LABELS = {
     "cloud": "cloud alone, instruction only",
@@ -24,6 +24,7 @@ LABELS = {
     "sketch": "CoGenesis sketch (personalised device)",
     "logit": "CoGenesis logit fusion (personalised device)",
     "gated": "CoGenesis gated logit (personalised device)",
+    "draft_edit": "P3-style draft-and-edit: cloud drafts, personalised device edits",
     "cloud_with_context": "UPPER BOUND, privacy-violating: cloud sees context",
 }
 COLUMNS = (  # metric, header, digits
@@ -146,8 +147,8 @@ def target_rows(groups: dict[str, Any], quick: bool = False) -> list[str]:
 def cogenesis_rows(paired: list[dict[str, Any]]) -> list[str]:
     """Paired per-user differences that answer: does the cloud help the personalised device?"""
     rows = ["| comparison | metric | mean difference [95% CI] | users | told apart? |", "|---|---|---|---|---|"]
-    wanted = [(c, "device_personalised") for c in ("sketch", "logit", "gated")]
-    wanted += [(c, "cloud_with_context") for c in ("device_personalised", "sketch", "logit", "gated")]
+    wanted = [(c, "device_personalised") for c in COLLABORATIVE_VARIANTS]
+    wanted += [(c, "cloud_with_context") for c in ("device_personalised", *COLLABORATIVE_VARIANTS)]
     wanted += [("device_personalised", "device"), ("device_personalised", "cloud")]
     for a, b in wanted:
         for p in paired:

@@ -125,3 +125,21 @@ def test_demo_rejects_bad_config(tmp_path, capsys):
     cfg.write_text("users = 3\nwarp_speed = 9\n")
     assert main(["demo", "--config", str(cfg)]) == 2
     assert "warp_speed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("variants", "message"), [
+    ("cloud,device,device_personalised,telepathy", "telepathy"),
+    ("cloud,device", "device_personalised"),
+    ("cloud,device,device_personalised,sketch,sketch", "duplicates"),
+])
+def test_demo_rejects_variants_it_cannot_report(variants, message, capsys):
+    assert main(["demo", "--quick", "--variants", variants]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_answers_with_the_chosen_variants_in_report_order():
+    from fedcogen.simulations.demo.demo import DemoConfig
+
+    cfg = DemoConfig(quick=True, variants="draft_edit, device_personalised,cloud,device")
+    assert cfg.variant_list == ["cloud", "device", "device_personalised", "draft_edit"]
+    assert "draft_edit" not in DemoConfig(quick=True).variant_list  # measured below the device: not by default
