@@ -129,7 +129,7 @@ def _federation_config(values: Mapping[str, Any], where: str) -> FederationConfi
 
 def _run_settings(values: Mapping[str, Any], where: str) -> FLSettings:
     try:
-        return FLSettings().replace(**attributes_of(values))
+        return FLSettings.from_mapping(attributes_of(values))  # typed and range-checked, naming the key
     except (RunConfigError, TypeError, ValueError) as exc:
         raise AblationConfigError(f"{where}: {exc}") from exc
 
@@ -338,7 +338,7 @@ def conclusions(result: Mapping[str, Any]) -> list[str]:
     for name, arm in result["arms"].items():
         if name == base or arm.get("status") != "done":
             continue
-        for set_name, row in arm["vs_baseline"].items():
+        for set_name, row in (arm.get("vs_baseline") or {}).items():
             parts = []
             for metric in ("rouge_l", "fact_recall"):
                 d = row[metric]
