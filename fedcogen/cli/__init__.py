@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedcogen.cli.certs",
     "fedcogen.cli.deploy",
     "fedcogen.cli.eval",
+    "fedcogen.cli.ablation",
     "fedcogen.cli.demo",
     "fedcogen.cli.privacy",
     "fedcogen.cli.gate",
