@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcogen.protocols.codecs.sparse_format import MAX_ELEMENTS, SparseTensor, UpdateRejected, to_numpy
+from fedcogen.protocols.codecs.sparse_format import MAX_ELEMENTS, SparseTensor, sendable_array
 
 SUPPORT_STREAM = 0x5EED5  # keeps these draws apart from every other use of (seed, round)
 MAX_SEED = 2**64  # the seed travels as a u64 in every shared-support blob
@@ -69,11 +69,7 @@ def shared_sparsify(tensors: Mapping[str, Any], density: float, seed: int) -> di
     """
     out: dict[str, SparseTensor] = {}
     for name, t in tensors.items():
-        a = to_numpy(t).astype(np.float32, copy=False)
-        if a.size > MAX_ELEMENTS:
-            raise UpdateRejected("oversize", f"tensor {name!r} has {a.size} entries (max {MAX_ELEMENTS})", name)
-        if not np.isfinite(a).all():
-            raise UpdateRejected("nonfinite", f"tensor {name!r} contains NaN or Inf; refusing to send it", name)
+        a = sendable_array(name, t)
         flat = a.reshape(-1)
         idx = tensor_support(seed, name, flat.size, support_size(flat.size, density))
         out[name] = SparseTensor(idx, flat[idx].astype(np.float32), tuple(a.shape))

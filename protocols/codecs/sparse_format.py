@@ -127,6 +127,17 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def sendable_array(name: str, tensor: Any) -> np.ndarray:
+    """``tensor`` as float32 numpy, refused (``UpdateRejected``) when too large or not finite: every selection
+    of what to send (top-k, shared random supports) checks the same two things before it picks entries."""
+    a = to_numpy(tensor).astype(np.float32, copy=False)
+    if a.size > MAX_ELEMENTS:
+        raise UpdateRejected("oversize", f"tensor {name!r} has {a.size} entries (max {MAX_ELEMENTS})", name)
+    if not np.isfinite(a).all():
+        raise UpdateRejected("nonfinite", f"tensor {name!r} contains NaN or Inf; refusing to send it", name)
+    return a
+
+
 def check_shape(name: str, shape: tuple[int, ...], expected_shapes: Mapping[str, tuple[int, ...]] | None) -> None:
     if expected_shapes is None:
         return

@@ -7,13 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcogen.protocols.codecs.sparse_format import (
-    MAX_ELEMENTS,
-    CodecConfig,
-    SparseTensor,
-    UpdateRejected,
-    to_numpy,
-)
+from fedcogen.protocols.codecs.sparse_format import CodecConfig, SparseTensor, sendable_array
 
 
 def topk_flat(absval: np.ndarray, k: int) -> np.ndarray:
@@ -40,11 +34,7 @@ def topk_sparsify(tensors: Mapping[str, Any], cfg: CodecConfig) -> dict[str, Spa
     """
     arrays: dict[str, np.ndarray] = {}
     for name, t in tensors.items():
-        a = to_numpy(t).astype(np.float32, copy=False)
-        if a.size > MAX_ELEMENTS:
-            raise UpdateRejected("oversize", f"tensor {name!r} has {a.size} entries (max {MAX_ELEMENTS})", name)
-        if not np.isfinite(a).all():
-            raise UpdateRejected("nonfinite", f"tensor {name!r} contains NaN or Inf; refusing to send it", name)
+        a = sendable_array(name, t)
         arrays[name] = a
     out: dict[str, SparseTensor] = {}
     if cfg.scope == "per_tensor":
