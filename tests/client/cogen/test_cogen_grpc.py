@@ -32,11 +32,6 @@ def cloud_lm():
 
 
 @pytest.fixture(scope="module")
-def device_lm():
-    return load_model("tiny")
-
-
-@pytest.fixture(scope="module")
 def server(cloud_lm):
     srv = start_cloud_server(
         CloudConfig(model="tiny-large", insecure=True, max_message_bytes=64 * 1024, sketch_max_new_tokens=16),

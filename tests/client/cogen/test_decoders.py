@@ -18,14 +18,8 @@ from fedcogen.client.cogen.decoders.gated import GatedDecoder
 from fedcogen.client.cogen.decoders.per_token import PerTokenDecoder
 from fedcogen.client.cogen.decoders.sketch import SketchDecoder
 from fedcogen.client.cogen.decoders.speculative import SpeculativeDecoder
-from fedcogen.models import load_model
 
 DECODERS = pathlib.Path(__file__).resolve().parents[3] / "client" / "cogen" / "decoders"
-
-
-@pytest.fixture(scope="module")
-def device_lm():
-    return load_model("tiny")
 
 
 def _device(device_lm, **kw) -> CogenDevice:

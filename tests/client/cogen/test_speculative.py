@@ -11,7 +11,6 @@ from fedcogen.client.cogen.cloud_client import CloudClient, CloudRefused
 from fedcogen.client.cogen.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.models import load_model
 from fedcogen.protocols.codecs import logit_codec
-from fedcogen.server.cogen.cloud_service import CloudConfig, start_cloud_server
 
 INSTRUCTIONS = [
     "Write a short note to my landlord about the broken heater.",
@@ -24,18 +23,6 @@ CONTEXTS = [
     "Manager: Dana. Friday 10:00 one-to-one; dentist appointment.",
 ]
 N_TOKENS = 20
-
-
-@pytest.fixture(scope="module")
-def device_lm():
-    return load_model("tiny")
-
-
-@pytest.fixture(scope="module")
-def server():
-    srv = start_cloud_server(CloudConfig(model="tiny-large", insecure=True), lm=load_model("tiny-large"))
-    yield srv
-    srv.stop(grace=1)
 
 
 def _run(device_lm, address, items, **kw):

@@ -15,27 +15,13 @@ from fedcogen.cli.eval import personalised_needed
 from fedcogen.client.cogen.batch_lm import BatchLM
 from fedcogen.client.cogen.cogen_device import CogenDevice, DeviceConfig
 from fedcogen.client.cogen.decoders.draft_edit import accepts, realign
-from fedcogen.models import load_model
 from fedcogen.prompts import cloud_prompt
-from fedcogen.server.cogen.cloud_service import CloudConfig, start_cloud_server
 
 CANARY = "CANARY-d4e1"
 INSTRUCTIONS = ["Write a short note to my landlord about the broken heater.", "Write a birthday message to my sister."]
 CONTEXTS = [f"Landlord: Mr. Osei. Flat 4B, door code {CANARY}.", "Sister: Mira, turning 30 on Saturday."]
 ITEMS = list(zip(INSTRUCTIONS, CONTEXTS, strict=True))
 N_TOKENS = 24
-
-
-@pytest.fixture(scope="module")
-def device_lm():
-    return load_model("tiny")
-
-
-@pytest.fixture(scope="module")
-def server():
-    srv = start_cloud_server(CloudConfig(model="tiny-large", insecure=True), lm=load_model("tiny-large"))
-    yield srv
-    srv.stop(grace=1)
 
 
 def _run(device_lm, address, variant, items=ITEMS, **kw):
